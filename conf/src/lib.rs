@@ -1,0 +1,458 @@
+//! # postern-conf
+//!
+//! **Name**: postern-conf — main.cf and master.cf for postern.
+//!
+//! **Synopsis**:
+//! ```no_run
+//! use postern_conf::{Config, Source, ServicesFile};
+//! let loaded = Config::load(&Source::Dir("/etc/postern".into()), &ServicesFile::system());
+//! for d in &loaded.diagnostics { eprintln!("{d}"); }
+//! let config = loaded.config.expect("configuration has errors");
+//! let idle = config.time(postern_conf::params::MAX_IDLE);
+//! # let _ = idle;
+//! ```
+//!
+//! **Description**: reads the two files a Postfix administrator already knows,
+//! with Postfix's syntax: `main.cf` (`name = value`, continuation lines,
+//! whole-line comments, `$name` expansion in all its forms, typed values) and
+//! `master.cf` (eight fields per service, `-o` overrides, `{ }` grouping).
+//! Parsing is pure and in two stages — text to raw entries
+//! ([`maincf`], [`mastercf`]), then raw entries to a validated [`Config`] — and
+//! every problem is reported with `file:line`, all at once. No input makes the
+//! parser panic. With no configuration directory, an embedded default
+//! configuration is used ([`embedded`]).
+//!
+//! **Security**: holds no privileges. Its input (the configuration files) is
+//! trusted to come from the administrator but is still validated in full:
+//! malformed text yields diagnostics, never a panic.
+//!
+//! **Configuration**: the parameters, their types and defaults are declared
+//! once, in [`params::PARAMS`]; `postern config -d` prints them.
+//!
+//! **See also**: postconf(5), master(5) from Postfix; `postern check`,
+//! `postern config`.
+
+pub mod diag;
+pub mod embedded;
+pub mod expand;
+pub mod logical;
+pub mod maincf;
+pub mod mastercf;
+pub mod params;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use diag::{ConfigErrors, Diagnostic, Severity};
+pub use maincf::{MainCf, MainEntry};
+pub use mastercf::{
+    Endpoint, MasterCf, MaxProc, Override, PortNames, ServiceEntry, ServiceType, ServicesFile,
+    Wakeup,
+};
+pub use params::{Kind, ParamSpec, Value};
+
+/// Where a configuration comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A directory holding `main.cf` and `master.cf`.
+    Dir(PathBuf),
+    /// The configuration compiled into the binary, for this instance layout.
+    Embedded(embedded::Layout),
+}
+
+impl Source {
+    /// The text of main.cf and master.cf with the names to report them under.
+    fn read(&self, diags: &mut Vec<Diagnostic>) -> Option<[(String, Vec<u8>); 2]> {
+        match self {
+            Source::Dir(dir) => {
+                let mut read = |name: &str| {
+                    let path = dir.join(name);
+                    let shown = path.display().to_string();
+                    match std::fs::read(&path) {
+                        Ok(bytes) => Some((shown, bytes)),
+                        Err(e) => {
+                            diags.push(Diagnostic::error(
+                                &shown,
+                                None,
+                                format!("cannot read file: {e}"),
+                            ));
+                            None
+                        }
+                    }
+                };
+                let main = read("main.cf");
+                let master = read("master.cf");
+                Some([main?, master?])
+            }
+            Source::Embedded(layout) => Some([
+                ("(embedded)/main.cf".into(), layout.main_cf().into_bytes()),
+                (
+                    "(embedded)/master.cf".into(),
+                    embedded::MASTER_CF.as_bytes().to_vec(),
+                ),
+            ]),
+        }
+    }
+}
+
+/// The outcome of loading: the diagnostics, and the configuration when none
+/// of them is an error.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// A usable configuration, if there were no errors.
+    pub config: Option<Config>,
+    /// Every warning and error, in file order.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Loaded {
+    /// The configuration, or every error as one `Err`.
+    pub fn into_result(self) -> Result<Config, ConfigErrors> {
+        match self.config {
+            Some(c) => Ok(c),
+            None => Err(ConfigErrors(
+                self.diagnostics
+                    .into_iter()
+                    .filter(Diagnostic::is_error)
+                    .collect(),
+            )),
+        }
+    }
+}
+
+/// A validated configuration: main.cf, master.cf, and every known parameter's
+/// expanded, type-checked value.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it was read from.
+    pub source: Source,
+    /// main.cf as parsed.
+    pub main: MainCf,
+    /// master.cf as parsed.
+    pub master: MasterCf,
+    /// For a per-service view: the service name and its `-o` overrides.
+    service: Option<(String, Vec<Override>)>,
+    /// Known parameters, expanded and checked.
+    values: BTreeMap<String, Value>,
+}
+
+/// Raw values by layer: service overrides, then main.cf, then defaults.
+struct Layers<'a> {
+    main: &'a MainCf,
+    master: &'a MasterCf,
+    source: &'a Source,
+    service: Option<&'a (String, Vec<Override>)>,
+}
+
+impl Layers<'_> {
+    fn is_service(&self, name: &str) -> bool {
+        self.master.services.iter().any(|s| s.name == name)
+    }
+
+    /// Kind and default text of a known parameter.
+    fn known(&self, name: &str) -> Option<(Kind, String)> {
+        if let Some(spec) = params::spec(name) {
+            let default = match (name, self.source) {
+                (params::CONFIG_DIRECTORY, Source::Dir(dir)) => dir.display().to_string(),
+                _ => spec.default.to_string(),
+            };
+            return Some((spec.kind, default));
+        }
+        params::service_param(name, |s| self.is_service(s)).map(|(k, d)| (k, d.to_string()))
+    }
+
+    fn raw(&self, name: &str) -> Option<String> {
+        if let Some((service, overrides)) = self.service {
+            if let Some(o) = overrides.iter().rev().find(|o| o.name == name) {
+                return Some(o.value.clone());
+            }
+            if name == "service_name" || name == "process_name" {
+                return Some(service.clone());
+            }
+        }
+        if let Some(e) = self.main.get(name) {
+            return Some(e.value.clone());
+        }
+        self.known(name).map(|(_, d)| d)
+    }
+
+    /// Expands and checks `name`; `Err` carries the message.
+    fn value(&self, name: &str, kind: Kind) -> (Result<Value, String>, Vec<String>) {
+        let lookup = |n: &str| self.raw(n);
+        let raw = self.raw(name).unwrap_or_default();
+        match expand::expand(&raw, Some(name), &lookup) {
+            Ok(e) => {
+                let warnings = e
+                    .undefined
+                    .iter()
+                    .map(|u| format!("{name}: ${u} is not defined (it expands to nothing)"))
+                    .collect();
+                (
+                    params::check(kind, &e.value).map_err(|m| format!("{name}: {m}")),
+                    warnings,
+                )
+            }
+            Err(err) => (Err(format!("{name}: {err}")), Vec::new()),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration.
+    pub fn load(source: &Source, ports: &dyn PortNames) -> Loaded {
+        let mut diags = Vec::new();
+        let Some([(main_file, main_text), (master_file, master_text)]) = source.read(&mut diags)
+        else {
+            return Loaded {
+                config: None,
+                diagnostics: diags,
+            };
+        };
+        let main = maincf::parse_main_cf(&main_file, &main_text, &mut diags);
+        let master = mastercf::parse_master_cf(&master_file, &master_text, ports, &mut diags);
+        Self::validate(source.clone(), main, master, None, diags)
+    }
+
+    /// Parses and validates configuration text (for tests and `postern check`
+    /// of files that are not in place yet).
+    pub fn from_text(
+        main_file: &str,
+        main: &[u8],
+        master_file: &str,
+        master: &[u8],
+        ports: &dyn PortNames,
+    ) -> Loaded {
+        let mut diags = Vec::new();
+        let main = maincf::parse_main_cf(main_file, main, &mut diags);
+        let master = mastercf::parse_master_cf(master_file, master, ports, &mut diags);
+        let dir = Path::new(main_file)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        Self::validate(Source::Dir(dir), main, master, None, diags)
+    }
+
+    fn validate(
+        source: Source,
+        main: MainCf,
+        master: MasterCf,
+        service: Option<(String, Vec<Override>)>,
+        mut diags: Vec<Diagnostic>,
+    ) -> Loaded {
+        let layers = Layers {
+            main: &main,
+            master: &master,
+            source: &source,
+            service: service.as_ref(),
+        };
+        let mut values = BTreeMap::new();
+        // Every parameter set in main.cf: known ones checked, unknown ones kept.
+        for entry in &main.entries {
+            match layers.known(&entry.name) {
+                Some((kind, _)) => {
+                    let (result, warnings) = layers.value(&entry.name, kind);
+                    for w in warnings {
+                        diags.push(Diagnostic::warning(&main.file, Some(entry.line), w));
+                    }
+                    match result {
+                        Ok(v) => {
+                            values.insert(entry.name.clone(), v);
+                        }
+                        Err(m) => diags.push(Diagnostic::error(&main.file, Some(entry.line), m)),
+                    }
+                }
+                None => diags.push(Diagnostic::warning(
+                    &main.file,
+                    Some(entry.line),
+                    format!(
+                        "unknown parameter {} (kept, but postern does not use it)",
+                        entry.name
+                    ),
+                )),
+            }
+        }
+        // Every master.cf override, checked in the context of its service.
+        for s in &master.services {
+            let ctx = (s.name.clone(), s.overrides.clone());
+            let svc = Layers {
+                service: Some(&ctx),
+                ..layers
+            };
+            for o in &s.overrides {
+                match svc.known(&o.name) {
+                    Some((kind, _)) => {
+                        let (result, warnings) = svc.value(&o.name, kind);
+                        for w in warnings {
+                            diags.push(Diagnostic::warning(&master.file, Some(s.line), format!("-o {w}")));
+                        }
+                        if let Err(m) = result {
+                            diags.push(Diagnostic::error(&master.file, Some(s.line), format!("-o {m}")));
+                        }
+                    }
+                    None => diags.push(Diagnostic::warning(
+                        &master.file,
+                        Some(s.line),
+                        format!("service {}: -o {}: unknown parameter (kept, but postern does not use it)", s.id(), o.name),
+                    )),
+                }
+            }
+        }
+        // Defaults (and, in a service view, overrides) of every declared parameter.
+        for spec in params::PARAMS {
+            let overridden = layers
+                .service
+                .is_some_and(|(_, o)| o.iter().any(|o| o.name == spec.name));
+            if values.contains_key(spec.name) && !overridden {
+                continue;
+            }
+            match layers.value(spec.name, spec.kind).0 {
+                Ok(v) => {
+                    values.insert(spec.name.to_string(), v);
+                }
+                // Reported above where the cause is (main.cf or -o); a bad
+                // default that refers to a bad setting is not repeated.
+                Err(m) => {
+                    if !diags.iter().any(Diagnostic::is_error) {
+                        diags.push(Diagnostic::error(
+                            &main.file,
+                            None,
+                            format!("default of {m}"),
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some((_, overrides)) = layers.service {
+            for o in overrides {
+                if let Some((kind, _)) = layers.known(&o.name) {
+                    if let Ok(v) = layers.value(&o.name, kind).0 {
+                        values.insert(o.name.clone(), v);
+                    }
+                }
+            }
+        }
+        let ok = !diags.iter().any(Diagnostic::is_error);
+        Loaded {
+            config: ok.then_some(Config {
+                source,
+                main,
+                master,
+                service,
+                values,
+            }),
+            diagnostics: diags,
+        }
+    }
+
+    /// The view of this configuration that a child of `entry` sees: main.cf
+    /// with the service's `-o` overrides applied and `$service_name` defined.
+    pub fn for_service(&self, entry: &ServiceEntry) -> Result<Config, ConfigErrors> {
+        Self::validate(
+            self.source.clone(),
+            self.main.clone(),
+            self.master.clone(),
+            Some((entry.name.clone(), entry.overrides.clone())),
+            Vec::new(),
+        )
+        .into_result()
+    }
+
+    fn value(&self, name: &str) -> &Value {
+        match self.values.get(name) {
+            Some(v) => v,
+            None => panic!("parameter {name} is not declared in postern_conf::params"),
+        }
+    }
+
+    /// The expanded text of a declared text, list or choice parameter.
+    pub fn text(&self, name: &str) -> &str {
+        match self.value(name) {
+            Value::Text(t) => t,
+            other => panic!("parameter {name} is not text: {other:?}"),
+        }
+    }
+
+    /// A declared list parameter, split into items.
+    pub fn list(&self, name: &str) -> Vec<String> {
+        params::split_list(self.text(name))
+    }
+
+    /// A declared time parameter.
+    pub fn time(&self, name: &str) -> Duration {
+        match self.value(name) {
+            Value::Time(d) => *d,
+            other => panic!("parameter {name} is not a time: {other:?}"),
+        }
+    }
+
+    /// A declared number parameter.
+    pub fn int(&self, name: &str) -> i64 {
+        match self.value(name) {
+            Value::Int(n) => *n,
+            other => panic!("parameter {name} is not a number: {other:?}"),
+        }
+    }
+
+    /// A declared yes/no parameter.
+    pub fn bool(&self, name: &str) -> bool {
+        match self.value(name) {
+            Value::Bool(b) => *b,
+            other => panic!("parameter {name} is not yes/no: {other:?}"),
+        }
+    }
+
+    /// `<service>_time_limit`, or `command_time_limit` when it is not set.
+    pub fn service_time_limit(&self, service: &str) -> Duration {
+        match self.values.get(&format!("{service}_time_limit")) {
+            Some(Value::Time(d)) => *d,
+            _ => self.time(params::COMMAND_TIME_LIMIT),
+        }
+    }
+
+    /// The raw (unexpanded) value of any parameter: override, main.cf, default.
+    pub fn raw(&self, name: &str) -> Option<String> {
+        self.layers().raw(name)
+    }
+
+    /// The expanded value of any parameter (known or not).
+    pub fn expanded(&self, name: &str) -> Option<Result<String, expand::ExpandError>> {
+        let layers = self.layers();
+        let raw = layers.raw(name)?;
+        Some(expand::expand(&raw, Some(name), &|n: &str| layers.raw(n)).map(|e| e.value))
+    }
+
+    /// The expanded value of `text` in this configuration (e.g. a default).
+    pub fn expand_text(&self, text: &str) -> Result<String, expand::ExpandError> {
+        let layers = self.layers();
+        expand::expand(text, None, &|n: &str| layers.raw(n)).map(|e| e.value)
+    }
+
+    fn layers(&self) -> Layers<'_> {
+        Layers {
+            main: &self.main,
+            master: &self.master,
+            source: &self.source,
+            service: self.service.as_ref(),
+        }
+    }
+
+    /// The effective `daemon_directory`: as set, or the directory of the
+    /// running program when empty.
+    pub fn daemon_directory(&self) -> PathBuf {
+        let set = self.text(params::DAEMON_DIRECTORY);
+        if !set.is_empty() {
+            return PathBuf::from(set);
+        }
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+
+    /// The process limit of `entry` (`None` = unlimited).
+    pub fn process_limit(&self, entry: &ServiceEntry) -> Option<u32> {
+        let default = u32::try_from(self.int(params::DEFAULT_PROCESS_LIMIT)).unwrap_or(u32::MAX);
+        entry.process_limit(default)
+    }
+}

@@ -1,0 +1,358 @@
+//! The main.cf parameters postern knows, each declared once.
+//!
+//! Every parameter has a name, a type, a default (as main.cf text, so that
+//! defaults may refer to other parameters with `$name`) and a one-line
+//! description. Names and defaults follow Postfix's postconf(5) where Postfix
+//! has the parameter; where postern differs on purpose the description says so.
+//! Parameters of the form `<service>_time_limit` (and the other per-service
+//! suffixes in [`SERVICE_SUFFIXES`]) are recognised for every master.cf service.
+
+use std::time::Duration;
+
+/// The type of a parameter's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Free text (after `$name` expansion).
+    Text,
+    /// A whole number no smaller than `min`.
+    Int {
+        /// The smallest value accepted.
+        min: i64,
+    },
+    /// `yes` or `no`.
+    Bool,
+    /// A time: a number and a unit (`s m h d w`); a bare number is in `unit`.
+    Time {
+        /// The unit of a bare number.
+        unit: char,
+    },
+    /// Names separated by commas and/or white space.
+    List,
+    /// One word out of a fixed set.
+    Choice(&'static [&'static str]),
+    /// Words each out of a fixed set.
+    ChoiceList(&'static [&'static str]),
+}
+
+/// A declared parameter.
+#[derive(Debug, Clone, Copy)]
+pub struct ParamSpec {
+    /// The main.cf name.
+    pub name: &'static str,
+    /// The type of its value.
+    pub kind: Kind,
+    /// The default, as main.cf text.
+    pub default: &'static str,
+    /// One line saying what it is for.
+    pub doc: &'static str,
+}
+
+macro_rules! params {
+    ($( $konst:ident $name:literal $kind:expr, $default:literal, $doc:literal; )*) => {
+        $(
+            #[doc = $doc]
+            pub const $konst: &str = $name;
+        )*
+        /// Every declared parameter, sorted by name.
+        pub static PARAMS: &[ParamSpec] = &[
+            $( ParamSpec { name: $name, kind: $kind, default: $default, doc: $doc }, )*
+        ];
+    };
+}
+
+const SYSLOG_FACILITIES: &[&str] = &[
+    "mail", "daemon", "user", "local0", "local1", "local2", "local3", "local4", "local5", "local6",
+    "local7",
+];
+const INET_PROTOCOL_NAMES: &[&str] = &["all", "ipv4", "ipv6"];
+
+params! {
+    COMMAND_TIME_LIMIT "command_time_limit" Kind::Time { unit: 's' }, "1000s",
+        "Time limit for one external command run by spawn or a command transport, unless <service>_time_limit says otherwise.";
+    CONFIG_DIRECTORY "config_directory" Kind::Text, "/etc/postern",
+        "Directory holding main.cf, master.cf and the destination policy (postern's own; Postfix uses /etc/postfix).";
+    DAEMON_DIRECTORY "daemon_directory" Kind::Text, "",
+        "Directory of the postern-* daemon programs; empty means the directory of the postern command itself.";
+    DAEMON_TIMEOUT "daemon_timeout" Kind::Time { unit: 's' }, "18000s",
+        "How long a child may spend on one request before its watchdog terminates it.";
+    DATA_DIRECTORY "data_directory" Kind::Text, "/var/lib/postern",
+        "Directory of the instance's writable state (pid lock), owned by mail_owner.";
+    DEFAULT_PRIVS "default_privs" Kind::Text, "nobody",
+        "Account used for deliveries on behalf of root-owned accounts; neither root nor mail_owner.";
+    DEFAULT_PROCESS_LIMIT "default_process_limit" Kind::Int { min: 1 }, "100",
+        "Child process limit of a master.cf service whose maxproc field is '-'.";
+    EXPORT_ENVIRONMENT "export_environment" Kind::List, "TZ MAIL_CONFIG LANG",
+        "Environment variables passed on to external commands (name, or name=value).";
+    INET_INTERFACES "inet_interfaces" Kind::List, "loopback-only",
+        "Addresses inet services without a host part listen on: all, loopback-only, or addresses (Postfix's default is all; postern starts on loopback).";
+    INET_PROTOCOLS "inet_protocols" Kind::ChoiceList(INET_PROTOCOL_NAMES), "all",
+        "Address families of inet services: all, ipv4, ipv6.";
+    IPC_TIMEOUT "ipc_timeout" Kind::Time { unit: 's' }, "3600s",
+        "Time limit for reading or writing one exchange on a connection.";
+    MAIL_OWNER "mail_owner" Kind::Text, "postern",
+        "Unprivileged account that owns the queue and runs unprivileged services (Postfix's default is postfix).";
+    MAILLOG_FILE "maillog_file" Kind::Text, "",
+        "File every postern process logs to; empty means syslog (or stderr with start --foreground).";
+    MAX_IDLE "max_idle" Kind::Time { unit: 's' }, "100s",
+        "How long an idle child waits for its next request before it exits.";
+    MAX_USE "max_use" Kind::Int { min: 1 }, "100",
+        "How many requests a child serves before it exits.";
+    QUEUE_DIRECTORY "queue_directory" Kind::Text, "/var/spool/postern",
+        "Directory of the queue and of the private/ and public/ unix endpoints.";
+    SERVICE_THROTTLE_TIME "service_throttle_time" Kind::Time { unit: 's' }, "60s",
+        "How long a service is left alone after a child failed before serving one request.";
+    SYSLOG_FACILITY "syslog_facility" Kind::Choice(SYSLOG_FACILITIES), "mail",
+        "Syslog facility of postern's log lines.";
+    SYSLOG_NAME "syslog_name" Kind::Text, "postern",
+        "Prefix of every log line: <syslog_name>/<service>[pid].";
+}
+
+/// Per-service parameter suffixes: `<service><suffix>` is recognised for every
+/// service named in master.cf (Postfix's `<transport>_time_limit` and friends).
+pub const SERVICE_SUFFIXES: &[(&str, Kind, &str)] = &[
+    (
+        "_time_limit",
+        Kind::Time { unit: 's' },
+        "$command_time_limit",
+    ),
+    ("_destination_concurrency_limit", Kind::Int { min: 0 }, "20"),
+    ("_destination_recipient_limit", Kind::Int { min: 0 }, "50"),
+];
+
+/// Looks up a declared parameter by name.
+pub fn spec(name: &str) -> Option<&'static ParamSpec> {
+    PARAMS.iter().find(|p| p.name == name)
+}
+
+/// The kind and default of a per-service parameter `<service><suffix>`, if
+/// `name` has one of the suffixes and `is_service` accepts the prefix.
+pub fn service_param(
+    name: &str,
+    is_service: impl Fn(&str) -> bool,
+) -> Option<(Kind, &'static str)> {
+    SERVICE_SUFFIXES.iter().find_map(|(suffix, kind, default)| {
+        let service = name.strip_suffix(suffix)?;
+        (!service.is_empty() && is_service(service)).then_some((*kind, *default))
+    })
+}
+
+/// A checked value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// Text, list or choice.
+    Text(String),
+    /// A number.
+    Int(i64),
+    /// yes/no.
+    Bool(bool),
+    /// A time.
+    Time(Duration),
+}
+
+/// Checks `value` (already expanded) against `kind`.
+pub fn check(kind: Kind, value: &str) -> Result<Value, String> {
+    let v = value.trim();
+    match kind {
+        Kind::Text | Kind::List => Ok(Value::Text(v.to_string())),
+        Kind::Int { min } => {
+            let n = parse_int(v)?;
+            if n < min {
+                return Err(format!("'{v}' is too small (the minimum is {min})"));
+            }
+            Ok(Value::Int(n))
+        }
+        Kind::Bool => parse_bool(v).map(Value::Bool),
+        Kind::Time { unit } => parse_time(v, unit).map(Value::Time),
+        Kind::Choice(choices) => {
+            if choices.contains(&v) {
+                Ok(Value::Text(v.to_string()))
+            } else {
+                Err(format!("'{v}' is not one of: {}", choices.join(", ")))
+            }
+        }
+        Kind::ChoiceList(choices) => {
+            let words = split_list(v);
+            if words.is_empty() {
+                return Err(format!(
+                    "empty value (expected one or more of: {})",
+                    choices.join(", ")
+                ));
+            }
+            for w in &words {
+                if !choices.contains(&w.as_str()) {
+                    return Err(format!("'{w}' is not one of: {}", choices.join(", ")));
+                }
+            }
+            Ok(Value::Text(v.to_string()))
+        }
+    }
+}
+
+/// Parses a whole number.
+pub fn parse_int(v: &str) -> Result<i64, String> {
+    if v.is_empty() {
+        return Err("empty value where a number is expected".into());
+    }
+    v.parse::<i64>().map_err(|_| {
+        if v.bytes().all(|b| b.is_ascii_digit()) {
+            format!("'{v}' is too large")
+        } else {
+            format!("'{v}' is not a number")
+        }
+    })
+}
+
+/// Parses `yes` or `no` (in any case).
+pub fn parse_bool(v: &str) -> Result<bool, String> {
+    if v.eq_ignore_ascii_case("yes") {
+        Ok(true)
+    } else if v.eq_ignore_ascii_case("no") {
+        Ok(false)
+    } else {
+        Err(format!("'{v}' is not yes or no"))
+    }
+}
+
+/// Parses a Postfix time value: digits and one optional unit letter
+/// (`s`econds, `m`inutes, `h`ours, `d`ays, `w`eeks); a bare number is in
+/// `default_unit`.
+pub fn parse_time(v: &str, default_unit: char) -> Result<Duration, String> {
+    let digits = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    if digits == 0 {
+        return Err(if v.is_empty() {
+            "empty value where a time is expected".to_string()
+        } else {
+            format!("'{v}' is not a time value (a number with an optional unit s, m, h, d or w)")
+        });
+    }
+    let number: u64 = v[..digits]
+        .parse()
+        .map_err(|_| format!("time value '{v}' is too large"))?;
+    let unit_text = &v[digits..];
+    let mut unit_chars = unit_text.chars();
+    let unit = match (unit_chars.next(), unit_chars.next()) {
+        (None, _) => default_unit,
+        (Some(u), None) => u,
+        _ => {
+            return Err(format!(
+                "'{v}' has a bad time unit '{unit_text}' (use s, m, h, d or w)"
+            ))
+        }
+    };
+    let scale: u64 = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86400,
+        'w' => 604800,
+        other => {
+            return Err(format!(
+                "'{v}' has a bad time unit '{other}' (use s, m, h, d or w)"
+            ))
+        }
+    };
+    number
+        .checked_mul(scale)
+        .filter(|s| *s <= i32::MAX as u64)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("time value '{v}' is too large"))
+}
+
+/// Splits a list value on commas and white space, dropping empty items.
+pub fn split_list(v: &str) -> Vec<String> {
+    v.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Formats a duration the way postconf prints time defaults (`100s`).
+pub fn format_time(d: Duration) -> String {
+    format!("{}s", d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_is_sorted_and_unique() {
+        for pair in PARAMS.windows(2) {
+            assert!(
+                pair[0].name < pair[1].name,
+                "{} before {}",
+                pair[0].name,
+                pair[1].name
+            );
+        }
+    }
+
+    #[test]
+    fn defaults_pass_their_own_checks() {
+        for p in PARAMS {
+            if !p.default.contains('$') {
+                check(p.kind, p.default).unwrap_or_else(|e| panic!("{}: {e}", p.name));
+            }
+        }
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(parse_time("100s", 's'), Ok(Duration::from_secs(100)));
+        assert_eq!(parse_time("100", 's'), Ok(Duration::from_secs(100)));
+        assert_eq!(parse_time("5", 'd'), Ok(Duration::from_secs(5 * 86400)));
+        assert_eq!(parse_time("2w", 's'), Ok(Duration::from_secs(2 * 604800)));
+        assert_eq!(parse_time("3h", 's'), Ok(Duration::from_secs(3 * 3600)));
+        assert_eq!(parse_time("1m", 's'), Ok(Duration::from_secs(60)));
+        assert!(parse_time("10x", 's')
+            .unwrap_err()
+            .contains("bad time unit 'x'"));
+        assert!(parse_time("10ms", 's')
+            .unwrap_err()
+            .contains("bad time unit 'ms'"));
+        assert!(parse_time("s", 's')
+            .unwrap_err()
+            .contains("not a time value"));
+        assert!(parse_time("", 's').unwrap_err().contains("empty"));
+        assert!(parse_time("-1s", 's')
+            .unwrap_err()
+            .contains("not a time value"));
+        assert!(parse_time("99999999999999999999", 's')
+            .unwrap_err()
+            .contains("too large"));
+        assert!(parse_time("999999999w", 's')
+            .unwrap_err()
+            .contains("too large"));
+    }
+
+    #[test]
+    fn numbers_bools_choices() {
+        assert_eq!(check(Kind::Int { min: 1 }, "10"), Ok(Value::Int(10)));
+        assert_eq!(
+            check(Kind::Int { min: 1 }, "ten"),
+            Err("'ten' is not a number".into())
+        );
+        assert_eq!(
+            check(Kind::Int { min: 1 }, "0"),
+            Err("'0' is too small (the minimum is 1)".into())
+        );
+        assert_eq!(check(Kind::Bool, "YES"), Ok(Value::Bool(true)));
+        assert_eq!(check(Kind::Bool, "no"), Ok(Value::Bool(false)));
+        assert!(check(Kind::Bool, "maybe").is_err());
+        assert!(check(Kind::ChoiceList(INET_PROTOCOL_NAMES), "ipv4, ipv6").is_ok());
+        assert!(check(Kind::ChoiceList(INET_PROTOCOL_NAMES), "ipv5").is_err());
+        assert_eq!(split_list(" a, b  c,,d "), vec!["a", "b", "c", "d"]);
+    }
+
+    #[test]
+    fn service_params() {
+        let is = |s: &str| s == "cat" || s == "127.0.0.1:10025";
+        assert!(matches!(
+            service_param("cat_time_limit", is),
+            Some((Kind::Time { .. }, _))
+        ));
+        assert!(service_param("127.0.0.1:10025_time_limit", is).is_some());
+        assert!(service_param("dog_time_limit", is).is_none());
+        assert!(service_param("_time_limit", |_| true).is_none());
+    }
+}
