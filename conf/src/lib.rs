@@ -332,6 +332,8 @@ impl Config {
                 }
             }
         }
+        // Present problems file by file, line by line (stable: same-line order kept).
+        diags.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
         let ok = !diags.iter().any(Diagnostic::is_error);
         Loaded {
             config: ok.then_some(Config {

@@ -1,0 +1,289 @@
+//! `postern check`: what a configuration means for the system it runs on.
+//!
+//! Syntax and types are checked by `postern_conf` while loading. This module
+//! adds the checks that need the system: the accounts named by `mail_owner`
+//! and `default_privs`, the directories, the permissions of the configuration
+//! files, the listening endpoints (no two services on one), and which master.cf
+//! programs postern provides. Each problem is a [`Diagnostic`] naming the file
+//! and line where the administrator can fix it.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use postern_common::account::{self, Account};
+use postern_conf::params::{self, MAIL_OWNER};
+use postern_conf::{Config, Diagnostic, Endpoint, Source};
+
+use crate::programs;
+
+/// Runs every system check on a loaded configuration.
+pub fn check(config: &Config) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let owner = check_accounts(config, &mut out);
+    check_directories(config, owner.as_ref(), &mut out);
+    check_config_files(config, &mut out);
+    check_inet_interfaces(config, &mut out);
+    check_services(config, &mut out);
+    out
+}
+
+/// Where main.cf sets `name` (its line), or just the file when it is a default.
+fn place(config: &Config, name: &str) -> (String, Option<usize>) {
+    (
+        config.main.file.clone(),
+        config.main.get(name).map(|e| e.line),
+    )
+}
+
+fn error(config: &Config, name: &str, msg: String) -> Diagnostic {
+    let (file, line) = place(config, name);
+    Diagnostic::error(&file, line, msg)
+}
+
+fn warning(config: &Config, name: &str, msg: String) -> Diagnostic {
+    let (file, line) = place(config, name);
+    Diagnostic::warning(&file, line, msg)
+}
+
+fn check_accounts(config: &Config, out: &mut Vec<Diagnostic>) -> Option<Account> {
+    let owner_name = config.text(MAIL_OWNER);
+    let owner = match account::user_by_name(owner_name) {
+        Ok(Some(a)) => Some(a),
+        Ok(None) if owner_name == params::spec(MAIL_OWNER).map_or("", |s| s.default) => {
+            out.push(warning(
+                config,
+                MAIL_OWNER,
+                format!("mail_owner '{owner_name}' does not exist yet; postern start creates it when run as root"),
+            ));
+            None
+        }
+        Ok(None) => {
+            out.push(error(
+                config,
+                MAIL_OWNER,
+                format!("mail_owner '{owner_name}': no such user"),
+            ));
+            None
+        }
+        Err(e) => {
+            out.push(error(config, MAIL_OWNER, e.to_string()));
+            None
+        }
+    };
+    if let Some(o) = &owner {
+        if o.uid == 0 {
+            out.push(error(
+                config,
+                MAIL_OWNER,
+                format!("mail_owner '{owner_name}' has uid 0: it must not be root"),
+            ));
+        }
+        if o.gid == 0 {
+            out.push(error(
+                config,
+                MAIL_OWNER,
+                format!("mail_owner '{owner_name}' has group id 0: its primary group must not be root's"),
+            ));
+        }
+    }
+    let privs_name = config.text(params::DEFAULT_PRIVS);
+    match account::user_by_name(privs_name) {
+        Ok(Some(p)) => {
+            if p.uid == 0 || p.gid == 0 {
+                out.push(error(
+                    config,
+                    params::DEFAULT_PRIVS,
+                    format!(
+                        "default_privs '{privs_name}' has uid {} gid {}: neither may be 0",
+                        p.uid, p.gid
+                    ),
+                ));
+            }
+            if let Some(o) = &owner {
+                if p.uid == o.uid || p.gid == o.gid {
+                    out.push(error(
+                        config,
+                        params::DEFAULT_PRIVS,
+                        format!(
+                            "default_privs '{privs_name}' shares its uid or gid with mail_owner '{}': deliveries must not run as the mail owner",
+                            o.name
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(None) => out.push(error(
+            config,
+            params::DEFAULT_PRIVS,
+            format!("default_privs '{privs_name}': no such user"),
+        )),
+        Err(e) => out.push(error(config, params::DEFAULT_PRIVS, e.to_string())),
+    }
+    owner
+}
+
+fn check_directories(config: &Config, owner: Option<&Account>, out: &mut Vec<Diagnostic>) {
+    for (name, expected_owner) in [
+        (params::QUEUE_DIRECTORY, Some(0)),
+        (params::DATA_DIRECTORY, owner.map(|o| o.uid)),
+    ] {
+        let dir = config.text(name);
+        if !dir.starts_with('/') {
+            out.push(error(
+                config,
+                name,
+                format!("{name} '{dir}' is not an absolute path"),
+            ));
+            continue;
+        }
+        match std::fs::symlink_metadata(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => out.push(warning(
+                config,
+                name,
+                format!("{name} {dir} does not exist yet; postern start creates it"),
+            )),
+            Err(e) => out.push(error(
+                config,
+                name,
+                format!("cannot examine {name} {dir}: {e}"),
+            )),
+            Ok(md) if !md.is_dir() => {
+                out.push(error(
+                    config,
+                    name,
+                    format!("{name} {dir} is not a directory"),
+                ));
+            }
+            Ok(md) => {
+                if md.mode() & 0o022 != 0 {
+                    out.push(error(
+                        config,
+                        name,
+                        format!(
+                            "{name} {dir} is writable by group or others (mode {:04o})",
+                            md.mode() & 0o7777
+                        ),
+                    ));
+                }
+                if let Some(uid) = expected_owner {
+                    if md.uid() != uid && account::running_as_root() {
+                        out.push(warning(
+                            config,
+                            name,
+                            format!("{name} {dir} is owned by uid {}, expected {uid}; postern start fixes it", md.uid()),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn check_config_files(config: &Config, out: &mut Vec<Diagnostic>) {
+    let Source::Dir(dir) = &config.source else {
+        return;
+    };
+    for file in ["main.cf", "master.cf"] {
+        let path = dir.join(file);
+        let shown = path.display().to_string();
+        let Ok(md) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if md.mode() & 0o002 != 0 {
+            out.push(Diagnostic::error(
+                &shown,
+                None,
+                "writable by everyone: anyone could make the master run commands as any user"
+                    .to_string(),
+            ));
+        } else if md.mode() & 0o020 != 0 {
+            out.push(Diagnostic::warning(
+                &shown,
+                None,
+                "writable by its group".to_string(),
+            ));
+        }
+        if md.uid() != 0 && account::running_as_root() {
+            out.push(Diagnostic::warning(
+                &shown,
+                None,
+                format!("owned by uid {}, not root", md.uid()),
+            ));
+        }
+    }
+}
+
+fn check_inet_interfaces(config: &Config, out: &mut Vec<Diagnostic>) {
+    let items = config.list(params::INET_INTERFACES);
+    if items.is_empty() {
+        out.push(error(
+            config,
+            params::INET_INTERFACES,
+            "inet_interfaces is empty".into(),
+        ));
+    }
+    for item in &items {
+        let special = matches!(item.as_str(), "all" | "loopback-only");
+        let address = item
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok();
+        if special && items.len() > 1 {
+            out.push(error(
+                config,
+                params::INET_INTERFACES,
+                format!("inet_interfaces: '{item}' cannot be combined with other values"),
+            ));
+        } else if !special && !address {
+            out.push(error(
+                config,
+                params::INET_INTERFACES,
+                format!("inet_interfaces: '{item}' is not an IP address, all or loopback-only"),
+            ));
+        }
+    }
+}
+
+fn check_services(config: &Config, out: &mut Vec<Diagnostic>) {
+    let file = &config.master.file;
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for s in &config.master.services {
+        // Two services on one endpoint cannot both listen.
+        let key = match &s.endpoint {
+            Endpoint::Inet { host, port } => {
+                format!("inet {}:{port}", host.as_deref().unwrap_or("*"))
+            }
+            Endpoint::Local { .. } => s.endpoint.to_string(),
+        };
+        if let Some(first) = seen.insert(key.clone(), s.line) {
+            out.push(Diagnostic::error(
+                file,
+                Some(s.line),
+                format!(
+                    "service {} listens on {} like the service at line {first}",
+                    s.id(),
+                    s.endpoint
+                ),
+            ));
+        }
+        if programs::find(&s.command).is_none() {
+            out.push(Diagnostic::warning(
+                file,
+                Some(s.line),
+                format!(
+                    "service {} runs '{}', which postern does not provide: the master will not start it",
+                    s.id(),
+                    s.command
+                ),
+            ));
+        }
+    }
+}
+
+/// Whether `path` exists (for the configuration-directory choice).
+pub fn has_main_cf(dir: &Path) -> bool {
+    dir.join("main.cf").is_file()
+}

@@ -1,0 +1,283 @@
+//! The `postern` command line: option parsing and dispatch.
+//!
+//! Every subcommand returns its exit status; nothing here calls
+//! `process::exit` but [`main`].
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+use postern_common::{account, sysexits};
+use postern_conf::embedded::{Layout, MASTER_CF};
+use postern_conf::{Config, Diagnostic, ServicesFile, Source};
+
+use crate::{check, show};
+
+/// The default configuration directory.
+pub const DEFAULT_CONFIG_DIR: &str = "/etc/postern";
+
+#[derive(Debug, Parser)]
+#[command(name = "postern", version, about = "Administer a postern instance")]
+struct Cli {
+    /// Configuration directory (default: $POSTERN_CONFIG, else /etc/postern
+    /// if it has a main.cf, else the embedded default configuration).
+    #[arg(short = 'c', long = "config", global = true, value_name = "DIR")]
+    config_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate main.cf, master.cf, the directories and accounts they name.
+    Check,
+    /// Print parameters like postconf(1).
+    #[command(disable_help_flag = true)]
+    Config {
+        /// Print help.
+        #[arg(long, action = clap::ArgAction::Help)]
+        help: Option<bool>,
+        /// Only the parameters set in main.cf.
+        #[arg(short = 'n', conflicts_with = "defaults")]
+        non_default: bool,
+        /// The default values.
+        #[arg(short = 'd')]
+        defaults: bool,
+        /// Expand $name references in values.
+        #[arg(short = 'x')]
+        expand: bool,
+        /// Print values only, without "name = ".
+        #[arg(short = 'h', long = "values-only")]
+        values_only: bool,
+        /// Print master.cf entries (NAME or NAME/TYPE selects some).
+        #[arg(short = 'M')]
+        master: bool,
+        /// Parameters (or, with -M, services) to print.
+        names: Vec<String>,
+    },
+    /// Write the default main.cf and master.cf into DIR for editing.
+    Init {
+        /// Keep the queue and state inside DIR (DIR/queue, DIR/data).
+        #[arg(long)]
+        self_contained: bool,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+        /// The directory to write (created if missing).
+        dir: PathBuf,
+    },
+}
+
+/// Parses the command line, runs the command, returns the exit status.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                sysexits::EX_USAGE
+            } else {
+                sysexits::EX_OK
+            };
+            let _ = e.print();
+            return code;
+        }
+    };
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("postern: fatal: {e:#}");
+            sysexits::EX_SOFTWARE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Init {
+            self_contained,
+            force,
+            dir,
+        } => Ok(init(&dir, self_contained, force)),
+        Command::Check => Ok(run_check(&source(cli.config_dir))),
+        Command::Config {
+            non_default,
+            defaults,
+            expand,
+            values_only,
+            master,
+            names,
+            ..
+        } => {
+            let which = match (non_default, defaults) {
+                (true, _) => show::Which::NonDefault,
+                (_, true) => show::Which::Defaults,
+                _ => show::Which::Effective,
+            };
+            let style = show::Style {
+                expand,
+                values_only,
+            };
+            Ok(run_config(
+                &source(cli.config_dir),
+                which,
+                style,
+                master,
+                &names,
+            ))
+        }
+    }
+}
+
+/// Chooses the configuration: `-c`, `$POSTERN_CONFIG`, /etc/postern, embedded.
+pub fn source(explicit: Option<PathBuf>) -> Source {
+    if let Some(dir) = explicit.or_else(|| std::env::var_os("POSTERN_CONFIG").map(PathBuf::from)) {
+        return Source::Dir(dir);
+    }
+    let default = Path::new(DEFAULT_CONFIG_DIR);
+    if check::has_main_cf(default) {
+        return Source::Dir(default.to_path_buf());
+    }
+    Source::Embedded(user_layout())
+}
+
+fn user_layout() -> Layout {
+    let uid = nix::unistd::Uid::effective().as_raw();
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    Layout::for_user(account::running_as_root(), home.as_deref(), uid)
+}
+
+fn describe(source: &Source) -> String {
+    match source {
+        Source::Dir(d) => format!("configuration directory {}", d.display()),
+        Source::Embedded(_) => {
+            format!("embedded default configuration (no -c, no $POSTERN_CONFIG, no {DEFAULT_CONFIG_DIR}/main.cf)")
+        }
+    }
+}
+
+fn load(source: &Source) -> (Option<Config>, Vec<Diagnostic>) {
+    let loaded = Config::load(source, &ServicesFile::system());
+    (loaded.config, loaded.diagnostics)
+}
+
+fn run_check(source: &Source) -> i32 {
+    eprintln!("postern: checking the {}", describe(source));
+    let (config, mut diags) = load(source);
+    if let Some(config) = &config {
+        diags.extend(check::check(config));
+    }
+    for d in &diags {
+        eprintln!("{d}");
+    }
+    let errors = diags.iter().filter(|d| d.is_error()).count();
+    let warnings = diags.len() - errors;
+    if errors > 0 {
+        eprintln!("postern: {errors} error(s), {warnings} warning(s): the configuration cannot be used as it is");
+        1
+    } else {
+        eprintln!("postern: configuration is valid ({warnings} warning(s))");
+        0
+    }
+}
+
+fn run_config(
+    source: &Source,
+    which: show::Which,
+    style: show::Style,
+    master: bool,
+    names: &[String],
+) -> i32 {
+    let (config, diags) = load(source);
+    let Some(config) = config else {
+        for d in diags.iter().filter(|d| d.is_error()) {
+            eprintln!("{d}");
+        }
+        eprintln!("postern: fatal: the configuration has errors (run postern check)");
+        return sysexits::EX_CONFIG;
+    };
+    let mut out = std::io::stdout().lock();
+    let mut status = 0;
+    if master {
+        let selected: Vec<_> = config
+            .master
+            .services
+            .iter()
+            .filter(|s| names.is_empty() || names.iter().any(|n| *n == s.name || *n == s.id()))
+            .collect();
+        for n in names {
+            if !selected.iter().any(|s| *n == s.name || *n == s.id()) {
+                eprintln!("postern: warning: {n}: no such master.cf service");
+                status = 1;
+            }
+        }
+        for s in selected {
+            let _ = writeln!(out, "{}", show::service_line(s));
+        }
+        return status;
+    }
+    let table = show::parameters(&config, which);
+    if names.is_empty() {
+        for (name, raw) in &table {
+            let _ = writeln!(out, "{}", show::line(&config, name, raw, which, style));
+        }
+        return status;
+    }
+    for name in names {
+        let raw = match which {
+            show::Which::Effective => config.raw(name),
+            _ => table.get(name).cloned(),
+        };
+        match raw {
+            Some(raw) => {
+                let _ = writeln!(out, "{}", show::line(&config, name, &raw, which, style));
+            }
+            None => {
+                eprintln!("postern: warning: {name}: unknown parameter");
+                status = 1;
+            }
+        }
+    }
+    status
+}
+
+fn init(dir: &Path, self_contained: bool, force: bool) -> i32 {
+    let layout = if self_contained {
+        let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        Layout::inside(&absolute)
+    } else {
+        user_layout()
+    };
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        eprintln!("postern: fatal: cannot create {}: {e}", dir.display());
+        return sysexits::EX_CANTCREAT;
+    }
+    let files = [
+        ("main.cf", layout.main_cf()),
+        ("master.cf", MASTER_CF.to_string()),
+    ];
+    if !force {
+        let existing: Vec<_> = files
+            .iter()
+            .map(|(n, _)| dir.join(n))
+            .filter(|p| p.exists())
+            .collect();
+        if !existing.is_empty() {
+            for p in existing {
+                eprintln!(
+                    "postern: fatal: {} exists; not overwritten (use --force)",
+                    p.display()
+                );
+            }
+            return sysexits::EX_CANTCREAT;
+        }
+    }
+    for (name, text) in files {
+        let path = dir.join(name);
+        if let Err(e) = std::fs::write(&path, text) {
+            eprintln!("postern: fatal: cannot write {}: {e}", path.display());
+            return sysexits::EX_CANTCREAT;
+        }
+        println!("postern: wrote {}", path.display());
+    }
+    0
+}

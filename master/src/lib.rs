@@ -1,0 +1,34 @@
+//! # postern-master
+//!
+//! **Name**: postern — the administration command of a postern instance.
+//!
+//! **Synopsis**:
+//! ```text
+//! postern [-c CONFIG_DIR] check
+//! postern [-c CONFIG_DIR] config [-n | -d] [-x] [-h] [-M] [NAME...]
+//! postern init [--self-contained] [--force] DIR
+//! ```
+//!
+//! **Description**: `check` validates main.cf, master.cf, the directories
+//! and the accounts they name, and lists every problem with its file and line;
+//! `config` prints parameters the way postconf(1) does; `init` writes the
+//! embedded default configuration out for editing. The configuration
+//! directory is `-c DIR`, else `$POSTERN_CONFIG`, else `/etc/postern` when it
+//! holds a main.cf, else the embedded default configuration.
+//!
+//! **Security**: `check` and `config` only read. `init` writes two files and
+//! never overwrites one without `--force`.
+//!
+//! **Configuration**: all of main.cf; `postern config -d` lists every
+//! parameter with its default.
+//!
+//! **Exit status**: 0 success; 1 `check` found problems, or `config` was
+//! asked for an unknown parameter; 64 bad usage; 73 `init` could not write;
+//! 78 the configuration cannot be loaded.
+//!
+//! **See also**: postconf(1), postconf(5), master(5).
+
+pub mod check;
+pub mod cli;
+pub mod programs;
+pub mod show;

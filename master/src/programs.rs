@@ -1,0 +1,24 @@
+//! The programs postern provides for master.cf's command field.
+//!
+//! A master.cf entry whose command is not in [`PROVIDED`] is accepted (a
+//! Postfix master.cf parses cleanly) but `postern check` lists it, and the
+//! master does not start it. Each daemon adds itself here when it arrives.
+
+/// A program a master.cf service may run.
+#[derive(Debug, Clone, Copy)]
+pub struct Program {
+    /// The name in master.cf's command field.
+    pub name: &'static str,
+    /// The executable in `daemon_directory`.
+    pub executable: &'static str,
+    /// What it does, for `postern check`.
+    pub doc: &'static str,
+}
+
+/// Every program postern provides.
+pub const PROVIDED: &[Program] = &[];
+
+/// The program called `name`, if postern provides it.
+pub fn find(name: &str) -> Option<&'static Program> {
+    PROVIDED.iter().find(|p| p.name == name)
+}

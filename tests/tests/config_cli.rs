@@ -1,0 +1,276 @@
+//! End to end: `postern check`, `postern config` and `postern init` on real
+//! configuration directories, including Postfix's own stock files.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use postern_tests::postern;
+
+/// A fresh self-contained instance directory made by `postern init`.
+fn instance() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let out = postern(&[
+        "init",
+        "--self-contained",
+        dir.path().join("etc").to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    dir
+}
+
+fn etc(dir: &tempfile::TempDir) -> String {
+    dir.path().join("etc").display().to_string()
+}
+
+fn append(path: impl AsRef<Path>, text: &str) -> usize {
+    let mut body = std::fs::read_to_string(&path).unwrap();
+    body.push_str(text);
+    std::fs::write(&path, &body).unwrap();
+    body.lines().count()
+}
+
+#[test]
+fn config_d_prints_the_default() {
+    let out = postern(&["config", "-d", "max_idle"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout, "max_idle = 100s\n");
+    let out = postern(&[
+        "config",
+        "-d",
+        "-h",
+        "max_use",
+        "command_time_limit",
+        "export_environment",
+    ]);
+    assert_eq!(out.stdout, "100\n1000s\nTZ MAIL_CONFIG LANG\n");
+}
+
+#[test]
+fn init_then_check_is_clean_and_init_never_overwrites() {
+    let dir = instance();
+    let out = postern(&["-c", &etc(&dir), "check"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stderr.contains("configuration is valid"),
+        "{}",
+        out.stderr
+    );
+    let again = postern(&["init", "--self-contained", &etc(&dir)]);
+    assert_eq!(again.code, Some(73), "{again:?}");
+    assert!(
+        again
+            .stderr
+            .contains("exists; not overwritten (use --force)"),
+        "{}",
+        again.stderr
+    );
+    let forced = postern(&["init", "--self-contained", "--force", &etc(&dir)]);
+    assert_eq!(forced.code, Some(0), "{forced:?}");
+    // The self-contained layout keeps the queue inside the directory.
+    let out = postern(&["-c", &etc(&dir), "config", "-h", "queue_directory"]);
+    assert_eq!(
+        out.stdout.trim(),
+        dir.path().join("etc/queue").display().to_string()
+    );
+}
+
+#[test]
+fn check_names_the_bad_master_cf_line_and_exits_non_zero() {
+    let dir = instance();
+    let master = dir.path().join("etc/master.cf");
+    let line = append(&master, "demo unix - n n - ten spawn\n");
+    let line2 = append(&master, "2525 inet y - n - - spawn\n");
+    let out = postern(&["-c", &etc(&dir), "check"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let shown = master.display();
+    assert!(
+        out.stderr
+            .contains(&format!("{shown}:{line}: maxproc 'ten' is not a number")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(&format!(
+            "{shown}:{line2}: an inet service cannot be private"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("2 error(s)"), "{}", out.stderr);
+    // config refuses to print a configuration with errors, and says why.
+    let out = postern(&["-c", &etc(&dir), "config", "-n"]);
+    assert_eq!(out.code, Some(78), "{out:?}");
+    assert!(
+        out.stderr.contains("maxproc 'ten' is not a number"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn check_reports_bad_accounts_at_their_main_cf_line() {
+    let dir = instance();
+    let main = dir.path().join("etc/main.cf");
+    let owner_line = append(&main, "mail_owner = root\n");
+    let privs_line = append(&main, "default_privs = no-such-user-postern\n");
+    let out = postern(&["-c", &etc(&dir), "check"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let shown = main.display();
+    assert!(
+        out.stderr.contains(&format!(
+            "{shown}:{owner_line}: mail_owner 'root' has uid 0"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(&format!(
+            "{shown}:{privs_line}: default_privs 'no-such-user-postern': no such user"
+        )),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn check_refuses_a_world_writable_master_cf() {
+    let dir = instance();
+    let master = dir.path().join("etc/master.cf");
+    std::fs::set_permissions(&master, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = postern(&["-c", &etc(&dir), "check"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("writable by everyone"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn config_prints_like_postconf() {
+    let dir = instance();
+    append(
+        dir.path().join("etc/main.cf"),
+        "myhostname = mail.example.org\nbanner = $myhostname ready\nmax_use = 7\n",
+    );
+    append(
+        dir.path().join("etc/master.cf"),
+        "demo unix - n n 60? 2 spawn -o max_use=3 -o { syslog_name = a b } user=nobody argv=/bin/echo { two words }\n",
+    );
+    let c = etc(&dir);
+    let out = postern(&["-c", &c, "config", "-n"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let names: Vec<_> = out
+        .stdout
+        .lines()
+        .map(|l| l.split(" =").next().unwrap())
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted, "-n output is sorted by name");
+    assert!(
+        out.stdout.contains("banner = $myhostname ready\n"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        !out.stdout.contains("ipc_timeout"),
+        "-n shows only main.cf settings: {}",
+        out.stdout
+    );
+    let out = postern(&["-c", &c, "config", "-x", "banner", "max_use", "max_idle"]);
+    assert_eq!(
+        out.stdout,
+        "banner = mail.example.org ready\nmax_use = 7\nmax_idle = 100s\n"
+    );
+    let out = postern(&["-c", &c, "config", "-M", "demo/unix"]);
+    assert_eq!(
+        out.stdout,
+        "demo       unix  -       n       n       60?     2       spawn -o max_use=3 -o { syslog_name = a b } user=nobody argv=/bin/echo { two words }\n"
+    );
+    let out = postern(&["-c", &c, "config", "no_such_parameter"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("no_such_parameter: unknown parameter"),
+        "{}",
+        out.stderr
+    );
+    // The whole effective table includes defaults and main.cf's own names.
+    let out = postern(&["-c", &c, "config"]);
+    assert!(
+        out.stdout.contains("max_idle = 100s\n")
+            && out.stdout.contains("myhostname = mail.example.org\n")
+    );
+}
+
+/// Postfix's own stock files, where Debian's postfix package puts them
+/// (.ci/run installs it).
+fn stock_postfix_dirs() -> Vec<tempfile::TempDir> {
+    let etc = Path::new("/etc/postfix");
+    assert!(
+        etc.join("master.cf.proto").is_file(),
+        "Postfix is not installed: apt-get install postfix (see .ci/run) to test against its stock files"
+    );
+    let mut dirs = Vec::new();
+    for (main, master) in [
+        ("main.cf", "master.cf"),
+        ("main.cf.proto", "master.cf.proto"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(etc.join(main), dir.path().join("main.cf")).unwrap();
+        std::fs::copy(etc.join(master), dir.path().join("master.cf")).unwrap();
+        dirs.push(dir);
+    }
+    dirs
+}
+
+#[test]
+fn postfix_stock_configuration_parses_without_error() {
+    for dir in stock_postfix_dirs() {
+        let c = dir.path().display().to_string();
+        let out = postern(&["-c", &c, "check"]);
+        assert_eq!(out.code, Some(0), "{out:?}");
+        for line in out.stderr.lines().filter(|l| !l.starts_with("postern: ")) {
+            assert!(line.contains(": warning: "), "not a warning: {line}");
+        }
+        assert!(
+            out.stderr
+                .contains("service smtp/inet runs 'smtpd', which postern does not provide"),
+            "{}",
+            out.stderr
+        );
+        let listed = postern(&["-c", &c, "config", "-M"]);
+        assert_eq!(listed.code, Some(0), "{listed:?}");
+        assert!(
+            listed
+                .stdout
+                .lines()
+                .any(|l| l.starts_with("smtp ") && l.contains(" inet ")),
+            "{}",
+            listed.stdout
+        );
+    }
+}
+
+#[test]
+fn without_a_directory_the_embedded_configuration_is_used() {
+    let out = postern(&["check"]);
+    if Path::new("/etc/postern/main.cf").is_file() {
+        assert!(
+            out.stderr.contains("configuration directory /etc/postern"),
+            "{}",
+            out.stderr
+        );
+    } else {
+        assert_eq!(out.code, Some(0), "{out:?}");
+        assert!(
+            out.stderr.contains("embedded default configuration"),
+            "{}",
+            out.stderr
+        );
+        let out = postern(&["config", "-n", "-h", "mail_owner"]);
+        assert_eq!(out.stdout, "postern\n");
+    }
+}
