@@ -2,14 +2,24 @@
 //!
 //! **Name**: postern-common — what every postern process shares.
 //!
-//! **Description**: account look-ups ([`account`]) and the documented exit
-//! codes ([`sysexits`]) used by the `postern` command and the daemons.
+//! **Description**: the child skeleton every master-managed daemon runs on
+//! ([`server`]), the master↔child contract ([`status`]), privilege changes
+//! ([`privilege`]), the one log format ([`log`]), account look-ups
+//! ([`account`]), exit codes ([`sysexits`]) and the only module with
+//! `unsafe` code ([`sys`]).
 //!
-//! **Security**: account look-ups read the system's user and group databases
-//! through the C library (nix's safe wrappers); nothing here changes
-//! privileges.
+//! **Security**: [`privilege`] is the one place that changes user and group
+//! ids; [`sys`] the one place with raw system calls. Untrusted input handled
+//! here: status records from children (decoded strictly, never trusted for
+//! anything but bookkeeping).
 //!
-//! **See also**: sysexits(3), getpwnam(3).
+//! **See also**: sysexits(3), getpwnam(3), epoll(7).
 
 pub mod account;
+pub mod command;
+pub mod log;
+pub mod privilege;
+pub mod server;
+pub mod status;
+pub mod sys;
 pub mod sysexits;

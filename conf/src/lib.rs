@@ -350,11 +350,20 @@ impl Config {
     /// The view of this configuration that a child of `entry` sees: main.cf
     /// with the service's `-o` overrides applied and `$service_name` defined.
     pub fn for_service(&self, entry: &ServiceEntry) -> Result<Config, ConfigErrors> {
+        self.with_overrides(&entry.name, &entry.overrides)
+    }
+
+    /// main.cf with `overrides` applied, for service `service`.
+    pub fn with_overrides(
+        &self,
+        service: &str,
+        overrides: &[Override],
+    ) -> Result<Config, ConfigErrors> {
         Self::validate(
             self.source.clone(),
             self.main.clone(),
             self.master.clone(),
-            Some((entry.name.clone(), entry.overrides.clone())),
+            Some((service.to_string(), overrides.to_vec())),
             Vec::new(),
         )
         .into_result()

@@ -101,6 +101,8 @@ params! {
         "Directory of the queue and of the private/ and public/ unix endpoints.";
     SERVICE_THROTTLE_TIME "service_throttle_time" Kind::Time { unit: 's' }, "60s",
         "How long a service is left alone after a child failed before serving one request.";
+    SHUTDOWN_TIMEOUT "shutdown_timeout" Kind::Time { unit: 's' }, "10s",
+        "How long postern stop lets requests in progress finish before it kills what is left (postern's own).";
     STRICT_MAILBOX_OWNERSHIP "strict_mailbox_ownership" Kind::Bool, "yes",
         "Refuse to deliver to a mailbox file that is not owned by the recipient.";
     SYSLOG_FACILITY "syslog_facility" Kind::Choice(SYSLOG_FACILITIES), "mail",

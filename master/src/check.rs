@@ -13,8 +13,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use postern_common::account::{self, Account};
+use postern_common::command::{CommandSpec, SystemAccounts};
+use postern_common::privilege::MailOwner;
 use postern_conf::params::{self, MAIL_OWNER};
-use postern_conf::{Config, Diagnostic, Endpoint, Source};
+use postern_conf::{Config, Diagnostic, Endpoint, ServiceType, Source};
 
 use crate::programs;
 
@@ -25,7 +27,7 @@ pub fn check(config: &Config) -> Vec<Diagnostic> {
     check_directories(config, owner.as_ref(), &mut out);
     check_config_files(config, &mut out);
     check_inet_interfaces(config, &mut out);
-    check_services(config, &mut out);
+    check_services(config, owner.as_ref(), &mut out);
     out
 }
 
@@ -247,7 +249,7 @@ fn check_inet_interfaces(config: &Config, out: &mut Vec<Diagnostic>) {
     }
 }
 
-fn check_services(config: &Config, out: &mut Vec<Diagnostic>) {
+fn check_services(config: &Config, owner: Option<&Account>, out: &mut Vec<Diagnostic>) {
     let file = &config.master.file;
     let mut seen: HashMap<String, usize> = HashMap::new();
     for s in &config.master.services {
@@ -269,7 +271,9 @@ fn check_services(config: &Config, out: &mut Vec<Diagnostic>) {
                 ),
             ));
         }
-        if programs::find(&s.command).is_none() {
+        if let Some(program) = programs::find(&s.command) {
+            check_provided(config, s, program, owner, out);
+        } else {
             out.push(Diagnostic::warning(
                 file,
                 Some(s.line),
@@ -283,7 +287,55 @@ fn check_services(config: &Config, out: &mut Vec<Diagnostic>) {
     }
 }
 
+/// Checks a service whose program postern runs.
+fn check_provided(
+    config: &Config,
+    s: &postern_conf::ServiceEntry,
+    program: &programs::Program,
+    owner: Option<&Account>,
+    out: &mut Vec<Diagnostic>,
+) {
+    let file = &config.master.file;
+    let mut err = |msg: String| {
+        out.push(Diagnostic::error(
+            file,
+            Some(s.line),
+            format!("service {}: {msg}", s.id()),
+        ))
+    };
+    if !supported_type(s.kind) {
+        err(format!(
+            "type {} is not supported by postern (use inet, unix or fifo)",
+            s.kind
+        ));
+    }
+    if program.privileged && s.unpriv {
+        err(format!(
+            "{} switches users and needs 'n' in the unpriv column",
+            program.name
+        ));
+    }
+    if program.name == "spawn" {
+        // Without a mail owner account yet, compare with ids nobody has.
+        let owner = owner.map(MailOwner::from).unwrap_or(MailOwner {
+            uid: u32::MAX - 1,
+            gid: u32::MAX - 1,
+        });
+        if let Err(e) = CommandSpec::parse(&s.args, owner, &SystemAccounts) {
+            err(e);
+        }
+    }
+}
+
 /// Whether `path` exists (for the configuration-directory choice).
 pub fn has_main_cf(dir: &Path) -> bool {
     dir.join("main.cf").is_file()
+}
+
+/// Whether postern's master can run a service of this type.
+pub fn supported_type(kind: ServiceType) -> bool {
+    matches!(
+        kind,
+        ServiceType::Inet | ServiceType::Unix | ServiceType::Fifo
+    )
 }

@@ -55,6 +55,21 @@ enum Command {
         /// Parameters (or, with -M, services) to print.
         names: Vec<String>,
     },
+    /// Start the instance (as root): create what is missing, start the master.
+    Start {
+        /// Stay attached to the terminal and log to standard error.
+        #[arg(long)]
+        foreground: bool,
+    },
+    /// Stop the instance: no new connections, requests in progress finish
+    /// (up to shutdown_timeout), then everything left is killed.
+    Stop,
+    /// Stop the instance at once, killing requests in progress.
+    Abort,
+    /// Re-read main.cf and master.cf without refusing a connection.
+    Reload,
+    /// Show the master and every service, with its children.
+    Status,
     /// Write the default main.cf and master.cf into DIR for editing.
     Init {
         /// Keep the queue and state inside DIR (DIR/queue, DIR/data).
@@ -99,6 +114,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             dir,
         } => Ok(init(&dir, self_contained, force)),
         Command::Check => Ok(run_check(&source(cli.config_dir))),
+        Command::Start { foreground } => {
+            Ok(crate::control::start(&source(cli.config_dir), foreground))
+        }
+        Command::Stop => Ok(crate::control::stop(&source(cli.config_dir), false)),
+        Command::Abort => Ok(crate::control::stop(&source(cli.config_dir), true)),
+        Command::Reload => Ok(crate::control::reload(&source(cli.config_dir))),
+        Command::Status => Ok(crate::control::status(&source(cli.config_dir))),
         Command::Config {
             non_default,
             defaults,
@@ -146,7 +168,7 @@ fn user_layout() -> Layout {
     Layout::for_user(account::running_as_root(), home.as_deref(), uid)
 }
 
-fn describe(source: &Source) -> String {
+pub fn describe(source: &Source) -> String {
     match source {
         Source::Dir(d) => format!("configuration directory {}", d.display()),
         Source::Embedded(_) => {
@@ -155,7 +177,7 @@ fn describe(source: &Source) -> String {
     }
 }
 
-fn load(source: &Source) -> (Option<Config>, Vec<Diagnostic>) {
+pub fn load(source: &Source) -> (Option<Config>, Vec<Diagnostic>) {
     let loaded = Config::load(source, &ServicesFile::system());
     (loaded.config, loaded.diagnostics)
 }

@@ -7,12 +7,15 @@
 //! postern [-c CONFIG_DIR] check
 //! postern [-c CONFIG_DIR] config [-n | -d] [-x] [-h] [-M] [NAME...]
 //! postern init [--self-contained] [--force] DIR
+//! postern [-c CONFIG_DIR] start [--foreground] | stop | abort | reload | status
 //! ```
 //!
 //! **Description**: `check` validates main.cf, master.cf, the directories
 //! and the accounts they name, and lists every problem with its file and line;
 //! `config` prints parameters the way postconf(1) does; `init` writes the
-//! embedded default configuration out for editing. The configuration
+//! embedded default configuration out for editing; `start`, `stop`, `abort`,
+//! `reload` and `status` operate the instance (see [`control`] and
+//! [`supervisor`] for the master itself). The configuration
 //! directory is `-c DIR`, else `$POSTERN_CONFIG`, else `/etc/postern` when it
 //! holds a main.cf, else the embedded default configuration.
 //!
@@ -22,13 +25,20 @@
 //! **Configuration**: all of main.cf; `postern config -d` lists every
 //! parameter with its default.
 //!
-//! **Exit status**: 0 success; 1 `check` found problems, or `config` was
-//! asked for an unknown parameter; 64 bad usage; 73 `init` could not write;
-//! 78 the configuration cannot be loaded.
+//! **Exit status**: 0 success; 1 `check` found problems, `config` was
+//! asked for an unknown parameter, or the instance is not in the state the
+//! command needs (already running, not running); 64 bad usage; 71 a system
+//! error; 73 `init` could not write; 75 the master did not answer in time;
+//! 77 `start` without root; 78 the configuration cannot be used.
 //!
 //! **See also**: postconf(1), postconf(5), master(5).
 
 pub mod check;
 pub mod cli;
+pub mod control;
+pub mod endpoint;
+pub mod instance;
+pub mod lifecycle;
 pub mod programs;
 pub mod show;
+pub mod supervisor;

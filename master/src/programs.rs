@@ -13,10 +13,17 @@ pub struct Program {
     pub executable: &'static str,
     /// What it does, for `postern check`.
     pub doc: &'static str,
+    /// Whether it switches users (needs unpriv `n`).
+    pub privileged: bool,
 }
 
 /// Every program postern provides.
-pub const PROVIDED: &[Program] = &[];
+pub const PROVIDED: &[Program] = &[Program {
+    name: "spawn",
+    executable: "postern-spawn",
+    doc: "runs a command per connection as an unprivileged user, with a time limit",
+    privileged: true,
+}];
 
 /// The program called `name`, if postern provides it.
 pub fn find(name: &str) -> Option<&'static Program> {

@@ -1,0 +1,189 @@
+//! One log format for every postern process.
+//!
+//! Each event is one line, `<syslog_name>/<program>[pid]: <level>text`, where
+//! the level prefix is empty for information and `warning: `, `error: `,
+//! `fatal: ` otherwise (as in Postfix). Lines go to one sink, chosen once at
+//! startup by the child skeleton or the master: standard error (foreground),
+//! `maillog_file` (appended with one `write` per line, so that concurrent
+//! processes never interleave within a line), or syslog over `/dev/log`
+//! (falling back to standard error when there is no syslog socket). The
+//! `log` crate is the facade: code logs with `log::info!` and friends.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Where log lines go.
+#[derive(Debug)]
+pub enum Sink {
+    /// Standard error.
+    Stderr,
+    /// An append-only file.
+    File(File),
+    /// The syslog socket, with the facility number.
+    Syslog(UnixDatagram, u8),
+}
+
+struct Logger {
+    tag: String,
+    sink: Mutex<Sink>,
+}
+
+/// Syslog facility numbers by name.
+fn facility_code(name: &str) -> u8 {
+    match name {
+        "daemon" => 3,
+        "user" => 1,
+        "local0" => 16,
+        "local1" => 17,
+        "local2" => 18,
+        "local3" => 19,
+        "local4" => 20,
+        "local5" => 21,
+        "local6" => 22,
+        "local7" => 23,
+        _ => 2, // mail
+    }
+}
+
+/// Chooses the sink: stderr when `foreground`, else `maillog_file` when set,
+/// else syslog (or stderr when there is no syslog socket).
+pub fn open_sink(foreground: bool, maillog_file: &str, facility: &str) -> std::io::Result<Sink> {
+    if foreground {
+        return Ok(Sink::Stderr);
+    }
+    if !maillog_file.is_empty() {
+        let f = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(maillog_file)?;
+        return Ok(Sink::File(f));
+    }
+    let sock = UnixDatagram::unbound()?;
+    match sock.connect(Path::new("/dev/log")) {
+        Ok(()) => Ok(Sink::Syslog(sock, facility_code(facility))),
+        Err(_) => Ok(Sink::Stderr),
+    }
+}
+
+/// Installs the logger for this process: lines tagged `syslog_name/program`.
+/// Later calls only replace the sink (after a reload changed the configuration).
+pub fn init(syslog_name: &str, program: &str, sink: Sink) {
+    let tag = format!("{syslog_name}/{program}");
+    if let Some(existing) = LOGGER.get() {
+        if let Ok(mut s) = existing.sink.lock() {
+            *s = sink;
+        }
+        return;
+    }
+    let logger = LOGGER.get_or_init(|| Logger {
+        tag,
+        sink: Mutex::new(sink),
+    });
+    if log::set_logger(logger).is_ok() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
+}
+
+static LOGGER: std::sync::OnceLock<Logger> = std::sync::OnceLock::new();
+
+/// Formats seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (UTC).
+pub fn utc_timestamp(secs: u64) -> String {
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn level_prefix(level: log::Level) -> &'static str {
+    match level {
+        log::Level::Error => "error: ",
+        log::Level::Warn => "warning: ",
+        _ => "",
+    }
+}
+
+impl log::Log for Logger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::Level::Info
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let pid = std::process::id();
+        let prefix = if record.target() == "fatal" {
+            "fatal: "
+        } else {
+            level_prefix(record.level())
+        };
+        let text = format!("{}[{pid}]: {prefix}{}", self.tag, record.args());
+        // One line, no control characters from the message.
+        let text: String = text
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        let Ok(mut sink) = self.sink.lock() else {
+            return;
+        };
+        match &mut *sink {
+            Sink::Stderr => {
+                let _ = writeln!(std::io::stderr().lock(), "{text}");
+            }
+            Sink::File(f) => {
+                let secs = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let line = format!("{} {text}\n", utc_timestamp(secs));
+                let _ = f.write_all(line.as_bytes());
+            }
+            Sink::Syslog(sock, facility) => {
+                let severity = match record.level() {
+                    log::Level::Error => 3,
+                    log::Level::Warn => 4,
+                    _ => 6,
+                };
+                let line = format!("<{}>{text}", u16::from(*facility) * 8 + severity);
+                let _ = sock.send(line.as_bytes());
+            }
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Logs a fatal error (`fatal: ...`) and returns `code`, for `exit(fatal(..))`.
+pub fn fatal(code: i32, message: impl std::fmt::Display) -> i32 {
+    log::error!(target: "fatal", "{message}");
+    code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(utc_timestamp(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_timestamp(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc_timestamp(1_795_245_296), "2026-11-21T07:14:56Z");
+    }
+}

@@ -1,0 +1,183 @@
+//! Privilege changes, behind a small and loud API.
+//!
+//! - [`RunAs`] is an identity an external command or a delivery may run
+//!   with. It can only be built for a uid and gid that are not 0, not the
+//!   mail owner's, and not -1 (security invariant 1).
+//! - [`drop_to`] drops supplementary groups, then the gid, then the uid
+//!   (real, effective and saved), and verifies that root cannot be regained.
+//!   It is async-signal-safe, so it can run between fork and exec.
+//! - [`MailOwnerEffective`] and [`as_root`] are the temporary switches of a
+//!   privileged child (spawn, local): idle with the mail owner as effective
+//!   uid, root only for the operations that need it.
+
+use nix::unistd::{getresuid, setegid, seteuid, setgroups, setresgid, setresuid, Gid, Uid};
+
+use crate::account::Account;
+
+/// Why an identity was refused or a change failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PrivilegeError {
+    /// The identity may not run commands or deliveries.
+    #[error("{0}")]
+    Refused(String),
+    /// A system call failed.
+    #[error("{call} failed: {errno}")]
+    Failed {
+        /// Which call.
+        call: &'static str,
+        /// The error.
+        errno: nix::Error,
+    },
+}
+
+/// A uid/gid pair that is safe to run untrusted work as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunAs {
+    uid: u32,
+    gid: u32,
+}
+
+/// The ids of the mail owner, which nothing external may run as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MailOwner {
+    /// uid of mail_owner.
+    pub uid: u32,
+    /// Primary gid of mail_owner.
+    pub gid: u32,
+}
+
+impl From<&Account> for MailOwner {
+    fn from(a: &Account) -> Self {
+        MailOwner {
+            uid: a.uid,
+            gid: a.gid,
+        }
+    }
+}
+
+impl RunAs {
+    /// Validates `uid`/`gid` for running work on someone's behalf; `what`
+    /// names the identity in the refusal ("user=root").
+    pub fn new(uid: u32, gid: u32, owner: MailOwner, what: &str) -> Result<Self, PrivilegeError> {
+        let refuse = |why: String| Err(PrivilegeError::Refused(format!("{what}: {why}")));
+        if uid == 0 {
+            return refuse("uid 0 (root) is not allowed".into());
+        }
+        if gid == 0 {
+            return refuse("gid 0 (root's group) is not allowed".into());
+        }
+        if uid == u32::MAX || gid == u32::MAX {
+            return refuse("id -1 is not allowed".into());
+        }
+        if uid == owner.uid {
+            return refuse(format!(
+                "uid {uid} is the mail owner's, which is not allowed"
+            ));
+        }
+        if gid == owner.gid {
+            return refuse(format!(
+                "gid {gid} is the mail owner's group, which is not allowed"
+            ));
+        }
+        Ok(RunAs { uid, gid })
+    }
+
+    /// The uid.
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
+
+    /// The gid.
+    pub fn gid(&self) -> u32 {
+        self.gid
+    }
+}
+
+fn failed(call: &'static str) -> impl Fn(nix::Error) -> PrivilegeError {
+    move |errno| PrivilegeError::Failed { call, errno }
+}
+
+/// Becomes `uid`/`gid` for good: no supplementary groups, real, effective and
+/// saved ids all changed, and a check that root cannot be regained.
+///
+/// Async-signal-safe (no allocation on the success path), so it may run in a
+/// `pre_exec` hook. Must be called with effective uid 0.
+pub fn drop_to(uid: u32, gid: u32) -> Result<(), PrivilegeError> {
+    let (u, g) = (Uid::from_raw(uid), Gid::from_raw(gid));
+    // An effective uid that is not root cannot change groups: become root first
+    // (allowed when the real or saved uid is 0).
+    if !Uid::effective().is_root() {
+        seteuid(Uid::from_raw(0)).map_err(failed("seteuid(0)"))?;
+    }
+    setgroups(&[]).map_err(failed("setgroups"))?;
+    setresgid(g, g, g).map_err(failed("setresgid"))?;
+    setresuid(u, u, u).map_err(failed("setresuid"))?;
+    if uid != 0
+        && (seteuid(Uid::from_raw(0)).is_ok()
+            || setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).is_ok())
+    {
+        return Err(PrivilegeError::Refused(
+            "root privileges could be regained after dropping them".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A privileged child's idle state: effective uid and gid of the mail owner,
+/// real and saved uid 0, so that [`as_root`] can return to root briefly.
+#[derive(Debug)]
+pub struct MailOwnerEffective;
+
+impl MailOwnerEffective {
+    /// Switches the effective ids to the mail owner's.
+    pub fn enter(owner: MailOwner) -> Result<Self, PrivilegeError> {
+        setgroups(&[Gid::from_raw(owner.gid)]).map_err(failed("setgroups"))?;
+        setegid(Gid::from_raw(owner.gid)).map_err(failed("setegid"))?;
+        seteuid(Uid::from_raw(owner.uid)).map_err(failed("seteuid"))?;
+        Ok(MailOwnerEffective)
+    }
+}
+
+/// Runs `f` with effective uid 0 and restores the previous effective uid.
+/// Only possible in a process whose real or saved uid is 0.
+pub fn as_root<T>(f: impl FnOnce() -> T) -> Result<T, PrivilegeError> {
+    let before = Uid::effective();
+    if before.is_root() {
+        return Ok(f());
+    }
+    let ids = getresuid().map_err(failed("getresuid"))?;
+    if !ids.real.is_root() && !ids.saved.is_root() {
+        return Err(PrivilegeError::Refused(
+            "this process cannot become root".into(),
+        ));
+    }
+    seteuid(Uid::from_raw(0)).map_err(failed("seteuid(0)"))?;
+    let result = f();
+    seteuid(before).map_err(failed("seteuid"))?;
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OWNER: MailOwner = MailOwner { uid: 105, gid: 107 };
+
+    #[test]
+    fn run_as_refuses_root_owner_and_minus_one() {
+        assert!(RunAs::new(1000, 1000, OWNER, "user=ann").is_ok());
+        let msg = |r: Result<RunAs, PrivilegeError>| r.unwrap_err().to_string();
+        assert_eq!(
+            msg(RunAs::new(0, 1000, OWNER, "user=root")),
+            "user=root: uid 0 (root) is not allowed"
+        );
+        assert_eq!(
+            msg(RunAs::new(1000, 0, OWNER, "group=root")),
+            "group=root: gid 0 (root's group) is not allowed"
+        );
+        assert!(msg(RunAs::new(105, 1000, OWNER, "u")).contains("mail owner's"));
+        assert!(msg(RunAs::new(1000, 107, OWNER, "u")).contains("mail owner's group"));
+        assert!(msg(RunAs::new(u32::MAX, 1000, OWNER, "u")).contains("-1"));
+        assert!(msg(RunAs::new(1000, u32::MAX, OWNER, "u")).contains("-1"));
+    }
+}

@@ -1,0 +1,509 @@
+//! The child skeleton: the life of every master-managed postern process.
+//!
+//! A daemon's `main` calls [`run`] with its [`Program`] description and a
+//! setup function returning its [`Handler`]; the skeleton does the rest, once
+//! for every daemon:
+//!
+//! 1. parses the arguments the master passes ([`ChildArgs`]);
+//! 2. reads main.cf with the service's `-o` overrides, opens the log;
+//! 3. adopts the status channel and listening endpoints at their fixed
+//!    descriptor numbers ([`crate::status`]);
+//! 4. runs the daemon's setup (a failure here is a startup failure: exit 78,
+//!    and the master throttles the service);
+//! 5. chroots to `queue_directory` when master.cf says so, then drops
+//!    privileges: an unprivileged service becomes the mail owner for good; a
+//!    privileged one (spawn, local) keeps real uid 0 and runs with the mail
+//!    owner as effective uid while idle;
+//! 6. waits for work: an epoll set holding the listening endpoints with
+//!    `EPOLLEXCLUSIVE` (one connection wakes one idle child, not all of them)
+//!    and the status channel (end-of-file means: exit now, we are idle), with
+//!    `max_idle` as the timeout;
+//! 7. per request: reports `Taken`, arms the `daemon_timeout` watchdog
+//!    (`alarm`: the default SIGALRM action ends the process), calls the
+//!    handler, disarms, reports `Available`; exits after `max_use` requests.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::socket::{accept4, send, MsgFlags, SockFlag};
+use postern_conf::embedded::Layout;
+use postern_conf::{params, Config, Override, ServiceType, ServicesFile, Source};
+
+use crate::account::{self, Account};
+use crate::privilege::{self, MailOwner, MailOwnerEffective};
+use crate::status::{ChildState, StatusRecord, LISTEN_FD, MAX_LISTEN_FDS, STATUS_FD};
+use crate::{sys, sysexits};
+
+/// What the master tells a child on its command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildArgs {
+    /// master.cf service name (`-n`).
+    pub service: String,
+    /// master.cf service type (`-t`).
+    pub kind: ServiceType,
+    /// Service generation (`-g`), echoed in status records.
+    pub generation: u32,
+    /// How many listening endpoints start at [`LISTEN_FD`] (`-l`).
+    pub listen_fds: usize,
+    /// Where the configuration is (`-c DIR`, or `--queue-directory` and
+    /// `--data-directory` for the embedded configuration).
+    pub source: Source,
+    /// Log to standard error (`--stderr`).
+    pub stderr: bool,
+    /// master.cf field 5 (`--chroot`).
+    pub chroot: bool,
+    /// master.cf field 4 is `y` (`--unpriv`).
+    pub unpriv: bool,
+    /// `-o name=value` overrides, in order.
+    pub overrides: Vec<Override>,
+    /// The daemon's own arguments (after `--`).
+    pub args: Vec<String>,
+}
+
+impl ChildArgs {
+    /// The command line for these arguments (without the program name).
+    pub fn to_argv(&self) -> Vec<String> {
+        let mut v = vec![
+            "-n".into(),
+            self.service.clone(),
+            "-t".into(),
+            self.kind.as_str().into(),
+            "-g".into(),
+            self.generation.to_string(),
+            "-l".into(),
+            self.listen_fds.to_string(),
+        ];
+        match &self.source {
+            Source::Dir(d) => v.extend(["-c".into(), d.display().to_string()]),
+            Source::Embedded(l) => v.extend([
+                "--queue-directory".into(),
+                l.queue_directory.display().to_string(),
+                "--data-directory".into(),
+                l.data_directory.display().to_string(),
+            ]),
+        }
+        if self.stderr {
+            v.push("--stderr".into());
+        }
+        if self.chroot {
+            v.push("--chroot".into());
+        }
+        if self.unpriv {
+            v.push("--unpriv".into());
+        }
+        for o in &self.overrides {
+            v.push("-o".into());
+            v.push(format!("{}={}", o.name, o.value));
+        }
+        v.push("--".into());
+        v.extend(self.args.iter().cloned());
+        v
+    }
+
+    /// Parses a command line made by [`ChildArgs::to_argv`].
+    pub fn parse(argv: &[String]) -> Result<Self, String> {
+        let mut it = argv.iter();
+        let (mut service, mut kind, mut generation, mut listen_fds) = (None, None, 0u32, 0usize);
+        let (mut dir, mut queue, mut data) = (None, None, None);
+        let (mut stderr, mut chroot, mut unpriv) = (false, false, false);
+        let mut overrides = Vec::new();
+        let mut args = Vec::new();
+        while let Some(a) = it.next() {
+            let mut value = |name: &str| {
+                it.next()
+                    .cloned()
+                    .ok_or_else(|| format!("option {name} needs a value"))
+            };
+            match a.as_str() {
+                "-n" => service = Some(value("-n")?),
+                "-t" => {
+                    let t = value("-t")?;
+                    kind = Some(parse_type(&t).ok_or_else(|| format!("bad service type '{t}'"))?);
+                }
+                "-g" => {
+                    generation = value("-g")?
+                        .parse()
+                        .map_err(|_| "bad -g value".to_string())?
+                }
+                "-l" => {
+                    listen_fds = value("-l")?
+                        .parse()
+                        .map_err(|_| "bad -l value".to_string())?;
+                    if listen_fds > MAX_LISTEN_FDS {
+                        return Err(format!(
+                            "-l {listen_fds}: at most {MAX_LISTEN_FDS} endpoints"
+                        ));
+                    }
+                }
+                "-c" => dir = Some(PathBuf::from(value("-c")?)),
+                "--queue-directory" => queue = Some(PathBuf::from(value("--queue-directory")?)),
+                "--data-directory" => data = Some(PathBuf::from(value("--data-directory")?)),
+                "--stderr" => stderr = true,
+                "--chroot" => chroot = true,
+                "--unpriv" => unpriv = true,
+                "-o" => {
+                    let setting = value("-o")?;
+                    let (name, value) = setting
+                        .split_once('=')
+                        .ok_or_else(|| format!("-o '{setting}' is not name=value"))?;
+                    overrides.push(Override {
+                        name: name.to_string(),
+                        value: value.to_string(),
+                    });
+                }
+                "--" => {
+                    args.extend(it.by_ref().cloned());
+                    break;
+                }
+                other => {
+                    return Err(format!(
+                        "unexpected argument '{other}' (this program is started by postern-master)"
+                    ))
+                }
+            }
+        }
+        let source = match (dir, queue, data) {
+            (Some(d), None, None) => Source::Dir(d),
+            (None, Some(q), Some(d)) => Source::Embedded(Layout {
+                queue_directory: q,
+                data_directory: d,
+            }),
+            _ => return Err("need -c DIR, or --queue-directory and --data-directory".into()),
+        };
+        Ok(ChildArgs {
+            service: service.ok_or("missing -n SERVICE")?,
+            kind: kind.ok_or("missing -t TYPE")?,
+            generation,
+            listen_fds,
+            source,
+            stderr,
+            chroot,
+            unpriv,
+            overrides,
+            args,
+        })
+    }
+}
+
+fn parse_type(s: &str) -> Option<ServiceType> {
+    [
+        ServiceType::Inet,
+        ServiceType::Unix,
+        ServiceType::UnixDgram,
+        ServiceType::Fifo,
+        ServiceType::Pass,
+    ]
+    .into_iter()
+    .find(|t| t.as_str() == s)
+}
+
+/// What privileges a daemon needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Privileges {
+    /// Runs as the mail owner (master.cf unpriv `y` or `-`).
+    Unprivileged,
+    /// Keeps real uid 0 to switch users per request (master.cf unpriv `n`);
+    /// idle with the mail owner as effective uid.
+    Privileged,
+}
+
+/// A daemon, as the skeleton needs to know it.
+#[derive(Debug, Clone, Copy)]
+pub struct Program {
+    /// Name in logs (`postern/<name>[pid]`).
+    pub name: &'static str,
+    /// Privileges it needs.
+    pub privileges: Privileges,
+}
+
+/// One unit of work.
+#[derive(Debug)]
+pub enum Request {
+    /// An accepted stream connection (inet, unix).
+    Stream(OwnedFd),
+    /// Bytes read from a fifo.
+    Trigger(Vec<u8>),
+}
+
+/// What the daemon's setup and handler get to see.
+#[derive(Debug)]
+pub struct Context {
+    /// main.cf with this service's overrides.
+    pub config: Config,
+    /// The arguments from the master.
+    pub args: ChildArgs,
+    /// The mail owner account.
+    pub mail_owner: Account,
+}
+
+/// A daemon's per-request work.
+pub trait Handler {
+    /// Serves one request. Errors are the handler's to log; the skeleton
+    /// goes on with the next request either way.
+    fn handle(&mut self, ctx: &Context, request: Request);
+}
+
+/// Runs a daemon; returns its exit status.
+pub fn run<H: Handler>(program: Program, setup: impl FnOnce(&Context) -> Result<H, String>) -> i32 {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let args = match ChildArgs::parse(&argv) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("postern-{}: fatal: {e}", program.name);
+            return sysexits::EX_USAGE;
+        }
+    };
+    crate::log::init("postern", program.name, crate::log::Sink::Stderr);
+    let config = match load_config(&args) {
+        Ok(c) => c,
+        Err(e) => return crate::log::fatal(sysexits::EX_CONFIG, e),
+    };
+    let sink = crate::log::open_sink(
+        args.stderr,
+        config.text(params::MAILLOG_FILE),
+        config.text(params::SYSLOG_FACILITY),
+    );
+    match sink {
+        Ok(s) => crate::log::init(config.text(params::SYSLOG_NAME), program.name, s),
+        Err(e) => log::warn!(
+            "cannot open maillog_file {}: {e}",
+            config.text(params::MAILLOG_FILE)
+        ),
+    }
+    let owner_name = config.text(params::MAIL_OWNER).to_string();
+    let mail_owner = match account::user_by_name(&owner_name) {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            return crate::log::fatal(
+                sysexits::EX_CONFIG,
+                format!("mail_owner {owner_name}: no such user"),
+            )
+        }
+        Err(e) => return crate::log::fatal(sysexits::EX_TEMPFAIL, e),
+    };
+    match (program.privileges, args.unpriv) {
+        (Privileges::Privileged, true) => {
+            return crate::log::fatal(
+                sysexits::EX_CONFIG,
+                format!(
+                    "service {}: {} switches users and needs 'n' in master.cf's unpriv column",
+                    args.service, program.name
+                ),
+            )
+        }
+        (Privileges::Unprivileged, false) => log::warn!(
+            "service {}: {} does not need root; put '-' in master.cf's unpriv column",
+            args.service,
+            program.name
+        ),
+        _ => {}
+    }
+    let endpoints = match adopt_endpoints(&args) {
+        Ok(e) => e,
+        Err(e) => {
+            return crate::log::fatal(sysexits::EX_SOFTWARE, format!("inherited descriptors: {e}"))
+        }
+    };
+    let ctx = Context {
+        config,
+        args,
+        mail_owner,
+    };
+    let mut handler = match setup(&ctx) {
+        Ok(h) => h,
+        Err(e) => {
+            return crate::log::fatal(
+                sysexits::EX_CONFIG,
+                format!("service {}: {e}", ctx.args.service),
+            )
+        }
+    };
+    if let Err(e) = enter_privileges(&ctx, program.privileges) {
+        return crate::log::fatal(sysexits::EX_OSERR, e);
+    }
+    serve(&ctx, &mut handler, &endpoints)
+}
+
+fn load_config(args: &ChildArgs) -> Result<Config, String> {
+    let loaded = Config::load(&args.source, &ServicesFile::system());
+    let config = loaded
+        .into_result()
+        .map_err(|e| format!("configuration: {e}"))?;
+    config
+        .with_overrides(&args.service, &args.overrides)
+        .map_err(|e| format!("configuration: {e}"))
+}
+
+struct Endpoints {
+    status: OwnedFd,
+    listeners: Vec<OwnedFd>,
+}
+
+fn adopt_endpoints(args: &ChildArgs) -> io::Result<Endpoints> {
+    let status = sys::adopt_inherited(STATUS_FD)?;
+    let mut listeners = Vec::with_capacity(args.listen_fds);
+    for i in 0..args.listen_fds {
+        let fd = sys::adopt_inherited(LISTEN_FD + i as RawFd)?;
+        nix::fcntl::fcntl(
+            fd.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(
+                nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_RDWR,
+            ),
+        )
+        .map_err(io::Error::from)?;
+        listeners.push(fd);
+    }
+    Ok(Endpoints { status, listeners })
+}
+
+fn enter_privileges(ctx: &Context, privileges: Privileges) -> Result<(), String> {
+    if ctx.args.chroot {
+        let dir = ctx.config.text(params::QUEUE_DIRECTORY);
+        nix::unistd::chroot(dir).map_err(|e| format!("chroot {dir}: {e}"))?;
+        nix::unistd::chdir("/").map_err(|e| format!("chdir / after chroot: {e}"))?;
+    }
+    if !account::running_as_root() {
+        return Err(
+            "started without root privileges; postern-master starts its children as root".into(),
+        );
+    }
+    let owner = MailOwner::from(&ctx.mail_owner);
+    match privileges {
+        Privileges::Unprivileged => {
+            privilege::drop_to(owner.uid, owner.gid).map_err(|e| e.to_string())
+        }
+        Privileges::Privileged => MailOwnerEffective::enter(owner)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// Reports a state to the master; false when the master is gone.
+fn report(status: &OwnedFd, generation: u32, state: ChildState) -> bool {
+    let record = StatusRecord {
+        pid: std::process::id(),
+        generation,
+        state,
+    };
+    send(
+        status.as_raw_fd(),
+        &record.encode(),
+        MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+    )
+    .is_ok()
+}
+
+/// True when the status channel is at end-of-file (the master let go of us).
+fn channel_closed(status: &OwnedFd) -> bool {
+    let mut buf = [0u8; 16];
+    matches!(
+        nix::sys::socket::recv(status.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT),
+        Ok(0) | Err(nix::errno::Errno::ECONNRESET)
+    )
+}
+
+const STATUS_TOKEN: u64 = u64::MAX;
+
+fn serve<H: Handler>(ctx: &Context, handler: &mut H, endpoints: &Endpoints) -> i32 {
+    let config = &ctx.config;
+    let max_use = u64::try_from(config.int(params::MAX_USE))
+        .unwrap_or(1)
+        .max(1);
+    let max_idle = config.time(params::MAX_IDLE);
+    let watchdog = config.time(params::DAEMON_TIMEOUT);
+    let epoll = match Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC) {
+        Ok(e) => e,
+        Err(e) => return crate::log::fatal(sysexits::EX_OSERR, format!("epoll_create: {e}")),
+    };
+    let watch = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
+    if let Err(e) = epoll.add(
+        endpoints.status.as_fd(),
+        EpollEvent::new(watch, STATUS_TOKEN),
+    ) {
+        return crate::log::fatal(sysexits::EX_OSERR, format!("epoll_ctl status: {e}"));
+    }
+    for (i, l) in endpoints.listeners.iter().enumerate() {
+        if let Err(e) = epoll.add(
+            l.as_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE, i as u64),
+        ) {
+            return crate::log::fatal(sysexits::EX_OSERR, format!("epoll_ctl listener: {e}"));
+        }
+    }
+    let generation = ctx.args.generation;
+    if !report(&endpoints.status, generation, ChildState::Available) {
+        return 0;
+    }
+    let timeout = EpollTimeout::try_from(max_idle.min(Duration::from_secs(86400)))
+        .unwrap_or(EpollTimeout::NONE);
+    let mut events = [EpollEvent::empty(); 8];
+    let mut uses = 0u64;
+    loop {
+        let n = match epoll.wait(&mut events, timeout) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return crate::log::fatal(sysexits::EX_OSERR, format!("epoll_wait: {e}")),
+        };
+        if n == 0 {
+            return 0; // max_idle
+        }
+        for ev in &events[..n] {
+            if ev.data() == STATUS_TOKEN {
+                if channel_closed(&endpoints.status) {
+                    return 0;
+                }
+                continue;
+            }
+            let Some(listener) = endpoints.listeners.get(ev.data() as usize) else {
+                continue;
+            };
+            let Some(request) = take_request(ctx.args.kind, listener) else {
+                continue;
+            };
+            report(&endpoints.status, generation, ChildState::Taken);
+            nix::unistd::alarm::set(u32::try_from(watchdog.as_secs()).unwrap_or(u32::MAX).max(1));
+            handler.handle(ctx, request);
+            nix::unistd::alarm::cancel();
+            uses += 1;
+            if uses >= max_use {
+                return 0;
+            }
+            if channel_closed(&endpoints.status)
+                || !report(&endpoints.status, generation, ChildState::Available)
+            {
+                return 0;
+            }
+        }
+    }
+}
+
+/// Accepts a connection or reads a trigger; `None` when another child was faster.
+fn take_request(kind: ServiceType, listener: &OwnedFd) -> Option<Request> {
+    match kind {
+        ServiceType::Fifo => {
+            let mut buf = vec![0u8; 1024];
+            match nix::unistd::read(listener.as_raw_fd(), &mut buf) {
+                Ok(n) if n > 0 => {
+                    buf.truncate(n);
+                    Some(Request::Trigger(buf))
+                }
+                _ => None,
+            }
+        }
+        _ => match accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
+            Ok(fd) => Some(Request::Stream(crate::sys::own_new_fd(fd))),
+            Err(
+                nix::errno::Errno::EAGAIN
+                | nix::errno::Errno::ECONNABORTED
+                | nix::errno::Errno::EINTR,
+            ) => None,
+            Err(e) => {
+                log::warn!("accept: {e}");
+                None
+            }
+        },
+    }
+}

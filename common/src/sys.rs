@@ -1,0 +1,112 @@
+//! The low-level system calls that have no safe wrapper, in one place.
+//!
+//! This is the only module of the workspace where `unsafe` is allowed. Each
+//! block says why it is sound. What lives here: running code between `fork`
+//! and `exec` of a [`Command`] (`pre_exec`), `pidfd_open`, and `close_range`.
+
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::process::Command;
+
+/// Runs `hook` in the child between `fork` and `exec`.
+///
+/// The hook must only make async-signal-safe system calls (no allocation,
+/// no locks): `dup2`, `setsid`, `setgroups`, `setgid`, `setuid`, `close_range`,
+/// `prctl` and the like. Every caller in this workspace passes such a hook.
+pub fn before_exec<F>(cmd: &mut Command, hook: F)
+where
+    F: FnMut() -> io::Result<()> + Send + Sync + 'static,
+{
+    use std::os::unix::process::CommandExt;
+    // SAFETY: `pre_exec` is unsafe because the closure runs in a forked child
+    // of a possibly multi-threaded process, where only async-signal-safe
+    // operations are allowed. The contract of this function (documented
+    // above, and kept by every caller) is that `hook` makes only such calls.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
+/// A descriptor that becomes readable when process `pid` exits (Linux ≥ 5.3).
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
+    // or -1; no memory is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Closes every descriptor from `first` up (async-signal-safe).
+pub fn close_from(first: RawFd) -> io::Result<()> {
+    // SAFETY: close_range takes plain integers. In a freshly forked child
+    // about to exec, closing descriptors above stdio cannot invalidate any
+    // Rust object that is used afterwards.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Clears close-on-exec on `fd` (for descriptors handed to a child at a fixed number).
+pub fn clear_cloexec(fd: RawFd) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty())).map_err(io::Error::from)?;
+    Ok(())
+}
+
+/// Takes ownership of a descriptor inherited at a fixed number.
+///
+/// Used once per inherited descriptor, at startup, by the child skeleton:
+/// the master put it there (see [`crate::status`] for the numbers).
+pub fn adopt_inherited(fd: RawFd) -> io::Result<OwnedFd> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    // Fails with EBADF when nothing is open at `fd`.
+    fcntl(fd, FcntlArg::F_GETFD).map_err(io::Error::from)?;
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(io::Error::from)?;
+    // SAFETY: the descriptor is open (checked above), was inherited from the
+    // master for this process, and nothing else in this process owns it:
+    // the skeleton adopts each inherited number exactly once.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Takes ownership of a descriptor just returned by a system call
+/// (`accept4`, `open`, `fcntl(F_DUPFD)`).
+pub fn own_new_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: callers pass a descriptor that a system call has just returned
+    // to this process and that nothing else has wrapped or closed.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Marks every descriptor from `first` up close-on-exec (async-signal-safe;
+/// unlike closing them, this keeps the standard library's exec-error pipe
+/// working until the exec itself).
+pub fn cloexec_from(first: RawFd) -> io::Result<()> {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag on
+    // descriptors; it passes no memory and closes nothing.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -1,0 +1,393 @@
+//! `postern start | stop | abort | reload | status`: operating an instance.
+//!
+//! `start` validates everything first (the same checks as `postern check`),
+//! creates what a fresh machine lacks (the default mail owner account, the
+//! directories) and says what it created, then starts `postern-master` in a
+//! new session and waits — with a deadline — for the master to say that every
+//! endpoint is open. `stop`, `abort` and `reload` signal the master whose pid
+//! is in the locked pid file; `stop` and `abort` wait for it to exit. `status`
+//! asks the master over its root-only control socket.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use postern_common::{account, sys, sysexits};
+use postern_conf::{params, Config, Source};
+
+use crate::check;
+use crate::cli::{describe, load};
+use crate::instance::{self, Paths};
+
+/// How long `start` waits for the master to be ready.
+const START_DEADLINE: Duration = Duration::from_secs(60);
+
+fn loaded(source: &Source) -> Result<Config, i32> {
+    let (config, diags) = load(source);
+    match config {
+        Some(c) => Ok(c),
+        None => {
+            for d in diags.iter().filter(|d| d.is_error()) {
+                eprintln!("{d}");
+            }
+            eprintln!("postern: fatal: the configuration has errors (run postern check)");
+            Err(sysexits::EX_CONFIG)
+        }
+    }
+}
+
+/// `postern start [--foreground]`.
+pub fn start(source: &Source, foreground: bool) -> i32 {
+    if !account::running_as_root() {
+        eprintln!(
+            "postern: start must run as root: the master opens the endpoints and runs every service as its \
+             own user (the mail owner, and the users spawn's commands run as), which only root can do. \
+             As an ordinary user you can still run 'postern check' and 'postern config'; to run an \
+             instance, use 'sudo postern start'."
+        );
+        return sysexits::EX_NOPERM;
+    }
+    let config = match loaded(source) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Err(code) = create_mail_owner(&config) {
+        return code;
+    }
+    let problems: Vec<_> = check::check(&config)
+        .into_iter()
+        .filter(|d| d.is_error())
+        .collect();
+    if !problems.is_empty() {
+        for d in &problems {
+            eprintln!("{d}");
+        }
+        eprintln!(
+            "postern: fatal: not starting: {} problem(s) (postern check lists them all)",
+            problems.len()
+        );
+        return sysexits::EX_CONFIG;
+    }
+    let paths = Paths::of(&config);
+    if let Some(pid) = instance::running_master(&paths) {
+        eprintln!("postern: the instance is already running (master pid {pid})");
+        return 1;
+    }
+    let owner = match account::user_by_name(config.text(params::MAIL_OWNER)) {
+        Ok(Some(o)) => o,
+        _ => {
+            eprintln!(
+                "postern: fatal: mail_owner {} does not exist",
+                config.text(params::MAIL_OWNER)
+            );
+            return sysexits::EX_CONFIG;
+        }
+    };
+    match instance::ensure_directories(&config, &owner) {
+        Ok(created) => {
+            for d in created {
+                println!("postern: created directory {}", d.display());
+            }
+        }
+        Err(e) => {
+            eprintln!("postern: fatal: {e}");
+            return sysexits::EX_CANTCREAT;
+        }
+    }
+    let master = config.daemon_directory().join("postern-master");
+    if !master.is_file() {
+        eprintln!(
+            "postern: fatal: {} does not exist (check daemon_directory)",
+            master.display()
+        );
+        return sysexits::EX_CONFIG;
+    }
+    if foreground {
+        let err = Command::new(&master)
+            .args(crate::supervisor::to_args(source, true, None))
+            .exec();
+        eprintln!("postern: fatal: cannot run {}: {err}", master.display());
+        return sysexits::EX_OSERR;
+    }
+    daemonise(&master, source)
+}
+
+/// Creates the default mail owner account when it is missing.
+fn create_mail_owner(config: &Config) -> Result<(), i32> {
+    let name = config.text(params::MAIL_OWNER);
+    match account::user_by_name(name) {
+        Ok(Some(_)) => return Ok(()),
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("postern: fatal: {e}");
+            return Err(sysexits::EX_TEMPFAIL);
+        }
+    }
+    let default = params::spec(params::MAIL_OWNER).map(|s| s.default);
+    if Some(name) != default {
+        eprintln!("postern: fatal: mail_owner {name}: no such user; create it (a system account with its own group)");
+        return Err(sysexits::EX_CONFIG);
+    }
+    let out = Command::new("useradd")
+        .args([
+            "--system",
+            "--user-group",
+            "--no-create-home",
+            "--home-dir",
+            "/nonexistent",
+        ])
+        .args([
+            "--shell",
+            "/usr/sbin/nologin",
+            "--comment",
+            "postern mail owner",
+            name,
+        ])
+        .stdin(Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            println!("postern: created system account {name} (mail_owner) with its own group");
+            Ok(())
+        }
+        Ok(o) => {
+            eprintln!(
+                "postern: fatal: useradd {name} failed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            Err(sysexits::EX_CANTCREAT)
+        }
+        Err(e) => {
+            eprintln!("postern: fatal: cannot run useradd to create mail_owner {name}: {e}");
+            Err(sysexits::EX_CANTCREAT)
+        }
+    }
+}
+
+/// Starts the master in a new session and waits until it is ready.
+fn daemonise(master: &Path, source: &Source) -> i32 {
+    let (read_end, write_end) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("postern: fatal: pipe: {e}");
+            return sysexits::EX_OSERR;
+        }
+    };
+    const READY_FD: i32 = 3;
+    let mut cmd = Command::new(master);
+    cmd.args(crate::supervisor::to_args(source, false, Some(READY_FD)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let raw = write_end.as_raw_fd();
+    sys::before_exec(&mut cmd, move || {
+        // Async-signal-safe only.
+        nix::unistd::setsid()?;
+        nix::unistd::dup2(raw, READY_FD)?;
+        Ok(())
+    });
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("postern: fatal: cannot run {}: {e}", master.display());
+            return sysexits::EX_OSERR;
+        }
+    };
+    drop(write_end);
+    let answer = read_with_deadline(read_end, START_DEADLINE);
+    let pid = child.id();
+    match answer.as_deref().map(str::trim) {
+        Some("ready") => {
+            println!("postern: started: master pid {pid}, {}", describe(source));
+            0
+        }
+        Some(text) if !text.is_empty() => {
+            eprintln!(
+                "postern: start failed: {}",
+                text.trim_start_matches("error: ")
+            );
+            1
+        }
+        _ => {
+            eprintln!(
+                "postern: start failed: the master (pid {pid}) exited or did not answer within {}s; see the log",
+                START_DEADLINE.as_secs()
+            );
+            1
+        }
+    }
+}
+
+/// Reads from `fd` until end-of-file or the deadline.
+fn read_with_deadline(fd: OwnedFd, limit: Duration) -> Option<String> {
+    let deadline = Instant::now() + limit;
+    let mut file = std::fs::File::from(fd);
+    let mut out = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
+        match poll(
+            &mut fds,
+            PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX),
+        ) {
+            Ok(0) => return None,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return None,
+        }
+        let mut buf = [0u8; 512];
+        match file.read(&mut buf) {
+            Ok(0) => return Some(String::from_utf8_lossy(&out).into_owned()),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return Some(String::from_utf8_lossy(&out).into_owned()),
+        }
+    }
+}
+
+/// Waits until process `pid` exits, or the deadline; true when it exited.
+fn wait_exit(pid: u32, limit: Duration) -> bool {
+    let Ok(pidfd) = sys::pidfd_open(pid as i32) else {
+        return true;
+    };
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        match poll(
+            &mut fds,
+            PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX),
+        ) {
+            Ok(0) => return false,
+            Ok(_) => return true,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+fn running(config: &Config) -> Result<(Paths, u32), i32> {
+    let paths = Paths::of(config);
+    match instance::running_master(&paths) {
+        Some(pid) => Ok((paths, pid)),
+        None => {
+            eprintln!(
+                "postern: the instance is not running ({})",
+                describe(&config.source)
+            );
+            Err(1)
+        }
+    }
+}
+
+/// `postern stop` (graceful) or `postern abort` (immediate).
+pub fn stop(source: &Source, immediate: bool) -> i32 {
+    let config = match loaded(source) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let (_, pid) = match running(&config) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let signal = if immediate {
+        Signal::SIGINT
+    } else {
+        Signal::SIGTERM
+    };
+    if let Err(e) = kill(Pid::from_raw(pid as i32), signal) {
+        eprintln!("postern: cannot signal the master (pid {pid}): {e}");
+        return sysexits::EX_NOPERM;
+    }
+    let limit = config.time(params::SHUTDOWN_TIMEOUT) + Duration::from_secs(30);
+    if wait_exit(pid, limit) {
+        println!(
+            "postern: {} (master pid {pid})",
+            if immediate { "aborted" } else { "stopped" }
+        );
+        0
+    } else {
+        eprintln!(
+            "postern: the master (pid {pid}) did not exit within {}s",
+            limit.as_secs()
+        );
+        sysexits::EX_TEMPFAIL
+    }
+}
+
+/// `postern reload`: validates first; an invalid configuration is not sent.
+pub fn reload(source: &Source) -> i32 {
+    let config = match loaded(source) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let problems: Vec<_> = check::check(&config)
+        .into_iter()
+        .filter(|d| d.is_error())
+        .collect();
+    if !problems.is_empty() {
+        for d in &problems {
+            eprintln!("{d}");
+        }
+        eprintln!("postern: not reloading: the running configuration stays in force");
+        return sysexits::EX_CONFIG;
+    }
+    let (_, pid) = match running(&config) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    match kill(Pid::from_raw(pid as i32), Signal::SIGHUP) {
+        Ok(()) => {
+            println!("postern: reload requested (master pid {pid})");
+            0
+        }
+        Err(e) => {
+            eprintln!("postern: cannot signal the master (pid {pid}): {e}");
+            sysexits::EX_NOPERM
+        }
+    }
+}
+
+/// `postern status`.
+pub fn status(source: &Source) -> i32 {
+    let config = match loaded(source) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let (paths, _) = match running(&config) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let ask = || -> std::io::Result<String> {
+        let mut s = std::os::unix::net::UnixStream::connect(&paths.control)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(b"status\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    };
+    match ask() {
+        Ok(text) => {
+            print!("{text}");
+            0
+        }
+        Err(e) => {
+            eprintln!(
+                "postern: cannot ask the master at {}: {e}",
+                paths.control.display()
+            );
+            sysexits::EX_TEMPFAIL
+        }
+    }
+}

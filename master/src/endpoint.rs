@@ -1,0 +1,255 @@
+//! Listening endpoints: what master.cf asks for, made concrete and opened.
+//!
+//! An inet service without a host listens on `inet_interfaces` (restricted
+//! to `inet_protocols`); with a host, on that host's addresses. A unix
+//! service is a socket under `queue_directory/private` (reachable by the mail
+//! owner only: the directory is 0700) or `public` (0755, socket 0666). A fifo
+//! is a named pipe there, opened read-write so that it never reports
+//! end-of-file. Every descriptor is close-on-exec and numbered at or above
+//! [`FIRST_FREE_FD`], so handing it to a child at a fixed number never
+//! collides (see `postern_common::status`).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::sys::socket::{
+    bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
+    SockaddrIn, SockaddrIn6, UnixAddr,
+};
+use nix::sys::stat::Mode;
+use postern_common::status::FIRST_FREE_FD;
+use postern_conf::{params, Config, Endpoint, ServiceEntry, ServiceType};
+
+/// One concrete thing to listen on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum BindTarget {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A unix stream socket path.
+    Unix(PathBuf),
+    /// A named pipe path.
+    Fifo(PathBuf),
+}
+
+impl std::fmt::Display for BindTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BindTarget::Tcp(a) => write!(f, "{a}"),
+            BindTarget::Unix(p) | BindTarget::Fifo(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// The directory of private or public endpoints.
+pub fn endpoint_dir(config: &Config, private: bool) -> PathBuf {
+    Path::new(config.text(params::QUEUE_DIRECTORY)).join(if private { "private" } else { "public" })
+}
+
+/// What `entry` listens on, given the configuration.
+pub fn targets(config: &Config, entry: &ServiceEntry) -> Result<Vec<BindTarget>, String> {
+    let protocols = config.list(params::INET_PROTOCOLS);
+    let v4 = protocols.iter().any(|p| p == "all" || p == "ipv4");
+    let v6 = protocols.iter().any(|p| p == "all" || p == "ipv6");
+    let wanted = |ip: &IpAddr| if ip.is_ipv4() { v4 } else { v6 };
+    match &entry.endpoint {
+        Endpoint::Inet {
+            host: Some(host),
+            port,
+        } => {
+            let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
+                Ok(ip) => vec![ip],
+                Err(_) => (host.as_str(), *port)
+                    .to_socket_addrs()
+                    .map_err(|e| format!("cannot resolve host {host}: {e}"))?
+                    .map(|a| a.ip())
+                    .collect(),
+            };
+            let mut out: Vec<BindTarget> = Vec::new();
+            for ip in addrs.into_iter().filter(wanted) {
+                let t = BindTarget::Tcp(SocketAddr::new(ip, *port));
+                if !out.contains(&t) {
+                    out.push(t);
+                }
+            }
+            if out.is_empty() {
+                return Err(format!(
+                    "host {host} has no address of the protocols in inet_protocols"
+                ));
+            }
+            Ok(out)
+        }
+        Endpoint::Inet { host: None, port } => {
+            let mut ips = Vec::new();
+            for item in config.list(params::INET_INTERFACES) {
+                match item.as_str() {
+                    "all" => ips.extend([
+                        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                        IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                    ]),
+                    "loopback-only" => ips.extend([
+                        IpAddr::V4(Ipv4Addr::LOCALHOST),
+                        IpAddr::V6(Ipv6Addr::LOCALHOST),
+                    ]),
+                    other => ips.push(
+                        other
+                            .trim_start_matches('[')
+                            .trim_end_matches(']')
+                            .parse()
+                            .map_err(|_| {
+                                format!("inet_interfaces: '{other}' is not an IP address")
+                            })?,
+                    ),
+                }
+            }
+            Ok(ips
+                .into_iter()
+                .filter(wanted)
+                .map(|ip| BindTarget::Tcp(SocketAddr::new(ip, *port)))
+                .collect())
+        }
+        Endpoint::Local { name, private } => {
+            let path = endpoint_dir(config, *private).join(name);
+            match entry.kind {
+                ServiceType::Unix => Ok(vec![BindTarget::Unix(path)]),
+                ServiceType::Fifo => Ok(vec![BindTarget::Fifo(path)]),
+                other => Err(format!("service type {other} is not supported by postern")),
+            }
+        }
+    }
+}
+
+/// Moves `fd` to a number at or above [`FIRST_FREE_FD`], close-on-exec.
+fn high(fd: OwnedFd) -> std::io::Result<OwnedFd> {
+    if fd.as_raw_fd() >= FIRST_FREE_FD {
+        return Ok(fd);
+    }
+    let new = nix::fcntl::fcntl(
+        fd.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(FIRST_FREE_FD),
+    )
+    .map_err(std::io::Error::from)?;
+    Ok(postern_common::sys::own_new_fd(new))
+}
+
+/// Opens one endpoint. `owner` is the (uid, gid) that owns unix endpoints.
+pub fn open(target: &BindTarget, backlog: i32, owner: (u32, u32)) -> Result<OwnedFd, String> {
+    let fd = match target {
+        BindTarget::Tcp(addr) => open_tcp(addr, backlog),
+        BindTarget::Unix(path) => open_unix(path, backlog, owner),
+        BindTarget::Fifo(path) => open_fifo(path, owner),
+    }
+    .map_err(|e| format!("cannot listen on {target}: {e}"))?;
+    high(fd).map_err(|e| format!("cannot move descriptor of {target}: {e}"))
+}
+
+fn open_tcp(addr: &SocketAddr, backlog: i32) -> std::io::Result<OwnedFd> {
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket(
+        family,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    match addr {
+        SocketAddr::V4(a) => bind(fd.as_raw_fd(), &SockaddrIn::from(*a))?,
+        SocketAddr::V6(a) => {
+            setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+            bind(fd.as_raw_fd(), &SockaddrIn6::from(*a))?
+        }
+    }
+    listen(&fd, Backlog::new(backlog).unwrap_or(Backlog::MAXCONN))?;
+    Ok(fd)
+}
+
+fn open_unix(path: &Path, backlog: i32, owner: (u32, u32)) -> std::io::Result<OwnedFd> {
+    // A stale socket from an earlier run is replaced; anything else is not.
+    if let Ok(md) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if md.file_type().is_socket() {
+            std::fs::remove_file(path)?;
+        } else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "exists and is not a socket",
+            ));
+        }
+    }
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    nix::unistd::chown(path, Some(owner.0.into()), Some(owner.1.into()))?;
+    listen(&fd, Backlog::new(backlog).unwrap_or(Backlog::MAXCONN))?;
+    Ok(fd)
+}
+
+fn open_fifo(path: &Path, owner: (u32, u32)) -> std::io::Result<OwnedFd> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(md) if md.file_type().is_fifo() => {}
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "exists and is not a fifo",
+            ))
+        }
+        Err(_) => nix::unistd::mkfifo(path, Mode::from_bits_truncate(0o622))?,
+    }
+    nix::unistd::chown(path, Some(owner.0.into()), Some(owner.1.into()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o622))?;
+    let raw = nix::fcntl::open(
+        path,
+        nix::fcntl::OFlag::O_RDWR
+            | nix::fcntl::OFlag::O_NONBLOCK
+            | nix::fcntl::OFlag::O_CLOEXEC
+            | nix::fcntl::OFlag::O_NOFOLLOW,
+        Mode::empty(),
+    )?;
+    Ok(postern_common::sys::own_new_fd(raw))
+}
+
+/// Removes the file of a unix or fifo endpoint (when a service goes away).
+pub fn remove(target: &BindTarget) {
+    if let BindTarget::Unix(p) | BindTarget::Fifo(p) = target {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// Sends a wakeup (`W`) to an endpoint, as the master's wakeup timer does.
+pub fn wake(target: &BindTarget) -> std::io::Result<()> {
+    use std::io::Write;
+    match target {
+        BindTarget::Tcp(addr) => {
+            let mut s =
+                std::net::TcpStream::connect_timeout(addr, std::time::Duration::from_secs(1))?;
+            s.write_all(b"W")
+        }
+        BindTarget::Unix(p) => {
+            let mut s = std::os::unix::net::UnixStream::connect(p)?;
+            s.set_nonblocking(true)?;
+            s.write_all(b"W")
+        }
+        BindTarget::Fifo(p) => {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc_nonblock())
+                .open(p)?;
+            f.write_all(b"W")
+        }
+    }
+}
+
+fn libc_nonblock() -> i32 {
+    nix::fcntl::OFlag::O_NONBLOCK.bits()
+}

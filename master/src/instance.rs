@@ -1,0 +1,156 @@
+//! An instance on disk: its directories, the pid lock and the control socket.
+//!
+//! Layout (Postfix's, with the master's own files in a root-only directory):
+//!
+//! ```text
+//! queue_directory/            root      0755
+//!     private/                mail_owner 0700   unix endpoints for the mail owner
+//!     public/                 mail_owner 0755   unix endpoints for anyone
+//! data_directory/             mail_owner 0700
+//!     master/                 root      0700
+//!         master.pid          the pid, locked (fs2) while the master runs
+//!         master.control      the control socket (status), root only
+//! ```
+//!
+//! The pid file lives in a root-only directory so that the mail owner cannot
+//! point `postern stop` at another process.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use fs2::FileExt;
+use postern_common::account::Account;
+use postern_conf::{params, Config};
+
+/// Where an instance keeps the master's own files.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// `data_directory/master`.
+    pub master_dir: PathBuf,
+    /// The pid lock file.
+    pub pid_file: PathBuf,
+    /// The control socket.
+    pub control: PathBuf,
+}
+
+impl Paths {
+    /// The paths of `config`'s instance.
+    pub fn of(config: &Config) -> Self {
+        let master_dir = Path::new(config.text(params::DATA_DIRECTORY)).join("master");
+        Paths {
+            pid_file: master_dir.join("master.pid"),
+            control: master_dir.join("master.control"),
+            master_dir,
+        }
+    }
+}
+
+/// Creates (or fixes the owner and mode of) one directory; returns true if
+/// it had to be created.
+fn ensure_dir(path: &Path, uid: u32, gid: u32, mode: u32) -> Result<bool, String> {
+    let created = match std::fs::symlink_metadata(path) {
+        Ok(md) if md.is_dir() => false,
+        Ok(_) => return Err(format!("{} exists and is not a directory", path.display())),
+        Err(_) => {
+            std::fs::create_dir_all(path)
+                .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+            true
+        }
+    };
+    let md = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if md.uid() != uid || md.gid() != gid {
+        nix::unistd::chown(path, Some(uid.into()), Some(gid.into()))
+            .map_err(|e| format!("cannot chown {}: {e}", path.display()))?;
+    }
+    if md.mode() & 0o7777 != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("cannot chmod {}: {e}", path.display()))?;
+    }
+    Ok(created)
+}
+
+/// Creates the instance's directories with the right owners and modes;
+/// returns the ones it created.
+pub fn ensure_directories(config: &Config, owner: &Account) -> Result<Vec<PathBuf>, String> {
+    let queue = Path::new(config.text(params::QUEUE_DIRECTORY));
+    let data = Path::new(config.text(params::DATA_DIRECTORY));
+    let paths = Paths::of(config);
+    let plan: [(&Path, u32, u32, u32); 5] = [
+        (queue, 0, 0, 0o755),
+        (&queue.join("private"), owner.uid, owner.gid, 0o700),
+        (&queue.join("public"), owner.uid, owner.gid, 0o755),
+        (data, owner.uid, owner.gid, 0o700),
+        (&paths.master_dir, 0, 0, 0o700),
+    ];
+    let mut created = Vec::new();
+    for (path, uid, gid, mode) in plan {
+        if ensure_dir(path, uid, gid, mode)? {
+            created.push(path.to_path_buf());
+        }
+    }
+    Ok(created)
+}
+
+/// The held pid lock; released when dropped (or when the process dies).
+#[derive(Debug)]
+pub struct PidLock {
+    _file: File,
+}
+
+/// Why the lock could not be taken.
+#[derive(Debug)]
+pub enum LockError {
+    /// Another master holds it.
+    Running(Option<u32>),
+    /// Something else went wrong.
+    Io(String),
+}
+
+fn open_pid_file(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)
+}
+
+fn read_pid(file: &mut File) -> Option<u32> {
+    let mut s = String::new();
+    file.rewind().ok()?;
+    file.read_to_string(&mut s).ok()?;
+    s.trim().parse().ok()
+}
+
+/// Takes the instance lock and writes this process's pid.
+pub fn acquire(paths: &Paths) -> Result<PidLock, LockError> {
+    let mut file = open_pid_file(&paths.pid_file)
+        .map_err(|e| LockError::Io(format!("cannot open {}: {e}", paths.pid_file.display())))?;
+    if FileExt::try_lock_exclusive(&file).is_err() {
+        return Err(LockError::Running(read_pid(&mut file)));
+    }
+    let write = |f: &mut File| -> std::io::Result<()> {
+        f.set_len(0)?;
+        f.rewind()?;
+        writeln!(f, "{}", std::process::id())?;
+        f.sync_all()
+    };
+    write(&mut file)
+        .map_err(|e| LockError::Io(format!("cannot write {}: {e}", paths.pid_file.display())))?;
+    Ok(PidLock { _file: file })
+}
+
+/// The pid of the running master, if one holds the lock.
+pub fn running_master(paths: &Paths) -> Option<u32> {
+    let mut file = File::open(&paths.pid_file).ok()?;
+    if FileExt::try_lock_shared(&file).is_ok() {
+        let _ = FileExt::unlock(&file);
+        return None;
+    }
+    read_pid(&mut file)
+}

@@ -1,0 +1,1122 @@
+//! `postern-master`: the supervisor.
+//!
+//! **Synopsis**: `postern-master (-c DIR | --queue-directory Q --data-directory D) [--foreground] [--ready-fd N]`
+//! (started by `postern start`, not by hand).
+//!
+//! **Description**: reads main.cf and master.cf, takes the instance lock,
+//! opens every endpoint of every service whose program postern provides, and
+//! runs one event loop (mio, with signals from signal-hook-mio) over: the
+//! signals, the control socket, each service's status channel, and the
+//! endpoints of each service that currently needs a new child. A readable
+//! endpoint forks one child, which accepts the connection itself; the master
+//! watches a service's endpoints only while the service has no idle child, is
+//! under its process limit and is not throttled (see [`crate::lifecycle`]).
+//!
+//! Signals: SIGHUP reloads (an invalid configuration is logged and the running
+//! one kept; endpoints of services that remain stay open, so no connection is
+//! refused); SIGTERM stops (endpoints closed, idle children leave at once,
+//! busy ones get `shutdown_timeout` to finish, then every descendant's process
+//! group is killed); SIGINT and SIGQUIT abort (the same, without the grace
+//! period); SIGCHLD reaps. The master is a child subreaper, so commands
+//! orphaned by a killed child are its to kill too: nothing of the instance
+//! outlives it.
+//!
+//! **Security**: runs as root. Reads the configuration (trusted, validated),
+//! status records from children (decoded strictly; records for a pid that is
+//! not a child of that service are logged and ignored), and requests on the
+//! control socket (root only: mode 0600 in a root-only directory, and the
+//! peer's uid checked).
+//!
+//! **Exit status**: 0 after a stop; 1 when the instance is already running;
+//! 71 on a system error; 77 when not root; 78 on a configuration error.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mio::net::UnixListener;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::socket::{recv, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use postern_common::account::{self, Account};
+use postern_common::server::ChildArgs;
+use postern_common::status::{StatusRecord, FIRST_FREE_FD, RECORD_LEN, STATUS_FD};
+use postern_common::{sys, sysexits};
+use postern_conf::embedded::Layout;
+use postern_conf::{params, Config, ServiceEntry, ServicesFile, Source};
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+
+use crate::endpoint::{self, BindTarget};
+use crate::instance::{self, LockError, Paths, PidLock};
+use crate::lifecycle::{self, ChildInfo, ExitVerdict, Phase, ServiceLoad};
+use crate::programs;
+
+const SIGNALS: Token = Token(0);
+const CONTROL: Token = Token(1);
+const FIRST_SERVICE_TOKEN: usize = 16;
+
+/// How the master was asked to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The configuration.
+    pub source: Source,
+    /// Stay attached, log to standard error.
+    pub foreground: bool,
+    /// Where to say "ready" (or why not) to `postern start`.
+    pub ready_fd: Option<RawFd>,
+}
+
+/// Parses the master's command line.
+pub fn parse_args(argv: &[String]) -> Result<Options, String> {
+    let mut it = argv.iter();
+    let (mut dir, mut queue, mut data, mut foreground, mut ready_fd) =
+        (None, None, None, false, None);
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("option {a} needs a value"))
+        };
+        match a.as_str() {
+            "-c" => dir = Some(PathBuf::from(value()?)),
+            "--queue-directory" => queue = Some(PathBuf::from(value()?)),
+            "--data-directory" => data = Some(PathBuf::from(value()?)),
+            "--foreground" => foreground = true,
+            "--ready-fd" => {
+                ready_fd = Some(value()?.parse().map_err(|_| "bad --ready-fd".to_string())?)
+            }
+            other => return Err(format!("unexpected argument '{other}'")),
+        }
+    }
+    let source = match (dir, queue, data) {
+        (Some(d), None, None) => Source::Dir(d),
+        (None, Some(q), Some(d)) => Source::Embedded(Layout {
+            queue_directory: q,
+            data_directory: d,
+        }),
+        _ => return Err("need -c DIR, or --queue-directory and --data-directory".into()),
+    };
+    Ok(Options {
+        source,
+        foreground,
+        ready_fd,
+    })
+}
+
+/// The command line that starts a master for `opts` (used by `postern start`).
+pub fn to_args(source: &Source, foreground: bool, ready_fd: Option<RawFd>) -> Vec<String> {
+    let mut v = match source {
+        Source::Dir(d) => vec!["-c".to_string(), d.display().to_string()],
+        Source::Embedded(l) => vec![
+            "--queue-directory".into(),
+            l.queue_directory.display().to_string(),
+            "--data-directory".into(),
+            l.data_directory.display().to_string(),
+        ],
+    };
+    if foreground {
+        v.push("--foreground".into());
+    }
+    if let Some(fd) = ready_fd {
+        v.extend(["--ready-fd".into(), fd.to_string()]);
+    }
+    v
+}
+
+/// Tells `postern start` how startup went (once).
+struct Ready(Option<std::fs::File>);
+
+impl Ready {
+    fn say(&mut self, text: &str) {
+        if let Some(mut f) = self.0.take() {
+            let _ = writeln!(f, "{text}");
+        }
+    }
+}
+
+/// `postern-master`'s main.
+pub fn main() -> i32 {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let opts = match parse_args(&argv) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("postern-master: fatal: {e}");
+            return sysexits::EX_USAGE;
+        }
+    };
+    let mut ready = Ready(
+        opts.ready_fd
+            .and_then(|fd| sys::adopt_inherited(fd).ok())
+            .map(std::fs::File::from),
+    );
+    postern_common::log::init("postern", "master", postern_common::log::Sink::Stderr);
+    let code = match start(&opts, &mut ready) {
+        Ok(mut master) => {
+            ready.say("ready");
+            master.run()
+        }
+        Err((code, why)) => {
+            ready.say(&format!("error: {why}"));
+            postern_common::log::fatal(code, why)
+        }
+    };
+    log::info!("master exits with status {code}");
+    code
+}
+
+type Fatal = (i32, String);
+
+fn start(opts: &Options, _ready: &mut Ready) -> Result<Master, Fatal> {
+    let loaded = Config::load(&opts.source, &ServicesFile::system());
+    for d in &loaded.diagnostics {
+        if !d.is_error() {
+            log::warn!("{d}");
+        }
+    }
+    let config = loaded
+        .into_result()
+        .map_err(|e| (sysexits::EX_CONFIG, format!("configuration: {e}")))?;
+    match postern_common::log::open_sink(
+        opts.foreground,
+        config.text(params::MAILLOG_FILE),
+        config.text(params::SYSLOG_FACILITY),
+    ) {
+        Ok(s) => postern_common::log::init(config.text(params::SYSLOG_NAME), "master", s),
+        Err(e) => log::warn!(
+            "cannot open maillog_file {}: {e}",
+            config.text(params::MAILLOG_FILE)
+        ),
+    }
+    if !account::running_as_root() {
+        return Err((
+            sysexits::EX_NOPERM,
+            "postern-master must run as root".into(),
+        ));
+    }
+    let owner = mail_owner(&config).map_err(|e| (sysexits::EX_CONFIG, e))?;
+    instance::ensure_directories(&config, &owner).map_err(|e| (sysexits::EX_CANTCREAT, e))?;
+    let paths = Paths::of(&config);
+    let lock = match instance::acquire(&paths) {
+        Ok(l) => l,
+        Err(LockError::Running(pid)) => {
+            let pid = pid.map_or("unknown pid".to_string(), |p| format!("pid {p}"));
+            return Err((1, format!("the instance is already running ({pid})")));
+        }
+        Err(LockError::Io(e)) => return Err((sysexits::EX_OSERR, e)),
+    };
+    nix::sys::prctl::set_child_subreaper(true)
+        .map_err(|e| (sysexits::EX_OSERR, format!("PR_SET_CHILD_SUBREAPER: {e}")))?;
+    Master::new(opts, config, &owner, paths, lock)
+}
+
+fn mail_owner(config: &Config) -> Result<Account, String> {
+    let name = config.text(params::MAIL_OWNER);
+    let owner = account::user_by_name(name)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| {
+            format!("mail_owner {name}: no such user (postern start creates the default one)")
+        })?;
+    if owner.uid == 0 || owner.gid == 0 {
+        return Err(format!("mail_owner {name} must not have uid or gid 0"));
+    }
+    Ok(owner)
+}
+
+/// A child the master knows.
+#[derive(Debug, Clone, Copy)]
+struct Child {
+    info: ChildInfo,
+    started: Instant,
+}
+
+/// One running service.
+#[derive(Debug)]
+struct Service {
+    entry: ServiceEntry,
+    view: Config,
+    program: PathBuf,
+    generation: u32,
+    targets: Vec<BindTarget>,
+    listeners: Vec<OwnedFd>,
+    status: OwnedFd,
+    status_child: OwnedFd,
+    status_token: Token,
+    listen_token: Token,
+    children: BTreeMap<i32, Child>,
+    throttled_until: Option<Instant>,
+    listening: bool,
+    last_limit_warning: Option<Instant>,
+    used: bool,
+    next_wakeup: Option<Instant>,
+    limit: Option<u32>,
+}
+
+impl Service {
+    fn id(&self) -> String {
+        self.entry.id()
+    }
+
+    fn load(&self, stopping: bool, now: Instant) -> ServiceLoad {
+        ServiceLoad {
+            children: self.children.len() as u32,
+            available: self
+                .children
+                .values()
+                .filter(|c| c.info.available())
+                .count() as u32,
+            limit: self.limit,
+            throttled: self.throttled_until.is_some_and(|t| t > now),
+            stopping,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Status(u32),
+    Listen(u32),
+}
+
+struct Stop {
+    deadline: Instant,
+}
+
+struct Master {
+    source: Source,
+    config: Config,
+    owner: (u32, u32),
+    foreground: bool,
+    poll: Poll,
+    signals: Signals,
+    control: Option<UnixListener>,
+    paths: Paths,
+    _lock: PidLock,
+    services: Vec<Service>,
+    tokens: HashMap<Token, Target>,
+    next_token: usize,
+    next_generation: u32,
+    retired: HashMap<i32, String>,
+    started: Instant,
+    stop: Option<Stop>,
+}
+
+fn os(e: impl std::fmt::Display, what: &str) -> Fatal {
+    (sysexits::EX_OSERR, format!("{what}: {e}"))
+}
+
+impl Master {
+    fn new(
+        opts: &Options,
+        config: Config,
+        owner: &Account,
+        paths: Paths,
+        lock: PidLock,
+    ) -> Result<Self, Fatal> {
+        let poll = Poll::new().map_err(|e| os(e, "epoll"))?;
+        let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGCHLD])
+            .map_err(|e| os(e, "signals"))?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)
+            .map_err(|e| os(e, "register signals"))?;
+        let _ = std::fs::remove_file(&paths.control);
+        let mut control =
+            UnixListener::bind(&paths.control).map_err(|e| os(e, "control socket"))?;
+        std::fs::set_permissions(
+            &paths.control,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .map_err(|e| os(e, "chmod control socket"))?;
+        poll.registry()
+            .register(&mut control, CONTROL, Interest::READABLE)
+            .map_err(|e| os(e, "register control"))?;
+        let mut master = Master {
+            source: opts.source.clone(),
+            config,
+            owner: (owner.uid, owner.gid),
+            foreground: opts.foreground,
+            poll,
+            signals,
+            control: Some(control),
+            paths,
+            _lock: lock,
+            services: Vec::new(),
+            tokens: HashMap::new(),
+            next_token: FIRST_SERVICE_TOKEN,
+            next_generation: 1,
+            retired: HashMap::new(),
+            started: Instant::now(),
+            stop: None,
+        };
+        let config = master.config.clone();
+        let mut kept = HashMap::new();
+        for entry in startable(&config) {
+            let svc = master
+                .build_service(&config, entry, &mut kept)
+                .map_err(|e| (sysexits::EX_CONFIG, e))?;
+            master.services.push(svc);
+        }
+        let now = Instant::now();
+        for i in 0..master.services.len() {
+            master.refresh(i, now);
+        }
+        log::info!(
+            "daemon started -- version {}, {}, {} service(s)",
+            env!("CARGO_PKG_VERSION"),
+            describe(&master.source),
+            master.services.len()
+        );
+        Ok(master)
+    }
+
+    fn token(&mut self) -> Token {
+        self.next_token += 1;
+        Token(self.next_token)
+    }
+
+    /// Creates a service: its status channel and endpoints (reusing the
+    /// already-open endpoints in `kept` when the targets are the same).
+    fn build_service(
+        &mut self,
+        config: &Config,
+        entry: &ServiceEntry,
+        kept: &mut HashMap<BindTarget, OwnedFd>,
+    ) -> Result<Service, String> {
+        let id = entry.id();
+        let view = config
+            .for_service(entry)
+            .map_err(|e| format!("service {id}: {e}"))?;
+        let program = programs::find(&entry.command)
+            .map(|p| config.daemon_directory().join(p.executable))
+            .ok_or_else(|| {
+                format!(
+                    "service {id}: program {} is not provided by postern",
+                    entry.command
+                )
+            })?;
+        let targets = endpoint::targets(&view, entry).map_err(|e| format!("service {id}: {e}"))?;
+        if targets.is_empty() {
+            return Err(format!(
+                "service {id}: no address to listen on (check inet_interfaces and inet_protocols)"
+            ));
+        }
+        let mut listeners = Vec::with_capacity(targets.len());
+        for t in &targets {
+            let fd = match kept.remove(t) {
+                Some(fd) => fd,
+                None => {
+                    endpoint::open(t, 4096, self.owner).map_err(|e| format!("service {id}: {e}"))?
+                }
+            };
+            listeners.push(fd);
+        }
+        let (status, status_child) =
+            status_channel().map_err(|e| format!("service {id}: status channel: {e}"))?;
+        let status_token = self.token();
+        let listen_token = self.token();
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        self.poll
+            .registry()
+            .register(
+                &mut SourceFd(&status.as_raw_fd()),
+                status_token,
+                Interest::READABLE,
+            )
+            .map_err(|e| format!("service {id}: register status channel: {e}"))?;
+        self.tokens.insert(status_token, Target::Status(generation));
+        self.tokens.insert(listen_token, Target::Listen(generation));
+        let limit = view.process_limit(entry);
+        let next_wakeup = entry.wakeup.map(|w| Instant::now() + w.interval);
+        Ok(Service {
+            entry: entry.clone(),
+            view,
+            program,
+            generation,
+            targets,
+            listeners,
+            status,
+            status_child,
+            status_token,
+            listen_token,
+            children: BTreeMap::new(),
+            throttled_until: None,
+            listening: false,
+            last_limit_warning: None,
+            used: false,
+            next_wakeup,
+            limit,
+        })
+    }
+
+    fn service_index(&self, generation: u32) -> Option<usize> {
+        self.services
+            .iter()
+            .position(|s| s.generation == generation)
+    }
+
+    /// Registers or deregisters a service's endpoints as its load requires.
+    fn refresh(&mut self, i: usize, now: Instant) {
+        let stopping = self.stop.is_some();
+        let svc = &mut self.services[i];
+        if svc.throttled_until.is_some_and(|t| t <= now) {
+            svc.throttled_until = None;
+            log::info!("service {}: throttle period over, serving again", svc.id());
+        }
+        let want = lifecycle::should_listen(svc.load(stopping, now));
+        if want == svc.listening {
+            return;
+        }
+        for fd in &svc.listeners {
+            let raw = fd.as_raw_fd();
+            let r = if want {
+                self.poll.registry().register(
+                    &mut SourceFd(&raw),
+                    svc.listen_token,
+                    Interest::READABLE,
+                )
+            } else {
+                self.poll.registry().deregister(&mut SourceFd(&raw))
+            };
+            if let Err(e) = r {
+                log::error!(
+                    "service {}: epoll update for an endpoint: {e}",
+                    svc.entry.id()
+                );
+            }
+        }
+        svc.listening = want;
+    }
+
+    fn run(&mut self) -> i32 {
+        let mut events = Events::with_capacity(256);
+        loop {
+            let timeout = self.next_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return postern_common::log::fatal(sysexits::EX_OSERR, format!("epoll_wait: {e}"));
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    SIGNALS => self.on_signals(),
+                    CONTROL => self.on_control(),
+                    t => match self.tokens.get(&t).copied() {
+                        Some(Target::Status(g)) => self.on_status(g),
+                        Some(Target::Listen(g)) => self.on_connection(g),
+                        None => {}
+                    },
+                }
+            }
+            let now = Instant::now();
+            self.on_timers(now);
+            if let Some(stop) = &self.stop {
+                if self.retired.is_empty() || now >= stop.deadline {
+                    self.finish();
+                    return 0;
+                }
+            }
+        }
+    }
+
+    fn next_timeout(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let mut next: Option<Instant> = self.stop.as_ref().map(|s| s.deadline);
+        for s in &self.services {
+            for t in [s.throttled_until, s.next_wakeup].into_iter().flatten() {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        }
+        next.map(|t| t.saturating_duration_since(now))
+    }
+
+    fn on_signals(&mut self) {
+        let pending: Vec<i32> = self.signals.pending().collect();
+        let mut reap = false;
+        for sig in pending {
+            match sig {
+                SIGCHLD => reap = true,
+                SIGHUP => self.reload(),
+                SIGTERM => self.begin_stop(false),
+                SIGINT | SIGQUIT => self.begin_stop(true),
+                _ => {}
+            }
+        }
+        if reap {
+            self.reap();
+        }
+    }
+
+    fn reap(&mut self) {
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(status) => {
+                    if let Some(pid) = status.pid() {
+                        self.on_exit(pid.as_raw(), status);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_exit(&mut self, pid: i32, status: WaitStatus) {
+        let success = matches!(status, WaitStatus::Exited(_, 0));
+        let how = match status {
+            WaitStatus::Exited(_, code) => format!("exit status {code}"),
+            WaitStatus::Signaled(_, sig, _) => format!("killed by signal {}", sig as i32),
+            other => format!("{other:?}"),
+        };
+        let now = Instant::now();
+        if let Some(i) = self
+            .services
+            .iter()
+            .position(|s| s.children.contains_key(&pid))
+        {
+            let throttle_for = self.services[i].view.time(params::SERVICE_THROTTLE_TIME);
+            let svc = &mut self.services[i];
+            let Some(child) = svc.children.remove(&pid) else {
+                return;
+            };
+            match lifecycle::on_exit(&child.info, success) {
+                ExitVerdict::Normal => {}
+                ExitVerdict::Failed => {
+                    log::warn!(
+                        "service {}: process {} pid {pid} {how}",
+                        svc.id(),
+                        svc.program.display()
+                    )
+                }
+                ExitVerdict::Throttle => {
+                    if svc.throttled_until.is_none() {
+                        log::warn!(
+                            "service {}: process {} pid {pid} {how} before completing a request: throttling the service for {}s (see the process's own log line for the reason)",
+                            svc.id(),
+                            svc.program.display(),
+                            throttle_for.as_secs()
+                        );
+                    }
+                    svc.throttled_until = Some(now + throttle_for);
+                }
+            }
+            self.refresh(i, now);
+        } else if let Some(id) = self.retired.remove(&pid) {
+            if !success {
+                log::warn!("service {id}: process pid {pid} {how}");
+            }
+        }
+        // Anything else is a descendant orphaned to us (we are a subreaper): reaped.
+    }
+
+    fn on_status(&mut self, generation: u32) {
+        let Some(i) = self.service_index(generation) else {
+            return;
+        };
+        let mut buf = [0u8; 64];
+        loop {
+            let n = match recv(
+                self.services[i].status.as_raw_fd(),
+                &mut buf,
+                MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => break,
+            };
+            let svc = &mut self.services[i];
+            match StatusRecord::decode(&buf[..n.min(buf.len())]) {
+                Ok(r) if r.generation == svc.generation => {
+                    match svc.children.get_mut(&(r.pid as i32)) {
+                        Some(c) => c.info = c.info.report(r.state),
+                        None => log::warn!(
+                            "service {}: status record for pid {} which is not its child: ignored",
+                            svc.id(),
+                            r.pid
+                        ),
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => log::warn!("service {}: malformed status record ignored: {e}", svc.id()),
+            }
+            if n == 0 || n > RECORD_LEN * 4 {
+                break;
+            }
+        }
+        self.refresh(i, Instant::now());
+    }
+
+    fn on_connection(&mut self, generation: u32) {
+        let Some(i) = self.service_index(generation) else {
+            return;
+        };
+        let now = Instant::now();
+        if !lifecycle::should_listen(self.services[i].load(self.stop.is_some(), now)) {
+            self.refresh(i, now);
+            return;
+        }
+        self.start_child(i, now);
+        self.refresh(i, now);
+    }
+
+    fn start_child(&mut self, i: usize, now: Instant) {
+        let foreground = self.foreground;
+        let source = self.source.clone();
+        let svc = &mut self.services[i];
+        let args = ChildArgs {
+            service: svc.entry.name.clone(),
+            kind: svc.entry.kind,
+            generation: svc.generation,
+            listen_fds: svc.listeners.len(),
+            source,
+            stderr: foreground,
+            chroot: svc.entry.chroot,
+            unpriv: svc.entry.unpriv,
+            overrides: svc.entry.overrides.clone(),
+            args: svc.entry.args.clone(),
+        };
+        let fds: Vec<RawFd> = std::iter::once(svc.status_child.as_raw_fd())
+            .chain(svc.listeners.iter().map(|l| l.as_raw_fd()))
+            .collect();
+        // The collision check: every source descriptor is above the fixed numbers.
+        if let Some(bad) = fds.iter().find(|fd| **fd < FIRST_FREE_FD) {
+            log::error!(
+                "service {}: descriptor {bad} would collide with the fixed child descriptors",
+                svc.id()
+            );
+            return;
+        }
+        let mut cmd = Command::new(&svc.program);
+        cmd.args(args.to_argv())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        if !foreground {
+            cmd.stderr(Stdio::null());
+        }
+        sys::before_exec(&mut cmd, move || {
+            // Async-signal-safe only: dup2 clears close-on-exec on the copies.
+            for (n, fd) in fds.iter().enumerate() {
+                nix::unistd::dup2(*fd, STATUS_FD + n as RawFd)?;
+            }
+            Ok(())
+        });
+        match cmd.spawn() {
+            Ok(child) => {
+                let pid = child.id() as i32;
+                svc.children.insert(
+                    pid,
+                    Child {
+                        info: ChildInfo::new(),
+                        started: now,
+                    },
+                );
+                svc.used = true;
+                if svc.limit.is_some_and(|l| svc.children.len() as u32 >= l)
+                    && svc
+                        .last_limit_warning
+                        .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60))
+                {
+                    svc.last_limit_warning = Some(now);
+                    log::warn!(
+                        "service {} has reached its process limit {}: new clients may have to wait; consider raising maxproc",
+                        svc.id(),
+                        svc.limit.unwrap_or(0)
+                    );
+                }
+            }
+            Err(e) => {
+                let throttle_for = svc.view.time(params::SERVICE_THROTTLE_TIME);
+                log::error!(
+                    "service {}: cannot start {}: {e}: throttling the service for {}s",
+                    svc.id(),
+                    svc.program.display(),
+                    throttle_for.as_secs()
+                );
+                svc.throttled_until = Some(now + throttle_for);
+            }
+        }
+    }
+
+    fn on_timers(&mut self, now: Instant) {
+        for i in 0..self.services.len() {
+            let svc = &mut self.services[i];
+            if let (Some(due), Some(w)) = (svc.next_wakeup, svc.entry.wakeup) {
+                if due <= now {
+                    svc.next_wakeup = Some(now + w.interval);
+                    if !w.only_if_used || svc.used {
+                        for t in &svc.targets {
+                            if let Err(e) = endpoint::wake(t) {
+                                log::warn!("service {}: wakeup of {t}: {e}", svc.entry.id());
+                            }
+                        }
+                    }
+                }
+            }
+            self.refresh(i, now);
+        }
+    }
+
+    fn on_control(&mut self) {
+        loop {
+            let Some(listener) = &self.control else {
+                return;
+            };
+            let (stream, _) = match listener.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    log::warn!("control socket accept: {e}");
+                    return;
+                }
+            };
+            let stream: std::os::unix::net::UnixStream = OwnedFd::from(stream).into();
+            let peer =
+                nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials);
+            match peer {
+                Ok(c) if c.uid() == 0 => {}
+                Ok(c) => {
+                    log::warn!(
+                        "control socket: refused a request from uid {} pid {}: root only",
+                        c.uid(),
+                        c.pid()
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    log::warn!("control socket: cannot get peer credentials: {e}");
+                    continue;
+                }
+            }
+            let _ = stream.set_nonblocking(false);
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
+            let mut line = String::new();
+            let mut reader = BufReader::new(&stream).take_bytes(256);
+            let _ = reader.read_line(&mut line);
+            let reply = match line.trim() {
+                "status" => self.status_text(),
+                other => format!("error: unknown request '{}'\n", other.escape_default()),
+            };
+            let _ = (&stream).write_all(reply.as_bytes());
+        }
+    }
+
+    fn status_text(&self) -> String {
+        let now = Instant::now();
+        let mut out = format!(
+            "master: pid {}, up {}s, {}{}\n",
+            std::process::id(),
+            self.started.elapsed().as_secs(),
+            describe(&self.source),
+            if self.stop.is_some() {
+                ", stopping"
+            } else {
+                ""
+            }
+        );
+        out.push_str(&format!(
+            "{:<24} {:<5} {:<28} {:>7} {:>8}  state\n",
+            "service", "type", "endpoint", "maxproc", "children"
+        ));
+        for s in &self.services {
+            let endpoints = s
+                .targets
+                .iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            let maxproc = s.limit.map_or("unlimited".to_string(), |l| l.to_string());
+            let state = match s.throttled_until {
+                Some(t) if t > now => {
+                    format!("throttled for {}s", t.duration_since(now).as_secs() + 1)
+                }
+                _ if s.listening => "listening".to_string(),
+                _ if s.limit.is_some_and(|l| s.children.len() as u32 >= l) => {
+                    "at process limit".to_string()
+                }
+                _ => "idle child waiting".to_string(),
+            };
+            out.push_str(&format!(
+                "{:<24} {:<5} {:<28} {:>7} {:>8}  {state}\n",
+                s.entry.name,
+                s.entry.kind.as_str(),
+                endpoints,
+                maxproc,
+                s.children.len()
+            ));
+            for (pid, c) in &s.children {
+                let phase = match c.info.phase {
+                    Phase::Starting => "starting",
+                    Phase::Idle => "idle",
+                    Phase::Busy => "busy",
+                };
+                out.push_str(&format!(
+                    "    pid {pid} {phase}, {} use(s), age {}s\n",
+                    c.info.uses,
+                    now.duration_since(c.started).as_secs()
+                ));
+            }
+        }
+        if !self.retired.is_empty() {
+            out.push_str(&format!(
+                "retired children finishing their request: {}\n",
+                self.retired.len()
+            ));
+        }
+        out
+    }
+
+    /// Moves a service's children to the retired set and closes everything
+    /// of it but (when `keep` is true) its endpoints, which are returned.
+    fn retire(&mut self, svc: Service, keep: bool) -> Vec<(BindTarget, OwnedFd)> {
+        let id = svc.id();
+        for pid in svc.children.keys() {
+            self.retired.insert(*pid, id.clone());
+        }
+        self.tokens.remove(&svc.status_token);
+        self.tokens.remove(&svc.listen_token);
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&svc.status.as_raw_fd()));
+        if svc.listening {
+            for fd in &svc.listeners {
+                let _ = self
+                    .poll
+                    .registry()
+                    .deregister(&mut SourceFd(&fd.as_raw_fd()));
+            }
+        }
+        // Dropping `svc.status` and `status_child` closes the channel: idle
+        // children see end-of-file and leave; busy ones after their request.
+        let pairs: Vec<(BindTarget, OwnedFd)> =
+            svc.targets.into_iter().zip(svc.listeners).collect();
+        if keep {
+            pairs
+        } else {
+            for (t, fd) in pairs {
+                drop(fd);
+                endpoint::remove(&t);
+            }
+            Vec::new()
+        }
+    }
+
+    fn reload(&mut self) {
+        if self.stop.is_some() {
+            return;
+        }
+        log::info!("reload: reading the configuration again");
+        let loaded = Config::load(&self.source, &ServicesFile::system());
+        for d in &loaded.diagnostics {
+            if d.is_error() {
+                log::error!("reload: {d}");
+            } else {
+                log::warn!("reload: {d}");
+            }
+        }
+        let Some(config) = loaded.config else {
+            log::error!("reload failed: the configuration has errors; the running configuration stays in force");
+            return;
+        };
+        // Keep every open endpoint that the new configuration still wants.
+        let wanted: Vec<(ServiceEntry, Vec<BindTarget>)> = startable(&config)
+            .into_iter()
+            .filter_map(|e| {
+                let view = config.for_service(e).ok()?;
+                let t = endpoint::targets(&view, e).ok()?;
+                Some((e.clone(), t))
+            })
+            .collect();
+        let wanted_targets: Vec<&BindTarget> = wanted.iter().flat_map(|(_, t)| t.iter()).collect();
+        let old = std::mem::take(&mut self.services);
+        let mut kept: HashMap<BindTarget, OwnedFd> = HashMap::new();
+        for svc in old {
+            let keep = svc.targets.iter().all(|t| wanted_targets.contains(&t));
+            for (t, fd) in self.retire(svc, keep) {
+                kept.insert(t, fd);
+            }
+        }
+        for (entry, _) in &wanted {
+            match self.build_service(&config, entry, &mut kept) {
+                Ok(svc) => self.services.push(svc),
+                Err(e) => log::error!("reload: {e}; service not started"),
+            }
+        }
+        for (t, fd) in kept {
+            drop(fd);
+            endpoint::remove(&t);
+        }
+        self.config = config;
+        let now = Instant::now();
+        for i in 0..self.services.len() {
+            self.refresh(i, now);
+        }
+        log::info!("reload: done, {} service(s)", self.services.len());
+    }
+
+    fn begin_stop(&mut self, immediate: bool) {
+        let grace = if immediate {
+            Duration::ZERO
+        } else {
+            self.config.time(params::SHUTDOWN_TIMEOUT)
+        };
+        let deadline = Instant::now() + grace;
+        match &mut self.stop {
+            Some(s) => {
+                s.deadline = s.deadline.min(deadline);
+                return;
+            }
+            None => self.stop = Some(Stop { deadline }),
+        }
+        log::info!(
+            "{}: no new connections; {} child(ren) get up to {}s to finish",
+            if immediate { "abort" } else { "stop" },
+            self.services
+                .iter()
+                .map(|s| s.children.len())
+                .sum::<usize>(),
+            grace.as_secs()
+        );
+        for svc in std::mem::take(&mut self.services) {
+            self.retire(svc, false);
+        }
+    }
+
+    fn finish(&mut self) {
+        if !self.retired.is_empty() {
+            log::warn!("stop: killing {} child(ren) still busy", self.retired.len());
+        }
+        for pid in self.retired.keys() {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+        sweep_descendants();
+        self.retired.clear();
+        if let Some(c) = self.control.take() {
+            drop(c);
+            let _ = std::fs::remove_file(&self.paths.control);
+        }
+        log::info!("stopped");
+    }
+}
+
+/// Kills every remaining descendant (children, and commands orphaned to us as
+/// the subreaper) with its process group, and reaps them all.
+fn sweep_descendants() {
+    let me = std::process::id() as i32;
+    let my_group = nix::unistd::getpgrp().as_raw();
+    for _ in 0..100 {
+        let children = proc_children(me);
+        if children.is_empty() {
+            break;
+        }
+        for (pid, pgid) in &children {
+            if *pgid > 1 && *pgid != my_group {
+                let _ = kill(Pid::from_raw(-*pgid), Signal::SIGKILL);
+            }
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+        for (pid, _) in &children {
+            let _ = waitpid(Pid::from_raw(*pid), None);
+        }
+    }
+    while let Ok(s) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+        if s == WaitStatus::StillAlive {
+            break;
+        }
+    }
+}
+
+/// (pid, process group) of every process whose parent is `parent`.
+fn proc_children(parent: i32) -> Vec<(i32, i32)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid pgrp ...": comm may hold anything, so split after the last ')'.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let (Some(ppid), Some(pgrp)) = (fields.get(1), fields.get(2)) else {
+            continue;
+        };
+        if ppid.parse::<i32>().ok() == Some(parent) {
+            out.push((pid, pgrp.parse().unwrap_or(0)));
+        }
+    }
+    out
+}
+
+/// The services of `config` that the master runs: postern provides the
+/// program and supports the type.
+fn startable(config: &Config) -> Vec<&ServiceEntry> {
+    config
+        .master
+        .services
+        .iter()
+        .filter(|s| programs::find(&s.command).is_some() && crate::check::supported_type(s.kind))
+        .collect()
+}
+
+fn describe(source: &Source) -> String {
+    match source {
+        Source::Dir(d) => format!("configuration directory {}", d.display()),
+        Source::Embedded(_) => "embedded default configuration".to_string(),
+    }
+}
+
+/// A status channel: the master's end (non-blocking) and the child's end
+/// (at a descriptor number at or above FIRST_FREE_FD).
+fn status_channel() -> nix::Result<(OwnedFd, OwnedFd)> {
+    let (a, b) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+    )?;
+    let high = |fd: OwnedFd| -> nix::Result<OwnedFd> {
+        if fd.as_raw_fd() >= FIRST_FREE_FD {
+            return Ok(fd);
+        }
+        let n = nix::fcntl::fcntl(
+            fd.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(FIRST_FREE_FD),
+        )?;
+        Ok(sys::own_new_fd(n))
+    };
+    let child = high(b)?;
+    // The child's end blocks: children write records without MSG_DONTWAIT races.
+    nix::fcntl::fcntl(
+        child.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_RDWR),
+    )?;
+    Ok((a, child))
+}
+
+trait TakeBytes: Sized {
+    fn take_bytes(self, n: u64) -> BufReader<std::io::Take<Self>>;
+}
+
+impl<R: std::io::Read> TakeBytes for BufReader<R> {
+    fn take_bytes(self, n: u64) -> BufReader<std::io::Take<Self>> {
+        BufReader::new(std::io::Read::take(self, n))
+    }
+}

@@ -1,0 +1,248 @@
+//! # postern-spawn
+//!
+//! **Name**: postern-spawn — run an external command per connection.
+//!
+//! **Synopsis** (master.cf):
+//! ```text
+//! 127.0.0.1:10026 inet n - n - 10 spawn user=nobody argv=/bin/cat
+//! filter          unix -  n n - 10 spawn user=filter:filter argv=/usr/local/bin/filter -x
+//! ```
+//!
+//! **Description**: modeled on Postfix spawn(8). For each connection the
+//! master hands it, spawn runs the command given with `argv=` (everything
+//! after `argv=` is the command and its arguments, which must come last),
+//! directly, without a shell, as the user (and optionally group) given with
+//! `user=name[:group]`. The connection is the command's standard input,
+//! output and error; no other descriptor is open in it. Its environment is
+//! `export_environment` plus `PATH=/usr/bin:/bin`; its working directory is
+//! `/`. The command leads its own session and process group. When it runs
+//! longer than `<service>_time_limit` (default `command_time_limit`), spawn
+//! kills its whole process group with SIGKILL, grandchildren included, using
+//! root privileges so that the kill actually works (Postfix 3.7's spawn sends
+//! it with the mail owner's effective uid, and it fails). Exits with a
+//! failure status and deaths by signal are logged.
+//!
+//! **Security**: runs as root (master.cf unpriv `n` is required) with the
+//! mail owner as effective uid while idle; becomes root only to start and to
+//! kill a command. The command never runs with uid or gid 0, the mail
+//! owner's uid or gid, or id -1: such a `user=` is refused at startup (the
+//! service is throttled) and by `postern check`. Supplementary groups are
+//! dropped. Untrusted input: none but the connection, which spawn never
+//! reads.
+//!
+//! **Configuration**: `command_time_limit` (1000s), `<service>_time_limit`,
+//! `export_environment` (TZ MAIL_CONFIG LANG), `mail_owner`, plus the
+//! skeleton's `max_use`, `max_idle`, `daemon_timeout`.
+//!
+//! **Exit status**: 0 after `max_use` requests, `max_idle`, or when the
+//! master lets go; 78 on a configuration error (bad `user=` or `argv=`).
+//!
+//! **See also**: Postfix spawn(8), pipe(8); `postern check`.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use postern_common::command::{CommandSpec, SystemAccounts};
+use postern_common::privilege::{self, MailOwner};
+use postern_common::server::{self, Context, Handler, Privileges, Program, Request};
+use postern_common::sys;
+use postern_conf::params;
+
+/// The daemon: runs the child skeleton with spawn's handler.
+pub fn run() -> i32 {
+    server::run(
+        Program {
+            name: "spawn",
+            privileges: Privileges::Privileged,
+        },
+        |ctx| {
+            let owner = MailOwner::from(&ctx.mail_owner);
+            let attrs = CommandSpec::parse(&ctx.args.args, owner, &SystemAccounts)?;
+            Ok(Spawn::new(ctx, attrs))
+        },
+    )
+}
+
+struct Spawn {
+    attrs: CommandSpec,
+    service: String,
+    time_limit: Duration,
+    env: Vec<(String, String)>,
+}
+
+/// The environment from `export_environment` (`NAME` takes this process's
+/// value if it has one; `NAME=value` is literal) plus `PATH=/usr/bin:/bin`.
+pub fn command_environment(
+    export: &[String],
+    own: impl Fn(&str) -> Option<String>,
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    for item in export {
+        let pair = match item.split_once('=') {
+            Some((n, v)) => Some((n.to_string(), v.to_string())),
+            None => own(item).map(|v| (item.clone(), v)),
+        };
+        if let Some((n, v)) = pair {
+            if n != "PATH" {
+                env.retain(|(k, _)| *k != n);
+                env.push((n, v));
+            }
+        }
+    }
+    env.push(("PATH".into(), "/usr/bin:/bin".into()));
+    env
+}
+
+impl Spawn {
+    fn new(ctx: &Context, attrs: CommandSpec) -> Self {
+        let export = ctx.config.list(params::EXPORT_ENVIRONMENT);
+        Spawn {
+            attrs,
+            service: ctx.args.service.clone(),
+            time_limit: ctx.config.service_time_limit(&ctx.args.service),
+            env: command_environment(&export, |n| std::env::var(n).ok()),
+        }
+    }
+
+    fn start(&self, conn: &OwnedFd) -> std::io::Result<std::process::Child> {
+        let stdio = || conn.try_clone().map(Stdio::from);
+        let mut cmd = Command::new(&self.attrs.argv[0]);
+        cmd.args(&self.attrs.argv[1..])
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .current_dir("/")
+            .stdin(stdio()?)
+            .stdout(stdio()?)
+            .stderr(stdio()?);
+        let (uid, gid) = (self.attrs.run_as.uid(), self.attrs.run_as.gid());
+        sys::before_exec(&mut cmd, move || {
+            // Async-signal-safe only: see sys::before_exec.
+            nix::unistd::setsid()?;
+            privilege::drop_to(uid, gid)
+                .map_err(|_| std::io::Error::from_raw_os_error(libc_eperm()))?;
+            sys::cloexec_from(3)
+        });
+        cmd.spawn()
+    }
+
+    fn supervise(&self, mut child: std::process::Child) {
+        let pid = child.id() as i32;
+        let command = &self.attrs.argv[0];
+        let timed_out = match sys::pidfd_open(pid) {
+            Ok(pidfd) => !wait_readable(&pidfd, self.time_limit),
+            Err(e) => {
+                log::warn!(
+                    "service {}: pidfd_open for pid {pid}: {e}; waiting without a time limit",
+                    self.service
+                );
+                false
+            }
+        };
+        if timed_out {
+            // The command leads its own process group (setsid): kill all of it.
+            // It runs as another user, so the kill needs root.
+            let killed = privilege::as_root(|| kill(Pid::from_raw(-pid), Signal::SIGKILL));
+            match killed {
+                Ok(Ok(())) => log::warn!(
+                    "service {}: command {command} (pid {pid}) exceeded the time limit of {}s: killed its process group",
+                    self.service,
+                    self.time_limit.as_secs()
+                ),
+                Ok(Err(e)) => log::error!("service {}: cannot kill process group {pid}: {e}", self.service),
+                Err(e) => log::error!("service {}: cannot kill process group {pid}: {e}", self.service),
+            }
+        }
+        match child.wait() {
+            Ok(status) if status.success() => {}
+            Ok(status) => match (status.code(), status.signal()) {
+                (Some(code), _) => log::warn!(
+                    "service {}: command {command} (pid {pid}) exited with status {code}",
+                    self.service
+                ),
+                (None, Some(sig)) if !timed_out => log::warn!(
+                    "service {}: command {command} (pid {pid}) was killed by signal {sig}",
+                    self.service
+                ),
+                _ => {}
+            },
+            Err(e) => log::error!("service {}: waiting for pid {pid}: {e}", self.service),
+        }
+    }
+}
+
+fn libc_eperm() -> i32 {
+    nix::errno::Errno::EPERM as i32
+}
+
+/// Waits until `fd` is readable or `limit` passes; true when readable.
+fn wait_readable(fd: &OwnedFd, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let timeout =
+            PollTimeout::try_from(left.min(Duration::from_secs(3600))).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(0) => continue,
+            Ok(_) => return true,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+impl Handler for Spawn {
+    fn handle(&mut self, _ctx: &Context, request: Request) {
+        let Request::Stream(conn) = request else {
+            log::warn!(
+                "service {}: spawn serves stream connections only; trigger ignored",
+                self.service
+            );
+            return;
+        };
+        match self.start(&conn) {
+            Ok(child) => {
+                drop(conn);
+                self.supervise(child);
+            }
+            Err(e) => log::error!(
+                "service {}: cannot run {} as {}: {e}",
+                self.service,
+                self.attrs.argv[0],
+                self.attrs.user_text
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment() {
+        let export: Vec<String> = ["TZ", "LANG", "MAIL_CONFIG", "X=1", "PATH", "PATH=/evil"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let env = command_environment(&export, |n| {
+            (n == "TZ" || n == "PATH").then(|| format!("own-{n}"))
+        });
+        assert_eq!(
+            env,
+            vec![
+                ("TZ".into(), "own-TZ".into()),
+                ("X".into(), "1".into()),
+                ("PATH".into(), "/usr/bin:/bin".into())
+            ]
+        );
+    }
+}
