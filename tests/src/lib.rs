@@ -97,3 +97,301 @@ pub fn postern(args: &[&str]) -> Outcome {
         .args(args)
         .env_remove("POSTERN_CONFIG"))
 }
+
+/// How long a readiness wait may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Waits until `cond` holds, re-checking every few milliseconds, for at most
+/// `limit`; returns whether it held. This is a readiness wait with a
+/// deadline (the condition is re-checked, the loop ends as soon as it holds).
+pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    const RECHECK: Duration = Duration::from_millis(20);
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(RECHECK);
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released, for a service to take).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Makes this test process a child subreaper, so that a master started by
+/// `postern start` (which daemonises) becomes our child and can be reaped.
+fn become_subreaper() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
+    });
+}
+
+/// A postern instance in a temporary directory, stopped (and reaped) on drop.
+#[derive(Debug)]
+pub struct Instance {
+    /// The temporary directory (etc/, queue/, data/, maillog).
+    pub dir: tempfile::TempDir,
+    /// The master's pid while it runs.
+    pub master_pid: Option<u32>,
+}
+
+impl Instance {
+    /// `postern init --self-contained`, then `main_extra` appended to
+    /// main.cf (after `maillog_file`) and `master_extra` to master.cf. The
+    /// default master.cf's demo service is removed (it has a fixed port).
+    pub fn new(main_extra: &str, master_extra: &str) -> Self {
+        become_subreaper();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let etc = dir.path().join("etc");
+        let out = run(Command::new(bin("postern"))
+            .arg("init")
+            .arg("--self-contained")
+            .arg(&etc));
+        assert_eq!(out.code, Some(0), "postern init: {out:?}");
+        let main = format!(
+            "{}\nmaillog_file = {}\n{main_extra}\n",
+            std::fs::read_to_string(etc.join("main.cf")).expect("main.cf"),
+            dir.path().join("maillog").display()
+        );
+        std::fs::write(etc.join("main.cf"), main).expect("write main.cf");
+        let master: String = std::fs::read_to_string(etc.join("master.cf"))
+            .expect("master.cf")
+            .lines()
+            .filter(|l| l.starts_with('#') || l.trim().is_empty())
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(etc.join("master.cf"), format!("{master}{master_extra}\n"))
+            .expect("write master.cf");
+        Instance {
+            dir,
+            master_pid: None,
+        }
+    }
+
+    /// The configuration directory.
+    pub fn etc(&self) -> PathBuf {
+        self.dir.path().join("etc")
+    }
+
+    /// A public unix endpoint's path.
+    pub fn public(&self, name: &str) -> PathBuf {
+        self.etc().join("queue/public").join(name)
+    }
+
+    /// Runs `postern -c ETC args...`.
+    pub fn postern(&self, args: &[&str]) -> Outcome {
+        run(Command::new(bin("postern"))
+            .arg("-c")
+            .arg(self.etc())
+            .args(args)
+            .env_remove("POSTERN_CONFIG"))
+    }
+
+    /// `postern start`, which must succeed.
+    pub fn start(&mut self) {
+        let out = self.postern(&["start"]);
+        assert_eq!(
+            out.code,
+            Some(0),
+            "postern start: {out:?}\nlog:\n{}",
+            self.log()
+        );
+        let pid = out
+            .stdout
+            .split("master pid ")
+            .nth(1)
+            .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no master pid in {out:?}"));
+        self.master_pid = Some(pid);
+    }
+
+    /// `postern stop` (or abort), which must succeed; reaps the master.
+    pub fn stop(&mut self, abort: bool) -> Outcome {
+        let out = self.postern(&[if abort { "abort" } else { "stop" }]);
+        if out.code == Some(0) {
+            self.reap();
+        }
+        out
+    }
+
+    fn reap(&mut self) {
+        if let Some(pid) = self.master_pid.take() {
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
+        }
+    }
+
+    /// Appends to master.cf.
+    pub fn append_master(&self, text: &str) {
+        append(&self.etc().join("master.cf"), text);
+    }
+
+    /// Appends to main.cf.
+    pub fn append_main(&self, text: &str) {
+        append(&self.etc().join("main.cf"), text);
+    }
+
+    /// Sends SIGHUP to the master directly (bypassing `postern reload`'s checks).
+    pub fn sighup(&self) {
+        let pid = self.master_pid.expect("master running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .expect("SIGHUP");
+    }
+
+    /// The maillog so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
+    }
+
+    /// Waits until the maillog contains `needle` `count` times; panics at the deadline.
+    pub fn wait_log(&self, needle: &str, count: usize) {
+        let ok = eventually(WAIT, || self.log().matches(needle).count() >= count);
+        assert!(ok, "log never had {count}x {needle:?}:\n{}", self.log());
+    }
+
+    /// `postern status` output.
+    pub fn status(&self) -> String {
+        let out = self.postern(&["status"]);
+        assert_eq!(out.code, Some(0), "postern status: {out:?}");
+        out.stdout
+    }
+
+    /// Pids of the spawn children of service `name` (from /proc).
+    pub fn children_of(&self, name: &str) -> Vec<u32> {
+        let Some(master) = self.master_pid else {
+            return Vec::new();
+        };
+        proc_entries()
+            .into_iter()
+            .filter(|p| p.ppid == master && p.cmdline.iter().any(|a| a == name) && p.state != 'Z')
+            .map(|p| p.pid)
+            .collect()
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if self.master_pid.is_some() {
+            let out = self.postern(&["abort"]);
+            if out.code != Some(0) {
+                if let Some(pid) = self.master_pid {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+            self.reap();
+        }
+    }
+}
+
+fn append(path: &Path, text: &str) {
+    let mut body = std::fs::read_to_string(path).expect("read");
+    body.push_str(text);
+    if !body.ends_with('\n') {
+        body.push('\n');
+    }
+    std::fs::write(path, body).expect("write");
+}
+
+/// One process, from /proc.
+#[derive(Debug, Clone)]
+pub struct ProcEntry {
+    /// pid.
+    pub pid: u32,
+    /// Parent pid.
+    pub ppid: u32,
+    /// Process group.
+    pub pgid: u32,
+    /// State letter (Z = zombie).
+    pub state: char,
+    /// Command line.
+    pub cmdline: Vec<String>,
+    /// Environment.
+    pub environ: Vec<String>,
+}
+
+/// Every process on the machine.
+pub fn proc_entries() -> Vec<ProcEntry> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rfind(')').map(|i| stat[i + 1..].to_string()) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() < 3 {
+            continue;
+        }
+        let split = |name: &str| -> Vec<String> {
+            std::fs::read(format!("/proc/{pid}/{name}"))
+                .unwrap_or_default()
+                .split(|b| *b == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        };
+        out.push(ProcEntry {
+            pid,
+            ppid: f[1].parse().unwrap_or(0),
+            pgid: f[2].parse().unwrap_or(0),
+            state: f[0].chars().next().unwrap_or('?'),
+            cmdline: split("cmdline"),
+            environ: split("environ"),
+        });
+    }
+    out
+}
+
+/// Connects to a unix endpoint, sends `input`, half-closes, reads to EOF.
+pub fn unix_exchange(path: &Path, input: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(path)?;
+    s.set_read_timeout(Some(WAIT))?;
+    s.set_write_timeout(Some(WAIT))?;
+    s.write_all(input)?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// Connects to 127.0.0.1:`port`, sends `input`, half-closes, reads to EOF.
+pub fn tcp_exchange(port: u16, input: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(WAIT))?;
+    s.set_write_timeout(Some(WAIT))?;
+    s.write_all(input)?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// The uid and gid of `name` (from `id`).
+pub fn ids_of(name: &str) -> (u32, u32) {
+    let out = run(Command::new("id").arg("-u").arg(name));
+    let uid = out.stdout.trim().parse().expect("uid");
+    let out = run(Command::new("id").arg("-g").arg(name));
+    (uid, out.stdout.trim().parse().expect("gid"))
+}

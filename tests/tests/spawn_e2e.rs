@@ -1,0 +1,334 @@
+//! End to end, as root: a real postern-master in a temporary instance, with
+//! spawn services reached over real sockets.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+
+use postern_tests::{
+    eventually, free_port, ids_of, proc_entries, tcp_exchange, unix_exchange, Instance, WAIT,
+};
+
+fn require_root() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "these tests run as root (the master switches users)"
+    );
+}
+
+#[test]
+fn echo_over_inet_and_unix() {
+    require_root();
+    let port = free_port();
+    let mut inst = Instance::new(
+        "",
+        &format!("127.0.0.1:{port} inet n n n - 4 spawn user=nobody argv=/bin/cat\necho unix n n n - 4 spawn user=nobody argv=/bin/cat"),
+    );
+    inst.start();
+    assert_eq!(tcp_exchange(port, b"over inet\n").unwrap(), b"over inet\n");
+    assert_eq!(
+        unix_exchange(&inst.public("echo"), b"over unix\n").unwrap(),
+        b"over unix\n"
+    );
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(unix_exchange(&inst.public("echo"), &big).unwrap(), big);
+}
+
+#[test]
+fn command_sees_exactly_its_user_groups_descriptors_and_environment() {
+    require_root();
+    let mut inst = Instance::new(
+        "export_environment = TZ MAIL_CONFIG LANG POSTERN_LITERAL=yes\nTZ_UNUSED = x",
+        "ids unix n n n - 4 spawn user=nobody argv=/usr/bin/id\n\
+         groups unix n n n - 4 spawn user=nobody:daemon argv=/usr/bin/id\n\
+         env unix n n n - 4 spawn user=nobody argv=/usr/bin/env\n\
+         fds unix n n n - 4 spawn user=nobody argv=/bin/sh -c { echo $$; exec sleep 30 }",
+    );
+    inst.start();
+    let (uid, gid) = ids_of("nobody");
+    let id = String::from_utf8(unix_exchange(&inst.public("ids"), b"").unwrap()).unwrap();
+    assert!(
+        id.starts_with(&format!("uid={uid}(nobody) gid={gid}(")),
+        "{id}"
+    );
+    // No supplementary groups but the one it runs with.
+    let groups = id.split("groups=").nth(1).unwrap().trim();
+    assert_eq!(groups.split(',').count(), 1, "{id}");
+    assert!(groups.starts_with(&gid.to_string()), "{id}");
+    // user=name:group runs with that group only.
+    let id = String::from_utf8(unix_exchange(&inst.public("groups"), b"").unwrap()).unwrap();
+    let daemon_gid = postern_common_gid("daemon");
+    assert!(
+        id.contains(&format!(
+            "gid={daemon_gid}(daemon) groups={daemon_gid}(daemon)"
+        )),
+        "{id}"
+    );
+    // The environment is export_environment plus PATH, nothing else.
+    let env = String::from_utf8(unix_exchange(&inst.public("env"), b"").unwrap()).unwrap();
+    let names: BTreeSet<&str> = env.lines().map(|l| l.split('=').next().unwrap()).collect();
+    let allowed: BTreeSet<&str> = ["TZ", "MAIL_CONFIG", "LANG", "POSTERN_LITERAL", "PATH"].into();
+    assert!(names.is_subset(&allowed), "unexpected variables: {env}");
+    assert!(env.lines().any(|l| l == "PATH=/usr/bin:/bin"), "{env}");
+    assert!(env.lines().any(|l| l == "POSTERN_LITERAL=yes"), "{env}");
+    // Descriptors 0, 1, 2 only, seen from outside the process.
+    let s = UnixStream::connect(inst.public("fds")).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut line = String::new();
+    BufReader::new(&s).read_line(&mut line).unwrap();
+    let pid: u32 = line.trim().parse().unwrap();
+    // After the exec the pid is sleep's; wait for the exec to have happened.
+    assert!(eventually(WAIT, || std::fs::read_to_string(format!(
+        "/proc/{pid}/comm"
+    ))
+    .is_ok_and(|c| c.trim() == "sleep")));
+    let fds: BTreeSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        fds,
+        ["0", "1", "2"].iter().map(|s| s.to_string()).collect(),
+        "descriptors of the command"
+    );
+    // It leads its own session and process group.
+    let me = proc_entries().into_iter().find(|p| p.pid == pid).unwrap();
+    assert_eq!(me.pgid, pid, "process group leader");
+    drop(s);
+}
+
+fn postern_common_gid(group: &str) -> u32 {
+    let out = std::process::Command::new("getent")
+        .args(["group", group])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The pid of the spawn child that ran the command (its parent).
+fn served_by(inst: &Instance, name: &str) -> u32 {
+    let out = unix_exchange(&inst.public(name), b"").unwrap();
+    String::from_utf8(out).unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn max_use_recycles_the_child() {
+    require_root();
+    let mut inst = Instance::new(
+        "",
+        "ppid unix n n n - 1 spawn -o max_use=3 user=nobody argv=/bin/sh -c { echo $PPID }",
+    );
+    inst.start();
+    let pids: Vec<u32> = (0..4).map(|_| served_by(&inst, "ppid")).collect();
+    assert_eq!(pids[0], pids[1]);
+    assert_eq!(pids[1], pids[2]);
+    assert_ne!(
+        pids[2], pids[3],
+        "the fourth request is served by a new child"
+    );
+}
+
+#[test]
+fn max_idle_child_exits_and_the_next_connection_is_served() {
+    require_root();
+    let mut inst = Instance::new(
+        "",
+        "ppid unix n n n - 1 spawn -o max_idle=1s user=nobody argv=/bin/sh -c { echo $PPID }",
+    );
+    inst.start();
+    let first = served_by(&inst, "ppid");
+    assert!(eventually(WAIT, || !std::path::Path::new(&format!(
+        "/proc/{first}"
+    ))
+    .exists()
+        || std::fs::read_to_string(format!("/proc/{first}/stat"))
+            .is_ok_and(|s| s.contains(") Z "))));
+    let second = served_by(&inst, "ppid");
+    assert_ne!(first, second);
+}
+
+#[test]
+fn time_limit_kills_the_command_and_its_grandchild() {
+    require_root();
+    let mut inst = Instance::new(
+        "slow_time_limit = 2s",
+        "slow unix n n n - 2 spawn user=nobody argv=/bin/sh -c { sleep 300 & echo $!; sleep 300 }\n\
+         echo unix n n n - 2 spawn user=nobody argv=/bin/cat",
+    );
+    inst.start();
+    let s = UnixStream::connect(inst.public("slow")).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let grandchild: u32 = line.trim().parse().unwrap();
+    assert!(std::path::Path::new(&format!("/proc/{grandchild}")).exists());
+    // At the limit the whole group dies: the connection reaches end-of-file.
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest).unwrap();
+    assert!(eventually(WAIT, || {
+        std::fs::read_to_string(format!("/proc/{grandchild}/stat"))
+            .map_or(true, |s| s.contains(") Z "))
+    }));
+    inst.wait_log("exceeded the time limit of 2s: killed its process group", 1);
+    // The service keeps working.
+    assert_eq!(
+        unix_exchange(&inst.public("echo"), b"still here").unwrap(),
+        b"still here"
+    );
+    let mut s2 = UnixStream::connect(inst.public("slow")).unwrap();
+    s2.set_read_timeout(Some(WAIT)).unwrap();
+    let mut l2 = String::new();
+    BufReader::new(&s2).read_line(&mut l2).unwrap();
+    assert!(l2.trim().parse::<u32>().is_ok());
+    let _ = s2.write_all(b"x");
+}
+
+#[test]
+fn forbidden_users_are_refused_named_by_check_and_do_not_affect_other_services() {
+    require_root();
+    let mut inst = Instance::new("", "echo unix n n n - 2 spawn user=nobody argv=/bin/cat");
+    inst.start();
+    let master = inst.etc().join("master.cf");
+    let lines = std::fs::read_to_string(&master).unwrap().lines().count();
+    inst.append_master(
+        "asroot unix n n n - 2 spawn user=root argv=/bin/cat\n\
+         asowner unix n n n - 2 spawn user=postern argv=/bin/cat\n\
+         rootgroup unix n n n - 2 spawn user=nobody:root argv=/bin/cat",
+    );
+    // postern check names each line.
+    let out = inst.postern(&["check"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let shown = master.display();
+    assert!(
+        out.stderr.contains(&format!(
+            "{shown}:{}: service asroot/unix: user=root: uid 0 (root) is not allowed",
+            lines + 1
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(&format!(
+            "{shown}:{}: service asowner/unix: user=postern: uid",
+            lines + 2
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("is the mail owner's, which is not allowed"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains(&format!("{shown}:{}: service rootgroup/unix: user=nobody:root: gid 0 (root's group) is not allowed", lines + 3)), "{}", out.stderr);
+    // postern reload refuses such a configuration; a SIGHUP makes the master
+    // take it, and each child refuses at startup with the reason.
+    assert_eq!(inst.postern(&["reload"]).code, Some(78));
+    inst.sighup();
+    inst.wait_log("reload: done, 4 service(s)", 1);
+    // Each connection starts a child that refuses to run; the connection is
+    // never served (it waits in the queue of the throttled service).
+    let _pending: Vec<UnixStream> = ["asroot", "asowner", "rootgroup"]
+        .iter()
+        .map(|n| UnixStream::connect(inst.public(n)).unwrap())
+        .collect();
+    inst.wait_log(
+        "fatal: service asroot: user=root: uid 0 (root) is not allowed",
+        1,
+    );
+    inst.wait_log("fatal: service asowner: user=postern: uid", 1);
+    inst.wait_log(
+        "fatal: service rootgroup: user=nobody:root: gid 0 (root's group) is not allowed",
+        1,
+    );
+    inst.wait_log("before completing a request: throttling the service", 3);
+    assert_eq!(
+        unix_exchange(&inst.public("echo"), b"unaffected").unwrap(),
+        b"unaffected"
+    );
+}
+
+#[test]
+fn a_child_that_fails_at_startup_is_throttled_to_one_fork_per_period() {
+    require_root();
+    let mut inst = Instance::new(
+        "service_throttle_time = 60s",
+        "broken unix n n n - 5 spawn user=no-such-user-here argv=/bin/cat\necho unix n n n - 2 spawn user=nobody argv=/bin/cat",
+    );
+    // postern start refuses a configuration that check rejects; add the
+    // broken service after start, with a SIGHUP.
+    let master = inst.etc().join("master.cf");
+    let text = std::fs::read_to_string(&master).unwrap();
+    let without: String = text
+        .lines()
+        .filter(|l| !l.starts_with("broken"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&master, without).unwrap();
+    inst.start();
+    inst.append_master("broken unix n n n - 5 spawn user=no-such-user-here argv=/bin/cat");
+    inst.sighup();
+    inst.wait_log("reload: done, 2 service(s)", 1);
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let s = UnixStream::connect(inst.public("broken")).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_millis(300)))
+            .unwrap();
+        clients.push(s);
+        inst.wait_log("throttling the service", 1);
+    }
+    // Other services are not affected, and still only one fork happened.
+    assert_eq!(
+        unix_exchange(&inst.public("echo"), b"fine").unwrap(),
+        b"fine"
+    );
+    let log = inst.log();
+    assert_eq!(
+        log.matches("no such user 'no-such-user-here'").count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(log.matches("throttling the service").count(), 1, "{log}");
+    assert!(inst.status().contains("throttled for"), "{}", inst.status());
+}
+
+#[test]
+fn maxproc_limits_children_and_the_extra_client_waits_its_turn() {
+    require_root();
+    let mut inst =
+        Instance::new("", "limited unix n n n - 2 spawn user=nobody argv=/bin/sh -c { read line; echo \"got $line\" }");
+    inst.start();
+    let connect = || {
+        let s = UnixStream::connect(inst.public("limited")).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        s
+    };
+    let mut a = connect();
+    let mut b = connect();
+    assert!(eventually(WAIT, || inst.children_of("limited").len() == 2));
+    let mut c = connect();
+    inst.wait_log("has reached its process limit 2", 1);
+    // Never more than two, while the third client waits.
+    for _ in 0..10 {
+        assert!(inst.children_of("limited").len() <= 2);
+    }
+    let exchange = |s: &mut UnixStream, text: &str| {
+        s.write_all(format!("{text}\n").as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert_eq!(exchange(&mut a, "a"), "got a\n");
+    assert_eq!(exchange(&mut c, "c"), "got c\n");
+    assert_eq!(exchange(&mut b, "b"), "got b\n");
+    assert!(inst.children_of("limited").len() <= 2);
+}
