@@ -256,7 +256,9 @@ pub fn run<H: Handler>(program: Program, setup: impl FnOnce(&Context) -> Result<
             return sysexits::EX_USAGE;
         }
     };
-    crate::log::init("postern", program.name, crate::log::Sink::Stderr);
+    // Until main.cf says where to log: stderr in the foreground, else syslog.
+    let early = crate::log::open_sink(args.stderr, "", "mail").unwrap_or(crate::log::Sink::Stderr);
+    crate::log::init("postern", program.name, early);
     let config = match load_config(&args) {
         Ok(c) => c,
         Err(e) => return crate::log::fatal(sysexits::EX_CONFIG, e),
@@ -327,8 +329,10 @@ pub fn run<H: Handler>(program: Program, setup: impl FnOnce(&Context) -> Result<
     serve(&ctx, &mut handler, &endpoints)
 }
 
+/// A child reads main.cf only: master.cf is the master's business (it may be
+/// mid-edit on disk), and the child's own part of it came on the command line.
 fn load_config(args: &ChildArgs) -> Result<Config, String> {
-    let loaded = Config::load(&args.source, &ServicesFile::system());
+    let loaded = Config::load_main_only(&args.source, &ServicesFile::system());
     let config = loaded
         .into_result()
         .map_err(|e| format!("configuration: {e}"))?;

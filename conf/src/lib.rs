@@ -148,6 +148,7 @@ struct Layers<'a> {
 impl Layers<'_> {
     fn is_service(&self, name: &str) -> bool {
         self.master.services.iter().any(|s| s.name == name)
+            || self.service.is_some_and(|(s, _)| s == name)
     }
 
     /// Kind and default text of a known parameter.
@@ -211,6 +212,22 @@ impl Config {
         };
         let main = maincf::parse_main_cf(&main_file, &main_text, &mut diags);
         let master = mastercf::parse_master_cf(&master_file, &master_text, ports, &mut diags);
+        Self::validate(source.clone(), main, master, None, diags)
+    }
+
+    /// Reads main.cf alone (master.cf taken as empty): enough to find an
+    /// instance's directories when master.cf has errors, so that `postern
+    /// stop` and `status` still work while the administrator fixes it.
+    pub fn load_main_only(source: &Source, ports: &dyn PortNames) -> Loaded {
+        let mut diags = Vec::new();
+        let Some([(main_file, main_text), (master_file, _)]) = source.read(&mut diags) else {
+            return Loaded {
+                config: None,
+                diagnostics: diags,
+            };
+        };
+        let main = maincf::parse_main_cf(&main_file, &main_text, &mut diags);
+        let master = mastercf::parse_master_cf(&master_file, b"", ports, &mut diags);
         Self::validate(source.clone(), main, master, None, diags)
     }
 

@@ -156,3 +156,25 @@ fn continuation_of_a_bad_line_is_not_glued_to_the_previous_entry() {
     let got = diagnostics("", "a unix - - n - - spawn\n\u{1}\n  -o max_use=3\n");
     assert!(got.iter().all(|d| !d.contains("line 3")), "{got:#?}");
 }
+
+#[test]
+fn a_service_view_knows_its_own_time_limit_without_master_cf() {
+    let ports = ServicesFile::parse("");
+    let loaded = Config::from_text(
+        "main.cf",
+        b"slow_time_limit = 7\ncommand_time_limit = 9\n",
+        "master.cf",
+        b"",
+        &ports,
+    );
+    let config = loaded.config.expect("valid");
+    let view = config.with_overrides("slow", &[]).expect("view");
+    assert_eq!(
+        view.service_time_limit("slow"),
+        std::time::Duration::from_secs(7)
+    );
+    assert_eq!(
+        view.service_time_limit("other"),
+        std::time::Duration::from_secs(9)
+    );
+}

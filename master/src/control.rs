@@ -42,6 +42,23 @@ fn loaded(source: &Source) -> Result<Config, i32> {
     }
 }
 
+/// The configuration for commands that only need the instance's
+/// directories: all of it when valid, else main.cf alone (with a warning).
+fn loaded_for_operation(source: &Source) -> Result<Config, i32> {
+    let (config, _) = load(source);
+    if let Some(c) = config {
+        return Ok(c);
+    }
+    let main_only = Config::load_main_only(source, &postern_conf::ServicesFile::system());
+    match main_only.config {
+        Some(c) => {
+            eprintln!("postern: warning: master.cf has errors (run postern check); using main.cf to find the instance");
+            Ok(c)
+        }
+        None => loaded(source),
+    }
+}
+
 /// `postern start [--foreground]`.
 pub fn start(source: &Source, foreground: bool) -> i32 {
     if !account::running_as_root() {
@@ -293,7 +310,7 @@ fn running(config: &Config) -> Result<(Paths, u32), i32> {
 
 /// `postern stop` (graceful) or `postern abort` (immediate).
 pub fn stop(source: &Source, immediate: bool) -> i32 {
-    let config = match loaded(source) {
+    let config = match loaded_for_operation(source) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -361,7 +378,7 @@ pub fn reload(source: &Source) -> i32 {
 
 /// `postern status`.
 pub fn status(source: &Source) -> i32 {
-    let config = match loaded(source) {
+    let config = match loaded_for_operation(source) {
         Ok(c) => c,
         Err(code) => return code,
     };
