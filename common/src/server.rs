@@ -326,6 +326,10 @@ pub fn run<H: Handler>(program: Program, setup: impl FnOnce(&Context) -> Result<
     if let Err(e) = enter_privileges(&ctx, program.privileges) {
         return crate::log::fatal(sysexits::EX_OSERR, e);
     }
+    // Startup code is done: keep only the pages the request loop uses.
+    if let Err(e) = sys::trim_text_mappings() {
+        log::warn!("cannot trim the resident set: {e}");
+    }
     serve(&ctx, &mut handler, &endpoints)
 }
 

@@ -110,3 +110,56 @@ pub fn cloexec_from(first: RawFd) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Shrinks this process's resident set to what it really uses. For every
+/// file mapping that is not writable and has no privately modified page
+/// (`Anonymous: 0 kB` in `/proc/self/smaps`: text, `.rodata`, never RELRO,
+/// whose pages hold applied relocations), turns off fault-around and
+/// readahead (`MADV_RANDOM`) and drops the pages mapped so far
+/// (`MADV_DONTNEED`). Such pages are identical to the file, so a page needed
+/// later is simply mapped again from the page cache. Returns the number of
+/// bytes advised.
+pub fn trim_text_mappings() -> io::Result<usize> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps")?;
+    let mut advised = 0;
+    let mut current: Option<(usize, usize, bool)> = None;
+    let mut candidates = Vec::new();
+    for line in smaps.lines() {
+        let mut f = line.split_whitespace();
+        let first = f.next().unwrap_or("");
+        if let Some((start, end)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
+            let perms = f.next().unwrap_or("");
+            let path = f.nth(3).unwrap_or("");
+            let eligible = (perms == "r-xp" || perms == "r--p") && path.starts_with('/');
+            current = match (
+                usize::from_str_radix(start, 16),
+                usize::from_str_radix(end, 16),
+            ) {
+                (Ok(s), Ok(e)) if e > s => Some((s, e, eligible)),
+                _ => None,
+            };
+        } else if first == "Anonymous:" {
+            if let Some((s, e, true)) = current {
+                if f.next() == Some("0") {
+                    candidates.push((s, e));
+                }
+            }
+        }
+    }
+    for (start, end) in candidates {
+        for advice in [libc::MADV_RANDOM, libc::MADV_DONTNEED] {
+            // SAFETY: [start, end) is a whole mapping of this process, read
+            // from /proc/self/smaps: a private, read-only file mapping with
+            // no privately modified page, so its contents equal the file's.
+            // Dropping its pages only makes the next access map them again,
+            // unchanged, from the page cache. No Rust object owns this memory
+            // as a mutable allocation, and nothing is written.
+            let r = unsafe { libc::madvise(start as *mut libc::c_void, end - start, advice) };
+            if r != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        advised += end - start;
+    }
+    Ok(advised)
+}

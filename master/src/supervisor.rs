@@ -160,6 +160,9 @@ pub fn main() -> i32 {
     let code = match start(&opts, &mut ready) {
         Ok(mut master) => {
             ready.say("ready");
+            if let Err(e) = sys::trim_text_mappings() {
+                log::warn!("cannot trim the resident set: {e}");
+            }
             master.run()
         }
         Err((code, why)) => {
