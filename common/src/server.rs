@@ -479,9 +479,9 @@ fn serve<H: Handler>(ctx: &Context, handler: &mut H, endpoints: &Endpoints) -> i
             if uses >= max_use {
                 return 0;
             }
-            if channel_closed(&endpoints.status)
-                || !report(&endpoints.status, generation, ChildState::Available)
-            {
+            // A closed channel (reload, master gone) shows up as an epoll
+            // event on the status descriptor at the next wait.
+            if !report(&endpoints.status, generation, ChildState::Available) {
                 return 0;
             }
         }
