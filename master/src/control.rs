@@ -173,6 +173,8 @@ fn create_mail_owner(config: &Config) -> Result<(), i32> {
             println!("postern: created system account {name} (mail_owner) with its own group");
             Ok(())
         }
+        // Another `postern start` may have created it meanwhile.
+        Ok(_) if matches!(account::user_by_name(name), Ok(Some(_))) => Ok(()),
         Ok(o) => {
             eprintln!(
                 "postern: fatal: useradd {name} failed: {}",
