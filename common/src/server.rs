@@ -217,6 +217,11 @@ pub struct Program {
     pub name: &'static str,
     /// Privileges it needs.
     pub privileges: Privileges,
+    /// Whether the skeleton puts `ipc_timeout` on each accepted connection
+    /// (daemons that read and write the connection themselves). spawn does
+    /// not: the connection becomes the command's standard input and output,
+    /// and a command's pace is bounded by its time limit instead.
+    pub ipc_timeout: bool,
 }
 
 /// One unit of work.
@@ -330,7 +335,7 @@ pub fn run<H: Handler>(program: Program, setup: impl FnOnce(&Context) -> Result<
     if let Err(e) = sys::trim_text_mappings() {
         log::warn!("cannot trim the resident set: {e}");
     }
-    serve(&ctx, &mut handler, &endpoints)
+    serve(&ctx, &mut handler, &endpoints, program.ipc_timeout)
 }
 
 /// A child reads main.cf only: master.cf is the master's business (it may be
@@ -415,7 +420,27 @@ fn channel_closed(status: &OwnedFd) -> bool {
 
 const STATUS_TOKEN: u64 = u64::MAX;
 
-fn serve<H: Handler>(ctx: &Context, handler: &mut H, endpoints: &Endpoints) -> i32 {
+/// Puts a read and a write timeout on a connection.
+fn set_ipc_timeout(conn: &OwnedFd, limit: Duration) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    use nix::sys::time::{TimeVal, TimeValLike};
+    let tv = TimeVal::seconds(i64::try_from(limit.as_secs()).unwrap_or(i64::MAX).max(1));
+    for r in [
+        setsockopt(conn, sockopt::ReceiveTimeout, &tv),
+        setsockopt(conn, sockopt::SendTimeout, &tv),
+    ] {
+        if let Err(e) = r {
+            log::warn!("cannot set ipc_timeout on a connection: {e}");
+        }
+    }
+}
+
+fn serve<H: Handler>(
+    ctx: &Context,
+    handler: &mut H,
+    endpoints: &Endpoints,
+    ipc_timeout: bool,
+) -> i32 {
     let config = &ctx.config;
     let max_use = u64::try_from(config.int(params::MAX_USE))
         .unwrap_or(1)
@@ -471,6 +496,9 @@ fn serve<H: Handler>(ctx: &Context, handler: &mut H, endpoints: &Endpoints) -> i
             let Some(request) = take_request(ctx.args.kind, listener) else {
                 continue;
             };
+            if let (Request::Stream(conn), true) = (&request, ipc_timeout) {
+                set_ipc_timeout(conn, config.time(params::IPC_TIMEOUT));
+            }
             report(&endpoints.status, generation, ChildState::Taken);
             nix::unistd::alarm::set(u32::try_from(watchdog.as_secs()).unwrap_or(u32::MAX).max(1));
             handler.handle(ctx, request);

@@ -315,6 +315,12 @@ fn check_provided(
             program.name
         ));
     }
+    if program.name == "spawn" && !matches!(s.kind, ServiceType::Inet | ServiceType::Unix) {
+        err(format!(
+            "spawn serves stream connections: use inet or unix, not {}",
+            s.kind
+        ));
+    }
     if program.name == "spawn" {
         // Without a mail owner account yet, compare with ids nobody has.
         let owner = owner.map(MailOwner::from).unwrap_or(MailOwner {

@@ -59,6 +59,7 @@ pub fn run() -> i32 {
         Program {
             name: "spawn",
             privileges: Privileges::Privileged,
+            ipc_timeout: false,
         },
         |ctx| {
             let owner = MailOwner::from(&ctx.mail_owner);

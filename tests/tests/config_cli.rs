@@ -274,3 +274,46 @@ fn without_a_directory_the_embedded_configuration_is_used() {
         assert_eq!(out.stdout, "postern\n");
     }
 }
+
+#[test]
+fn check_rejects_types_postern_cannot_run_for_its_own_programs() {
+    let dir = instance();
+    let master = dir.path().join("etc/master.cf");
+    let dgram = append(
+        &master,
+        "logger unix-dgram n n n - 1 spawn user=nobody argv=/bin/cat\n",
+    );
+    let fifo = append(
+        &master,
+        "poke fifo n n n - 1 spawn user=nobody argv=/bin/cat\n",
+    );
+    let unpriv = append(
+        &master,
+        "echo unix n - n - 1 spawn user=nobody argv=/bin/cat\n",
+    );
+    let out = postern(&["-c", &etc(&dir), "check"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let shown = master.display();
+    let has = |line: usize, text: &str| out.stderr.contains(&format!("{shown}:{line}: {text}"));
+    assert!(
+        has(
+            dgram,
+            "service logger/unix-dgram: type unix-dgram is not supported by postern"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        has(fifo, "service poke/fifo: spawn serves stream connections"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        has(
+            unpriv,
+            "service echo/unix: spawn switches users and needs 'n' in the unpriv column"
+        ),
+        "{}",
+        out.stderr
+    );
+}
