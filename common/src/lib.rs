@@ -17,6 +17,7 @@
 
 pub mod account;
 pub mod command;
+pub mod handoff;
 pub mod log;
 pub mod privilege;
 pub mod server;

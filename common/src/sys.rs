@@ -163,3 +163,32 @@ pub fn trim_text_mappings() -> io::Result<usize> {
     }
     Ok(advised)
 }
+
+/// The result of [`fork_single_threaded`].
+#[derive(Debug)]
+pub enum Forked {
+    /// In the parent: the child's pid.
+    Parent(i32),
+    /// In the child.
+    Child,
+}
+
+/// `fork()`, for a process that has exactly one thread (checked first).
+///
+/// The child may then do anything a normal process does: with one thread
+/// there is no lock another thread could have held at the fork.
+pub fn fork_single_threaded() -> io::Result<Forked> {
+    let threads = std::fs::read_dir("/proc/self/task")?.count();
+    if threads != 1 {
+        return Err(io::Error::other(format!(
+            "refusing to fork a process with {threads} threads"
+        )));
+    }
+    // SAFETY: the process has a single thread (checked just above), so the
+    // child is a complete copy in a consistent state: no other thread can
+    // have held the allocator's or any other lock at the time of the fork.
+    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+        nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child.as_raw())),
+        nix::unistd::ForkResult::Child => Ok(Forked::Child),
+    }
+}

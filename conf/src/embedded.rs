@@ -13,6 +13,13 @@ use std::path::{Path, PathBuf};
 pub const MAIN_CF_TEMPLATE: &str = include_str!("../defaults/main.cf");
 /// The default master.cf.
 pub const MASTER_CF: &str = include_str!("../defaults/master.cf");
+/// The default allowed-destinations policy of local.
+pub const DESTINATIONS: &str = include_str!("../defaults/destinations");
+
+/// The default destinations policy, for programs in `program_dir`.
+pub fn destinations(program_dir: &Path) -> String {
+    DESTINATIONS.replace("@PROGRAM_DIRECTORY@", &program_dir.display().to_string())
+}
 
 /// Where an instance keeps its queue and its state.
 #[derive(Debug, Clone, PartialEq, Eq)]

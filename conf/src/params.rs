@@ -64,6 +64,7 @@ const SYSLOG_FACILITIES: &[&str] = &[
     "mail", "daemon", "user", "local0", "local1", "local2", "local3", "local4", "local5", "local6",
     "local7",
 ];
+const LOCK_METHODS: &[&str] = &["fcntl", "flock", "dotlock"];
 const INET_PROTOCOL_NAMES: &[&str] = &["all", "ipv4", "ipv6"];
 
 params! {
@@ -77,6 +78,12 @@ params! {
         "How long a child may spend on one request before its watchdog terminates it.";
     DATA_DIRECTORY "data_directory" Kind::Text, "/var/lib/postern",
         "Directory of the instance's writable state (pid lock), owned by mail_owner.";
+    DELIVER_LOCK_ATTEMPTS "deliver_lock_attempts" Kind::Int { min: 1 }, "20",
+        "How many times local tries to lock a mailbox before it defers the delivery.";
+    DELIVER_LOCK_DELAY "deliver_lock_delay" Kind::Time { unit: 's' }, "1s",
+        "The longest pause between two attempts to lock a mailbox.";
+    DESTINATION_POLICY "destination_policy" Kind::Text, "$config_directory/destinations",
+        "The allowed-destinations policy file that local checks every instruction against (postern's own).";
     DEFAULT_PRIVS "default_privs" Kind::Text, "nobody",
         "Account used for deliveries on behalf of root-owned accounts; neither root nor mail_owner.";
     DEFAULT_PROCESS_LIMIT "default_process_limit" Kind::Int { min: 1 }, "100",
@@ -93,16 +100,26 @@ params! {
         "Unprivileged account that owns the queue and runs unprivileged services (Postfix's default is postfix).";
     MAILLOG_FILE "maillog_file" Kind::Text, "",
         "File every postern process logs to; empty means syslog (or stderr with start --foreground).";
+    MAILBOX_DELIVERY_LOCK "mailbox_delivery_lock" Kind::ChoiceList(LOCK_METHODS), "fcntl, dotlock",
+        "How local locks an mbox file: fcntl, flock and/or dotlock.";
+    MAILBOX_SIZE_LIMIT "mailbox_size_limit" Kind::Int { min: 0 }, "51200000",
+        "The largest an mbox file may grow to, in bytes (0: no limit).";
     MAX_IDLE "max_idle" Kind::Time { unit: 's' }, "100s",
         "How long an idle child waits for its next request before it exits.";
     MAX_USE "max_use" Kind::Int { min: 1 }, "100",
         "How many requests a child serves before it exits.";
+    PROGRAM_DIRECTORY "program_directory" Kind::Text, "$config_directory/programs",
+        "The trusted program directory of program delivery, with its flag files (postern's own).";
+    PROGRAM_OUTPUT_IS_FAILURE "program_output_is_failure" Kind::Bool, "no",
+        "Count a delivery program that printed anything as failed, even if it exited 0 (postern's own).";
     QUEUE_DIRECTORY "queue_directory" Kind::Text, "/var/spool/postern",
         "Directory of the queue and of the private/ and public/ unix endpoints.";
     SERVICE_THROTTLE_TIME "service_throttle_time" Kind::Time { unit: 's' }, "60s",
         "How long a service is left alone after a child failed before serving one request.";
     SHUTDOWN_TIMEOUT "shutdown_timeout" Kind::Time { unit: 's' }, "10s",
         "How long postern stop lets requests in progress finish before it kills what is left (postern's own).";
+    STALE_LOCK_TIME "stale_lock_time" Kind::Time { unit: 's' }, "500s",
+        "A mailbox dotlock file older than this is removed as stale.";
     STRICT_MAILBOX_OWNERSHIP "strict_mailbox_ownership" Kind::Bool, "yes",
         "Refuse to deliver to a mailbox file that is not owned by the recipient.";
     SYSLOG_FACILITY "syslog_facility" Kind::Choice(SYSLOG_FACILITIES), "mail",

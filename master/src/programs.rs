@@ -23,6 +23,11 @@ pub const PROVIDED: &[Program] = &[Program {
     executable: "postern-spawn",
     doc: "runs a command per connection as an unprivileged user, with a time limit",
     privileged: true,
+}, Program {
+    name: "local",
+    executable: "postern-local",
+    doc: "delivers to mailboxes, Maildirs and programs as the recipient, after checking the destination policy",
+    privileged: true,
 }];
 
 /// The program called `name`, if postern provides it.

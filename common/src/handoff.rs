@@ -1,0 +1,413 @@
+//! The queue↔agent handoff: how the queue manager (or `postern deliver`)
+//! tells a delivery agent what to deliver, and hears back what happened.
+//!
+//! **Transport.** A unix stream connection to the agent's endpoint (e.g.
+//! `queue_directory/private/local`). The agent accepts only peers whose uid
+//! (`SO_PEERCRED`) is root's or the mail owner's.
+//!
+//! **Frames.** Each message is one frame: a 4-byte big-endian length, then
+//! that many bytes of postcard-encoded payload. The length is checked against
+//! [`MAX_FRAME`] before anything is allocated, on every read. Payloads carry
+//! [`PROTOCOL_VERSION`]; a frame of another version is refused.
+//!
+//! **Exchange.** The client sends one [`DeliveryRequest`] frame with the open
+//! message file attached to its first byte as `SCM_RIGHTS` (agents never open
+//! the queue). The agent answers one [`DeliveryReply`] frame with exactly one
+//! [`RecipientStatus`] per recipient, in order, then closes. A disconnect, a
+//! timeout, a malformed or oversize frame, or a reply with the wrong number of
+//! statuses is never success: [`deliver`] turns it into an error, which the
+//! caller counts as a deferral (4.3.0) of every recipient.
+
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
+use serde::{Deserialize, Serialize};
+
+use crate::sys;
+
+/// The protocol version carried in every payload.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// The largest frame either side accepts (payload bytes).
+pub const MAX_FRAME: u32 = 1 << 20;
+
+/// Where a recipient's copy goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Destination {
+    /// Append to an mbox file.
+    Mailbox(PathBuf),
+    /// Deliver into a Maildir (the path ends with `/`).
+    Maildir(PathBuf),
+    /// Pipe to these command lines, in order; each must succeed.
+    Programs(Vec<String>),
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Mailbox(p) => write!(f, "mailbox {}", p.display()),
+            Destination::Maildir(p) => write!(f, "maildir {}", p.display()),
+            Destination::Programs(c) => write!(f, "program {}", c.join(" ; ")),
+        }
+    }
+}
+
+/// One instruction: deliver to this destination, as this user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instruction {
+    /// The recipient address (for `Delivered-To:` and `$RECIPIENT`).
+    pub recipient: String,
+    /// The account the delivery runs as.
+    pub user: String,
+    /// The address extension (after `recipient_delimiter`), if any.
+    pub extension: Option<String>,
+    /// Where to deliver.
+    pub destination: Destination,
+}
+
+/// What the agent is asked to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryRequest {
+    /// [`PROTOCOL_VERSION`].
+    pub version: u16,
+    /// The queue id (for logs).
+    pub queue_id: String,
+    /// The envelope sender (empty for the null sender).
+    pub sender: String,
+    /// Arrival time, seconds since the epoch (for the `From ` line).
+    pub arrival: u64,
+    /// The recipients.
+    pub recipients: Vec<Instruction>,
+}
+
+/// A recipient's fate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Delivered (2.x.y).
+    Delivered,
+    /// Try again later (4.x.y).
+    Deferred,
+    /// Failed for good (5.x.y).
+    Bounced,
+}
+
+/// The result for one recipient.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipientStatus {
+    /// Delivered, deferred or bounced.
+    pub outcome: Outcome,
+    /// Enhanced status code (RFC 3463), e.g. `5.7.1`.
+    pub dsn: String,
+    /// What happened, in words.
+    pub reason: String,
+    /// The postmaster should hear of this (program delivery failures).
+    pub notify_postmaster: bool,
+}
+
+impl RecipientStatus {
+    /// Delivered, with a note.
+    pub fn delivered(reason: impl Into<String>) -> Self {
+        RecipientStatus {
+            outcome: Outcome::Delivered,
+            dsn: "2.0.0".into(),
+            reason: reason.into(),
+            notify_postmaster: false,
+        }
+    }
+    /// Deferred with `dsn` (4.x.y).
+    pub fn deferred(dsn: &str, reason: impl Into<String>) -> Self {
+        RecipientStatus {
+            outcome: Outcome::Deferred,
+            dsn: dsn.into(),
+            reason: reason.into(),
+            notify_postmaster: false,
+        }
+    }
+    /// Bounced with `dsn` (5.x.y).
+    pub fn bounced(dsn: &str, reason: impl Into<String>) -> Self {
+        RecipientStatus {
+            outcome: Outcome::Bounced,
+            dsn: dsn.into(),
+            reason: reason.into(),
+            notify_postmaster: false,
+        }
+    }
+    /// The same, marked for the postmaster's attention.
+    pub fn for_postmaster(mut self) -> Self {
+        self.notify_postmaster = true;
+        self
+    }
+}
+
+/// The agent's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryReply {
+    /// [`PROTOCOL_VERSION`].
+    pub version: u16,
+    /// One per recipient, in request order.
+    pub statuses: Vec<RecipientStatus>,
+}
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoffError {
+    /// Reading or writing the connection failed (including timeouts and EOF).
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// A frame longer than [`MAX_FRAME`].
+    #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME}")]
+    Oversize(u32),
+    /// A payload that does not decode.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// Another protocol version.
+    #[error("protocol version {0}, expected {PROTOCOL_VERSION}")]
+    Version(u16),
+    /// The request came without the message descriptor.
+    #[error("no message file descriptor attached")]
+    NoDescriptor,
+    /// The reply does not match the request.
+    #[error("reply has {got} statuses for {want} recipients")]
+    Mismatch {
+        /// Statuses received.
+        got: usize,
+        /// Recipients sent.
+        want: usize,
+    },
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, HandoffError> {
+    let payload = postcard::to_stdvec(value).map_err(|e| HandoffError::Malformed(e.to_string()))?;
+    let len = u32::try_from(payload.len()).map_err(|_| HandoffError::Oversize(u32::MAX))?;
+    if len > MAX_FRAME {
+        return Err(HandoffError::Oversize(len));
+    }
+    let mut frame = Vec::with_capacity(payload.len() + 4);
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&payload);
+    Ok(frame)
+}
+
+/// Reads one frame's payload (length checked before allocating).
+pub fn read_frame(r: &mut impl Read, first: &[u8]) -> Result<Vec<u8>, HandoffError> {
+    let mut header = [0u8; 4];
+    let from_first = first.len().min(4);
+    header[..from_first].copy_from_slice(&first[..from_first]);
+    r.read_exact(&mut header[from_first..])?;
+    let len = u32::from_be_bytes(header);
+    if len > MAX_FRAME {
+        return Err(HandoffError::Oversize(len));
+    }
+    let mut payload = Vec::with_capacity(len as usize);
+    payload.extend_from_slice(&first[from_first..first.len().min(4 + len as usize)]);
+    let missing = len as usize - payload.len();
+    let mut rest = vec![0u8; missing];
+    r.read_exact(&mut rest)?;
+    payload.extend_from_slice(&rest);
+    Ok(payload)
+}
+
+/// Decodes a request payload, checking the version.
+pub fn decode_request(payload: &[u8]) -> Result<DeliveryRequest, HandoffError> {
+    let req: DeliveryRequest =
+        postcard::from_bytes(payload).map_err(|e| HandoffError::Malformed(e.to_string()))?;
+    if req.version != PROTOCOL_VERSION {
+        return Err(HandoffError::Version(req.version));
+    }
+    Ok(req)
+}
+
+/// Decodes a reply payload, checking the version.
+pub fn decode_reply(payload: &[u8]) -> Result<DeliveryReply, HandoffError> {
+    let reply: DeliveryReply =
+        postcard::from_bytes(payload).map_err(|e| HandoffError::Malformed(e.to_string()))?;
+    if reply.version != PROTOCOL_VERSION {
+        return Err(HandoffError::Version(reply.version));
+    }
+    Ok(reply)
+}
+
+/// Agent side: receives a request and the descriptor attached to it.
+pub fn receive_request(conn: &UnixStream) -> Result<(DeliveryRequest, OwnedFd), HandoffError> {
+    let mut first = vec![0u8; 64 * 1024];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+    let (n, fds) = {
+        let mut iov = [IoSliceMut::new(&mut first)];
+        let msg = recvmsg::<UnixAddr>(
+            conn.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(io::Error::from)?;
+        let mut fds = Vec::new();
+        for c in msg.cmsgs().map_err(io::Error::from)? {
+            if let ControlMessageOwned::ScmRights(received) = c {
+                fds.extend(received.into_iter().map(sys::own_new_fd));
+            }
+        }
+        (msg.bytes, fds)
+    };
+    if n == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "peer closed the connection before a request",
+        )
+        .into());
+    }
+    let mut reader = conn;
+    let payload = read_frame(&mut reader, &first[..n])?;
+    let request = decode_request(&payload)?;
+    // Exactly one descriptor: extra ones are closed when `fds` drops.
+    let fd = fds.into_iter().next().ok_or(HandoffError::NoDescriptor)?;
+    Ok((request, fd))
+}
+
+/// Agent side: sends the reply.
+pub fn send_reply(mut conn: &UnixStream, reply: &DeliveryReply) -> Result<(), HandoffError> {
+    conn.write_all(&encode(reply)?)?;
+    Ok(())
+}
+
+/// Client side: hands `request` and the message to the agent at `socket`,
+/// waits at most `timeout` for each read or write, and returns the statuses.
+pub fn deliver(
+    socket: &Path,
+    request: &DeliveryRequest,
+    message: &OwnedFd,
+    timeout: Duration,
+) -> Result<DeliveryReply, HandoffError> {
+    let conn = UnixStream::connect(socket)?;
+    conn.set_read_timeout(Some(timeout))?;
+    conn.set_write_timeout(Some(timeout))?;
+    let frame = encode(request)?;
+    let fds = [message.as_raw_fd()];
+    let sent = sendmsg::<UnixAddr>(
+        conn.as_raw_fd(),
+        &[IoSlice::new(&frame)],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map_err(io::Error::from)?;
+    (&conn).write_all(&frame[sent..])?;
+    let mut reader = &conn;
+    let payload = read_frame(&mut reader, &[])?;
+    let reply = decode_reply(&payload)?;
+    if reply.statuses.len() != request.recipients.len() {
+        return Err(HandoffError::Mismatch {
+            got: reply.statuses.len(),
+            want: request.recipients.len(),
+        });
+    }
+    Ok(reply)
+}
+
+/// The statuses to record when the exchange itself failed: every recipient
+/// deferred with 4.3.0 and the reason.
+pub fn all_deferred(request: &DeliveryRequest, why: &HandoffError) -> Vec<RecipientStatus> {
+    request
+        .recipients
+        .iter()
+        .map(|_| {
+            RecipientStatus::deferred("4.3.0", format!("delivery agent exchange failed: {why}"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> DeliveryRequest {
+        DeliveryRequest {
+            version: PROTOCOL_VERSION,
+            queue_id: "ABC123".into(),
+            sender: "ann@example.org".into(),
+            arrival: 1_795_245_296,
+            recipients: vec![
+                Instruction {
+                    recipient: "bob@example.org".into(),
+                    user: "bob".into(),
+                    extension: Some("lists".into()),
+                    destination: Destination::Mailbox("/var/mail/bob".into()),
+                },
+                Instruction {
+                    recipient: "bob@example.org".into(),
+                    user: "bob".into(),
+                    extension: None,
+                    destination: Destination::Programs(vec!["/usr/bin/procmail -a x".into()]),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let r = request();
+        let frame = encode(&r).unwrap();
+        let payload = read_frame(&mut &frame[..], &[]).unwrap();
+        assert_eq!(decode_request(&payload).unwrap(), r);
+        // The first bytes may already have been read (by recvmsg).
+        let payload = read_frame(&mut &frame[7..], &frame[..7]).unwrap();
+        assert_eq!(decode_request(&payload).unwrap(), r);
+        let reply = DeliveryReply {
+            version: PROTOCOL_VERSION,
+            statuses: vec![
+                RecipientStatus::delivered("ok"),
+                RecipientStatus::bounced("5.7.1", "no").for_postmaster(),
+            ],
+        };
+        let frame = encode(&reply).unwrap();
+        assert_eq!(
+            decode_reply(&read_frame(&mut &frame[..], &[]).unwrap()).unwrap(),
+            reply
+        );
+    }
+
+    #[test]
+    fn malformed_and_oversize_frames_are_errors() {
+        let huge = (MAX_FRAME + 1).to_be_bytes();
+        assert!(matches!(
+            read_frame(&mut &huge[..], &[]),
+            Err(HandoffError::Oversize(_))
+        ));
+        let truncated = [0u8, 0, 0, 10, 1, 2];
+        assert!(matches!(
+            read_frame(&mut &truncated[..], &[]),
+            Err(HandoffError::Io(_))
+        ));
+        assert!(matches!(
+            decode_request(&[0xff, 0xff, 0xff]),
+            Err(HandoffError::Malformed(_))
+        ));
+        let mut r = request();
+        r.version = 99;
+        let frame = encode(&r).unwrap();
+        let payload = read_frame(&mut &frame[..], &[]).unwrap();
+        assert!(matches!(
+            decode_request(&payload),
+            Err(HandoffError::Version(99))
+        ));
+    }
+
+    #[test]
+    fn random_payloads_never_panic() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for len in 0..2000usize {
+            let bytes: Vec<u8> = (0..len % 97)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect();
+            let _ = decode_request(&bytes);
+            let _ = decode_reply(&bytes);
+        }
+    }
+}

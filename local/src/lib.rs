@@ -1,0 +1,594 @@
+//! # postern-local
+//!
+//! **Name**: postern-local — deliver to mailboxes, Maildirs and programs on
+//! behalf of local users, after checking the instruction.
+//!
+//! **Synopsis** (master.cf): `local unix - n n - - local`
+//!
+//! **Description**: following the local-delivery essay, local does no
+//! routing. The queue manager (or `postern deliver`) connects to
+//! `queue_directory/private/local` and sends instructions — deliver this
+//! message, as this user, to this mbox / Maildir / program — with the
+//! message file attached (see `postern_common::handoff`). For each recipient
+//! local forks, the child becomes the user for good (root's mail runs as
+//! `default_privs`; the mail owner is refused), checks the destination
+//! against the allowed-destinations policy ([`policy`], independent of the
+//! routing configuration) and the per-user policy, checks permissions,
+//! delivers ([`mbox`], [`maildir`], [`program`]) and reports one status per
+//! recipient: delivered, deferred (4.x.y) or bounced (5.x.y), with a reason.
+//!
+//! **Security**: runs as root (master.cf unpriv `n`), idle with the mail
+//! owner as effective uid. Accepts connections only from root and the mail
+//! owner (`SO_PEERCRED`). Untrusted input: the request frame (length-checked,
+//! strictly decoded; a malformed one closes the connection and delivers
+//! nothing), the message (never interpreted beyond the header scan for
+//! `Delivered-To:`), mailbox paths (normalized, policy-checked after the
+//! switch to the user, opened without following links and checked after
+//! opening), per-user policy files (used only when owned by the user or root
+//! and not writable by others). Nothing runs as uid 0, gid 0 or the mail
+//! owner.
+//!
+//! **Configuration**: `destination_policy` ($config_directory/destinations),
+//! `mailbox_delivery_lock` (fcntl, dotlock), `mailbox_size_limit`
+//! (51200000), `deliver_lock_attempts` (20), `deliver_lock_delay` (1s),
+//! `stale_lock_time` (500s), `strict_mailbox_ownership` (yes),
+//! `program_directory` ($config_directory/programs),
+//! `program_output_is_failure` (no), `command_time_limit` (1000s),
+//! `default_privs` (nobody).
+//!
+//! **Exit status**: as every child: 0 normally, 78 on a configuration error.
+//!
+//! **See also**: Postfix local(8), pipe(8); `postern deliver`, `postern
+//! destinations`.
+
+pub mod maildir;
+pub mod mbox;
+pub mod message;
+pub mod policy;
+pub mod program;
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use postern_common::account::{self, Account};
+use postern_common::handoff::{
+    self, DeliveryReply, Destination, Instruction, RecipientStatus, PROTOCOL_VERSION,
+};
+use postern_common::privilege::{self, MailOwner, RunAs};
+use postern_common::server::{self, Context, Handler, Privileges, Program, Request};
+use postern_common::sys::{self, Forked};
+use postern_conf::{params, Config, Source};
+
+use crate::message::Copy;
+use crate::policy::{Kind, Policy, Who};
+
+/// The largest message local reads (bytes).
+pub const MAX_MESSAGE: u64 = 256 << 20;
+
+/// The daemon.
+pub fn run() -> i32 {
+    server::run(
+        Program {
+            name: "local",
+            privileges: Privileges::Privileged,
+            ipc_timeout: true,
+        },
+        |ctx| {
+            Ok(Local {
+                settings: Settings::from_config(&ctx.config),
+                owner: MailOwner::from(&ctx.mail_owner),
+            })
+        },
+    )
+}
+
+/// local's settings, from main.cf.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where the system policy is (or `None` with the embedded configuration).
+    pub policy_file: Option<PathBuf>,
+    /// Locking.
+    pub lock: mbox::LockPolicy,
+    /// `mailbox_size_limit`.
+    pub size_limit: u64,
+    /// `strict_mailbox_ownership`.
+    pub strict_owner: bool,
+    /// `program_directory`.
+    pub program_dir: PathBuf,
+    /// `program_output_is_failure`.
+    pub output_is_failure: bool,
+    /// `command_time_limit`.
+    pub time_limit: Duration,
+    /// `default_privs`.
+    pub default_privs: String,
+}
+
+impl Settings {
+    /// Reads the settings.
+    pub fn from_config(c: &Config) -> Self {
+        let methods = c
+            .list(params::MAILBOX_DELIVERY_LOCK)
+            .iter()
+            .filter_map(|m| match m.as_str() {
+                "fcntl" => Some(mbox::Lock::Fcntl),
+                "flock" => Some(mbox::Lock::Flock),
+                "dotlock" => Some(mbox::Lock::Dotlock),
+                _ => None,
+            })
+            .collect();
+        Settings {
+            policy_file: match &c.source {
+                Source::Dir(_) => Some(PathBuf::from(c.text(params::DESTINATION_POLICY))),
+                Source::Embedded(_) => None,
+            },
+            lock: mbox::LockPolicy {
+                methods,
+                attempts: u32::try_from(c.int(params::DELIVER_LOCK_ATTEMPTS)).unwrap_or(20),
+                delay: c.time(params::DELIVER_LOCK_DELAY),
+                stale: c.time(params::STALE_LOCK_TIME),
+            },
+            size_limit: u64::try_from(c.int(params::MAILBOX_SIZE_LIMIT)).unwrap_or(0),
+            strict_owner: c.bool(params::STRICT_MAILBOX_OWNERSHIP),
+            program_dir: PathBuf::from(c.text(params::PROGRAM_DIRECTORY)),
+            output_is_failure: c.bool(params::PROGRAM_OUTPUT_IS_FAILURE),
+            time_limit: c.time(params::COMMAND_TIME_LIMIT),
+            default_privs: c.text(params::DEFAULT_PRIVS).to_string(),
+        }
+    }
+
+    /// The system policy (the file, or the embedded default).
+    pub fn system_policy(&self) -> Result<Policy, String> {
+        match &self.policy_file {
+            None => {
+                let text = postern_conf::embedded::destinations(&self.program_dir);
+                policy::parse("(embedded)/destinations", &text, true).map_err(|e| e.join("; "))
+            }
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                policy::parse(&path.display().to_string(), &text, true).map_err(|e| e.join("; "))
+            }
+        }
+    }
+}
+
+struct Local {
+    settings: Settings,
+    owner: MailOwner,
+}
+
+impl Handler for Local {
+    fn handle(&mut self, _ctx: &Context, request: Request) {
+        let Request::Stream(fd) = request else {
+            log::warn!("local serves stream connections only; trigger ignored");
+            return;
+        };
+        let conn = UnixStream::from(fd);
+        let peer =
+            match nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::PeerCredentials) {
+                Ok(c) => c,
+                Err(e) => {
+                    log::warn!("cannot get the peer's credentials: {e}; connection closed");
+                    return;
+                }
+            };
+        if peer.uid() != 0 && peer.uid() != self.owner.uid {
+            log::warn!(
+                "refused a connection from uid {} pid {}: only root and the mail owner may hand over deliveries",
+                peer.uid(),
+                peer.pid()
+            );
+            return;
+        }
+        let (request, message_fd) = match handoff::receive_request(&conn) {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!(
+                    "bad request from pid {} (uid {}): {e}; connection closed, nothing delivered",
+                    peer.pid(),
+                    peer.uid()
+                );
+                return;
+            }
+        };
+        let body = match read_message(&message_fd) {
+            Ok(b) => b,
+            Err(e) => {
+                log::warn!(
+                    "queue id {}: cannot read the message: {e}; nothing delivered",
+                    request.queue_id
+                );
+                return;
+            }
+        };
+        let policy = self.settings.system_policy();
+        let statuses: Vec<RecipientStatus> = request
+            .recipients
+            .iter()
+            .map(|instr| {
+                let copy = Copy {
+                    body: &body,
+                    sender: &request.sender,
+                    recipient: &instr.recipient,
+                    arrival: request.arrival,
+                };
+                let status = match &policy {
+                    Ok(p) => self.deliver_one(instr, &copy, p),
+                    Err(e) => RecipientStatus::deferred(
+                        "4.3.5",
+                        format!("destination policy unusable: {e}"),
+                    ),
+                };
+                log::info!(
+                    "{}: to=<{}>, user={}, {}, status={:?} ({}) {}",
+                    request.queue_id,
+                    instr.recipient,
+                    instr.user,
+                    instr.destination,
+                    status.outcome,
+                    status.dsn,
+                    status.reason
+                );
+                status
+            })
+            .collect();
+        let reply = DeliveryReply {
+            version: PROTOCOL_VERSION,
+            statuses,
+        };
+        if let Err(e) = handoff::send_reply(&conn, &reply) {
+            log::warn!("queue id {}: cannot send the reply: {e}", request.queue_id);
+        }
+    }
+}
+
+/// Reads the whole message from the descriptor the client attached.
+fn read_message(fd: &OwnedFd) -> std::io::Result<Vec<u8>> {
+    let file = std::fs::File::from(fd.try_clone()?);
+    let md = file.metadata()?;
+    if !md.is_file() {
+        return Err(std::io::Error::other(
+            "the attached descriptor is not a regular file",
+        ));
+    }
+    if md.len() > MAX_MESSAGE {
+        return Err(std::io::Error::other(format!(
+            "message of {} bytes exceeds {MAX_MESSAGE}",
+            md.len()
+        )));
+    }
+    let mut body = Vec::with_capacity(md.len() as usize);
+    let mut at = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = nix::sys::uio::pread(&file, &mut buf, at as i64).map_err(std::io::Error::from)?;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&buf[..n]);
+        at += n as u64;
+        if at > MAX_MESSAGE {
+            return Err(std::io::Error::other(
+                "message grew past the limit while reading",
+            ));
+        }
+    }
+    let _ = file.as_raw_fd();
+    Ok(body)
+}
+
+impl Local {
+    /// Validates the identity, then delivers in a child that becomes the user.
+    fn deliver_one(
+        &self,
+        instr: &Instruction,
+        copy: &Copy<'_>,
+        system: &Policy,
+    ) -> RecipientStatus {
+        let account = match account::user_by_name(&instr.user) {
+            Ok(Some(a)) => a,
+            Ok(None) => {
+                return RecipientStatus::bounced("5.1.1", format!("no such user: {}", instr.user))
+            }
+            Err(e) => return RecipientStatus::deferred("4.3.0", e.to_string()),
+        };
+        // Root's deliveries run as default_privs; nothing runs as root.
+        let runner = if account.uid == 0 {
+            match account::user_by_name(&self.settings.default_privs) {
+                Ok(Some(p)) => p,
+                _ => {
+                    return RecipientStatus::deferred(
+                        "4.3.5",
+                        format!(
+                            "default_privs {} does not exist",
+                            self.settings.default_privs
+                        ),
+                    )
+                }
+            }
+        } else {
+            account.clone()
+        };
+        let run_as = match RunAs::new(
+            runner.uid,
+            runner.gid,
+            self.owner,
+            &format!("user {}", instr.user),
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                return RecipientStatus::bounced("5.7.1", format!("refusing to deliver: {e}"))
+            }
+        };
+        if copy.is_loop() {
+            return RecipientStatus::bounced(
+                "5.4.6",
+                format!("mail forwarding loop for {}", instr.recipient),
+            );
+        }
+        in_child_as(
+            run_as,
+            self.settings.time_limit + Duration::from_secs(60),
+            || deliver_as_user(instr, copy, system, &account, &runner, &self.settings),
+        )
+    }
+}
+
+/// Runs `work` in a forked child that has become `run_as` for good, and
+/// returns what it reports. A child that dies without reporting defers.
+fn in_child_as(
+    run_as: RunAs,
+    limit: Duration,
+    work: impl FnOnce() -> RecipientStatus,
+) -> RecipientStatus {
+    let (read_end, write_end) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => return RecipientStatus::deferred("4.3.0", format!("pipe: {e}")),
+    };
+    // Root for the fork and the switch; the child drops everything.
+    let forked = privilege::as_root(sys::fork_single_threaded);
+    match forked {
+        Ok(Ok(Forked::Child)) => {
+            drop(read_end);
+            let status = match privilege::drop_to(run_as.uid(), run_as.gid()) {
+                Ok(()) => work(),
+                Err(e) => RecipientStatus::deferred(
+                    "4.3.0",
+                    format!("cannot switch to uid {}: {e}", run_as.uid()),
+                ),
+            };
+            let bytes = postcard::to_stdvec(&status).unwrap_or_default();
+            let mut w = std::fs::File::from(write_end);
+            let _ = std::io::Write::write_all(&mut w, &bytes);
+            drop(w);
+            std::process::exit(0);
+        }
+        Ok(Ok(Forked::Parent(pid))) => {
+            drop(write_end);
+            let status = read_status(read_end, limit);
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            status.unwrap_or_else(|why| {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                RecipientStatus::deferred("4.3.0", format!("delivery process {pid} failed: {why}"))
+            })
+        }
+        Ok(Err(e)) => RecipientStatus::deferred("4.3.0", format!("fork: {e}")),
+        Err(e) => RecipientStatus::deferred("4.3.0", format!("fork: {e}")),
+    }
+}
+
+fn read_status(fd: OwnedFd, limit: Duration) -> Result<RecipientStatus, String> {
+    let mut file = std::fs::File::from(fd);
+    let deadline = std::time::Instant::now() + limit;
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err("no report within the time limit".into());
+        }
+        let mut fds = [nix::poll::PollFd::new(
+            std::os::fd::AsFd::as_fd(&file),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let t = nix::poll::PollTimeout::try_from(left.min(Duration::from_secs(3600)))
+            .unwrap_or(nix::poll::PollTimeout::MAX);
+        match nix::poll::poll(&mut fds, t) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(format!("poll: {e}")),
+        }
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) if bytes.len() + n <= 64 * 1024 => bytes.extend_from_slice(&buf[..n]),
+            Ok(_) => return Err("report too large".into()),
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+    postcard::from_bytes(&bytes).map_err(|_| "it died without a report".to_string())
+}
+
+/// Reads `~/.postern-destinations` as the user, if it is safe to use.
+fn user_policy(home: &Path, uid: u32) -> Result<Option<Policy>, RecipientStatus> {
+    let path = home.join(".postern-destinations");
+    let md = match std::fs::symlink_metadata(&path) {
+        Ok(m) => m,
+        Err(_) => return Ok(None),
+    };
+    if !md.is_file() || (md.uid() != uid && md.uid() != 0) || md.mode() & 0o022 != 0 {
+        log::warn!(
+            "ignoring {}: not a regular file owned by the user or root, or writable by others",
+            path.display()
+        );
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        RecipientStatus::deferred("4.3.5", format!("cannot read {}: {e}", path.display()))
+    })?;
+    policy::parse(&path.display().to_string(), &text, false)
+        .map(Some)
+        .map_err(|e| {
+            RecipientStatus::deferred(
+                "4.3.5",
+                format!("per-user destination policy has errors: {}", e.join("; ")),
+            )
+        })
+}
+
+/// The policy verdict for `dest`, also for the real location of its parent
+/// directory (so that a symbolic link in the path cannot lead elsewhere).
+fn allowed(
+    system: &Policy,
+    user: Option<&Policy>,
+    kind: Kind,
+    dest: &Path,
+    who: &Who<'_>,
+) -> Result<(), RecipientStatus> {
+    let refuse =
+        |why: String| RecipientStatus::bounced("5.7.1", format!("destination refused: {why}"));
+    policy::check(system, user, kind, dest, who).map_err(refuse)?;
+    let normal = policy::normalize(dest).map_err(refuse)?;
+    if let (Some(parent), Some(name)) = (normal.parent(), normal.file_name()) {
+        if let Ok(real_parent) = std::fs::canonicalize(parent) {
+            let real = real_parent.join(name);
+            if real != normal {
+                policy::check(system, user, kind, &real, who).map_err(|why| {
+                    refuse(format!(
+                        "{why} ({} leads there through a symbolic link)",
+                        dest.display()
+                    ))
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Everything after the switch to the user.
+fn deliver_as_user(
+    instr: &Instruction,
+    copy: &Copy<'_>,
+    system: &Policy,
+    account: &Account,
+    runner: &Account,
+    settings: &Settings,
+) -> RecipientStatus {
+    let who = Who {
+        user: &account.name,
+        home: &account.home,
+    };
+    let user_policy = match user_policy(&account.home, account.uid) {
+        Ok(p) => p,
+        Err(status) => return status,
+    };
+    let user = user_policy.as_ref();
+    match &instr.destination {
+        Destination::Mailbox(path) => {
+            if let Err(s) = allowed(system, user, Kind::Mailbox, path, &who) {
+                return s;
+            }
+            let target = mbox::Target {
+                path,
+                uid: runner.uid,
+                strict_owner: settings.strict_owner,
+                size_limit: settings.size_limit,
+                lock: &settings.lock,
+            };
+            mbox::deliver(&target, copy)
+        }
+        Destination::Maildir(path) => {
+            if let Err(s) = allowed(system, user, Kind::Maildir, path, &who) {
+                return s;
+            }
+            maildir::deliver(path, runner.uid, copy)
+        }
+        Destination::Programs(commands) => {
+            let shells = std::fs::read_to_string("/etc/shells").unwrap_or_default();
+            if !program::shell_allowed(&account.shell, &shells) {
+                return RecipientStatus::bounced(
+                    "5.7.1",
+                    format!(
+                        "{}'s login shell {} is not in /etc/shells: no program delivery",
+                        account.name,
+                        account.shell.display()
+                    ),
+                )
+                .for_postmaster();
+            }
+            let mode = program::mode(&settings.program_dir);
+            let cwd = if account.home.is_dir() {
+                account.home.clone()
+            } else {
+                PathBuf::from("/tmp")
+            };
+            let env = program_env(instr, copy, account);
+            let input = copy.plain();
+            let mut last = RecipientStatus::bounced("5.3.0", "no program given");
+            for line in commands {
+                let mut argv = match program::split_command(line) {
+                    Ok(a) => a,
+                    Err(e) => return RecipientStatus::bounced("5.3.0", e).for_postmaster(),
+                };
+                let exe = match program::resolve(&mode, &argv[0]) {
+                    Ok(p) => p,
+                    Err(status) => return status,
+                };
+                if let Err(s) = allowed(system, user, Kind::Program, &exe, &who) {
+                    return s.for_postmaster();
+                }
+                argv[0] = exe.display().to_string();
+                let run = program::Run {
+                    argv,
+                    env: env.clone(),
+                    cwd: &cwd,
+                    input: &input,
+                    limit: settings.time_limit,
+                    output_is_failure: settings.output_is_failure,
+                };
+                last = program::run(&run);
+                if last.outcome != handoff::Outcome::Delivered {
+                    return last;
+                }
+            }
+            last
+        }
+    }
+}
+
+/// The program environment: TZ, AGENT and the delivery variables only.
+fn program_env(instr: &Instruction, copy: &Copy<'_>, account: &Account) -> Vec<(String, String)> {
+    let local_part = instr
+        .recipient
+        .rsplit_once('@')
+        .map_or(instr.recipient.as_str(), |(l, _)| l);
+    let local_part = match &instr.extension {
+        Some(ext) => local_part
+            .strip_suffix(ext.as_str())
+            .map_or(local_part, |l| l.trim_end_matches(['+', '-'])),
+        None => local_part,
+    };
+    let mut env = vec![
+        ("AGENT".to_string(), "postern-local".to_string()),
+        ("SENDER".to_string(), copy.sender.to_string()),
+        ("RECIPIENT".to_string(), instr.recipient.clone()),
+        ("USER".to_string(), account.name.clone()),
+        ("HOME".to_string(), account.home.display().to_string()),
+        ("LOCAL".to_string(), local_part.to_string()),
+        (
+            "EXTENSION".to_string(),
+            instr.extension.clone().unwrap_or_default(),
+        ),
+    ];
+    if let Ok(tz) = std::env::var("TZ") {
+        env.push(("TZ".to_string(), tz));
+    }
+    env
+}

@@ -1,0 +1,294 @@
+//! Delivery to an mbox file, as the recipient (the caller has already
+//! switched to the user's ids).
+//!
+//! The file is opened with `O_NOFOLLOW` (created 0600 when missing, in an
+//! existing directory), then checked with `fstat`: a regular file with one
+//! link, owned by the user (with `strict_mailbox_ownership`). Anything else
+//! is refused and left untouched. It is locked as `mailbox_delivery_lock`
+//! says (`fcntl`, `flock`, `dotlock`; bounded attempts, then a deferral),
+//! the copy is appended in one write (`From ` line, `Return-Path:`,
+//! `Delivered-To:`, body with `From ` lines quoted as `>From `, a blank
+//! line), and fsynced. On any error the file is truncated back to its
+//! original size: a mailbox is never left half-written.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use postern_common::handoff::RecipientStatus;
+
+use crate::message::Copy;
+
+/// Locking methods, from `mailbox_delivery_lock`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lock {
+    /// POSIX record lock on the whole file.
+    Fcntl,
+    /// BSD lock.
+    Flock,
+    /// `mailbox.lock` beside the mailbox.
+    Dotlock,
+}
+
+/// How to lock and how long to try.
+#[derive(Debug, Clone)]
+pub struct LockPolicy {
+    /// Methods, all applied.
+    pub methods: Vec<Lock>,
+    /// Attempts before giving up (`deliver_lock_attempts`).
+    pub attempts: u32,
+    /// The longest pause between attempts (`deliver_lock_delay`).
+    pub delay: Duration,
+    /// A dotlock older than this is removed (`stale_lock_time`).
+    pub stale: Duration,
+}
+
+/// What a delivery needs besides the message.
+#[derive(Debug, Clone)]
+pub struct Target<'a> {
+    /// The mailbox path.
+    pub path: &'a Path,
+    /// The uid it must belong to.
+    pub uid: u32,
+    /// `strict_mailbox_ownership`.
+    pub strict_owner: bool,
+    /// `mailbox_size_limit` (0: none).
+    pub size_limit: u64,
+    /// Locking.
+    pub lock: &'a LockPolicy,
+}
+
+fn defer(why: String) -> RecipientStatus {
+    RecipientStatus::deferred("4.2.0", why)
+}
+
+/// Delivers `copy` to the mailbox.
+pub fn deliver(target: &Target<'_>, copy: &Copy<'_>) -> RecipientStatus {
+    let path = target.path;
+    let shown = path.display();
+    let file = match OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return RecipientStatus::bounced(
+                "5.2.0",
+                format!("mailbox {shown} is a symbolic link: refused"),
+            )
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
+            return RecipientStatus::bounced(
+                "5.2.0",
+                format!("mailbox {shown} is a directory: refused"),
+            )
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return RecipientStatus::bounced("5.2.0", format!("cannot open mailbox {shown}: {e}"))
+        }
+        Err(e) => return defer(format!("cannot open mailbox {shown}: {e}")),
+    };
+    let md = match file.metadata() {
+        Ok(m) => m,
+        Err(e) => return defer(format!("cannot examine mailbox {shown}: {e}")),
+    };
+    if !md.file_type().is_file() {
+        return RecipientStatus::bounced(
+            "5.2.0",
+            format!("mailbox {shown} is not a regular file: refused"),
+        );
+    }
+    if md.nlink() != 1 {
+        return RecipientStatus::bounced(
+            "5.2.0",
+            format!("mailbox {shown} has {} hard links: refused", md.nlink()),
+        );
+    }
+    if target.strict_owner && md.uid() != target.uid {
+        return RecipientStatus::bounced(
+            "5.2.0",
+            format!(
+                "mailbox {shown} is owned by uid {}, not the recipient (uid {}): refused",
+                md.uid(),
+                target.uid
+            ),
+        );
+    }
+    // Back to blocking writes (O_NONBLOCK only kept open() from hanging on a fifo).
+    let _ = nix::fcntl::fcntl(
+        file.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_APPEND),
+    );
+    let guard = match lock(&file, path, target.lock) {
+        Ok(g) => g,
+        Err(why) => return defer(why),
+    };
+    let result = append(&file, target, copy);
+    drop(guard);
+    result
+}
+
+fn append(file: &File, target: &Target<'_>, copy: &Copy<'_>) -> RecipientStatus {
+    let shown = target.path.display();
+    let original = match file.metadata() {
+        Ok(m) => m.len(),
+        Err(e) => return defer(format!("cannot examine mailbox {shown}: {e}")),
+    };
+    let bytes = copy.mbox();
+    if target.size_limit > 0 && original + bytes.len() as u64 > target.size_limit {
+        return RecipientStatus::bounced(
+            "5.2.2",
+            format!(
+                "mailbox {shown} would exceed mailbox_size_limit ({} bytes)",
+                target.size_limit
+            ),
+        );
+    }
+    let written = (&*file).write_all(&bytes).and_then(|()| file.sync_data());
+    match written {
+        Ok(()) => RecipientStatus::delivered(format!("delivered to mailbox {shown}")),
+        Err(e) => {
+            let restored = file.set_len(original).and_then(|()| file.sync_data());
+            let note = match restored {
+                Ok(()) => "truncated back to its original size".to_string(),
+                Err(t) => format!("COULD NOT truncate it back to {original} bytes: {t}"),
+            };
+            defer(format!("cannot write mailbox {shown}: {e}; {note}"))
+        }
+    }
+}
+
+/// Locks held for one delivery; released on drop.
+struct Guard<'a> {
+    file: &'a File,
+    dotlock: Option<PathBuf>,
+    fcntl: bool,
+    flock: bool,
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        if self.fcntl {
+            let _ = fcntl_lock(self.file, libc::F_UNLCK as i16);
+        }
+        if self.flock {
+            let _ = fs2::FileExt::unlock(self.file);
+        }
+        if let Some(p) = &self.dotlock {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn fcntl_lock(file: &File, kind: i16) -> nix::Result<()> {
+    let fl = libc::flock {
+        l_type: kind,
+        l_whence: libc::SEEK_SET as i16,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_SETLK(&fl)).map(|_| ())
+}
+
+fn lock<'a>(file: &'a File, path: &Path, policy: &LockPolicy) -> Result<Guard<'a>, String> {
+    let mut guard = Guard {
+        file,
+        dotlock: None,
+        fcntl: false,
+        flock: false,
+    };
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(2);
+    for attempt in 1..=policy.attempts.max(1) {
+        let mut busy = None;
+        for m in &policy.methods {
+            let already = match m {
+                Lock::Fcntl => guard.fcntl,
+                Lock::Flock => guard.flock,
+                Lock::Dotlock => guard.dotlock.is_some(),
+            };
+            if already {
+                continue;
+            }
+            match m {
+                Lock::Fcntl => match fcntl_lock(file, libc::F_WRLCK as i16) {
+                    Ok(()) => guard.fcntl = true,
+                    Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES) => {
+                        busy = Some("fcntl lock")
+                    }
+                    Err(e) => return Err(format!("cannot fcntl-lock {}: {e}", path.display())),
+                },
+                Lock::Flock => match fs2::FileExt::try_lock_exclusive(file) {
+                    Ok(()) => guard.flock = true,
+                    Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+                        busy = Some("flock lock")
+                    }
+                    Err(e) => return Err(format!("cannot flock {}: {e}", path.display())),
+                },
+                Lock::Dotlock => match dotlock(path, policy.stale) {
+                    Ok(Some(p)) => guard.dotlock = Some(p),
+                    Ok(None) => busy = Some("dotlock"),
+                    Err(e) => return Err(e),
+                },
+            }
+            if busy.is_some() {
+                break;
+            }
+        }
+        let Some(what) = busy else { return Ok(guard) };
+        if attempt == policy.attempts.max(1) {
+            return Err(format!(
+                "mailbox {} is locked ({what} held by another process) after {attempt} attempts in {:.1}s",
+                path.display(),
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        // Postfix's deliver_lock_attempts / deliver_lock_delay: bounded
+        // retries, with pauses growing up to the configured delay.
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(policy.delay);
+    }
+    Err(format!("mailbox {} stayed locked", path.display()))
+}
+
+/// Creates `path.lock` exclusively; `Ok(None)` when someone else holds it.
+/// A lock older than `stale` is removed first.
+fn dotlock(path: &Path, stale: Duration) -> Result<Option<PathBuf>, String> {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(".lock");
+    let lock = PathBuf::from(name);
+    let create = || {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&lock)
+    };
+    match create() {
+        Ok(_) => Ok(Some(lock)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let old = std::fs::symlink_metadata(&lock)
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .is_some_and(|age| age > stale);
+            if old && std::fs::remove_file(&lock).is_ok() {
+                log::warn!("removed stale lock file {}", lock.display());
+                return match create() {
+                    Ok(_) => Ok(Some(lock)),
+                    Err(_) => Ok(None),
+                };
+            }
+            Ok(None)
+        }
+        Err(e) => Err(format!("cannot create lock file {}: {e}", lock.display())),
+    }
+}

@@ -1,0 +1,160 @@
+//! One recipient's copy of a message: the envelope lines local adds
+//! (`Return-Path:`, `Delivered-To:`), the mbox `From ` line and quoting, and
+//! the mail-loop check on existing `Delivered-To:` headers.
+
+use postern_common::log::utc_timestamp;
+
+/// A message as local received it, with its envelope.
+#[derive(Debug, Clone, Copy)]
+pub struct Copy<'a> {
+    /// The message (headers and body) as queued.
+    pub body: &'a [u8],
+    /// The envelope sender ("" for the null sender).
+    pub sender: &'a str,
+    /// The recipient address.
+    pub recipient: &'a str,
+    /// Arrival time, seconds since the epoch.
+    pub arrival: u64,
+}
+
+/// `asctime`-style date for the `From ` line: `Sat Nov 21 07:05:05 2026`.
+pub fn from_line_date(secs: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let iso = utc_timestamp(secs); // YYYY-MM-DDTHH:MM:SSZ
+    let year = &iso[0..4];
+    let month: usize = iso[5..7].parse().unwrap_or(1);
+    let day: u32 = iso[8..10].parse().unwrap_or(1);
+    let time = &iso[11..19];
+    let weekday = DAYS[((secs / 86400) % 7) as usize];
+    format!(
+        "{weekday} {} {day:2} {time} {year}",
+        MONTHS[(month - 1).min(11)]
+    )
+}
+
+impl Copy<'_> {
+    /// The header block (up to the first empty line).
+    fn headers(&self) -> &[u8] {
+        let b = self.body;
+        let end = b
+            .windows(2)
+            .position(|w| w == b"\n\n")
+            .map_or(b.len(), |i| i + 1);
+        &b[..end]
+    }
+
+    /// Whether the message already carries `Delivered-To: <recipient>`: a loop.
+    pub fn is_loop(&self) -> bool {
+        let headers = String::from_utf8_lossy(self.headers());
+        let mut unfolded: Vec<String> = Vec::new();
+        for line in headers.lines() {
+            if line.starts_with([' ', '\t']) {
+                if let Some(last) = unfolded.last_mut() {
+                    last.push_str(line);
+                }
+            } else {
+                unfolded.push(line.to_string());
+            }
+        }
+        unfolded.iter().any(|h| {
+            h.split_once(':').is_some_and(|(name, value)| {
+                name.trim().eq_ignore_ascii_case("delivered-to")
+                    && value.trim().eq_ignore_ascii_case(self.recipient)
+            })
+        })
+    }
+
+    /// `Return-Path:` and `Delivered-To:` lines.
+    fn envelope_headers(&self) -> Vec<u8> {
+        format!(
+            "Return-Path: <{}>\nDelivered-To: {}\n",
+            self.sender, self.recipient
+        )
+        .into_bytes()
+    }
+
+    /// The copy in mbox format: `From ` line, envelope headers, the message
+    /// with `From ` lines quoted, and an empty line.
+    pub fn mbox(&self) -> Vec<u8> {
+        let sender = if self.sender.is_empty() {
+            "MAILER-DAEMON"
+        } else {
+            self.sender
+        };
+        let mut out = Vec::with_capacity(self.body.len() + 256);
+        out.extend_from_slice(
+            format!("From {sender}  {}\n", from_line_date(self.arrival)).as_bytes(),
+        );
+        out.extend_from_slice(&self.envelope_headers());
+        let mut at_line_start = true;
+        for (i, &b) in self.body.iter().enumerate() {
+            if at_line_start && self.body[i..].starts_with(b"From ") {
+                out.push(b'>');
+            }
+            out.push(b);
+            at_line_start = b == b'\n';
+        }
+        if !self.body.is_empty() && !self.body.ends_with(b"\n") {
+            out.push(b'\n');
+        }
+        out.push(b'\n');
+        out
+    }
+
+    /// The copy for a Maildir file or a program: envelope headers and the
+    /// message, unchanged.
+    pub fn plain(&self) -> Vec<u8> {
+        let mut out = self.envelope_headers();
+        out.extend_from_slice(self.body);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copy(body: &'static [u8]) -> Copy<'static> {
+        Copy {
+            body,
+            sender: "ann@example.org",
+            recipient: "bob@example.org",
+            arrival: 1_795_245_296,
+        }
+    }
+
+    #[test]
+    fn from_line_and_quoting() {
+        let c = copy(b"Subject: x\n\nFrom here\n>From there\nnot From\nFrom");
+        let text = String::from_utf8(c.mbox()).unwrap();
+        assert_eq!(
+            text,
+            "From ann@example.org  Sat Nov 21 07:14:56 2026\nReturn-Path: <ann@example.org>\nDelivered-To: bob@example.org\n\
+             Subject: x\n\n>From here\n>From there\nnot From\nFrom\n\n"
+        );
+        let null = Copy {
+            sender: "",
+            ..copy(b"x\n")
+        };
+        assert!(String::from_utf8(null.mbox())
+            .unwrap()
+            .starts_with("From MAILER-DAEMON  "));
+    }
+
+    #[test]
+    fn loops_are_found_in_headers_only() {
+        assert!(copy(b"Delivered-To: BOB@example.org\nSubject: x\n\nbody\n").is_loop());
+        assert!(copy(b"delivered-to:\n  bob@example.org\n\nbody\n").is_loop());
+        assert!(!copy(b"Subject: x\n\nDelivered-To: bob@example.org\n").is_loop());
+        assert!(!copy(b"Delivered-To: carol@example.org\n\n").is_loop());
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(from_line_date(0), "Thu Jan  1 00:00:00 1970");
+        assert_eq!(from_line_date(951_782_400), "Tue Feb 29 00:00:00 2000");
+    }
+}

@@ -1,0 +1,470 @@
+//! Program delivery, as DESIGN.md resolves the Post.Office and Netscape
+//! documents.
+//!
+//! The trusted directory (`program_directory`) must be owned by root and not
+//! writable by group or others; otherwise program delivery is disabled and
+//! says why. Its state decides the mode, checked at every delivery:
+//!
+//! | trusted directory                        | mode                               |
+//! |------------------------------------------|------------------------------------|
+//! | `NO-PROGRAM-DELIVERIES` present          | disabled: bounce, postmaster told  |
+//! | `SUSPEND-PROGRAM-DELIVERIES` present     | suspended: defer                   |
+//! | `INSECURE-PROGRAM-DELIVERIES` present    | non-secure: absolute path, as given|
+//! | executables present                      | secure: only `DIR/<name>` runs     |
+//! | none of the above                        | disabled                           |
+//!
+//! The program runs as the account (the caller has switched already), only
+//! if its login shell is in `/etc/shells` (or the file lists
+//! `MAIL/ANY/SHELL`), in the home directory (else `/tmp`), with the
+//! environment `TZ`, `AGENT`, `SENDER`, `RECIPIENT`, `USER`, `HOME`, `LOCAL`,
+//! `EXTENSION` only, directly (no shell), leading its own session, with the
+//! message on standard input. `command_time_limit` kills its process group.
+//! Exit 0 delivers (unless `program_output_is_failure` and it printed
+//! something); 75 and 71 defer; anything else bounces, with the program's
+//! output (sanitised, at most 4 KB) in the reason.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use postern_common::handoff::RecipientStatus;
+use postern_common::sys;
+
+/// The flag files.
+pub const NO_PROGRAM: &str = "NO-PROGRAM-DELIVERIES";
+/// Deliveries are deferred while this exists.
+pub const SUSPEND_PROGRAM: &str = "SUSPEND-PROGRAM-DELIVERIES";
+/// Absolute paths run as given while this exists.
+pub const INSECURE_PROGRAM: &str = "INSECURE-PROGRAM-DELIVERIES";
+/// The most program output kept for the reason.
+pub const OUTPUT_LIMIT: usize = 4096;
+
+/// The state of program delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Off, with the reason.
+    Disabled(String),
+    /// Deferred, with the reason.
+    Suspended(String),
+    /// Only programs in this directory run.
+    Secure(PathBuf),
+    /// Absolute paths run as given.
+    Insecure,
+}
+
+/// Reads the trusted directory's state.
+pub fn mode(dir: &Path) -> Mode {
+    let shown = dir.display();
+    let md = match std::fs::symlink_metadata(dir) {
+        Ok(m) => m,
+        Err(e) => return Mode::Disabled(format!("trusted program directory {shown}: {e}")),
+    };
+    if !md.is_dir() {
+        return Mode::Disabled(format!(
+            "trusted program directory {shown} is not a directory"
+        ));
+    }
+    if md.uid() != 0 {
+        return Mode::Disabled(format!(
+            "trusted program directory {shown} is owned by uid {}, not root",
+            md.uid()
+        ));
+    }
+    if md.mode() & 0o022 != 0 {
+        return Mode::Disabled(format!(
+            "trusted program directory {shown} is writable by group or others (mode {:04o})",
+            md.mode() & 0o7777
+        ));
+    }
+    if dir.join(NO_PROGRAM).exists() {
+        return Mode::Disabled(format!("{NO_PROGRAM} is present in {shown}"));
+    }
+    if dir.join(SUSPEND_PROGRAM).exists() {
+        return Mode::Suspended(format!("{SUSPEND_PROGRAM} is present in {shown}"));
+    }
+    if dir.join(INSECURE_PROGRAM).exists() {
+        return Mode::Insecure;
+    }
+    let has_program = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            e.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        });
+    if has_program {
+        Mode::Secure(dir.to_path_buf())
+    } else {
+        Mode::Disabled(format!(
+            "no programs in the trusted program directory {shown}"
+        ))
+    }
+}
+
+/// Splits a command line into words: white space separates, `'...'` and
+/// `"..."` quote, `\` escapes the next character outside single quotes.
+pub fn split_command(line: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(x) => cur.push(x),
+                        None => return Err(format!("unterminated ' in command \"{line}\"")),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => cur.push(
+                            chars
+                                .next()
+                                .ok_or_else(|| format!("trailing \\ in \"{line}\""))?,
+                        ),
+                        Some(x) => cur.push(x),
+                        None => return Err(format!("unterminated \" in command \"{line}\"")),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                cur.push(
+                    chars
+                        .next()
+                        .ok_or_else(|| format!("trailing \\ in \"{line}\""))?,
+                );
+            }
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                in_word = true;
+                cur.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    if words.is_empty() {
+        return Err("empty command".into());
+    }
+    Ok(words)
+}
+
+/// The executable that will actually run for `argv0` in `mode`.
+pub fn resolve(mode: &Mode, argv0: &str) -> Result<PathBuf, RecipientStatus> {
+    match mode {
+        Mode::Disabled(why) => Err(RecipientStatus::bounced(
+            "5.3.0",
+            format!("program delivery is disabled: {why}"),
+        )
+        .for_postmaster()),
+        Mode::Suspended(why) => Err(RecipientStatus::deferred(
+            "4.3.0",
+            format!("program delivery is suspended: {why}"),
+        )
+        .for_postmaster()),
+        Mode::Insecure => {
+            if argv0.starts_with('/') {
+                Ok(PathBuf::from(argv0))
+            } else {
+                Err(RecipientStatus::bounced(
+                    "5.3.0",
+                    format!(
+                        "program {argv0}: non-secure program delivery requires an absolute path"
+                    ),
+                )
+                .for_postmaster())
+            }
+        }
+        Mode::Secure(dir) => {
+            // Only the name counts; whatever path the user gave is ignored.
+            let name = Path::new(argv0)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let trusted = dir.join(&name);
+            let ok = !name.is_empty()
+                && ![NO_PROGRAM, SUSPEND_PROGRAM, INSECURE_PROGRAM].contains(&name.as_str())
+                && std::fs::symlink_metadata(&trusted).is_ok_and(|m| {
+                    m.is_file() && m.uid() == 0 && m.mode() & 0o022 == 0 && m.mode() & 0o111 != 0
+                });
+            if ok {
+                Ok(trusted)
+            } else {
+                Err(RecipientStatus::bounced(
+                    "5.3.0",
+                    format!(
+                        "program {name} is not in the trusted program directory {}",
+                        dir.display()
+                    ),
+                )
+                .for_postmaster())
+            }
+        }
+    }
+}
+
+/// Whether `shell` may run programs: listed in `shells_text` (/etc/shells),
+/// or the file lists `MAIL/ANY/SHELL`.
+pub fn shell_allowed(shell: &Path, shells_text: &str) -> bool {
+    let listed: Vec<&str> = shells_text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .collect();
+    listed.contains(&"MAIL/ANY/SHELL") || listed.iter().any(|l| Path::new(l) == shell)
+}
+
+/// What a program run needs to know.
+#[derive(Debug)]
+pub struct Run<'a> {
+    /// The executable (resolved) and its arguments.
+    pub argv: Vec<String>,
+    /// The environment.
+    pub env: Vec<(String, String)>,
+    /// Working directory.
+    pub cwd: &'a Path,
+    /// Standard input.
+    pub input: &'a [u8],
+    /// Time limit.
+    pub limit: Duration,
+    /// Any output is a failure.
+    pub output_is_failure: bool,
+}
+
+/// Keeps printable ASCII and turns the rest into `?`, at most [`OUTPUT_LIMIT`] bytes.
+pub fn sanitise(output: &[u8]) -> String {
+    output
+        .iter()
+        .take(OUTPUT_LIMIT)
+        .map(|&b| {
+            if (0x20..0x7f).contains(&b) {
+                b as char
+            } else if b == b'\n' {
+                ' '
+            } else {
+                '?'
+            }
+        })
+        .collect::<String>()
+        .trim()
+        .to_string()
+}
+
+/// Maps an exit code to a status, as Postfix's pipe(8) does for sysexits.
+pub fn status_for_exit(code: i32, program: &str, output: &str) -> RecipientStatus {
+    let said = if output.is_empty() {
+        String::new()
+    } else {
+        format!(": {output}")
+    };
+    let why = format!("program {program} exited with status {code}{said}");
+    match code {
+        0 => RecipientStatus::delivered(format!("delivered to program {program}")),
+        71 | 75 => RecipientStatus::deferred("4.3.0", why),
+        65 => RecipientStatus::bounced("5.6.0", why),
+        67 | 68 => RecipientStatus::bounced("5.1.1", why),
+        77 => RecipientStatus::bounced("5.7.0", why),
+        78 => RecipientStatus::bounced("5.3.5", why),
+        _ => RecipientStatus::bounced("5.3.0", why),
+    }
+}
+
+/// Runs one program; never returns success unless it exited 0.
+pub fn run(r: &Run<'_>) -> RecipientStatus {
+    let program = r.argv[0].clone();
+    let mut cmd = Command::new(&r.argv[0]);
+    cmd.args(&r.argv[1..])
+        .env_clear()
+        .envs(r.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(r.cwd);
+    let (out_read, out_write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => return RecipientStatus::deferred("4.3.0", format!("pipe: {e}")),
+    };
+    let out_write2 = match out_write.try_clone() {
+        Ok(f) => f,
+        Err(e) => return RecipientStatus::deferred("4.3.0", format!("dup: {e}")),
+    };
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::from(out_write))
+        .stderr(Stdio::from(out_write2));
+    sys::before_exec(&mut cmd, || {
+        // Async-signal-safe only: its own session, nothing but 0-2 open.
+        nix::unistd::setsid()?;
+        sys::cloexec_from(3)
+    });
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return RecipientStatus::bounced("5.3.0", format!("cannot run program {program}: {e}"))
+                .for_postmaster()
+        }
+    };
+    drop(cmd);
+    let pid = child.id() as i32;
+    let mut stdin = child.stdin.take();
+    let input = r.input.to_vec();
+    let writer = std::thread::spawn(move || {
+        if let Some(s) = stdin.as_mut() {
+            // A program that does not read its input is not an error here.
+            let _ = s.write_all(&input);
+        }
+    });
+    let (output, timed_out) = collect(out_read, pid, r.limit);
+    if timed_out {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(-pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let status = child.wait();
+    let _ = writer.join();
+    let text = sanitise(&output);
+    let result = match status {
+        _ if timed_out => RecipientStatus::bounced(
+            "5.3.0",
+            format!("program {program} exceeded the time limit of {}s: killed its process group", r.limit.as_secs()),
+        ),
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(0), _) if r.output_is_failure && !text.is_empty() => RecipientStatus::bounced(
+                "5.3.0",
+                format!("program {program} exited 0 but printed output (program_output_is_failure = yes): {text}"),
+            ),
+            (Some(code), _) => status_for_exit(code, &program, &text),
+            (None, Some(sig)) => RecipientStatus::bounced("5.3.0", format!("program {program} was killed by signal {sig}")),
+            _ => RecipientStatus::deferred("4.3.0", format!("program {program}: unknown exit status")),
+        },
+        Err(e) => RecipientStatus::deferred("4.3.0", format!("program {program}: wait: {e}")),
+    };
+    if matches!(result.outcome, postern_common::handoff::Outcome::Delivered) {
+        result
+    } else {
+        result.for_postmaster()
+    }
+}
+
+/// Reads the program's output (keeping at most OUTPUT_LIMIT bytes) until it
+/// closes and exits, or the limit passes. Returns (output, timed out).
+fn collect(out: std::os::fd::OwnedFd, pid: i32, limit: Duration) -> (Vec<u8>, bool) {
+    let deadline = Instant::now() + limit;
+    let pidfd = sys::pidfd_open(pid).ok();
+    let mut file = std::fs::File::from(out);
+    let mut kept = Vec::new();
+    let mut open = true;
+    let mut exited = false;
+    while open || !exited {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return (kept, true);
+        }
+        let timeout =
+            PollTimeout::try_from(left.min(Duration::from_secs(3600))).unwrap_or(PollTimeout::MAX);
+        let mut fds = Vec::new();
+        if open {
+            fds.push(PollFd::new(file.as_fd(), PollFlags::POLLIN));
+        }
+        if let (Some(p), false) = (&pidfd, exited) {
+            fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+        }
+        if fds.is_empty() {
+            break;
+        }
+        match poll(&mut fds, timeout) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return (kept, false),
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        let mut i = 0;
+        if open {
+            if ready[0] {
+                let mut buf = [0u8; 4096];
+                match file.read(&mut buf) {
+                    Ok(0) | Err(_) => open = false,
+                    Ok(n) => {
+                        let room = OUTPUT_LIMIT.saturating_sub(kept.len());
+                        kept.extend_from_slice(&buf[..n.min(room)]);
+                    }
+                }
+            }
+            i += 1;
+        }
+        if pidfd.is_some() && !exited && ready.get(i).copied().unwrap_or(false) {
+            exited = true;
+        }
+        if pidfd.is_none() {
+            exited = true;
+        }
+    }
+    let _ = file.as_raw_fd();
+    (kept, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_lines() {
+        assert_eq!(
+            split_command("/bin/x a  'b c' \"d \\\" e\" f\\ g").unwrap(),
+            vec!["/bin/x", "a", "b c", "d \" e", "f g"]
+        );
+        assert!(split_command("x 'open").is_err());
+        assert!(split_command("   ").is_err());
+    }
+
+    #[test]
+    fn shells() {
+        let shells = "# comment\n/bin/sh\n/bin/bash\n";
+        assert!(shell_allowed(Path::new("/bin/bash"), shells));
+        assert!(!shell_allowed(Path::new("/usr/sbin/nologin"), shells));
+        assert!(shell_allowed(
+            Path::new("/usr/sbin/nologin"),
+            "/bin/sh\nMAIL/ANY/SHELL\n"
+        ));
+    }
+
+    #[test]
+    fn exit_codes() {
+        use postern_common::handoff::Outcome;
+        assert_eq!(status_for_exit(0, "p", "").outcome, Outcome::Delivered);
+        assert_eq!(status_for_exit(75, "p", "later").outcome, Outcome::Deferred);
+        assert_eq!(status_for_exit(71, "p", "").outcome, Outcome::Deferred);
+        let b = status_for_exit(1, "p", "oops");
+        assert_eq!((b.outcome, b.dsn.as_str()), (Outcome::Bounced, "5.3.0"));
+        assert_eq!(b.reason, "program p exited with status 1: oops");
+        assert_eq!(status_for_exit(67, "p", "").dsn, "5.1.1");
+    }
+
+    #[test]
+    fn output_is_sanitised_and_capped() {
+        assert_eq!(sanitise(b"ok\x1b[31m\nnext\x00"), "ok?[31m next?");
+        assert_eq!(sanitise(&vec![b'a'; 10_000]).len(), OUTPUT_LIMIT);
+    }
+}
