@@ -16,7 +16,9 @@
 //! **See also**: sysexits(3), getpwnam(3), epoll(7).
 
 pub mod account;
+pub mod aliases;
 pub mod command;
+pub mod destinations;
 pub mod handoff;
 pub mod log;
 pub mod privilege;
@@ -24,3 +26,4 @@ pub mod server;
 pub mod status;
 pub mod sys;
 pub mod sysexits;
+pub mod trusted;

@@ -68,6 +68,8 @@ const LOCK_METHODS: &[&str] = &["fcntl", "flock", "dotlock"];
 const INET_PROTOCOL_NAMES: &[&str] = &["all", "ipv4", "ipv6"];
 
 params! {
+    ALIAS_MAPS "alias_maps" Kind::List, "hash:/etc/aliases",
+        "Alias files (a 'type:' prefix such as hash: is accepted and ignored: postern reads the text file).";
     COMMAND_TIME_LIMIT "command_time_limit" Kind::Time { unit: 's' }, "1000s",
         "Time limit for one external command run by spawn or a command transport, unless <service>_time_limit says otherwise.";
     CONFIG_DIRECTORY "config_directory" Kind::Text, "/etc/postern",

@@ -12,7 +12,7 @@
 //! message file attached (see `postern_common::handoff`). For each recipient
 //! local forks, the child becomes the user for good (root's mail runs as
 //! `default_privs`; the mail owner is refused), checks the destination
-//! against the allowed-destinations policy ([`policy`], independent of the
+//! against the allowed-destinations policy (`postern_common::destinations`, independent of the
 //! routing configuration) and the per-user policy, checks permissions,
 //! delivers ([`mbox`], [`maildir`], [`program`]) and reports one status per
 //! recipient: delivered, deferred (4.x.y) or bounced (5.x.y), with a reason.
@@ -44,7 +44,6 @@
 pub mod maildir;
 pub mod mbox;
 pub mod message;
-pub mod policy;
 pub mod program;
 
 use std::io::Read;
@@ -64,7 +63,7 @@ use postern_common::sys::{self, Forked};
 use postern_conf::{params, Config, Source};
 
 use crate::message::Copy;
-use crate::policy::{Kind, Policy, Who};
+use postern_common::destinations::{self as policy, Kind, Policy, Who};
 
 /// The largest message local reads (bytes).
 pub const MAX_MESSAGE: u64 = 256 << 20;

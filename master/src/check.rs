@@ -28,7 +28,40 @@ pub fn check(config: &Config) -> Vec<Diagnostic> {
     check_config_files(config, &mut out);
     check_inet_interfaces(config, &mut out);
     check_services(config, owner.as_ref(), &mut out);
+    check_local(config, &mut out);
     out
+}
+
+/// The destination policy and the trusted program directory, when master.cf
+/// has a local service.
+fn check_local(config: &Config, out: &mut Vec<Diagnostic>) {
+    use postern_common::trusted::{self, Mode};
+    if !config.master.services.iter().any(|s| s.command == "local") {
+        return;
+    }
+    if let Err(errors) = crate::destinations::system_policy(config) {
+        for e in errors {
+            // "file:line: message" from the policy parser.
+            let (place, msg) = e.split_once(": ").unwrap_or(("", e.as_str()));
+            let (file, line) = match place.rsplit_once(':') {
+                Some((f, l)) if l.parse::<usize>().is_ok() => (f.to_string(), l.parse().ok()),
+                _ => (place.to_string(), None),
+            };
+            out.push(Diagnostic::error(&file, line, msg.to_string()));
+        }
+    }
+    let dir = config.text(params::PROGRAM_DIRECTORY);
+    let note = match trusted::mode(Path::new(dir)) {
+        Mode::Disabled(why) => Some(format!("program delivery is disabled: {why}")),
+        Mode::Suspended(why) => Some(format!("program delivery is suspended: {why}")),
+        Mode::Insecure => Some(format!(
+            "program delivery is in non-secure mode (INSECURE-PROGRAM-DELIVERIES in {dir}): any absolute path runs"
+        )),
+        Mode::Secure(_) => None,
+    };
+    if let Some(note) = note {
+        out.push(warning(config, params::PROGRAM_DIRECTORY, note));
+    }
 }
 
 /// Where main.cf sets `name` (its line), or just the file when it is a default.

@@ -70,6 +70,29 @@ enum Command {
     Reload,
     /// Show the master and every service, with its children.
     Status,
+    /// Hand one message (standard input) to the local delivery agent.
+    Deliver {
+        /// Envelope sender.
+        #[arg(short = 'f', value_name = "SENDER")]
+        sender: String,
+        /// Deliver as this account.
+        #[arg(long)]
+        user: String,
+        /// The recipient address (default: the user's name).
+        #[arg(long)]
+        recipient: Option<String>,
+        /// Append to this mbox file.
+        #[arg(long, group = "dest")]
+        mailbox: Option<PathBuf>,
+        /// Deliver into this Maildir (ends with /).
+        #[arg(long, group = "dest")]
+        maildir: Option<PathBuf>,
+        /// Pipe to this command line (repeat to run several, in order).
+        #[arg(long, group = "dest")]
+        program: Vec<String>,
+    },
+    /// Print the destination policy lines the aliases and .forward files need.
+    Destinations,
     /// Write the default main.cf and master.cf into DIR for editing.
     Init {
         /// Keep the queue and state inside DIR (DIR/queue, DIR/data).
@@ -121,6 +144,65 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Abort => Ok(crate::control::stop(&source(cli.config_dir), true)),
         Command::Reload => Ok(crate::control::reload(&source(cli.config_dir))),
         Command::Status => Ok(crate::control::status(&source(cli.config_dir))),
+        Command::Deliver {
+            sender,
+            user,
+            recipient,
+            mailbox,
+            maildir,
+            program,
+        } => {
+            use postern_common::handoff::Destination;
+            let destination = match (mailbox, maildir, program.is_empty()) {
+                (Some(p), None, true) => Destination::Mailbox(p),
+                (None, Some(p), true) => Destination::Maildir(p),
+                (None, None, false) => Destination::Programs(program),
+                _ => {
+                    eprintln!(
+                        "postern: deliver needs exactly one of --mailbox, --maildir, --program"
+                    );
+                    return Ok(sysexits::EX_USAGE);
+                }
+            };
+            let (config, diags) = load(&source(cli.config_dir));
+            let Some(config) = config else {
+                diags
+                    .iter()
+                    .filter(|d| d.is_error())
+                    .for_each(|d| eprintln!("{d}"));
+                return Ok(sysexits::EX_CONFIG);
+            };
+            Ok(crate::deliver::run(
+                &config,
+                crate::deliver::Options {
+                    sender,
+                    user,
+                    recipient,
+                    destination,
+                },
+            ))
+        }
+        Command::Destinations => {
+            let (config, diags) = load(&source(cli.config_dir));
+            let Some(config) = config else {
+                diags
+                    .iter()
+                    .filter(|d| d.is_error())
+                    .for_each(|d| eprintln!("{d}"));
+                return Ok(sysexits::EX_CONFIG);
+            };
+            let (suggestions, problems) = crate::destinations::suggest(&config);
+            for p in &problems {
+                eprintln!("postern: warning: {p}");
+            }
+            if suggestions.is_empty() {
+                println!("# the destination policy already allows every file and program in the aliases and .forward files");
+            }
+            for s in suggestions {
+                println!("{:<40} # {}", s.line, s.why);
+            }
+            Ok(0)
+        }
         Command::Config {
             non_default,
             defaults,
@@ -273,9 +355,16 @@ fn init(dir: &Path, self_contained: bool, force: bool) -> i32 {
         eprintln!("postern: fatal: cannot create {}: {e}", dir.display());
         return sysexits::EX_CANTCREAT;
     }
+    let program_dir = std::path::absolute(dir)
+        .unwrap_or_else(|_| dir.to_path_buf())
+        .join("programs");
     let files = [
         ("main.cf", layout.main_cf()),
         ("master.cf", MASTER_CF.to_string()),
+        (
+            "destinations",
+            postern_conf::embedded::destinations(&program_dir),
+        ),
     ];
     if !force {
         let existing: Vec<_> = files
@@ -300,6 +389,21 @@ fn init(dir: &Path, self_contained: bool, force: bool) -> i32 {
             return sysexits::EX_CANTCREAT;
         }
         println!("postern: wrote {}", path.display());
+    }
+    // The trusted program directory starts empty: program delivery stays
+    // off until an administrator puts a program there.
+    match std::fs::create_dir_all(&program_dir) {
+        Ok(()) => println!(
+            "postern: created {} (empty: program delivery is off until you add programs)",
+            program_dir.display()
+        ),
+        Err(e) => {
+            eprintln!(
+                "postern: fatal: cannot create {}: {e}",
+                program_dir.display()
+            );
+            return sysexits::EX_CANTCREAT;
+        }
     }
     0
 }

@@ -36,6 +36,8 @@
 pub mod check;
 pub mod cli;
 pub mod control;
+pub mod deliver;
+pub mod destinations;
 pub mod endpoint;
 pub mod instance;
 pub mod lifecycle;

@@ -1,0 +1,165 @@
+//! `postern destinations`: the policy lines that the existing aliases and
+//! `.forward` files need, so that turning the destination policy on keeps
+//! the common case working. Prints only what the current policy does not
+//! already allow, each line with where it comes from.
+
+use std::path::{Path, PathBuf};
+
+use postern_common::aliases::{self, Target};
+use postern_common::destinations::{self as policy, Kind, Policy, Who};
+use postern_common::trusted::{self, Mode};
+use postern_conf::{embedded, params, Config, Source};
+
+/// The system policy of `config` (file, or embedded default).
+pub fn system_policy(config: &Config) -> Result<Policy, Vec<String>> {
+    let program_dir = PathBuf::from(config.text(params::PROGRAM_DIRECTORY));
+    match &config.source {
+        Source::Embedded(_) => policy::parse(
+            "(embedded)/destinations",
+            &embedded::destinations(&program_dir),
+            true,
+        ),
+        Source::Dir(_) => {
+            let path = config.text(params::DESTINATION_POLICY);
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| vec![format!("{path}: cannot read: {e}")])?;
+            policy::parse(path, &text, true)
+        }
+    }
+}
+
+/// One suggested rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suggestion {
+    /// The policy line.
+    pub line: String,
+    /// Where the need comes from (`file:line`), and any advice.
+    pub why: String,
+}
+
+fn rule_for(
+    target: &Target,
+    owner: Option<(&str, &Path)>,
+    mode: &Mode,
+    program_dir: &Path,
+    current: Option<&Policy>,
+    origin: String,
+) -> Option<Suggestion> {
+    let (kind, path, advice) = match target {
+        Target::File(p) => (Kind::Mailbox, PathBuf::from(p), String::new()),
+        Target::Program(cmd) => {
+            let argv0 = cmd.split_whitespace().next()?.to_string();
+            match mode {
+                Mode::Insecure => (Kind::Program, PathBuf::from(argv0), String::new()),
+                _ => {
+                    let name = Path::new(&argv0)
+                        .file_name()?
+                        .to_string_lossy()
+                        .into_owned();
+                    (
+                        Kind::Program,
+                        program_dir.join(&name),
+                        format!(
+                            "; secure mode runs only {name} from {}",
+                            program_dir.display()
+                        ),
+                    )
+                }
+            }
+        }
+        Target::Include(_) | Target::Address(_) => return None,
+    };
+    let (user, home) = owner.unwrap_or(("", Path::new("/nonexistent")));
+    let who = Who { user, home };
+    if let Some(p) = current {
+        if policy::check(p, None, kind, &path, &who).is_ok() {
+            return None;
+        }
+    }
+    let shown = match path.strip_prefix(home) {
+        Ok(rest) if !user.is_empty() => format!("~/{}", rest.display()),
+        _ => path.display().to_string(),
+    };
+    let kind_word = match kind {
+        Kind::Mailbox => "mailbox",
+        Kind::Maildir => "maildir",
+        Kind::Program => "program",
+        Kind::Any => "any",
+    };
+    Some(Suggestion {
+        line: format!("{kind_word} {shown}"),
+        why: format!("{origin}{advice}"),
+    })
+}
+
+/// Collects the suggestions for the aliases files and every user's `.forward`.
+pub fn suggest(config: &Config) -> (Vec<Suggestion>, Vec<String>) {
+    let current = system_policy(config).ok();
+    let program_dir = PathBuf::from(config.text(params::PROGRAM_DIRECTORY));
+    let mode = trusted::mode(&program_dir);
+    let mut out: Vec<Suggestion> = Vec::new();
+    let mut problems = Vec::new();
+    let mut push = |s: Option<Suggestion>| {
+        if let Some(s) = s {
+            if !out.iter().any(|o| o.line == s.line) {
+                out.push(s);
+            }
+        }
+    };
+    for map in config.list(params::ALIAS_MAPS) {
+        let path = map
+            .split_once(':')
+            .map_or(map.as_str(), |(_, p)| p)
+            .to_string();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => match aliases::parse_aliases(&path, &text) {
+                Ok(list) => {
+                    for a in list {
+                        for t in &a.targets {
+                            push(rule_for(
+                                t,
+                                None,
+                                &mode,
+                                &program_dir,
+                                current.as_ref(),
+                                format!("{path}:{} ({})", a.line, a.name),
+                            ));
+                        }
+                    }
+                }
+                Err(e) => problems.extend(e),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => problems.push(format!("{path}: cannot read: {e}")),
+        }
+    }
+    for line in std::fs::read_to_string("/etc/passwd")
+        .unwrap_or_default()
+        .lines()
+    {
+        let f: Vec<&str> = line.split(':').collect();
+        let (Some(name), Some(home)) = (f.first(), f.get(5)) else {
+            continue;
+        };
+        let forward = Path::new(home).join(".forward");
+        let Ok(text) = std::fs::read_to_string(&forward) else {
+            continue;
+        };
+        match aliases::parse_forward(&forward.display().to_string(), &text) {
+            Ok(targets) => {
+                for (n, t) in targets {
+                    push(rule_for(
+                        &t,
+                        Some((name, Path::new(home))),
+                        &mode,
+                        &program_dir,
+                        current.as_ref(),
+                        format!("{}:{n}", forward.display()),
+                    ));
+                }
+            }
+            Err(e) => problems.extend(e),
+        }
+    }
+    (out, problems)
+}
