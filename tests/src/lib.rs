@@ -91,6 +91,45 @@ pub fn run(cmd: &mut Command) -> Outcome {
     }
 }
 
+/// Runs `cmd` with `input` on its standard input, within [`DEADLINE`].
+pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> Outcome {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("stdin");
+    std::fs::write(&path, input).expect("write stdin");
+    let file = std::fs::File::open(&path).expect("open stdin");
+    let mut child = cmd
+        .stdin(Stdio::from(file))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let pid = child.id();
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut stdout = String::new();
+        let mut stderr = String::new();
+        let _ = out.read_to_string(&mut stdout);
+        let _ = err.read_to_string(&mut stderr);
+        let _ = tx.send((child.wait(), stdout, stderr));
+    });
+    match rx.recv_timeout(DEADLINE) {
+        Ok((status, stdout, stderr)) => Outcome {
+            code: status.expect("wait").code(),
+            stdout,
+            stderr,
+        },
+        Err(_) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            panic!("{cmd:?} did not finish within {DEADLINE:?}; killed");
+        }
+    }
+}
+
 /// Runs `postern` with `args`, with `$POSTERN_CONFIG` removed from its environment.
 pub fn postern(args: &[&str]) -> Outcome {
     run(Command::new(bin("postern"))
@@ -149,6 +188,12 @@ impl Instance {
     pub fn new(main_extra: &str, master_extra: &str) -> Self {
         become_subreaper();
         let dir = tempfile::tempdir().expect("tempdir");
+        // Test users must reach the trusted program directory inside it.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod instance");
         let etc = dir.path().join("etc");
         let out = run(Command::new(bin("postern"))
             .arg("init")
@@ -231,6 +276,24 @@ impl Instance {
     /// Appends to master.cf.
     pub fn append_master(&self, text: &str) {
         append(&self.etc().join("master.cf"), text);
+    }
+
+    /// `postern deliver` with `input` as the message.
+    pub fn deliver(&self, args: &[&str], input: &[u8]) -> Outcome {
+        run_with_input(
+            Command::new(bin("postern"))
+                .arg("-c")
+                .arg(self.etc())
+                .arg("deliver")
+                .args(args)
+                .env_remove("POSTERN_CONFIG"),
+            input,
+        )
+    }
+
+    /// The local service's socket (`local unix - n n - - local` in master.cf).
+    pub fn local_socket(&self) -> PathBuf {
+        self.etc().join("queue/private/local")
     }
 
     /// Appends to main.cf.
@@ -394,4 +457,37 @@ pub fn ids_of(name: &str) -> (u32, u32) {
     let uid = out.stdout.trim().parse().expect("uid");
     let out = run(Command::new("id").arg("-g").arg(name));
     (uid, out.stdout.trim().parse().expect("gid"))
+}
+
+/// Creates (once per test process) a system account with a home directory
+/// and the given login shell; returns its (uid, gid, home).
+pub fn test_account(name: &str, shell: &str) -> (u32, u32, PathBuf) {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let exists = Command::new("id")
+        .arg(name)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !exists {
+        let out = run(Command::new("useradd").args([
+            "--create-home",
+            "--shell",
+            shell,
+            "--comment",
+            "postern test account",
+            name,
+        ]));
+        // Another test process may have created it meanwhile.
+        let now = Command::new("id")
+            .arg(name)
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(out.code == Some(0) || now, "useradd {name}: {out:?}");
+    }
+    let (uid, gid) = ids_of(name);
+    let home = PathBuf::from(format!("/home/{name}"));
+    (uid, gid, home)
 }

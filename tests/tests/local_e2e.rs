@@ -1,0 +1,578 @@
+//! End to end, as root: postern-local under a real master, with test
+//! accounts created by the suite, reached with `postern deliver` and with
+//! the handoff client.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use postern_common::handoff::{
+    self, DeliveryRequest, Destination, Instruction, Outcome, PROTOCOL_VERSION,
+};
+use postern_tests::{run, test_account, Instance, WAIT};
+
+const ANN: &str = "pt-ann";
+const BOB: &str = "pt-bob";
+/// Only the per-user policy test uses this account (it writes its policy file).
+const CAROL: &str = "pt-carol";
+
+/// An instance with a local service and a short program time limit.
+fn local_instance(extra_main: &str, extra_master: &str) -> Instance {
+    test_account(ANN, "/bin/bash");
+    test_account(BOB, "/bin/bash");
+    let mut inst = Instance::new(
+        &format!("command_time_limit = 3s\n{extra_main}"),
+        &format!("local unix - n n - - local\n{extra_master}"),
+    );
+    inst.start();
+    inst
+}
+
+/// A fresh directory for one test inside `user`'s ~/Mail, owned by the user.
+fn mail_dir(user: &str, test: &str) -> PathBuf {
+    let home = PathBuf::from(format!("/home/{user}"));
+    let dir = home
+        .join("Mail")
+        .join(format!("{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (uid, gid) = postern_tests::ids_of(user);
+    for d in [home.join("Mail"), dir.clone()] {
+        nix::unistd::chown(&d, Some(uid.into()), Some(gid.into())).unwrap();
+    }
+    dir
+}
+
+fn python(script: &str, args: &[&str]) -> String {
+    let out = run(Command::new("python3").arg("-c").arg(script).args(args));
+    assert_eq!(out.code, Some(0), "python: {out:?}");
+    out.stdout
+}
+
+const BODY: &str = "Subject: test\nFrom: ann@example.org\n\nline one\nFrom the start of a line\n  From indented\nFrom\nlast line\n";
+
+#[test]
+fn mbox_and_maildir_read_back_by_pythons_mailbox_module() {
+    let inst = local_instance("", "");
+    let dir = mail_dir(ANN, "readback");
+    let mut policy = std::fs::OpenOptions::new()
+        .append(true)
+        .open(inst.etc().join("destinations"))
+        .unwrap();
+    writeln!(policy, "maildir ~/Mail/**").unwrap();
+    let mbox = dir.join("inbox");
+    for _ in 0..2 {
+        let out = inst.deliver(
+            &[
+                "-f",
+                "sender@example.org",
+                "--user",
+                ANN,
+                "--recipient",
+                "ann@example.org",
+                "--mailbox",
+                mbox.to_str().unwrap(),
+            ],
+            BODY.as_bytes(),
+        );
+        assert_eq!(out.code, Some(0), "{out:?}\n{}", inst.log());
+        assert!(
+            out.stdout.starts_with("ann@example.org: delivered (2.0.0)"),
+            "{}",
+            out.stdout
+        );
+    }
+    let md = std::fs::metadata(&mbox).unwrap();
+    assert_eq!(
+        md.uid(),
+        postern_tests::ids_of(ANN).0,
+        "created as the user"
+    );
+    assert_eq!(md.mode() & 0o777, 0o600);
+    let script = r#"
+import mailbox, sys
+mb = mailbox.mbox(sys.argv[1])
+msgs = list(mb)
+print(len(msgs))
+for m in msgs:
+    body = m.get_payload()
+    # mboxo: local quoted lines starting with "From " as ">From ".
+    body = "\n".join(l[1:] if l.startswith(">From ") else l for l in body.split("\n"))
+    print("|".join([m["Return-Path"], m["Delivered-To"], m["Subject"], body.encode().hex(), m.get_from()]))
+"#;
+    let out = python(script, &[mbox.to_str().unwrap()]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "2");
+    let body = BODY.split_once("\n\n").unwrap().1;
+    let hex: String = body.bytes().map(|b| format!("{b:02x}")).collect();
+    for l in &lines[1..] {
+        assert!(
+            l.starts_with(&format!(
+                "<sender@example.org>|ann@example.org|test|{hex}|sender@example.org  "
+            )),
+            "{l}"
+        );
+    }
+    // Maildir: created with tmp/ new/ cur/ (0700), one file in new/.
+    let maildir = dir.join("Maildir/");
+    let out = inst.deliver(
+        &[
+            "-f",
+            "sender@example.org",
+            "--user",
+            ANN,
+            "--recipient",
+            "ann@example.org",
+            "--maildir",
+            maildir.to_str().unwrap(),
+        ],
+        BODY.as_bytes(),
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    for sub in ["tmp", "new", "cur"] {
+        let m = std::fs::metadata(maildir.join(sub)).unwrap();
+        assert_eq!(m.mode() & 0o777, 0o700, "{sub}");
+    }
+    assert_eq!(std::fs::read_dir(maildir.join("tmp")).unwrap().count(), 0);
+    let script = r#"
+import mailbox, sys
+md = mailbox.Maildir(sys.argv[1], factory=None)
+msgs = list(md)
+print(len(msgs))
+m = msgs[0]
+print("|".join([m["Return-Path"], m["Delivered-To"], m.get_payload().encode().hex()]))
+"#;
+    let out = python(script, &[maildir.to_str().unwrap()]);
+    assert_eq!(
+        out,
+        format!("1\n<sender@example.org>|ann@example.org|{hex}\n")
+    );
+}
+
+/// A message file for the handoff client.
+fn message_fd(body: &[u8]) -> OwnedFd {
+    let mut f = tempfile::tempfile().unwrap();
+    f.write_all(body).unwrap();
+    OwnedFd::from(f)
+}
+
+fn request(user: &str, destination: Destination) -> DeliveryRequest {
+    DeliveryRequest {
+        version: PROTOCOL_VERSION,
+        queue_id: "TEST".into(),
+        sender: "sender@example.org".into(),
+        arrival: 1_795_245_296,
+        recipients: vec![Instruction {
+            recipient: format!("{user}@example.org"),
+            user: user.into(),
+            extension: None,
+            destination,
+        }],
+    }
+}
+
+#[test]
+fn eight_concurrent_writers_lose_and_interleave_nothing() {
+    let inst = local_instance("", "");
+    let dir = mail_dir(BOB, "concurrent");
+    let mbox = dir.join("inbox");
+    let socket = inst.local_socket();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let (socket, mbox) = (socket.clone(), mbox.clone());
+            std::thread::spawn(move || {
+                for n in 0..200 {
+                    let body = format!("Subject: {t}-{n}\n\nwriter {t} message {n}\nFrom line {t} {n}\n{}\nend {t} {n}\n", "x".repeat(200 + n));
+                    let fd = message_fd(body.as_bytes());
+                    let reply = handoff::deliver(&socket, &request(BOB, Destination::Mailbox(mbox.clone())), &fd, WAIT).unwrap();
+                    assert_eq!(reply.statuses[0].outcome, Outcome::Delivered, "{:?}", reply.statuses[0]);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let script = r#"
+import mailbox, sys, re
+seen = set()
+for m in mailbox.mbox(sys.argv[1]):
+    s = m["Subject"]
+    t, n = s.split("-")
+    body = m.get_payload()
+    want = "writer %s message %s\n>From line %s %s\n%s\nend %s %s\n" % (t, n, t, n, "x" * (200 + int(n)), t, n)
+    assert body == want, (s, body[:80])
+    assert s not in seen, s
+    seen.add(s)
+print(len(seen))
+"#;
+    assert_eq!(python(script, &[mbox.to_str().unwrap()]).trim(), "1600");
+}
+
+#[test]
+fn mailboxes_that_are_links_directories_or_not_the_users_are_refused_untouched() {
+    let inst = local_instance("", "");
+    let dir = mail_dir(ANN, "refusals");
+    let victim = dir.join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    let (uid, gid) = postern_tests::ids_of(ANN);
+    nix::unistd::chown(&victim, Some(uid.into()), Some(gid.into())).unwrap();
+    std::os::unix::fs::symlink(&victim, dir.join("symlink")).unwrap();
+    std::fs::hard_link(&victim, dir.join("hardlink")).unwrap();
+    std::fs::create_dir(dir.join("directory")).unwrap();
+    let foreign = dir.join("foreign");
+    std::fs::write(&foreign, "bob's\n").unwrap();
+    let (bob, bob_gid) = postern_tests::ids_of(BOB);
+    nix::unistd::chown(&foreign, Some(bob.into()), Some(bob_gid.into())).unwrap();
+    std::fs::set_permissions(&foreign, std::fs::Permissions::from_mode(0o666)).unwrap();
+    for (name, why) in [
+        ("symlink", "is a symbolic link"),
+        ("hardlink", "hard links"),
+        ("directory", "is a directory"),
+        ("foreign", "not the recipient"),
+    ] {
+        let path = dir.join(name);
+        let out = inst.deliver(
+            &[
+                "-f",
+                "s@example.org",
+                "--user",
+                ANN,
+                "--mailbox",
+                path.to_str().unwrap(),
+            ],
+            b"Subject: x\n\nbody\n",
+        );
+        assert_eq!(out.code, Some(69), "{name}: {out:?}");
+        assert!(
+            out.stdout.contains("bounced (5.2.0)") && out.stdout.contains(why),
+            "{name}: {}",
+            out.stdout
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    assert_eq!(std::fs::read_to_string(&foreign).unwrap(), "bob's\n");
+}
+
+/// Unmounts on drop.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn disk_full_defers_and_restores_the_mailbox_exactly() {
+    let inst = local_instance("", "");
+    let full = inst.dir.path().join("full");
+    std::fs::create_dir(&full).unwrap();
+    let (uid, gid) = postern_tests::ids_of(ANN);
+    // The user's own small file system: room for the lock file, not the message.
+    let opts = format!("size=64k,mode=0700,uid={uid},gid={gid}");
+    let out = run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &opts])
+        .arg("tmpfs")
+        .arg(&full));
+    assert_eq!(out.code, Some(0), "mount tmpfs: {out:?}");
+    let _mount = Mount(full.clone());
+    let root_md = std::fs::metadata(&full).unwrap();
+    assert_eq!(
+        (root_md.uid(), root_md.mode() & 0o777),
+        (uid, 0o700),
+        "the tmpfs root belongs to the user"
+    );
+    let mbox = full.join("inbox");
+    std::fs::write(&mbox, vec![b'x'; 20_000]).unwrap();
+    nix::unistd::chown(&mbox, Some(uid.into()), Some(gid.into())).unwrap();
+    std::fs::set_permissions(&mbox, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Fill the rest so that the next delivery cannot fit.
+    std::fs::write(full.join("filler"), vec![0u8; 36_000]).unwrap();
+    let mut policy = std::fs::OpenOptions::new()
+        .append(true)
+        .open(inst.etc().join("destinations"))
+        .unwrap();
+    writeln!(policy, "mailbox {}/*", full.display()).unwrap();
+    let before = std::fs::read(&mbox).unwrap();
+    let big = format!("Subject: big\n\n{}\n", "y".repeat(40_000));
+    let out = inst.deliver(
+        &[
+            "-f",
+            "s@example.org",
+            "--user",
+            ANN,
+            "--mailbox",
+            mbox.to_str().unwrap(),
+        ],
+        big.as_bytes(),
+    );
+    assert_eq!(out.code, Some(75), "{out:?}");
+    assert!(
+        out.stdout.contains("deferred (4.2.0)")
+            && out.stdout.contains("truncated back to its original size"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        std::fs::read(&mbox).unwrap(),
+        before,
+        "mailbox back to its exact original content"
+    );
+}
+
+#[test]
+fn destinations_outside_the_policy_bounce_and_write_nothing() {
+    let inst = local_instance("", "");
+    let outside = PathBuf::from(format!("/tmp/postern-outside-{}", std::process::id()));
+    let out = inst.deliver(
+        &[
+            "-f",
+            "s@example.org",
+            "--user",
+            ANN,
+            "--mailbox",
+            outside.to_str().unwrap(),
+        ],
+        b"Subject: x\n\nb\n",
+    );
+    assert_eq!(out.code, Some(69), "{out:?}");
+    assert!(
+        out.stdout.contains("bounced (5.7.1)") && out.stdout.contains("is not allowed by"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains(&inst.etc().join("destinations").display().to_string()),
+        "names the policy: {}",
+        out.stdout
+    );
+    assert!(!outside.exists());
+    // Through a symbolic link in the path: refused too.
+    let dir = mail_dir(ANN, "linkedpath");
+    std::os::unix::fs::symlink("/tmp", dir.join("escape")).unwrap();
+    let sneaky = dir
+        .join("escape")
+        .join(format!("postern-sneaky-{}", std::process::id()));
+    let out = inst.deliver(
+        &[
+            "-f",
+            "s@example.org",
+            "--user",
+            ANN,
+            "--mailbox",
+            sneaky.to_str().unwrap(),
+        ],
+        b"Subject: x\n\nb\n",
+    );
+    assert!(
+        out.stdout.contains("bounced (5.7.1)") && out.stdout.contains("symbolic link"),
+        "{}",
+        out.stdout
+    );
+    assert!(!Path::new(&format!("/tmp/postern-sneaky-{}", std::process::id())).exists());
+}
+
+#[test]
+fn per_user_policy_narrows_and_widens_only_inside_home_when_allowed() {
+    let inst = local_instance("", "");
+    test_account(CAROL, "/bin/bash");
+    let dir = mail_dir(CAROL, "userpolicy");
+    let (uid, gid) = postern_tests::ids_of(CAROL);
+    let user_file = PathBuf::from("/home/pt-carol/.postern-destinations");
+    let inside_not_system = PathBuf::from("/home/pt-carol/private-box");
+    let write_user_policy = |text: &str| {
+        std::fs::write(&user_file, text).unwrap();
+        nix::unistd::chown(&user_file, Some(uid.into()), Some(gid.into())).unwrap();
+        std::fs::set_permissions(&user_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    };
+    let allowed_by_user = dir.join("only-this");
+    write_user_policy(&format!(
+        "mailbox {}\nmailbox ~/private-box\nmailbox /tmp/carol-anywhere\n",
+        allowed_by_user.display()
+    ));
+    let deliver = |p: &Path| {
+        inst.deliver(
+            &[
+                "-f",
+                "s@example.org",
+                "--user",
+                CAROL,
+                "--mailbox",
+                p.to_str().unwrap(),
+            ],
+            b"Subject: x\n\nb\n",
+        )
+    };
+    // Narrowing: the system allows ~/Mail/**, the user only one file.
+    assert_eq!(deliver(&allowed_by_user).code, Some(0));
+    let out = deliver(&dir.join("something-else"));
+    assert!(
+        out.stdout.contains("bounced (5.7.1)") && out.stdout.contains(".postern-destinations"),
+        "{}",
+        out.stdout
+    );
+    // Without user-policy widen, the user file cannot allow more.
+    assert!(deliver(&inside_not_system)
+        .stdout
+        .contains("bounced (5.7.1)"));
+    // With widen: inside the home yes, outside never.
+    let mut sys = std::fs::OpenOptions::new()
+        .append(true)
+        .open(inst.etc().join("destinations"))
+        .unwrap();
+    writeln!(sys, "user-policy widen").unwrap();
+    assert_eq!(
+        deliver(&inside_not_system).code,
+        Some(0),
+        "{}",
+        deliver(&inside_not_system).stdout
+    );
+    assert!(deliver(Path::new("/tmp/carol-anywhere"))
+        .stdout
+        .contains("bounced (5.7.1)"));
+    assert!(!Path::new("/tmp/carol-anywhere").exists());
+    let _ = std::fs::remove_file(&user_file);
+    let _ = std::fs::remove_file(&inside_not_system);
+}
+
+#[test]
+fn loops_size_limits_and_unknown_users_bounce() {
+    let inst = local_instance("mailbox_size_limit = 5000", "");
+    let dir = mail_dir(ANN, "limits");
+    let mbox = dir.join("inbox");
+    let out = inst.deliver(
+        &[
+            "-f",
+            "s@example.org",
+            "--user",
+            ANN,
+            "--recipient",
+            "ann@example.org",
+            "--mailbox",
+            mbox.to_str().unwrap(),
+        ],
+        b"Delivered-To: ann@example.org\nSubject: loop\n\nb\n",
+    );
+    assert!(
+        out.stdout.contains("bounced (5.4.6)") && out.stdout.contains("loop"),
+        "{}",
+        out.stdout
+    );
+    let big = format!("Subject: big\n\n{}\n", "z".repeat(6000));
+    let out = inst.deliver(
+        &[
+            "-f",
+            "s@example.org",
+            "--user",
+            ANN,
+            "--mailbox",
+            mbox.to_str().unwrap(),
+        ],
+        big.as_bytes(),
+    );
+    assert!(out.stdout.contains("bounced (5.2.2)"), "{}", out.stdout);
+    let out = inst.deliver(
+        &[
+            "-f",
+            "s@example.org",
+            "--user",
+            "pt-nobody-here",
+            "--mailbox",
+            "/tmp/x",
+        ],
+        b"x\n",
+    );
+    assert!(
+        out.stdout.contains("bounced (5.1.1)") && out.stdout.contains("no such user"),
+        "{}",
+        out.stdout
+    );
+    assert!(!mbox.exists() || std::fs::metadata(&mbox).unwrap().len() == 0);
+}
+
+#[test]
+fn malformed_frames_and_foreign_peers_are_refused_and_service_continues() {
+    let inst = local_instance("", "localpub unix n n n - - local");
+    let socket = inst.local_socket();
+    let exchange = |bytes: &[u8]| -> Vec<u8> {
+        let mut s = UnixStream::connect(&socket).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let _ = s.write_all(bytes);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        out
+    };
+    // Garbage, a truncated frame, an oversize length, a frame without a descriptor.
+    assert!(exchange(b"\xde\xad\xbe\xef garbage garbage").is_empty());
+    assert!(exchange(&[0, 0, 0, 50, 1, 2, 3]).is_empty());
+    assert!(exchange(&[0x7f, 0xff, 0xff, 0xff]).is_empty());
+    let payload = postcard_free_request();
+    assert!(exchange(&payload).is_empty());
+    inst.wait_log("bad request from pid", 4);
+    inst.wait_log("frame of 2147483647 bytes exceeds the limit", 1);
+    inst.wait_log("no message file descriptor attached", 1);
+    // A peer that is neither root nor the mail owner.
+    let public = inst.public("localpub");
+    let tools = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tools.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let client = tools.path().join("postern-loadgen");
+    std::fs::copy(postern_tests::bin("postern-loadgen"), &client).unwrap();
+    let out = run(Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .arg(&client)
+        .args([
+            "--unix",
+            public.to_str().unwrap(),
+            "--count",
+            "1",
+            "--concurrency",
+            "1",
+        ]));
+    assert_ne!(out.code, Some(0), "a foreign peer got an answer: {out:?}");
+    inst.wait_log("refused a connection from uid", 1);
+    // Still serving.
+    let dir = mail_dir(ANN, "aftergarbage");
+    let out = inst.deliver(
+        &[
+            "-f",
+            "s@example.org",
+            "--user",
+            ANN,
+            "--mailbox",
+            dir.join("inbox").to_str().unwrap(),
+        ],
+        b"Subject: ok\n\nb\n",
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+}
+
+/// A well-formed request frame, sent without the message descriptor.
+fn postcard_free_request() -> Vec<u8> {
+    // Encode through a throwaway socketpair: deliver() frames it for us.
+    let (a, b) = UnixStream::pair().unwrap();
+    let req = request(ANN, Destination::Mailbox("/tmp/never".into()));
+    let fd = message_fd(b"x");
+    let path = std::env::temp_dir().join(format!("postern-frame-{}", std::process::id()));
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let t = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 65536];
+        let n = conn.read(&mut buf).unwrap();
+        buf.truncate(n);
+        buf
+    });
+    let _ = handoff::deliver(&path, &req, &fd, Duration::from_millis(500));
+    let frame = t.join().unwrap();
+    let _ = std::fs::remove_file(&path);
+    drop((a, b));
+    frame
+}
