@@ -523,7 +523,11 @@ fn deliver_as_user(
                 .for_postmaster();
             }
             let mode = program::mode(&settings.program_dir);
-            let cwd = if account.home.is_dir() {
+            // The home directory if this process (the user, or default_privs
+            // for root) can enter it, else /tmp.
+            let enterable =
+                nix::unistd::access(&account.home, nix::unistd::AccessFlags::X_OK).is_ok();
+            let cwd = if account.home.is_dir() && enterable {
                 account.home.clone()
             } else {
                 PathBuf::from("/tmp")

@@ -1,0 +1,374 @@
+//! End to end, as root: program delivery through postern-local, for each
+//! state of the trusted program directory (DESIGN.md's table).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use postern_common::handoff::{
+    self, DeliveryRequest, Destination, Instruction, Outcome, PROTOCOL_VERSION,
+};
+use postern_tests::{eventually, ids_of, test_account, Instance, WAIT};
+
+const USER: &str = "pt-prog";
+
+struct Setup {
+    inst: Instance,
+    markers: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new(extra_main: &str) -> Self {
+        test_account(USER, "/bin/bash");
+        let mut inst = Instance::new(
+            &format!("command_time_limit = 3s\n{extra_main}"),
+            "local unix - n n - - local",
+        );
+        inst.start();
+        let markers = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(markers.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        Setup { inst, markers }
+    }
+
+    fn programs(&self) -> PathBuf {
+        self.inst.etc().join("programs")
+    }
+
+    fn marker(&self, name: &str) -> PathBuf {
+        self.markers.path().join(name)
+    }
+
+    /// Installs a root-owned 0755 script in the trusted directory.
+    fn install(&self, name: &str, body: &str) {
+        write_script(&self.programs().join(name), body);
+    }
+
+    fn deliver(&self, user: &str, programs: &[&str]) -> postern_tests::Outcome {
+        let mut args = vec![
+            "-f",
+            "sender@example.org",
+            "--user",
+            user,
+            "--recipient",
+            "prog+ext@example.org",
+        ];
+        for p in programs {
+            args.push("--program");
+            args.push(p);
+        }
+        self.inst
+            .deliver(&args, b"Subject: program test\n\nthe body\n")
+    }
+}
+
+fn write_script(path: &Path, body: &str) {
+    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// The recording program: identity, directory, exact environment, input.
+fn recorder(marker: &Path) -> String {
+    format!(
+        "{{ echo \"uid=$(id -u) gid=$(id -g) groups=$(id -G)\"; echo \"cwd=$(pwd)\"; tr '\\0' '\\n' < /proc/$$/environ; echo ---; cat; }} > {}",
+        marker.display()
+    )
+}
+
+#[test]
+fn empty_trusted_directory_means_disabled() {
+    let s = Setup::new("");
+    let out = s.deliver(USER, &["record"]);
+    assert_eq!(out.code, Some(69), "{out:?}");
+    assert!(
+        out.stdout.contains("bounced (5.3.0)")
+            && out
+                .stdout
+                .contains("no programs in the trusted program directory"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn secure_mode_runs_only_the_trusted_program_as_the_user_with_the_allowed_environment() {
+    let s = Setup::new("");
+    s.install("record", &recorder(&s.marker("record.out")));
+    // A program of the same name elsewhere, and one that exists only elsewhere.
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(elsewhere.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    write_script(
+        &elsewhere.path().join("record"),
+        &format!("touch {}", s.marker("decoy-ran").display()),
+    );
+    write_script(
+        &elsewhere.path().join("evil"),
+        &format!("touch {}", s.marker("evil-ran").display()),
+    );
+    let path_given = format!("{}/record arg1", elsewhere.path().display());
+    let out = s.deliver(USER, &[&path_given]);
+    assert_eq!(out.code, Some(0), "{out:?}\n{}", s.inst.log());
+    assert!(
+        !s.marker("decoy-ran").exists(),
+        "the path the user gave was ignored"
+    );
+    let record = std::fs::read_to_string(s.marker("record.out")).unwrap();
+    let (uid, gid) = ids_of(USER);
+    assert!(
+        record.starts_with(&format!("uid={uid} gid={gid} groups={gid}\n")),
+        "{record}"
+    );
+    assert!(record.contains(&format!("cwd=/home/{USER}\n")), "{record}");
+    let (env_part, input) = record.split_once("---\n").unwrap();
+    let names: BTreeSet<&str> = env_part
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_once('=').map(|(n, _)| n))
+        .collect();
+    let allowed: BTreeSet<&str> = [
+        "TZ",
+        "AGENT",
+        "SENDER",
+        "RECIPIENT",
+        "USER",
+        "HOME",
+        "LOCAL",
+        "EXTENSION",
+    ]
+    .into();
+    assert!(names.is_subset(&allowed), "environment {names:?}");
+    for want in [
+        "SENDER=sender@example.org",
+        "RECIPIENT=prog+ext@example.org",
+        &format!("USER={USER}"),
+        "AGENT=postern-local",
+    ] {
+        assert!(env_part.lines().any(|l| l == want), "{want} in {env_part}");
+    }
+    assert!(
+        input
+            .starts_with("Return-Path: <sender@example.org>\nDelivered-To: prog+ext@example.org\n"),
+        "{input}"
+    );
+    assert!(input.ends_with("\nthe body\n"), "{input}");
+    // A program outside the trusted directory never runs.
+    let evil = format!("{}/evil", elsewhere.path().display());
+    let out = s.deliver(USER, &[&evil]);
+    assert!(
+        out.stdout.contains("bounced (5.3.0)")
+            && out
+                .stdout
+                .contains("is not in the trusted program directory"),
+        "{}",
+        out.stdout
+    );
+    assert!(!s.marker("evil-ran").exists(), "the untrusted program ran");
+}
+
+fn handoff_program(
+    s: &Setup,
+    user: &str,
+    command: &str,
+) -> postern_common::handoff::RecipientStatus {
+    let mut f = tempfile::tempfile().unwrap();
+    f.write_all(b"Subject: x\n\nbody\n").unwrap();
+    let fd = OwnedFd::from(f);
+    let req = DeliveryRequest {
+        version: PROTOCOL_VERSION,
+        queue_id: "PROG".into(),
+        sender: "s@example.org".into(),
+        arrival: 0,
+        recipients: vec![Instruction {
+            recipient: format!("{user}@example.org"),
+            user: user.into(),
+            extension: None,
+            destination: Destination::Programs(vec![command.into()]),
+        }],
+    };
+    handoff::deliver(&s.inst.local_socket(), &req, &fd, WAIT)
+        .unwrap()
+        .statuses
+        .remove(0)
+}
+
+#[test]
+fn flag_files_disable_suspend_and_make_insecure() {
+    let s = Setup::new("");
+    s.install("record", &recorder(&s.marker("record.out")));
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(outside.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let evil = outside.path().join("evil");
+    write_script(
+        &evil,
+        &format!("cat > /dev/null; touch {}", s.marker("evil-ran").display()),
+    );
+    // NO-PROGRAM-DELIVERIES: bounce, and the postmaster is to be told.
+    std::fs::write(s.programs().join("NO-PROGRAM-DELIVERIES"), "").unwrap();
+    let st = handoff_program(&s, USER, "record");
+    assert_eq!(
+        (st.outcome, st.dsn.as_str(), st.notify_postmaster),
+        (Outcome::Bounced, "5.3.0", true),
+        "{st:?}"
+    );
+    assert!(st.reason.contains("NO-PROGRAM-DELIVERIES"), "{st:?}");
+    std::fs::remove_file(s.programs().join("NO-PROGRAM-DELIVERIES")).unwrap();
+    // SUSPEND-PROGRAM-DELIVERIES: deferred, stays queued.
+    std::fs::write(s.programs().join("SUSPEND-PROGRAM-DELIVERIES"), "").unwrap();
+    let out = s.deliver(USER, &["record"]);
+    assert_eq!(out.code, Some(75), "{out:?}");
+    assert!(
+        out.stdout.contains("deferred (4.3.0)")
+            && out.stdout.contains("SUSPEND-PROGRAM-DELIVERIES"),
+        "{}",
+        out.stdout
+    );
+    assert!(!s.marker("record.out").exists());
+    std::fs::remove_file(s.programs().join("SUSPEND-PROGRAM-DELIVERIES")).unwrap();
+    // INSECURE-PROGRAM-DELIVERIES: absolute paths run as given; relative ones do not.
+    std::fs::write(s.programs().join("INSECURE-PROGRAM-DELIVERIES"), "").unwrap();
+    let out = s.deliver(USER, &["evil"]);
+    assert!(
+        out.stdout.contains("requires an absolute path"),
+        "{}",
+        out.stdout
+    );
+    assert!(!s.marker("evil-ran").exists());
+    // The destination policy still applies: the program must be allowed there too.
+    let out = s.deliver(USER, &[evil.to_str().unwrap()]);
+    assert!(
+        out.stdout.contains("bounced (5.7.1)") && out.stdout.contains("is not allowed by"),
+        "{}",
+        out.stdout
+    );
+    assert!(!s.marker("evil-ran").exists());
+    let mut policy = std::fs::OpenOptions::new()
+        .append(true)
+        .open(s.inst.etc().join("destinations"))
+        .unwrap();
+    writeln!(policy, "program {}/*", outside.path().display()).unwrap();
+    let out = s.deliver(USER, &[evil.to_str().unwrap()]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        s.marker("evil-ran").exists(),
+        "non-secure mode runs the absolute path"
+    );
+}
+
+#[test]
+fn a_trusted_directory_writable_by_others_disables_program_delivery() {
+    let s = Setup::new("");
+    s.install("record", &recorder(&s.marker("record.out")));
+    std::fs::set_permissions(s.programs(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = s.deliver(USER, &["record"]);
+    assert!(
+        out.stdout.contains("bounced (5.3.0)")
+            && out
+                .stdout
+                .contains("is writable by group or others (mode 0777)"),
+        "{}",
+        out.stdout
+    );
+    assert!(!s.marker("record.out").exists());
+    let check = s.inst.postern(&["check"]);
+    assert!(
+        check.stderr.contains("program delivery is disabled")
+            && check.stderr.contains("writable by group or others"),
+        "{}",
+        check.stderr
+    );
+}
+
+#[test]
+fn root_runs_as_default_privs_and_a_shell_outside_etc_shells_is_refused() {
+    let s = Setup::new("");
+    s.install("record", &recorder(&s.marker("root.out")));
+    let out = s.deliver("root", &["record"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let (nobody, _) = ids_of("nobody");
+    let record = std::fs::read_to_string(s.marker("root.out")).unwrap();
+    assert!(
+        record.starts_with(&format!("uid={nobody} ")),
+        "root's program ran as default_privs: {record}"
+    );
+    test_account("pt-noshell", "/usr/sbin/nologin");
+    let out = s.deliver("pt-noshell", &["record"]);
+    assert!(
+        out.stdout.contains("bounced (5.7.1)") && out.stdout.contains("is not in /etc/shells"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn hangs_are_killed_with_their_group_and_exit_codes_map_to_outcomes() {
+    let s = Setup::new("");
+    s.install(
+        "hang",
+        &format!(
+            "sleep 300 &\necho $! > {}\nsleep 300",
+            s.marker("hang.pid").display()
+        ),
+    );
+    s.install("later", "cat > /dev/null; echo 'try again later'; exit 75");
+    s.install(
+        "broken",
+        "cat > /dev/null; printf 'oops\\033[31m\\n'; exit 1",
+    );
+    s.install(
+        "fine",
+        &format!("cat > /dev/null; touch {}", s.marker("fine-ran").display()),
+    );
+    s.install("chatty", "cat > /dev/null; echo hello; exit 0");
+    let out = s.deliver(USER, &["hang"]);
+    assert!(
+        out.stdout.contains("bounced (5.3.0)")
+            && out.stdout.contains("exceeded the time limit of 3s"),
+        "{}",
+        out.stdout
+    );
+    let pid: u32 = std::fs::read_to_string(s.marker("hang.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(eventually(WAIT, || std::fs::read_to_string(format!(
+        "/proc/{pid}/stat"
+    ))
+    .map_or(true, |st| st.contains(") Z "))));
+    let out = s.deliver(USER, &["later"]);
+    assert_eq!(out.code, Some(75), "{out:?}");
+    assert!(
+        out.stdout.contains("deferred (4.3.0)") && out.stdout.contains("try again later"),
+        "{}",
+        out.stdout
+    );
+    let out = s.deliver(USER, &["broken"]);
+    assert!(
+        out.stdout.contains("bounced (5.3.0)")
+            && out.stdout.contains("exited with status 1: oops?[31m"),
+        "{}",
+        out.stdout
+    );
+    // Several programs run in order; the first failure stops the rest.
+    let out = s.deliver(USER, &["broken", "fine"]);
+    assert!(out.stdout.contains("bounced"), "{}", out.stdout);
+    assert!(!s.marker("fine-ran").exists());
+    let out = s.deliver(USER, &["fine", "chatty"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(s.marker("fine-ran").exists());
+}
+
+#[test]
+fn strict_output_rule_counts_any_output_as_failure() {
+    let s = Setup::new("program_output_is_failure = yes");
+    s.install("chatty", "cat > /dev/null; echo hello; exit 0");
+    let out = s.deliver(USER, &["chatty"]);
+    assert!(
+        out.stdout.contains("bounced (5.3.0)") && out.stdout.contains("printed output"),
+        "{}",
+        out.stdout
+    );
+}
