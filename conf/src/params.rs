@@ -80,16 +80,16 @@ params! {
         "How long a child may spend on one request before its watchdog terminates it.";
     DATA_DIRECTORY "data_directory" Kind::Text, "/var/lib/postern",
         "Directory of the instance's writable state (pid lock), owned by mail_owner.";
+    DEFAULT_PRIVS "default_privs" Kind::Text, "nobody",
+        "Account used for deliveries on behalf of root-owned accounts; neither root nor mail_owner.";
+    DEFAULT_PROCESS_LIMIT "default_process_limit" Kind::Int { min: 1 }, "100",
+        "Child process limit of a master.cf service whose maxproc field is '-'.";
     DELIVER_LOCK_ATTEMPTS "deliver_lock_attempts" Kind::Int { min: 1 }, "20",
         "How many times local tries to lock a mailbox before it defers the delivery.";
     DELIVER_LOCK_DELAY "deliver_lock_delay" Kind::Time { unit: 's' }, "1s",
         "The longest pause between two attempts to lock a mailbox.";
     DESTINATION_POLICY "destination_policy" Kind::Text, "$config_directory/destinations",
         "The allowed-destinations policy file that local checks every instruction against (postern's own).";
-    DEFAULT_PRIVS "default_privs" Kind::Text, "nobody",
-        "Account used for deliveries on behalf of root-owned accounts; neither root nor mail_owner.";
-    DEFAULT_PROCESS_LIMIT "default_process_limit" Kind::Int { min: 1 }, "100",
-        "Child process limit of a master.cf service whose maxproc field is '-'.";
     EXPORT_ENVIRONMENT "export_environment" Kind::List, "TZ MAIL_CONFIG LANG",
         "Environment variables passed on to external commands (name, or name=value).";
     INET_INTERFACES "inet_interfaces" Kind::List, "loopback-only",
@@ -100,12 +100,12 @@ params! {
         "Time limit for reading or writing one exchange on a connection.";
     MAIL_OWNER "mail_owner" Kind::Text, "postern",
         "Unprivileged account that owns the queue and runs unprivileged services (Postfix's default is postfix).";
-    MAILLOG_FILE "maillog_file" Kind::Text, "",
-        "File every postern process logs to; empty means syslog (or stderr with start --foreground).";
     MAILBOX_DELIVERY_LOCK "mailbox_delivery_lock" Kind::ChoiceList(LOCK_METHODS), "fcntl, dotlock",
         "How local locks an mbox file: fcntl, flock and/or dotlock.";
     MAILBOX_SIZE_LIMIT "mailbox_size_limit" Kind::Int { min: 0 }, "51200000",
         "The largest an mbox file may grow to, in bytes (0: no limit).";
+    MAILLOG_FILE "maillog_file" Kind::Text, "",
+        "File every postern process logs to; empty means syslog (or stderr with start --foreground).";
     MAX_IDLE "max_idle" Kind::Time { unit: 's' }, "100s",
         "How long an idle child waits for its next request before it exits.";
     MAX_USE "max_use" Kind::Int { min: 1 }, "100",
