@@ -39,6 +39,19 @@ fn check_local(config: &Config, out: &mut Vec<Diagnostic>) {
     if !config.master.services.iter().any(|s| s.command == "local") {
         return;
     }
+    if let Source::Dir(_) = &config.source {
+        let path = config.text(params::DESTINATION_POLICY);
+        if !Path::new(path).exists() {
+            out.push(warning(
+                config,
+                params::DESTINATION_POLICY,
+                format!(
+                    "destination policy {path} does not exist: local defers every delivery until it does (postern init writes a default one)"
+                ),
+            ));
+            return;
+        }
+    }
     if let Err(errors) = crate::destinations::system_policy(config) {
         for e in errors {
             // "file:line: message" from the policy parser.
