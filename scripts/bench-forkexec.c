@@ -1,7 +1,7 @@
 /*
  * bench-forkexec - the minimal fork+exec baseline of scripts/bench.
  *
- * Usage: bench-forkexec -t HOST:PORT | -u PATH [-b BACKLOG] [-n USER]
+ * Usage: bench-forkexec -t HOST:PORT | -u PATH [-b BACKLOG] [-n USER] [-s]
  *
  * Listens on one TCP (IPv4) or unix-domain stream socket. For every accepted
  * connection it forks; the child drops to USER (default "nobody": groups,
@@ -11,6 +11,13 @@
  * nothing is left. No process limit, no time limit: this is the floor of
  * what per-connection fork+exec costs, to set Postfix spawn and postern
  * spawn beside. It runs until SIGTERM or SIGINT.
+ *
+ * With -s the child calls setsid() before dropping privileges, so that each
+ * command leads its own session, as Postfix spawn and postern spawn make it
+ * do. This isolates the cost of that one requirement: with the kernel's
+ * autogroup scheduling (kernel.sched_autogroup_enabled = 1) every session is
+ * its own scheduling group, so each /bin/cat then competes with the load
+ * generator as a whole group rather than as one task among many.
  *
  * Exit status: 0 on SIGTERM/SIGINT, 1 on a setup error, 64 on bad usage.
  */
@@ -53,7 +60,8 @@ static void die(const char *what)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: bench-forkexec -t HOST:PORT | -u PATH [-b BACKLOG] [-n USER]\n");
+    fprintf(stderr, "usage: bench-forkexec -t HOST:PORT | -u PATH [-b BACKLOG] [-n USER] [-s]\n"
+            "  -s  each command leads its own session (setsid before exec)\n");
     exit(64);
 }
 
@@ -119,17 +127,18 @@ static void reap(void)
 int main(int argc, char **argv)
 {
     const char *inet = NULL, *unix_path = NULL, *user = "nobody";
-    int backlog = 128, ch, lfd;
+    int backlog = 128, new_session = 0, ch, lfd;
     struct passwd *pw;
     struct sigaction sa;
     sigset_t none;
 
-    while ((ch = getopt(argc, argv, "t:u:b:n:")) != -1) {
+    while ((ch = getopt(argc, argv, "t:u:b:n:s")) != -1) {
         switch (ch) {
         case 't': inet = optarg; break;
         case 'u': unix_path = optarg; break;
         case 'b': backlog = atoi(optarg); break;
         case 'n': user = optarg; break;
+        case 's': new_session = 1; break;
         default: usage();
         }
     }
@@ -182,6 +191,8 @@ int main(int argc, char **argv)
             signal(SIGINT, SIG_DFL);
             signal(SIGPIPE, SIG_DFL);
             sigprocmask(SIG_SETMASK, &none, NULL);
+            if (new_session && setsid() < 0)
+                _exit(71);
             if (setgroups(0, NULL) < 0 || setgid(pw->pw_gid) < 0 || setuid(pw->pw_uid) < 0)
                 _exit(71);
             if (dup2(cfd, 0) < 0 || dup2(cfd, 1) < 0 || dup2(cfd, 2) < 0)
