@@ -187,6 +187,10 @@ impl Instance {
     /// default master.cf's demo service is removed (it has a fixed port).
     pub fn new(main_extra: &str, master_extra: &str) -> Self {
         become_subreaper();
+        // The master finds its daemons beside the postern command.
+        for daemon in ["postern-master", "postern-spawn", "postern-local"] {
+            bin(daemon);
+        }
         let dir = tempfile::tempdir().expect("tempdir");
         // Test users must reach the trusted program directory inside it.
         std::fs::set_permissions(
