@@ -69,6 +69,24 @@ fn rule_for(
         }
         Target::Include(_) | Target::Address(_) => return None,
     };
+    // Secure mode runs only the trusted copy: say so when it is not there yet.
+    if let (Kind::Program, false, false) = (kind, matches!(mode, Mode::Insecure), path.exists()) {
+        let given = match target {
+            Target::Program(cmd) => cmd
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+            _ => String::new(),
+        };
+        return Some(Suggestion {
+            line: format!(
+                "# install {given} as {} (root-owned, mode 755)",
+                path.display()
+            ),
+            why: format!("{origin}; only programs in the trusted directory run"),
+        });
+    }
     let (user, home) = owner.unwrap_or(("", Path::new("/nonexistent")));
     let who = Who { user, home };
     if let Some(p) = current {

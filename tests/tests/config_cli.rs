@@ -317,3 +317,84 @@ fn check_rejects_types_postern_cannot_run_for_its_own_programs() {
         out.stderr
     );
 }
+
+#[test]
+fn check_validates_the_destination_policy_with_file_and_line() {
+    let dir = instance();
+    let policy = dir.path().join("etc/destinations");
+    let bad = append(&policy, "mailbox relative/path\n");
+    let bad2 = append(&policy, "bogus /x\n");
+    append(
+        &dir.path().join("etc/master.cf"),
+        "local unix - n n - - local\n",
+    );
+    let out = postern(&["-c", &etc(&dir), "check"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let shown = policy.display();
+    assert!(
+        out.stderr.contains(&format!(
+            "{shown}:{bad}: pattern 'relative/path' must start with / or ~"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains(&format!("{shown}:{bad2}: unknown kind 'bogus'")),
+        "{}",
+        out.stderr
+    );
+    // An empty trusted directory: program delivery is off, and check says so.
+    assert!(
+        out.stderr
+            .contains("program delivery is disabled: no programs in the trusted program directory"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn destinations_suggests_what_aliases_and_forward_files_need() {
+    let dir = instance();
+    let aliases = dir.path().join("aliases");
+    std::fs::write(
+        &aliases,
+        "postmaster: root\narchive: /var/archive/all\nvacation: \"|/usr/bin/vacation -a x\"\nboxed: /var/mail/boxed\n",
+    )
+    .unwrap();
+    append(
+        &dir.path().join("etc/main.cf"),
+        &format!("alias_maps = hash:{}\n", aliases.display()),
+    );
+    let out = postern(&["-c", &etc(&dir), "destinations"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let programs = dir.path().join("etc/programs");
+    assert!(
+        out.stdout.contains("mailbox /var/archive/all"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains(&format!("{}:2 (archive)", aliases.display())),
+        "{}",
+        out.stdout
+    );
+    // Secure mode runs only the trusted copy, which is not installed yet.
+    assert!(
+        out.stdout.contains(&format!(
+            "# install /usr/bin/vacation as {}/vacation",
+            programs.display()
+        )),
+        "{}",
+        out.stdout
+    );
+    // An alias's file is not the alias's own /var/mail/$user: it needs a rule.
+    assert!(
+        out.stdout.contains("mailbox /var/mail/boxed"),
+        "{}",
+        out.stdout
+    );
+    // Addresses need nothing.
+    assert!(!out.stdout.contains("root"), "{}", out.stdout);
+}
