@@ -27,3 +27,4 @@ pub mod status;
 pub mod sys;
 pub mod sysexits;
 pub mod trusted;
+pub mod wait;

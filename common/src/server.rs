@@ -37,6 +37,37 @@ use crate::privilege::{self, MailOwner, MailOwnerEffective};
 use crate::status::{ChildState, StatusRecord, LISTEN_FD, MAX_LISTEN_FDS, STATUS_FD};
 use crate::{sys, sysexits};
 
+/// The command-line form of a configuration source, shared by the master's
+/// and the children's command lines: `-c DIR`, or `--queue-directory Q
+/// --data-directory D` for the embedded configuration.
+pub fn source_args(source: &Source) -> Vec<String> {
+    match source {
+        Source::Dir(d) => vec!["-c".into(), d.display().to_string()],
+        Source::Embedded(l) => vec![
+            "--queue-directory".into(),
+            l.queue_directory.display().to_string(),
+            "--data-directory".into(),
+            l.data_directory.display().to_string(),
+        ],
+    }
+}
+
+/// The source named by the options [`source_args`] writes.
+pub fn source_from(
+    dir: Option<PathBuf>,
+    queue: Option<PathBuf>,
+    data: Option<PathBuf>,
+) -> Result<Source, String> {
+    match (dir, queue, data) {
+        (Some(d), None, None) => Ok(Source::Dir(d)),
+        (None, Some(q), Some(d)) => Ok(Source::Embedded(Layout {
+            queue_directory: q,
+            data_directory: d,
+        })),
+        _ => Err("need -c DIR, or --queue-directory and --data-directory".into()),
+    }
+}
+
 /// What the master tells a child on its command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChildArgs {
@@ -76,15 +107,7 @@ impl ChildArgs {
             "-l".into(),
             self.listen_fds.to_string(),
         ];
-        match &self.source {
-            Source::Dir(d) => v.extend(["-c".into(), d.display().to_string()]),
-            Source::Embedded(l) => v.extend([
-                "--queue-directory".into(),
-                l.queue_directory.display().to_string(),
-                "--data-directory".into(),
-                l.data_directory.display().to_string(),
-            ]),
-        }
+        v.extend(source_args(&self.source));
         if self.stderr {
             v.push("--stderr".into());
         }
@@ -165,14 +188,7 @@ impl ChildArgs {
                 }
             }
         }
-        let source = match (dir, queue, data) {
-            (Some(d), None, None) => Source::Dir(d),
-            (None, Some(q), Some(d)) => Source::Embedded(Layout {
-                queue_directory: q,
-                data_directory: d,
-            }),
-            _ => return Err("need -c DIR, or --queue-directory and --data-directory".into()),
-        };
+        let source = source_from(dir, queue, data)?;
         Ok(ChildArgs {
             service: service.ok_or("missing -n SERVICE")?,
             kind: kind.ok_or("missing -t TYPE")?,

@@ -46,7 +46,6 @@ pub mod mbox;
 pub mod message;
 pub mod program;
 
-use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
@@ -384,34 +383,7 @@ fn in_child_as(
 }
 
 fn read_status(fd: OwnedFd, limit: Duration) -> Result<RecipientStatus, String> {
-    let mut file = std::fs::File::from(fd);
-    let deadline = std::time::Instant::now() + limit;
-    let mut bytes = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return Err("no report within the time limit".into());
-        }
-        let mut fds = [nix::poll::PollFd::new(
-            std::os::fd::AsFd::as_fd(&file),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        let t = nix::poll::PollTimeout::try_from(left.min(Duration::from_secs(3600)))
-            .unwrap_or(nix::poll::PollTimeout::MAX);
-        match nix::poll::poll(&mut fds, t) {
-            Ok(0) => continue,
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(format!("poll: {e}")),
-        }
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) if bytes.len() + n <= 64 * 1024 => bytes.extend_from_slice(&buf[..n]),
-            Ok(_) => return Err("report too large".into()),
-            Err(e) => return Err(format!("read: {e}")),
-        }
-    }
+    let bytes = postern_common::wait::read_to_end_within(fd, limit, 64 * 1024)?;
     postcard::from_bytes(&bytes).map_err(|_| "it died without a report".to_string())
 }
 

@@ -9,13 +9,12 @@
 //! asks the master over its root-only control socket.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use postern_common::{account, sys, sysexits};
@@ -219,7 +218,9 @@ fn daemonise(master: &Path, source: &Source) -> i32 {
         }
     };
     drop(write_end);
-    let answer = read_with_deadline(read_end, START_DEADLINE);
+    let answer = postern_common::wait::read_to_end_within(read_end, START_DEADLINE, 64 * 1024)
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).into_owned());
     let pid = child.id();
     match answer.as_deref().map(str::trim) {
         Some("ready") => {
@@ -239,59 +240,6 @@ fn daemonise(master: &Path, source: &Source) -> i32 {
                 START_DEADLINE.as_secs()
             );
             1
-        }
-    }
-}
-
-/// Reads from `fd` until end-of-file or the deadline.
-fn read_with_deadline(fd: OwnedFd, limit: Duration) -> Option<String> {
-    let deadline = Instant::now() + limit;
-    let mut file = std::fs::File::from(fd);
-    let mut out = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return None;
-        }
-        let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
-        match poll(
-            &mut fds,
-            PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX),
-        ) {
-            Ok(0) => return None,
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return None,
-        }
-        let mut buf = [0u8; 512];
-        match file.read(&mut buf) {
-            Ok(0) => return Some(String::from_utf8_lossy(&out).into_owned()),
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(_) => return Some(String::from_utf8_lossy(&out).into_owned()),
-        }
-    }
-}
-
-/// Waits until process `pid` exits, or the deadline; true when it exited.
-fn wait_exit(pid: u32, limit: Duration) -> bool {
-    let Ok(pidfd) = sys::pidfd_open(pid as i32) else {
-        return true;
-    };
-    let deadline = Instant::now() + limit;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
-        match poll(
-            &mut fds,
-            PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX),
-        ) {
-            Ok(0) => return false,
-            Ok(_) => return true,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return false,
         }
     }
 }
@@ -330,7 +278,7 @@ pub fn stop(source: &Source, immediate: bool) -> i32 {
         return sysexits::EX_NOPERM;
     }
     let limit = config.time(params::SHUTDOWN_TIMEOUT) + Duration::from_secs(30);
-    if wait_exit(pid, limit) {
+    if postern_common::wait::process_exit_within(pid as i32, limit) {
         println!(
             "postern: {} (master pid {pid})",
             if immediate { "aborted" } else { "stopped" }

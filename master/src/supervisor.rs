@@ -48,7 +48,6 @@ use postern_common::account::{self, Account};
 use postern_common::server::ChildArgs;
 use postern_common::status::{StatusRecord, FIRST_FREE_FD, RECORD_LEN, STATUS_FD};
 use postern_common::{sys, sysexits};
-use postern_conf::embedded::Layout;
 use postern_conf::{params, Config, ServiceEntry, ServicesFile, Source};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
@@ -95,14 +94,7 @@ pub fn parse_args(argv: &[String]) -> Result<Options, String> {
             other => return Err(format!("unexpected argument '{other}'")),
         }
     }
-    let source = match (dir, queue, data) {
-        (Some(d), None, None) => Source::Dir(d),
-        (None, Some(q), Some(d)) => Source::Embedded(Layout {
-            queue_directory: q,
-            data_directory: d,
-        }),
-        _ => return Err("need -c DIR, or --queue-directory and --data-directory".into()),
-    };
+    let source = postern_common::server::source_from(dir, queue, data)?;
     Ok(Options {
         source,
         foreground,
@@ -112,15 +104,7 @@ pub fn parse_args(argv: &[String]) -> Result<Options, String> {
 
 /// The command line that starts a master for `opts` (used by `postern start`).
 pub fn to_args(source: &Source, foreground: bool, ready_fd: Option<RawFd>) -> Vec<String> {
-    let mut v = match source {
-        Source::Dir(d) => vec!["-c".to_string(), d.display().to_string()],
-        Source::Embedded(l) => vec![
-            "--queue-directory".into(),
-            l.queue_directory.display().to_string(),
-            "--data-directory".into(),
-            l.data_directory.display().to_string(),
-        ],
-    };
+    let mut v = postern_common::server::source_args(source);
     if foreground {
         v.push("--foreground".into());
     }

@@ -39,12 +39,11 @@
 //!
 //! **See also**: Postfix spawn(8), pipe(8); `postern check`.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use postern_common::command::{CommandSpec, SystemAccounts};
@@ -135,7 +134,7 @@ impl Spawn {
         let pid = child.id() as i32;
         let command = &self.attrs.argv[0];
         let timed_out = match sys::pidfd_open(pid) {
-            Ok(pidfd) => !wait_readable(&pidfd, self.time_limit),
+            Ok(pidfd) => !postern_common::wait::readable_within(&pidfd, self.time_limit),
             Err(e) => {
                 log::warn!(
                     "service {}: pidfd_open for pid {pid}: {e}; waiting without a time limit",
@@ -178,26 +177,6 @@ impl Spawn {
 
 fn libc_eperm() -> i32 {
     nix::errno::Errno::EPERM as i32
-}
-
-/// Waits until `fd` is readable or `limit` passes; true when readable.
-fn wait_readable(fd: &OwnedFd, limit: Duration) -> bool {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        let timeout =
-            PollTimeout::try_from(left.min(Duration::from_secs(3600))).unwrap_or(PollTimeout::MAX);
-        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, timeout) {
-            Ok(0) => continue,
-            Ok(_) => return true,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return false,
-        }
-    }
 }
 
 impl Handler for Spawn {

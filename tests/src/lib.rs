@@ -54,51 +54,13 @@ pub struct Outcome {
 
 /// Runs `cmd` to completion with standard input closed, within [`DEADLINE`].
 pub fn run(cmd: &mut Command) -> Outcome {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-    let pid = child.id();
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut stdout = String::new();
-        let mut stderr = String::new();
-        let _ = out.read_to_string(&mut stdout);
-        let _ = err.read_to_string(&mut stderr);
-        let status = child.wait();
-        let _ = tx.send((status, stdout, stderr));
-    });
-    match rx.recv_timeout(DEADLINE) {
-        Ok((status, stdout, stderr)) => {
-            let status = status.expect("wait");
-            Outcome {
-                code: status.code(),
-                stdout,
-                stderr,
-            }
-        }
-        Err(_) => {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            panic!("{cmd:?} did not finish within {DEADLINE:?}; killed");
-        }
-    }
+    finish(cmd.stdin(Stdio::null()))
 }
 
-/// Runs `cmd` with `input` on its standard input, within [`DEADLINE`].
-pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> Outcome {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("stdin");
-    std::fs::write(&path, input).expect("write stdin");
-    let file = std::fs::File::open(&path).expect("open stdin");
+/// Spawns `cmd` (standard input already set), collects its output, and
+/// waits for it within [`DEADLINE`], killing it past that.
+fn finish(cmd: &mut Command) -> Outcome {
     let mut child = cmd
-        .stdin(Stdio::from(file))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -128,6 +90,15 @@ pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> Outcome {
             panic!("{cmd:?} did not finish within {DEADLINE:?}; killed");
         }
     }
+}
+
+/// Runs `cmd` with `input` on its standard input, within [`DEADLINE`].
+pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> Outcome {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("stdin");
+    std::fs::write(&path, input).expect("write stdin");
+    let file = std::fs::File::open(&path).expect("open stdin");
+    finish(cmd.stdin(Stdio::from(file)))
 }
 
 /// Runs `postern` with `args`, with `$POSTERN_CONFIG` removed from its environment.
