@@ -217,6 +217,11 @@ pub fn normalize(path: &Path) -> Result<PathBuf, String> {
 impl Rule {
     fn expand(&self, who: &Who<'_>) -> Option<(PathBuf, Shape)> {
         let home = who.home.display().to_string();
+        // A home of "/" (or none) would make "~" mean everything.
+        let bad_home = normalize(who.home).map_or(true, |h| h == Path::new("/"));
+        if self.pattern.starts_with('~') && bad_home {
+            return None;
+        }
         let mut text = self.pattern.replace("$user", who.user);
         if text == "~" {
             text = format!("{home}/**");
@@ -275,7 +280,8 @@ pub fn check(
         UserPolicy::Off => None,
         _ => user,
     };
-    let inside_home = dest.starts_with(who.home) && dest != who.home;
+    let home_ok = normalize(who.home).is_ok_and(|h| h != Path::new("/"));
+    let inside_home = home_ok && dest.starts_with(who.home) && dest != who.home;
     match (by_system, user) {
         (Some(rule), None) => Ok(rule.place.clone()),
         (Some(rule), Some(u)) => match u.allowing(kind, &dest, who) {

@@ -153,7 +153,45 @@ pub fn as_root<T>(f: impl FnOnce() -> T) -> Result<T, PrivilegeError> {
     }
     seteuid(Uid::from_raw(0)).map_err(failed("seteuid(0)"))?;
     let result = f();
-    seteuid(before).map_err(failed("seteuid"))?;
+    if let Err(e) = seteuid(before) {
+        // Staying root by accident is a broken invariant: stop here.
+        log::error!("cannot return from root to uid {before}: {e}; aborting");
+        std::process::abort();
+    }
+    Ok(result)
+}
+
+/// Runs `f` with the filesystem uid and gid of `owner` and the given umask,
+/// so that files `f` creates belong to `owner` with the intended mode from
+/// the start (no `chown` or `chmod` by path as root afterwards), and so that
+/// `f`'s path operations inside `owner`'s directories get only `owner`'s
+/// rights. Restores the previous filesystem ids and umask. Linux only; the
+/// filesystem ids are per thread, and the master is single-threaded.
+pub fn as_filesystem_user<T>(
+    owner: MailOwner,
+    umask: u32,
+    f: impl FnOnce() -> T,
+) -> Result<T, PrivilegeError> {
+    use nix::sys::stat::{umask as set_umask, Mode};
+    use nix::unistd::{setfsgid, setfsuid};
+    let old_gid = setfsgid(Gid::from_raw(owner.gid));
+    let old_uid = setfsuid(Uid::from_raw(owner.uid));
+    // setfsuid reports the previous value, not success: read back to verify.
+    let now_uid = setfsuid(Uid::from_raw(u32::MAX));
+    let now_gid = setfsgid(Gid::from_raw(u32::MAX));
+    if now_uid.as_raw() != owner.uid || now_gid.as_raw() != owner.gid {
+        setfsuid(old_uid);
+        setfsgid(old_gid);
+        return Err(PrivilegeError::Refused(format!(
+            "cannot switch the filesystem ids to {}:{}",
+            owner.uid, owner.gid
+        )));
+    }
+    let old_mask = set_umask(Mode::from_bits_truncate(umask));
+    let result = f();
+    set_umask(old_mask);
+    setfsuid(old_uid);
+    setfsgid(old_gid);
     Ok(result)
 }
 

@@ -79,7 +79,7 @@ params! {
     DAEMON_TIMEOUT "daemon_timeout" Kind::Time { unit: 's' }, "18000s",
         "How long a child may spend on one request before its watchdog terminates it.";
     DATA_DIRECTORY "data_directory" Kind::Text, "/var/lib/postern",
-        "Directory of the instance's writable state (pid lock), owned by mail_owner.";
+        "Directory of the master's state (pid lock, control socket), owned by root (Postfix's is the mail owner's).";
     DEFAULT_PRIVS "default_privs" Kind::Text, "nobody",
         "Account used for deliveries on behalf of root-owned accounts; neither root nor mail_owner.";
     DEFAULT_PROCESS_LIMIT "default_process_limit" Kind::Int { min: 1 }, "100",

@@ -322,15 +322,29 @@ impl Local {
                 return RecipientStatus::bounced("5.7.1", format!("refusing to deliver: {e}"))
             }
         };
+        for (what, value) in [("sender", copy.sender), ("recipient", copy.recipient)] {
+            if value.chars().any(|c| c.is_control()) {
+                return RecipientStatus::bounced(
+                    "5.1.7",
+                    format!("{what} address contains control characters: refused"),
+                );
+            }
+        }
         if copy.is_loop() {
             return RecipientStatus::bounced(
                 "5.4.6",
                 format!("mail forwarding loop for {}", instr.recipient),
             );
         }
+        // Each program gets the full time limit; the child as a whole gets
+        // all of them, plus a margin for the files.
+        let programs = match &instr.destination {
+            Destination::Programs(p) => p.len().max(1) as u32,
+            _ => 1,
+        };
         in_child_as(
             run_as,
-            self.settings.time_limit + Duration::from_secs(60),
+            self.settings.time_limit * programs + Duration::from_secs(60),
             || deliver_as_user(instr, copy, system, &account, &runner, &self.settings),
         )
     }
@@ -353,7 +367,13 @@ fn in_child_as(
         Ok(Ok(Forked::Child)) => {
             drop(read_end);
             let status = match privilege::drop_to(run_as.uid(), run_as.gid()) {
-                Ok(()) => work(),
+                // Not dumpable: the user cannot ptrace it for the
+                // descriptors it inherited from the agent.
+                Ok(()) if nix::sys::prctl::set_dumpable(false).is_ok() => work(),
+                Ok(()) => RecipientStatus::deferred(
+                    "4.3.0",
+                    "cannot make the delivery process non-dumpable",
+                ),
                 Err(e) => RecipientStatus::deferred(
                     "4.3.0",
                     format!("cannot switch to uid {}: {e}", run_as.uid()),
@@ -368,12 +388,19 @@ fn in_child_as(
         Ok(Ok(Forked::Parent(pid))) => {
             drop(write_end);
             let status = read_status(read_end, limit);
+            if status.is_err() {
+                // Stopped or hung (the user can signal its own processes):
+                // kill it with root's rights, before reaping, so the pid
+                // cannot have been reused.
+                let _ = privilege::as_root(|| {
+                    nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    )
+                });
+            }
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
             status.unwrap_or_else(|why| {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
                 RecipientStatus::deferred("4.3.0", format!("delivery process {pid} failed: {why}"))
             })
         }
@@ -428,7 +455,13 @@ fn allowed(
     policy::check(system, user, kind, dest, who).map_err(refuse)?;
     let normal = policy::normalize(dest).map_err(refuse)?;
     if let (Some(parent), Some(name)) = (normal.parent(), normal.file_name()) {
-        if let Ok(real_parent) = std::fs::canonicalize(parent) {
+        let real_parent = std::fs::canonicalize(parent).map_err(|e| {
+            RecipientStatus::deferred(
+                "4.2.0",
+                format!("cannot resolve the directory of {}: {e}", dest.display()),
+            )
+        })?;
+        {
             let real = real_parent.join(name);
             if real != normal {
                 policy::check(system, user, kind, &real, who).map_err(|why| {

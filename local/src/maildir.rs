@@ -63,6 +63,10 @@ fn ensure_dir(path: &Path, uid: u32) -> Result<(), RecipientStatus> {
 
 /// Delivers `copy` into the Maildir at `dir`.
 pub fn deliver(dir: &Path, uid: u32, copy: &Copy<'_>) -> RecipientStatus {
+    // "Maildir/" names the directory; with the slash, lstat would follow a
+    // symbolic link. Rebuild the path from its components (no trailing slash).
+    let dir: std::path::PathBuf = dir.components().collect();
+    let dir = dir.as_path();
     for d in [
         dir.to_path_buf(),
         dir.join("tmp"),

@@ -250,15 +250,26 @@ pub fn run(r: &Run<'_>) -> RecipientStatus {
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            return RecipientStatus::bounced("5.3.0", format!("cannot run program {program}: {e}"))
-                .for_postmaster()
+            let permanent = matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT | libc::EACCES | libc::ENOEXEC | libc::ENOTDIR)
+            );
+            let why = format!("cannot run program {program}: {e}");
+            return if permanent {
+                RecipientStatus::bounced("5.3.0", why).for_postmaster()
+            } else {
+                RecipientStatus::deferred("4.3.0", why).for_postmaster()
+            };
         }
     };
     drop(cmd);
     let pid = child.id() as i32;
     let mut stdin = child.stdin.take();
     let input = r.input.to_vec();
-    let writer = std::thread::spawn(move || {
+    // Not joined: a background process of the program may hold its input
+    // open without reading; the delivery process exits (ending the thread)
+    // once it has reported.
+    let _writer = std::thread::spawn(move || {
         if let Some(s) = stdin.as_mut() {
             // A program that does not read its input is not an error here.
             let _ = s.write_all(&input);
@@ -271,8 +282,12 @@ pub fn run(r: &Run<'_>) -> RecipientStatus {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+    // Whatever the program left running in its group goes with it.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(-pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
     let status = child.wait();
-    let _ = writer.join();
     let text = sanitise(&output);
     let result = match status {
         _ if timed_out => RecipientStatus::bounced(
@@ -297,65 +312,76 @@ pub fn run(r: &Run<'_>) -> RecipientStatus {
     }
 }
 
-/// Reads the program's output (keeping at most OUTPUT_LIMIT bytes) until it
-/// closes and exits, or the limit passes. Returns (output, timed out).
+/// Reads the program's output (keeping at most OUTPUT_LIMIT bytes) until
+/// the program exits (then takes what is already written, without waiting
+/// for background processes that may hold the pipe) or the limit passes.
+/// Returns (output, timed out).
 fn collect(out: std::os::fd::OwnedFd, pid: i32, limit: Duration) -> (Vec<u8>, bool) {
     let deadline = Instant::now() + limit;
-    let pidfd = sys::pidfd_open(pid).ok();
+    let Ok(pidfd) = sys::pidfd_open(pid) else {
+        // Without a pidfd, fall back to reading until end-of-file.
+        return match postern_common::wait::read_to_end_within(out, limit, usize::MAX) {
+            Ok(mut bytes) => {
+                bytes.truncate(OUTPUT_LIMIT);
+                (bytes, false)
+            }
+            Err(_) => (Vec::new(), true),
+        };
+    };
     let mut file = std::fs::File::from(out);
     let mut kept = Vec::new();
+    let keep = |bytes: &[u8], kept: &mut Vec<u8>| {
+        let room = OUTPUT_LIMIT.saturating_sub(kept.len());
+        kept.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    };
     let mut open = true;
-    let mut exited = false;
-    while open || !exited {
+    loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return (kept, true);
         }
         let timeout =
             PollTimeout::try_from(left.min(Duration::from_secs(3600))).unwrap_or(PollTimeout::MAX);
-        let mut fds = Vec::new();
+        let mut fds = vec![PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
         if open {
             fds.push(PollFd::new(file.as_fd(), PollFlags::POLLIN));
         }
-        if let (Some(p), false) = (&pidfd, exited) {
-            fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
-        }
-        if fds.is_empty() {
-            break;
-        }
         match poll(&mut fds, timeout) {
-            Ok(0) => continue,
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
             Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => return (kept, false),
         }
-        let ready: Vec<bool> = fds
-            .iter()
-            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
-            .collect();
-        let mut i = 0;
-        if open {
-            if ready[0] {
+        let exited = fds[0].revents().is_some_and(|r| !r.is_empty());
+        let readable = open
+            && fds
+                .get(1)
+                .and_then(|f| f.revents())
+                .is_some_and(|r| !r.is_empty());
+        if readable {
+            let mut buf = [0u8; 4096];
+            match file.read(&mut buf) {
+                Ok(0) | Err(_) => open = false,
+                Ok(n) => keep(&buf[..n], &mut kept),
+            }
+        }
+        if exited {
+            // Take what is already in the pipe, without blocking.
+            if open {
+                let _ = nix::fcntl::fcntl(
+                    file.as_raw_fd(),
+                    nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+                );
                 let mut buf = [0u8; 4096];
-                match file.read(&mut buf) {
-                    Ok(0) | Err(_) => open = false,
-                    Ok(n) => {
-                        let room = OUTPUT_LIMIT.saturating_sub(kept.len());
-                        kept.extend_from_slice(&buf[..n.min(room)]);
+                while let Ok(n) = file.read(&mut buf) {
+                    if n == 0 || kept.len() >= OUTPUT_LIMIT {
+                        break;
                     }
+                    keep(&buf[..n], &mut kept);
                 }
             }
-            i += 1;
-        }
-        if pidfd.is_some() && !exited && ready.get(i).copied().unwrap_or(false) {
-            exited = true;
-        }
-        if pidfd.is_none() {
-            exited = true;
+            return (kept, false);
         }
     }
-    let _ = file.as_raw_fd();
-    (kept, false)
 }
 
 #[cfg(test)]

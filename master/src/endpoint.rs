@@ -11,7 +11,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::sys::socket::{
@@ -169,54 +169,84 @@ fn open_tcp(addr: &SocketAddr, backlog: i32) -> std::io::Result<OwnedFd> {
 }
 
 fn open_unix(path: &Path, backlog: i32, owner: (u32, u32)) -> std::io::Result<OwnedFd> {
-    // A stale socket from an earlier run is replaced; anything else is not.
-    if let Ok(md) = std::fs::symlink_metadata(path) {
-        use std::os::unix::fs::FileTypeExt;
-        if md.file_type().is_socket() {
-            std::fs::remove_file(path)?;
-        } else {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "exists and is not a socket",
-            ));
-        }
-    }
     let fd = socket(
         AddressFamily::Unix,
         SockType::Stream,
         SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
         None,
     )?;
-    bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
-    nix::unistd::chown(path, Some(owner.0.into()), Some(owner.1.into()))?;
+    let addr = UnixAddr::new(path)?;
+    // Every path operation below runs with the mail owner's filesystem ids
+    // (the directory is the mail owner's): the socket is created owned by
+    // the mail owner, mode 0666 by the umask, and nothing is changed by path
+    // as root, so a symbolic link swapped in cannot redirect root's rights.
+    as_owner(owner, 0o111, || -> std::io::Result<()> {
+        // A stale socket from an earlier run is replaced; anything else is not.
+        if let Ok(md) = std::fs::symlink_metadata(path) {
+            use std::os::unix::fs::FileTypeExt;
+            if md.file_type().is_socket() {
+                std::fs::remove_file(path)?;
+            } else {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "exists and is not a socket",
+                ));
+            }
+        }
+        bind(fd.as_raw_fd(), &addr)?;
+        Ok(())
+    })?;
     listen(&fd, Backlog::new(backlog).unwrap_or(Backlog::MAXCONN))?;
     Ok(fd)
 }
 
+/// Runs `f` with the mail owner's filesystem ids and `umask`.
+fn as_owner<T>(
+    owner: (u32, u32),
+    umask: u32,
+    f: impl FnOnce() -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    let mail_owner = postern_common::privilege::MailOwner {
+        uid: owner.0,
+        gid: owner.1,
+    };
+    postern_common::privilege::as_filesystem_user(mail_owner, umask, f)
+        .map_err(std::io::Error::other)?
+}
+
 fn open_fifo(path: &Path, owner: (u32, u32)) -> std::io::Result<OwnedFd> {
     use std::os::unix::fs::FileTypeExt;
-    match std::fs::symlink_metadata(path) {
-        Ok(md) if md.file_type().is_fifo() => {}
-        Ok(_) => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "exists and is not a fifo",
-            ))
+    let fd = as_owner(owner, 0, || -> std::io::Result<OwnedFd> {
+        match std::fs::symlink_metadata(path) {
+            Ok(md) if md.file_type().is_fifo() => {}
+            Ok(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "exists and is not a fifo",
+                ))
+            }
+            Err(_) => nix::unistd::mkfifo(path, Mode::from_bits_truncate(0o622))?,
         }
-        Err(_) => nix::unistd::mkfifo(path, Mode::from_bits_truncate(0o622))?,
+        let raw = nix::fcntl::open(
+            path,
+            nix::fcntl::OFlag::O_RDWR
+                | nix::fcntl::OFlag::O_NONBLOCK
+                | nix::fcntl::OFlag::O_CLOEXEC
+                | nix::fcntl::OFlag::O_NOFOLLOW,
+            Mode::empty(),
+        )?;
+        Ok(postern_common::sys::own_new_fd(raw))
+    })?;
+    // Checked and fixed through the descriptor, never by path.
+    let md = nix::sys::stat::fstat(fd.as_raw_fd())?;
+    let is_fifo = md.st_mode & libc::S_IFMT == libc::S_IFIFO;
+    if !is_fifo || md.st_uid != owner.0 {
+        return Err(std::io::Error::other(
+            "is not a fifo owned by the mail owner",
+        ));
     }
-    nix::unistd::chown(path, Some(owner.0.into()), Some(owner.1.into()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o622))?;
-    let raw = nix::fcntl::open(
-        path,
-        nix::fcntl::OFlag::O_RDWR
-            | nix::fcntl::OFlag::O_NONBLOCK
-            | nix::fcntl::OFlag::O_CLOEXEC
-            | nix::fcntl::OFlag::O_NOFOLLOW,
-        Mode::empty(),
-    )?;
-    Ok(postern_common::sys::own_new_fd(raw))
+    nix::sys::stat::fchmod(fd.as_raw_fd(), Mode::from_bits_truncate(0o622))?;
+    Ok(fd)
 }
 
 /// Removes the file of a unix or fifo endpoint (when a service goes away).

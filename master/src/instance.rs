@@ -6,14 +6,17 @@
 //! queue_directory/            root      0755
 //!     private/                mail_owner 0700   unix endpoints for the mail owner
 //!     public/                 mail_owner 0755   unix endpoints for anyone
-//! data_directory/             mail_owner 0700
+//! data_directory/             root      0755
 //!     master/                 root      0700
 //!         master.pid          the pid, locked (fs2) while the master runs
 //!         master.control      the control socket (status), root only
 //! ```
 //!
-//! The pid file lives in a root-only directory so that the mail owner cannot
-//! point `postern stop` at another process.
+//! The pid file and the control socket live in directories only root can
+//! change (unlike Postfix's mail-owner-owned data_directory), so that the
+//! mail owner can neither point `postern stop` at another process nor make
+//! root change a file of its choosing; `postern stop`, `reload` and `status`
+//! verify that before they trust the pid file.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -81,7 +84,7 @@ pub fn ensure_directories(config: &Config, owner: &Account) -> Result<Vec<PathBu
         (queue, 0, 0, 0o755),
         (&queue.join("private"), owner.uid, owner.gid, 0o700),
         (&queue.join("public"), owner.uid, owner.gid, 0o755),
-        (data, owner.uid, owner.gid, 0o700),
+        (data, 0, 0, 0o755),
         (&paths.master_dir, 0, 0, 0o700),
     ];
     let mut created = Vec::new();
@@ -145,9 +148,55 @@ pub fn acquire(paths: &Paths) -> Result<PidLock, LockError> {
     Ok(PidLock { _file: file })
 }
 
-/// The pid of the running master, if one holds the lock.
+/// Whether `dir` and its parents are safe to trust: owned by root and not
+/// writable by group or others (a root-owned sticky directory such as /tmp
+/// is fine).
+pub fn trusted_path(dir: &Path) -> Result<(), String> {
+    let mut cur = Some(dir);
+    while let Some(d) = cur {
+        let md = std::fs::symlink_metadata(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        if md.file_type().is_symlink() {
+            return Err(format!("{} is a symbolic link", d.display()));
+        }
+        let sticky = md.mode() & 0o1000 != 0;
+        if md.uid() != 0 || (md.mode() & 0o022 != 0 && !sticky) {
+            return Err(format!(
+                "{} is owned by uid {} with mode {:04o}: only root may be able to change it",
+                d.display(),
+                md.uid(),
+                md.mode() & 0o7777
+            ));
+        }
+        cur = d.parent();
+    }
+    Ok(())
+}
+
+/// The pid of the running master, if one holds the lock. The pid file, its
+/// directory and their parents must be root's (else nothing is trusted).
 pub fn running_master(paths: &Paths) -> Option<u32> {
-    let mut file = File::open(&paths.pid_file).ok()?;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Err(why) = trusted_path(&paths.master_dir) {
+        log::warn!("not trusting {}: {why}", paths.pid_file.display());
+        eprintln!(
+            "postern: warning: not trusting {}: {why}",
+            paths.pid_file.display()
+        );
+        return None;
+    }
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(&paths.pid_file)
+        .ok()?;
+    let md = file.metadata().ok()?;
+    if md.uid() != 0 || !md.is_file() {
+        eprintln!(
+            "postern: warning: not trusting {}: not a regular file owned by root",
+            paths.pid_file.display()
+        );
+        return None;
+    }
     if FileExt::try_lock_shared(&file).is_ok() {
         let _ = FileExt::unlock(&file);
         return None;

@@ -41,12 +41,12 @@ use mio::net::UnixListener;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::{kill, Signal};
-use nix::sys::socket::{recv, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
+use nix::sys::socket::{socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use postern_common::account::{self, Account};
 use postern_common::server::ChildArgs;
-use postern_common::status::{StatusRecord, FIRST_FREE_FD, RECORD_LEN, STATUS_FD};
+use postern_common::status::{StatusRecord, FIRST_FREE_FD, STATUS_FD};
 use postern_common::{sys, sysexits};
 use postern_conf::{params, Config, ServiceEntry, ServicesFile, Source};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM};
@@ -243,11 +243,38 @@ struct Service {
     used: bool,
     next_wakeup: Option<Instant>,
     limit: Option<u32>,
+    /// Status-channel warnings: (window start, logged in it, suppressed).
+    warnings: (Option<Instant>, u32, u32),
 }
 
 impl Service {
     fn id(&self) -> String {
         self.entry.id()
+    }
+
+    /// Logs a warning about this service's status channel, at most ten a
+    /// second (a misbehaving child must not flood the log).
+    fn warn_limited(&mut self, now: Instant, text: &str) {
+        let window_over = self
+            .warnings
+            .0
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
+        if window_over {
+            if self.warnings.2 > 0 {
+                log::warn!(
+                    "service {}: {} more status channel warning(s) suppressed",
+                    self.id(),
+                    self.warnings.2
+                );
+            }
+            self.warnings = (Some(now), 0, 0);
+        }
+        if self.warnings.1 < 10 {
+            self.warnings.1 += 1;
+            log::warn!("service {}: {text}", self.id());
+        } else {
+            self.warnings.2 += 1;
+        }
     }
 
     fn load(&self, stopping: bool, now: Instant) -> ServiceLoad {
@@ -439,6 +466,7 @@ impl Master {
             used: false,
             next_wakeup,
             limit,
+            warnings: (None, 0, 0),
         })
     }
 
@@ -603,37 +631,53 @@ impl Master {
     }
 
     fn on_status(&mut self, generation: u32) {
+        /// Records handled per wakeup before the master looks at other work.
+        const MAX_PER_WAKEUP: usize = 256;
         let Some(i) = self.service_index(generation) else {
             return;
         };
         let mut buf = [0u8; 64];
-        loop {
-            let n = match recv(
-                self.services[i].status.as_raw_fd(),
-                &mut buf,
-                MsgFlags::MSG_DONTWAIT,
-            ) {
-                Ok(n) => n,
+        for handled in 0.. {
+            if handled == MAX_PER_WAKEUP {
+                // More may be waiting: ask for another readiness event
+                // rather than let one service starve signals and others.
+                let svc = &self.services[i];
+                let raw = svc.status.as_raw_fd();
+                let _ = self.poll.registry().reregister(
+                    &mut SourceFd(&raw),
+                    svc.status_token,
+                    Interest::READABLE,
+                );
+                break;
+            }
+            let (n, sender) = match recv_with_sender(&self.services[i].status, &mut buf) {
+                Ok(x) => x,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(_) => break,
             };
+            let now = Instant::now();
             let svc = &mut self.services[i];
-            match StatusRecord::decode(&buf[..n.min(buf.len())]) {
-                Ok(r) if r.generation == svc.generation => {
-                    match svc.children.get_mut(&(r.pid as i32)) {
-                        Some(c) => c.info = c.info.report(r.state),
-                        None => log::warn!(
-                            "service {}: status record for pid {} which is not its child: ignored",
-                            svc.id(),
-                            r.pid
-                        ),
+            let problem = match StatusRecord::decode(&buf[..n.min(buf.len())]) {
+                Ok(r) if r.generation != svc.generation => None,
+                Ok(r) if sender != Some(r.pid as i32) => Some(format!(
+                    "status record for pid {} sent by pid {}: ignored",
+                    r.pid,
+                    sender.map_or("unknown".to_string(), |p| p.to_string())
+                )),
+                Ok(r) => match svc.children.get_mut(&(r.pid as i32)) {
+                    Some(c) => {
+                        c.info = c.info.report(r.state);
+                        None
                     }
-                }
-                Ok(_) => {}
-                Err(e) => log::warn!("service {}: malformed status record ignored: {e}", svc.id()),
-            }
-            if n == 0 || n > RECORD_LEN * 4 {
-                break;
+                    None => Some(format!(
+                        "status record for pid {} which is not its child: ignored",
+                        r.pid
+                    )),
+                },
+                Err(e) => Some(format!("malformed status record ignored: {e}")),
+            };
+            if let Some(text) = problem {
+                svc.warn_limited(now, &text);
             }
         }
         self.refresh(i, Instant::now());
@@ -993,6 +1037,31 @@ impl Master {
     }
 }
 
+/// Receives one status datagram with the sender's pid (SO_PASSCRED).
+fn recv_with_sender(fd: &OwnedFd, buf: &mut [u8]) -> nix::Result<(usize, Option<i32>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, UnixAddr, UnixCredentials};
+    let mut cmsg = nix::cmsg_space!(UnixCredentials);
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<UnixAddr>(
+        fd.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_DONTWAIT,
+    )?;
+    let mut sender = None;
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            if let ControlMessageOwned::ScmCredentials(cred) = c {
+                sender = Some(cred.pid());
+            }
+        }
+    }
+    if msg.bytes == 0 && sender.is_none() {
+        return Err(nix::errno::Errno::EAGAIN);
+    }
+    Ok((msg.bytes, sender))
+}
+
 /// Kills every remaining descendant (children, and commands orphaned to us as
 /// the subreaper) with its process group, and reaps them all.
 fn sweep_descendants() {
@@ -1090,6 +1159,8 @@ fn status_channel() -> nix::Result<(OwnedFd, OwnedFd)> {
         Ok(sys::own_new_fd(n))
     };
     let child = high(b)?;
+    // The kernel attaches each sender's pid to what the master reads.
+    nix::sys::socket::setsockopt(&a, nix::sys::socket::sockopt::PassCred, &true)?;
     // The child's end blocks: children write records without MSG_DONTWAIT races.
     nix::fcntl::fcntl(
         child.as_raw_fd(),

@@ -576,3 +576,56 @@ fn postcard_free_request() -> Vec<u8> {
     drop((a, b));
     frame
 }
+
+#[test]
+fn a_symlinked_maildir_and_control_characters_in_addresses_are_refused() {
+    let inst = local_instance("", "");
+    let mut policy = std::fs::OpenOptions::new()
+        .append(true)
+        .open(inst.etc().join("destinations"))
+        .unwrap();
+    writeln!(policy, "maildir ~/Mail/**").unwrap();
+    let dir = mail_dir(ANN, "maildirlink");
+    let elsewhere = mail_dir(ANN, "maildir-elsewhere");
+    std::os::unix::fs::symlink(&elsewhere, dir.join("Maildir")).unwrap();
+    // The trailing slash must not make the checks follow the link.
+    let out = inst.deliver(
+        &[
+            "-f",
+            "s@example.org",
+            "--user",
+            ANN,
+            "--maildir",
+            &format!("{}/Maildir/", dir.display()),
+        ],
+        b"Subject: x\n\nb\n",
+    );
+    assert!(
+        out.stdout.contains("bounced") && out.stdout.contains("symbolic link"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        std::fs::read_dir(&elsewhere).unwrap().count(),
+        0,
+        "nothing written through the link"
+    );
+    let mbox = dir.join("inbox");
+    let out = inst.deliver(
+        &[
+            "-f",
+            "evil\nFrom forged@example.org",
+            "--user",
+            ANN,
+            "--mailbox",
+            mbox.to_str().unwrap(),
+        ],
+        b"Subject: x\n\nb\n",
+    );
+    assert!(
+        out.stdout.contains("bounced (5.1.7)") && out.stdout.contains("control characters"),
+        "{}",
+        out.stdout
+    );
+    assert!(!mbox.exists());
+}

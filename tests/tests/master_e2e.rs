@@ -269,7 +269,13 @@ fn start_twice_says_so_and_status_shows_the_services() {
         "{status}"
     );
     assert!(status.contains("       3"), "maxproc column: {status}");
-    assert!(status.contains("idle, 1 use(s)"), "{status}");
+    // The client sees end-of-file when cat exits, a moment before the child
+    // reports itself idle again.
+    assert!(
+        eventually(WAIT, || inst.status().contains("idle, 1 use(s)")),
+        "{}",
+        inst.status()
+    );
     assert_eq!(inst.stop(false).code, Some(0));
     let out = inst.postern(&["stop"]);
     assert_eq!(out.code, Some(1));
@@ -369,7 +375,7 @@ exec REAL "$@"
         "malformed status record ignored: status record with unknown state",
         1,
     );
-    inst.wait_log("status record for pid 858927408 which is not its child", 1);
+    inst.wait_log("status record for pid 858927408 sent by pid", 1);
     assert_eq!(
         unix_exchange(&inst.public("echo"), b"still ok").unwrap(),
         b"still ok"
@@ -396,4 +402,31 @@ fn ipv6_loopback_service() {
     BufReader::new(s).read_line(&mut out).unwrap();
     assert_eq!(out, "six");
     let _ = Duration::ZERO;
+}
+
+#[test]
+fn endpoints_belong_to_the_mail_owner_and_an_untrusted_pid_file_is_not_signalled() {
+    use std::os::unix::fs::MetadataExt;
+    let mut inst = Instance::new("", "echo unix n n n - 2 spawn user=nobody argv=/bin/cat");
+    inst.start();
+    // Created with the mail owner's filesystem ids and a umask: no chown or
+    // chmod by path as root.
+    let (owner, _) = postern_tests::ids_of("postern");
+    let md = std::fs::symlink_metadata(inst.public("echo")).unwrap();
+    assert_eq!((md.uid(), md.mode() & 0o777), (owner, 0o666));
+    // The master's directory must be root's: if it is not, postern stop does
+    // not trust the pid file in it.
+    let master_dir = inst.dir.path().join("etc/data/master");
+    let (nobody, nogroup) = postern_tests::ids_of("nobody");
+    nix::unistd::chown(&master_dir, Some(nobody.into()), Some(nogroup.into())).unwrap();
+    let out = inst.postern(&["stop"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("not trusting")
+            && out.stderr.contains("only root may be able to change it"),
+        "{}",
+        out.stderr
+    );
+    nix::unistd::chown(&master_dir, Some(0.into()), Some(0.into())).unwrap();
+    assert_eq!(inst.stop(false).code, Some(0));
 }
