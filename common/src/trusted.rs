@@ -52,6 +52,11 @@ pub fn mode(dir: &Path) -> Mode {
             md.mode() & 0o7777
         ));
     }
+    if let Some(parent) = dir.parent() {
+        if let Err(why) = root_controlled(parent) {
+            return Mode::Disabled(format!("trusted program directory {shown}: {why}"));
+        }
+    }
     if dir.join(NO_PROGRAM).exists() {
         return Mode::Disabled(format!("{NO_PROGRAM} is present in {shown}"));
     }
@@ -76,4 +81,29 @@ pub fn mode(dir: &Path) -> Mode {
             "no programs in the trusted program directory {shown}"
         ))
     }
+}
+
+/// Whether `dir` and every directory above it can be changed by root only:
+/// owned by root and not writable by group or others (a root-owned
+/// directory with the sticky bit, such as /tmp, is fine: others cannot
+/// rename what they do not own there).
+pub fn root_controlled(dir: &Path) -> Result<(), String> {
+    let mut cur = Some(dir);
+    while let Some(d) = cur {
+        let md = std::fs::symlink_metadata(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        if md.file_type().is_symlink() {
+            return Err(format!("{} is a symbolic link", d.display()));
+        }
+        let sticky = md.mode() & 0o1000 != 0;
+        if md.uid() != 0 || (md.mode() & 0o022 != 0 && !sticky) {
+            return Err(format!(
+                "{} is owned by uid {} with mode {:04o}: only root may be able to change it",
+                d.display(),
+                md.uid(),
+                md.mode() & 0o7777
+            ));
+        }
+        cur = d.parent().filter(|p| !p.as_os_str().is_empty());
+    }
+    Ok(())
 }

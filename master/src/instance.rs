@@ -148,35 +148,11 @@ pub fn acquire(paths: &Paths) -> Result<PidLock, LockError> {
     Ok(PidLock { _file: file })
 }
 
-/// Whether `dir` and its parents are safe to trust: owned by root and not
-/// writable by group or others (a root-owned sticky directory such as /tmp
-/// is fine).
-pub fn trusted_path(dir: &Path) -> Result<(), String> {
-    let mut cur = Some(dir);
-    while let Some(d) = cur {
-        let md = std::fs::symlink_metadata(d).map_err(|e| format!("{}: {e}", d.display()))?;
-        if md.file_type().is_symlink() {
-            return Err(format!("{} is a symbolic link", d.display()));
-        }
-        let sticky = md.mode() & 0o1000 != 0;
-        if md.uid() != 0 || (md.mode() & 0o022 != 0 && !sticky) {
-            return Err(format!(
-                "{} is owned by uid {} with mode {:04o}: only root may be able to change it",
-                d.display(),
-                md.uid(),
-                md.mode() & 0o7777
-            ));
-        }
-        cur = d.parent();
-    }
-    Ok(())
-}
-
 /// The pid of the running master, if one holds the lock. The pid file, its
 /// directory and their parents must be root's (else nothing is trusted).
 pub fn running_master(paths: &Paths) -> Option<u32> {
     use std::os::unix::fs::OpenOptionsExt;
-    if let Err(why) = trusted_path(&paths.master_dir) {
+    if let Err(why) = postern_common::trusted::root_controlled(&paths.master_dir) {
         log::warn!("not trusting {}: {why}", paths.pid_file.display());
         eprintln!(
             "postern: warning: not trusting {}: {why}",
