@@ -152,6 +152,10 @@ pub fn acquire(paths: &Paths) -> Result<PidLock, LockError> {
 /// directory and their parents must be root's (else nothing is trusted).
 pub fn running_master(paths: &Paths) -> Option<u32> {
     use std::os::unix::fs::OpenOptionsExt;
+    // No directory yet: never started here, so not running.
+    if !paths.master_dir.exists() {
+        return None;
+    }
     if let Err(why) = postern_common::trusted::root_controlled(&paths.master_dir) {
         log::warn!("not trusting {}: {why}", paths.pid_file.display());
         eprintln!(
