@@ -162,16 +162,24 @@ fn build_message(size: usize, id: &str, sender: &str, recipient: &str, date: u64
          \n"
     );
     let mut message = headers.into_bytes();
-    let filler = FILLER.as_bytes();
-    let mut at = 0usize;
+    let mut words = FILLER.split_whitespace().cycle();
+    let mut next = words.next().unwrap_or("x");
     while message.len() < size {
         let room = size - message.len();
-        // Each line is its text and a newline; the last one takes what is left.
-        let text = if room > LINE + 1 { LINE } else { room - 1 };
-        for _ in 0..text {
-            message.push(filler[at % filler.len()]);
-            at += 1;
+        // Words up to LINE characters, then a newline.
+        let mut line = String::new();
+        while line.len() + 1 + next.len() <= LINE {
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(next);
+            next = words.next().unwrap_or("x");
         }
+        if line.len() + 1 >= room {
+            // The last line: cut to what is left (its newline included).
+            line.truncate(room - 1);
+        }
+        message.extend_from_slice(line.as_bytes());
         message.push(b'\n');
     }
     message
@@ -510,7 +518,7 @@ mod tests {
 
     #[test]
     fn messages_have_the_requested_size() {
-        for size in [400, 1024, 1025, 1100, 4096, 65_536] {
+        for size in [512, 1024, 1025, 1100, 4096, 65_536] {
             let m = message(size);
             assert_eq!(m.len(), size, "size {size}");
             assert_eq!(m.last(), Some(&b'\n'));
