@@ -1,118 +1,162 @@
 //! Delivery to a Maildir, as the recipient.
 //!
-//! The copy is written to `tmp/` under a unique name
-//! (`<seconds>.M<microseconds>P<pid>Q<counter>.<host>`), fsynced, then
-//! renamed into `new/`, and `new/` is fsynced. The Maildir and its `tmp/`,
-//! `new/` and `cur/` are created (0700) when missing; an existing one must
-//! be a real directory (no symbolic link) owned by the recipient.
+//! The Maildir and its `tmp/` and `new/` are opened as directories without
+//! following symbolic links (created 0700 when missing, with `cur/`), and
+//! checked through their descriptors: real directories owned by the
+//! recipient. The copy is then written relative to those descriptors: created
+//! in `tmp/` under a unique name (`<seconds>.M<microseconds>P<pid>Q<counter>.
+//! <host>`), fsynced, renamed into `new/`, and `new/` is fsynced so that the
+//! rename is durable before the delivery is reported. Working through
+//! descriptors means no path can be swapped for a link between the checks
+//! and the writes.
 
-use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use nix::errno::Errno;
+use nix::fcntl::{openat, renameat, OFlag};
+use nix::sys::stat::{fstat, mkdirat, Mode};
 use postern_common::handoff::RecipientStatus;
+use postern_common::sys::own_new_fd;
 
 use crate::message::Copy;
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
-fn ensure_dir(path: &Path, uid: u32) -> Result<(), RecipientStatus> {
-    let shown = path.display();
-    match std::fs::DirBuilder::new().mode(0o700).create(path) {
-        Ok(()) => return Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            return Err(RecipientStatus::bounced(
-                "5.2.0",
-                format!("cannot create maildir directory {shown}: {e}"),
-            ))
+/// Opens directory `name` (relative to `parent`, or absolute), creating it
+/// 0700 when missing; returns it and whether it was created.
+fn open_dir(
+    parent: Option<&OwnedFd>,
+    name: &Path,
+    shown: &Path,
+    uid: u32,
+) -> Result<(OwnedFd, bool), RecipientStatus> {
+    // None: relative to the working directory (the path is absolute).
+    let at = parent.map(|p| p.as_raw_fd());
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let bounce = |why: String| RecipientStatus::bounced("5.2.0", why);
+    let defer = |why: String| RecipientStatus::deferred("4.2.0", why);
+    let mut created = false;
+    let fd = loop {
+        match openat(at, name, flags, Mode::empty()) {
+            Ok(fd) => break own_new_fd(fd),
+            Err(Errno::ENOENT) if !created => {
+                match mkdirat(at, name, Mode::from_bits_truncate(0o700)) {
+                    Ok(()) | Err(Errno::EEXIST) => created = true,
+                    Err(Errno::EACCES | Errno::EPERM) => {
+                        return Err(bounce(format!(
+                            "cannot create maildir directory {}: permission denied",
+                            shown.display()
+                        )))
+                    }
+                    Err(e) => {
+                        return Err(defer(format!(
+                            "cannot create maildir directory {}: {e}",
+                            shown.display()
+                        )))
+                    }
+                }
+            }
+            Err(Errno::ELOOP | Errno::ENOTDIR) => {
+                return Err(bounce(format!(
+                    "maildir directory {} is a symbolic link or not a directory: refused",
+                    shown.display()
+                )))
+            }
+            Err(Errno::EACCES) => {
+                return Err(bounce(format!(
+                    "cannot open maildir directory {}: permission denied",
+                    shown.display()
+                )))
+            }
+            Err(e) => {
+                return Err(defer(format!(
+                    "cannot open maildir directory {}: {e}",
+                    shown.display()
+                )))
+            }
         }
-        Err(e) => {
-            return Err(RecipientStatus::deferred(
-                "4.2.0",
-                format!("cannot create maildir directory {shown}: {e}"),
-            ))
-        }
+    };
+    let md = fstat(fd.as_raw_fd())
+        .map_err(|e| defer(format!("cannot examine {}: {e}", shown.display())))?;
+    if md.st_uid != uid {
+        return Err(bounce(format!(
+            "maildir directory {} is owned by uid {}, not the recipient: refused",
+            shown.display(),
+            md.st_uid
+        )));
     }
-    match std::fs::symlink_metadata(path) {
-        Ok(md) if md.file_type().is_symlink() => Err(RecipientStatus::bounced(
-            "5.2.0",
-            format!("maildir directory {shown} is a symbolic link: refused"),
-        )),
-        Ok(md) if !md.is_dir() => Err(RecipientStatus::bounced(
-            "5.2.0",
-            format!("maildir {shown} is not a directory: refused"),
-        )),
-        Ok(md) if md.uid() != uid => Err(RecipientStatus::bounced(
-            "5.2.0",
-            format!(
-                "maildir directory {shown} is owned by uid {}, not the recipient: refused",
-                md.uid()
-            ),
-        )),
-        Ok(_) => Ok(()),
-        Err(e) => Err(RecipientStatus::deferred(
-            "4.2.0",
-            format!("cannot examine {shown}: {e}"),
-        )),
-    }
+    Ok((fd, created))
 }
 
 /// Delivers `copy` into the Maildir at `dir`.
 pub fn deliver(dir: &Path, uid: u32, copy: &Copy<'_>) -> RecipientStatus {
-    // "Maildir/" names the directory; with the slash, lstat would follow a
-    // symbolic link. Rebuild the path from its components (no trailing slash).
-    let dir: std::path::PathBuf = dir.components().collect();
-    let dir = dir.as_path();
-    for d in [
-        dir.to_path_buf(),
-        dir.join("tmp"),
-        dir.join("new"),
-        dir.join("cur"),
-    ] {
-        if let Err(status) = ensure_dir(&d, uid) {
-            return status;
+    // "Maildir/" names the directory: rebuild the path without the slash.
+    let dir: PathBuf = dir.components().collect();
+    let result = (|| -> Result<RecipientStatus, RecipientStatus> {
+        let (root, created) = open_dir(None, &dir, &dir, uid)?;
+        let (tmp, tmp_new) = open_dir(Some(&root), Path::new("tmp"), &dir.join("tmp"), uid)?;
+        let (new, new_new) = open_dir(Some(&root), Path::new("new"), &dir.join("new"), uid)?;
+        if created || tmp_new || new_new {
+            open_dir(Some(&root), Path::new("cur"), &dir.join("cur"), uid)?;
         }
-    }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let host = nix::unistd::gethostname().map_or_else(
-        |_| "localhost".into(),
-        |h| h.to_string_lossy().replace(['/', ':'], "_"),
-    );
-    let name = format!(
-        "{}.M{}P{}Q{}.{host}",
-        now.as_secs(),
-        now.subsec_micros(),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
-    let tmp = dir.join("tmp").join(&name);
-    let new = dir.join("new").join(&name);
-    let write = || -> std::io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)?;
-        f.write_all(&copy.plain())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &new)?;
-        std::fs::File::open(dir.join("new"))?.sync_all()
-    };
-    match write() {
-        Ok(()) => RecipientStatus::delivered(format!("delivered to maildir {}", dir.display())),
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let host = nix::unistd::gethostname().map_or_else(
+            |_| "localhost".into(),
+            |h| h.to_string_lossy().replace(['/', ':'], "_"),
+        );
+        let name = format!(
+            "{}.M{}P{}Q{}.{host}",
+            now.as_secs(),
+            now.subsec_micros(),
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let defer = |e: String| {
             RecipientStatus::deferred(
                 "4.2.0",
                 format!("cannot write to maildir {}: {e}", dir.display()),
             )
+        };
+        let file = openat(
+            Some(tmp.as_raw_fd()),
+            name.as_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| defer(e.to_string()))?;
+        let mut file = std::fs::File::from(own_new_fd(file));
+        let written = file
+            .write_all(&copy.plain())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                renameat(
+                    Some(tmp.as_raw_fd()),
+                    name.as_str(),
+                    Some(new.as_raw_fd()),
+                    name.as_str(),
+                )
+                .map_err(|e| e.to_string())
+            })
+            .and_then(|()| nix::unistd::fsync(new.as_raw_fd()).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            let _ = nix::unistd::unlinkat(
+                Some(tmp.as_raw_fd()),
+                name.as_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
+            return Err(defer(e));
         }
-    }
+        Ok(RecipientStatus::delivered(format!(
+            "delivered to maildir {}",
+            dir.display()
+        )))
+    })();
+    result.unwrap_or_else(|status| status)
 }

@@ -204,9 +204,13 @@ fn lock<'a>(file: &'a File, path: &Path, policy: &LockPolicy) -> Result<Guard<'a
         fcntl: false,
         flock: false,
     };
+    // Postfix's budget, deliver_lock_attempts x deliver_lock_delay, spent in
+    // short pauses: a lock held for a moment costs a moment, not a second.
     let started = Instant::now();
-    let mut pause = Duration::from_millis(2);
-    for attempt in 1..=policy.attempts.max(1) {
+    let budget = policy.delay * policy.attempts.max(1);
+    let cap = policy.delay.min(Duration::from_millis(25));
+    let mut pause = Duration::from_millis(1);
+    for attempt in 1.. {
         let mut busy = None;
         for m in &policy.methods {
             let already = match m {
@@ -243,17 +247,15 @@ fn lock<'a>(file: &'a File, path: &Path, policy: &LockPolicy) -> Result<Guard<'a
             }
         }
         let Some(what) = busy else { return Ok(guard) };
-        if attempt == policy.attempts.max(1) {
+        if started.elapsed() + pause > budget {
             return Err(format!(
                 "mailbox {} is locked ({what} held by another process) after {attempt} attempts in {:.1}s",
                 path.display(),
                 started.elapsed().as_secs_f64()
             ));
         }
-        // Postfix's deliver_lock_attempts / deliver_lock_delay: bounded
-        // retries, with pauses growing up to the configured delay.
         std::thread::sleep(pause);
-        pause = (pause * 2).min(policy.delay);
+        pause = (pause * 2).min(cap);
     }
     Err(format!("mailbox {} stayed locked", path.display()))
 }
