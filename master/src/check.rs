@@ -343,13 +343,8 @@ fn check_provided(
     out: &mut Vec<Diagnostic>,
 ) {
     let file = &config.master.file;
-    let mut err = |msg: String| {
-        out.push(Diagnostic::error(
-            file,
-            Some(s.line),
-            format!("service {}: {msg}", s.id()),
-        ))
-    };
+    let mut errors: Vec<String> = Vec::new();
+    let mut err = |msg: String| errors.push(msg);
     if !supported_type(s.kind) {
         err(format!(
             "type {} is not supported by postern (use inet, unix or fifo)",
@@ -360,6 +355,20 @@ fn check_provided(
         err(format!(
             "{} switches users and needs 'n' in the unpriv column",
             program.name
+        ));
+    }
+    if s.chroot && program.name == "local" {
+        err("local cannot run chrooted (it needs /proc and the users' files): put n in the chroot column".into());
+    }
+    if s.chroot && program.name == "spawn" {
+        out.push(Diagnostic::warning(
+            file,
+            Some(s.line),
+            format!(
+                "service {}: chrooted to {}: the command and everything it needs must exist inside it",
+                s.id(),
+                config.text(params::QUEUE_DIRECTORY)
+            ),
         ));
     }
     if program.name == "spawn" && !matches!(s.kind, ServiceType::Inet | ServiceType::Unix) {
@@ -377,6 +386,13 @@ fn check_provided(
         if let Err(e) = CommandSpec::parse(&s.args, owner, &SystemAccounts) {
             err(e);
         }
+    }
+    for msg in errors {
+        out.push(Diagnostic::error(
+            file,
+            Some(s.line),
+            format!("service {}: {msg}", s.id()),
+        ));
     }
 }
 

@@ -291,6 +291,7 @@ fn check_rejects_types_postern_cannot_run_for_its_own_programs() {
         &master,
         "echo unix n - n - 1 spawn user=nobody argv=/bin/cat\n",
     );
+    let chrooted = append(&master, "local unix - n y - - local\n");
     let out = postern(&["-c", &etc(&dir), "check"]);
     assert_eq!(out.code, Some(1), "{out:?}");
     let shown = master.display();
@@ -300,6 +301,11 @@ fn check_rejects_types_postern_cannot_run_for_its_own_programs() {
             dgram,
             "service logger/unix-dgram: type unix-dgram is not supported by postern"
         ),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        has(chrooted, "service local/unix: local cannot run chrooted"),
         "{}",
         out.stderr
     );
