@@ -90,10 +90,11 @@ pub fn init(syslog_name: &str, program: &str, sink: Sink) {
 
 static LOGGER: std::sync::OnceLock<Logger> = std::sync::OnceLock::new();
 
-/// Formats seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (UTC).
-pub fn utc_timestamp(secs: u64) -> String {
+/// The UTC civil date and time of `secs` since the epoch:
+/// (year, month 1-12, day 1-31, hour, minute, second).
+pub fn civil(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
     let days = (secs / 86400) as i64;
-    let rem = secs % 86400;
+    let rem = (secs % 86400) as u32;
     // Civil-from-days (Howard Hinnant's algorithm).
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -101,15 +102,16 @@ pub fn utc_timestamp(secs: u64) -> String {
     let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    (year, month, day, rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Formats seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (UTC).
+pub fn utc_timestamp(secs: u64) -> String {
+    let (year, month, day, h, m, s) = civil(secs);
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z")
 }
 
 fn level_prefix(level: log::Level) -> &'static str {

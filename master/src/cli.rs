@@ -164,13 +164,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     return Ok(sysexits::EX_USAGE);
                 }
             };
-            let (config, diags) = load(&source(cli.config_dir));
-            let Some(config) = config else {
-                diags
-                    .iter()
-                    .filter(|d| d.is_error())
-                    .for_each(|d| eprintln!("{d}"));
-                return Ok(sysexits::EX_CONFIG);
+            let config = match crate::control::loaded(&source(cli.config_dir)) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
             };
             Ok(crate::deliver::run(
                 &config,
@@ -183,13 +179,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             ))
         }
         Command::Destinations => {
-            let (config, diags) = load(&source(cli.config_dir));
-            let Some(config) = config else {
-                diags
-                    .iter()
-                    .filter(|d| d.is_error())
-                    .for_each(|d| eprintln!("{d}"));
-                return Ok(sysexits::EX_CONFIG);
+            let config = match crate::control::loaded(&source(cli.config_dir)) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
             };
             let (suggestions, problems) = crate::destinations::suggest(&config);
             for p in &problems {

@@ -27,7 +27,27 @@ use crate::instance::{self, Paths};
 /// How long `start` waits for the master to be ready.
 const START_DEADLINE: Duration = Duration::from_secs(60);
 
-fn loaded(source: &Source) -> Result<Config, i32> {
+/// Prints `postern check`'s errors and refuses with 78 when there are any.
+fn refuse_on_problems(config: &Config, what: &str) -> Result<(), i32> {
+    let problems: Vec<_> = check::check(config)
+        .into_iter()
+        .filter(|d| d.is_error())
+        .collect();
+    if problems.is_empty() {
+        return Ok(());
+    }
+    for d in &problems {
+        eprintln!("{d}");
+    }
+    eprintln!(
+        "postern: {what}: {} problem(s) (postern check lists them all)",
+        problems.len()
+    );
+    Err(sysexits::EX_CONFIG)
+}
+
+/// The configuration, or its errors printed and exit status 78.
+pub fn loaded(source: &Source) -> Result<Config, i32> {
     let (config, diags) = load(source);
     match config {
         Some(c) => Ok(c),
@@ -76,19 +96,8 @@ pub fn start(source: &Source, foreground: bool) -> i32 {
     if let Err(code) = create_mail_owner(&config) {
         return code;
     }
-    let problems: Vec<_> = check::check(&config)
-        .into_iter()
-        .filter(|d| d.is_error())
-        .collect();
-    if !problems.is_empty() {
-        for d in &problems {
-            eprintln!("{d}");
-        }
-        eprintln!(
-            "postern: fatal: not starting: {} problem(s) (postern check lists them all)",
-            problems.len()
-        );
-        return sysexits::EX_CONFIG;
+    if let Err(code) = refuse_on_problems(&config, "not starting") {
+        return code;
     }
     let paths = Paths::of(&config);
     if let Some(pid) = instance::running_master(&paths) {
@@ -299,16 +308,11 @@ pub fn reload(source: &Source) -> i32 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let problems: Vec<_> = check::check(&config)
-        .into_iter()
-        .filter(|d| d.is_error())
-        .collect();
-    if !problems.is_empty() {
-        for d in &problems {
-            eprintln!("{d}");
-        }
-        eprintln!("postern: not reloading: the running configuration stays in force");
-        return sysexits::EX_CONFIG;
+    if let Err(code) = refuse_on_problems(
+        &config,
+        "not reloading: the running configuration stays in force",
+    ) {
+        return code;
     }
     let (_, pid) = match running(&config) {
         Ok(r) => r,

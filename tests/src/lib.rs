@@ -466,3 +466,20 @@ pub fn test_account(name: &str, shell: &str) -> (u32, u32, PathBuf) {
     let home = PathBuf::from(format!("/home/{name}"));
     (uid, gid, home)
 }
+
+/// The `p`-th percentile of sorted values (nearest rank), in milliseconds
+/// (shared by the benchmark clients).
+pub fn percentile_ms(sorted: &[Duration], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    // Nearest rank: the value at 1-based rank ceil(p/100 * n).
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    let index = rank.clamp(1, sorted.len()) - 1;
+    sorted.get(index).map(|d| d.as_secs_f64() * 1000.0)
+}
+
+/// Milliseconds with three decimals, or `nan`.
+pub fn fmt_ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "nan".to_string(), |v| format!("{v:.3}"))
+}

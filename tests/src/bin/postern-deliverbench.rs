@@ -112,24 +112,14 @@ fn rfc2822_date(secs: u64) -> String {
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
     let days = secs / 86_400;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day, h, m, sec) = postern_common::log::civil(secs);
     format!(
         "{}, {day:02} {} {year} {:02}:{:02}:{:02} +0000",
         DAYS[(days % 7) as usize],
         MONTHS[(month - 1) as usize],
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+        h,
+        m,
+        sec
     )
 }
 
@@ -188,20 +178,7 @@ fn build_message(size: usize, id: &str, sender: &str, recipient: &str, date: u64
 // --------------------------------------------------------------------------
 // Measurements.
 
-/// The `p`-th percentile of sorted values (nearest rank), in milliseconds.
-fn percentile_ms(sorted: &[Duration], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    // Nearest rank: the value at 1-based rank ceil(p/100 * n).
-    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
-    let index = rank.clamp(1, sorted.len()) - 1;
-    sorted.get(index).map(|d| d.as_secs_f64() * 1000.0)
-}
-
-fn fmt_ms(v: Option<f64>) -> String {
-    v.map_or_else(|| "nan".to_string(), |v| format!("{v:.3}"))
-}
+use postern_tests::{fmt_ms, percentile_ms};
 
 /// The result line's numbers: "secs=.. rate=.. p50_ms=.. p99_ms=.. max_ms=..".
 fn summary(sorted: &[Duration], secs: f64) -> String {

@@ -293,20 +293,7 @@ fn worker(plan: &Plan) -> Tally {
     tally
 }
 
-/// The `p`-th percentile of sorted values (nearest rank), in milliseconds.
-fn percentile_ms(sorted: &[Duration], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    // Nearest rank: the value at 1-based rank ceil(p/100 * n).
-    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
-    let index = rank.clamp(1, sorted.len()) - 1;
-    sorted.get(index).map(|d| d.as_secs_f64() * 1000.0)
-}
-
-fn fmt_ms(v: Option<f64>) -> String {
-    v.map_or_else(|| "nan".to_string(), |v| format!("{v:.3}"))
-}
+use postern_tests::{fmt_ms, percentile_ms};
 
 fn seconds(name: &str, secs: f64) -> Result<Duration> {
     Duration::try_from_secs_f64(secs)
