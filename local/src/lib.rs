@@ -203,6 +203,7 @@ impl Handler for Local {
                 return;
             }
         };
+        let mut reap: Vec<i32> = Vec::new();
         let policy = self.settings.system_policy();
         let statuses: Vec<RecipientStatus> = request
             .recipients
@@ -215,7 +216,7 @@ impl Handler for Local {
                     arrival: request.arrival,
                 };
                 let status = match &policy {
-                    Ok(p) => self.deliver_one(instr, &copy, p),
+                    Ok(p) => self.deliver_one(instr, &copy, p, &mut reap),
                     Err(e) => RecipientStatus::deferred(
                         "4.3.5",
                         format!("destination policy unusable: {e}"),
@@ -240,6 +241,10 @@ impl Handler for Local {
         };
         if let Err(e) = handoff::send_reply(&conn, &reply) {
             log::warn!("queue id {}: cannot send the reply: {e}", request.queue_id);
+        }
+        // The delivery children have reported; reap them after the reply.
+        for pid in reap {
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
         }
     }
 }
@@ -286,6 +291,7 @@ impl Local {
         instr: &Instruction,
         copy: &Copy<'_>,
         system: &Policy,
+        reap: &mut Vec<i32>,
     ) -> RecipientStatus {
         let account = match account::user_by_name(&instr.user) {
             Ok(Some(a)) => a,
@@ -345,6 +351,7 @@ impl Local {
         in_child_as(
             run_as,
             self.settings.time_limit * programs + Duration::from_secs(60),
+            reap,
             || deliver_as_user(instr, copy, system, &account, &runner, &self.settings),
         )
     }
@@ -352,9 +359,12 @@ impl Local {
 
 /// Runs `work` in a forked child that has become `run_as` for good, and
 /// returns what it reports. A child that dies without reporting defers.
+/// The child's pid goes to `reap` once it has reported: the reply to the
+/// client does not wait for the child's exit.
 fn in_child_as(
     run_as: RunAs,
     limit: Duration,
+    reap: &mut Vec<i32>,
     work: impl FnOnce() -> RecipientStatus,
 ) -> RecipientStatus {
     let (read_end, write_end) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
@@ -379,9 +389,12 @@ fn in_child_as(
                     format!("cannot switch to uid {}: {e}", run_as.uid()),
                 ),
             };
+            // Length-prefixed, so that the parent need not wait for the exit.
             let bytes = postcard::to_stdvec(&status).unwrap_or_default();
+            let mut framed = (bytes.len() as u32).to_le_bytes().to_vec();
+            framed.extend_from_slice(&bytes);
             let mut w = std::fs::File::from(write_end);
-            let _ = std::io::Write::write_all(&mut w, &bytes);
+            let _ = std::io::Write::write_all(&mut w, &framed);
             drop(w);
             std::process::exit(0);
         }
@@ -399,19 +412,54 @@ fn in_child_as(
                     )
                 });
             }
-            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-            status.unwrap_or_else(|why| {
-                RecipientStatus::deferred("4.3.0", format!("delivery process {pid} failed: {why}"))
-            })
+            match status {
+                Ok(s) => {
+                    reap.push(pid);
+                    s
+                }
+                Err(why) => {
+                    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+                    RecipientStatus::deferred(
+                        "4.3.0",
+                        format!("delivery process {pid} failed: {why}"),
+                    )
+                }
+            }
         }
         Ok(Err(e)) => RecipientStatus::deferred("4.3.0", format!("fork: {e}")),
         Err(e) => RecipientStatus::deferred("4.3.0", format!("fork: {e}")),
     }
 }
 
+/// Reads the child's length-prefixed report within `limit`.
 fn read_status(fd: OwnedFd, limit: Duration) -> Result<RecipientStatus, String> {
-    let bytes = postern_common::wait::read_to_end_within(fd, limit, 64 * 1024)?;
-    postcard::from_bytes(&bytes).map_err(|_| "it died without a report".to_string())
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + limit;
+    let mut file = std::fs::File::from(fd);
+    let mut read_exact = |buf: &mut [u8]| -> Result<(), String> {
+        let mut got = 0;
+        while got < buf.len() {
+            if !postern_common::wait::readable_by(&file, deadline) {
+                return Err("no report within the time limit".into());
+            }
+            match file.read(&mut buf[got..]) {
+                Ok(0) => return Err("it died without a report".into()),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(())
+    };
+    let mut len = [0u8; 4];
+    read_exact(&mut len)?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > 64 * 1024 {
+        return Err("report too large".into());
+    }
+    let mut bytes = vec![0u8; len];
+    read_exact(&mut bytes)?;
+    postcard::from_bytes(&bytes).map_err(|_| "its report does not decode".to_string())
 }
 
 /// Reads `~/.postern-destinations` as the user, if it is safe to use.
