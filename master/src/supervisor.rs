@@ -1065,11 +1065,33 @@ fn recv_with_sender(fd: &OwnedFd, buf: &mut [u8]) -> nix::Result<(usize, Option<
 /// Kills every remaining descendant (children, and commands orphaned to us as
 /// the subreaper) with its process group, and reaps them all.
 fn sweep_descendants() {
+    /// A process that does not die within this (stuck in the kernel) is
+    /// left behind with a log line rather than hang the stop for ever.
+    const SWEEP_LIMIT: Duration = Duration::from_secs(10);
+    let deadline = Instant::now() + SWEEP_LIMIT;
     let me = std::process::id() as i32;
     let my_group = nix::unistd::getpgrp().as_raw();
     for _ in 0..100 {
-        let children = proc_children(me);
+        // Reap what is already dead, then deal with the living.
+        while let Ok(status) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            if status == WaitStatus::StillAlive {
+                break;
+            }
+        }
+        let children: Vec<(i32, i32)> = proc_children(me)
+            .into_iter()
+            .filter(|(pid, _)| !is_zombie(*pid))
+            .collect();
         if children.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            log::error!(
+                "stop: {} process(es) did not die within {}s of SIGKILL: {:?}",
+                children.len(),
+                SWEEP_LIMIT.as_secs(),
+                children.iter().map(|(p, _)| *p).collect::<Vec<_>>()
+            );
             break;
         }
         for (pid, pgid) in &children {
@@ -1079,7 +1101,10 @@ fn sweep_descendants() {
             let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
         }
         for (pid, _) in &children {
-            let _ = waitpid(Pid::from_raw(*pid), None);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if postern_common::wait::process_exit_within(*pid, left) {
+                let _ = waitpid(Pid::from_raw(*pid), Some(WaitPidFlag::WNOHANG));
+            }
         }
     }
     while let Ok(s) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
@@ -1087,6 +1112,17 @@ fn sweep_descendants() {
             break;
         }
     }
+}
+
+/// Whether `pid` is a zombie (dead, waiting to be reaped).
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rfind(')')
+                .map(|i| s[i + 1..].trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
 }
 
 /// (pid, process group) of every process whose parent is `parent`.
