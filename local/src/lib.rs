@@ -46,7 +46,7 @@ pub mod mbox;
 pub mod message;
 pub mod program;
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -280,7 +280,6 @@ fn read_message(fd: &OwnedFd) -> std::io::Result<Vec<u8>> {
             ));
         }
     }
-    let _ = file.as_raw_fd();
     Ok(body)
 }
 

@@ -24,7 +24,7 @@ use crate::programs;
 pub fn check(config: &Config) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     let owner = check_accounts(config, &mut out);
-    check_directories(config, owner.as_ref(), &mut out);
+    check_directories(config, &mut out);
     check_config_files(config, &mut out);
     check_inet_interfaces(config, &mut out);
     check_services(config, owner.as_ref(), &mut out);
@@ -172,7 +172,7 @@ fn check_accounts(config: &Config, out: &mut Vec<Diagnostic>) -> Option<Account>
     owner
 }
 
-fn check_directories(config: &Config, _owner: Option<&Account>, out: &mut Vec<Diagnostic>) {
+fn check_directories(config: &Config, out: &mut Vec<Diagnostic>) {
     for (name, expected_owner) in [
         (params::QUEUE_DIRECTORY, Some(0)),
         // Root's, unlike Postfix's: the master's pid lock and control socket are there.

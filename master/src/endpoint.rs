@@ -273,13 +273,9 @@ pub fn wake(target: &BindTarget) -> std::io::Result<()> {
         BindTarget::Fifo(p) => {
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
-                .custom_flags(libc_nonblock())
+                .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
                 .open(p)?;
             f.write_all(b"W")
         }
     }
-}
-
-fn libc_nonblock() -> i32 {
-    nix::fcntl::OFlag::O_NONBLOCK.bits()
 }

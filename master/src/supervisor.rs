@@ -141,7 +141,7 @@ pub fn main() -> i32 {
             .map(std::fs::File::from),
     );
     postern_common::log::init("postern", "master", postern_common::log::Sink::Stderr);
-    let code = match start(&opts, &mut ready) {
+    let code = match start(&opts) {
         Ok(mut master) => {
             ready.say("ready");
             if let Err(e) = sys::trim_text_mappings() {
@@ -160,7 +160,7 @@ pub fn main() -> i32 {
 
 type Fatal = (i32, String);
 
-fn start(opts: &Options, _ready: &mut Ready) -> Result<Master, Fatal> {
+fn start(opts: &Options) -> Result<Master, Fatal> {
     let loaded = Config::load(&opts.source, &ServicesFile::system());
     for d in &loaded.diagnostics {
         if !d.is_error() {
@@ -828,7 +828,7 @@ impl Master {
             let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
             let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
             let mut line = String::new();
-            let mut reader = BufReader::new(&stream).take_bytes(256);
+            let mut reader = BufReader::new(std::io::Read::take(&stream, 256));
             let _ = reader.read_line(&mut line);
             let reply = match line.trim() {
                 "status" => self.status_text(),
@@ -1203,14 +1203,4 @@ fn status_channel() -> nix::Result<(OwnedFd, OwnedFd)> {
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_RDWR),
     )?;
     Ok((a, child))
-}
-
-trait TakeBytes: Sized {
-    fn take_bytes(self, n: u64) -> BufReader<std::io::Take<Self>>;
-}
-
-impl<R: std::io::Read> TakeBytes for BufReader<R> {
-    fn take_bytes(self, n: u64) -> BufReader<std::io::Take<Self>> {
-        BufReader::new(std::io::Read::take(self, n))
-    }
 }

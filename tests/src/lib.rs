@@ -400,30 +400,34 @@ pub fn proc_entries() -> Vec<ProcEntry> {
     out
 }
 
-/// Connects to a unix endpoint, sends `input`, half-closes, reads to EOF.
-pub fn unix_exchange(path: &Path, input: &[u8]) -> std::io::Result<Vec<u8>> {
-    use std::io::Write;
-    let mut s = std::os::unix::net::UnixStream::connect(path)?;
-    s.set_read_timeout(Some(WAIT))?;
-    s.set_write_timeout(Some(WAIT))?;
+/// Sends `input` on a fresh connection with the [`WAIT`] timeouts set,
+/// half-closes with `shutdown`, and reads to end-of-file.
+fn exchange<S: std::io::Read + std::io::Write>(
+    mut s: S,
+    input: &[u8],
+    shutdown: impl FnOnce(&S) -> std::io::Result<()>,
+) -> std::io::Result<Vec<u8>> {
     s.write_all(input)?;
-    s.shutdown(std::net::Shutdown::Write)?;
+    shutdown(&s)?;
     let mut out = Vec::new();
     s.read_to_end(&mut out)?;
     Ok(out)
 }
 
-/// Connects to 127.0.0.1:`port`, sends `input`, half-closes, reads to EOF.
-pub fn tcp_exchange(port: u16, input: &[u8]) -> std::io::Result<Vec<u8>> {
-    use std::io::Write;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+/// Connects to a unix endpoint, sends `input`, half-closes, reads to EOF.
+pub fn unix_exchange(path: &Path, input: &[u8]) -> std::io::Result<Vec<u8>> {
+    let s = std::os::unix::net::UnixStream::connect(path)?;
     s.set_read_timeout(Some(WAIT))?;
     s.set_write_timeout(Some(WAIT))?;
-    s.write_all(input)?;
-    s.shutdown(std::net::Shutdown::Write)?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out)?;
-    Ok(out)
+    exchange(s, input, |s| s.shutdown(std::net::Shutdown::Write))
+}
+
+/// Connects to 127.0.0.1:`port`, sends `input`, half-closes, reads to EOF.
+pub fn tcp_exchange(port: u16, input: &[u8]) -> std::io::Result<Vec<u8>> {
+    let s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(WAIT))?;
+    s.set_write_timeout(Some(WAIT))?;
+    exchange(s, input, |s| s.shutdown(std::net::Shutdown::Write))
 }
 
 /// The uid and gid of `name` (from `id`).

@@ -34,6 +34,14 @@ fn local_instance(extra_main: &str, extra_master: &str) -> Instance {
     inst
 }
 
+/// `postern deliver` from s@example.org, as `user`, to the mbox at `path`.
+fn to_mailbox(inst: &Instance, user: &str, path: &str, body: &[u8]) -> postern_tests::Outcome {
+    inst.deliver(
+        &["-f", "s@example.org", "--user", user, "--mailbox", path],
+        body,
+    )
+}
+
 /// A fresh directory for one test inside `user`'s ~/Mail, owned by the user.
 fn mail_dir(user: &str, test: &str) -> PathBuf {
     let home = PathBuf::from(format!("/home/{user}"));
@@ -238,17 +246,7 @@ fn mailboxes_that_are_links_directories_or_not_the_users_are_refused_untouched()
         ("foreign", "not the recipient"),
     ] {
         let path = dir.join(name);
-        let out = inst.deliver(
-            &[
-                "-f",
-                "s@example.org",
-                "--user",
-                ANN,
-                "--mailbox",
-                path.to_str().unwrap(),
-            ],
-            b"Subject: x\n\nbody\n",
-        );
+        let out = to_mailbox(&inst, ANN, path.to_str().unwrap(), b"Subject: x\n\nbody\n");
         assert_eq!(out.code, Some(69), "{name}: {out:?}");
         assert!(
             out.stdout.contains("bounced (5.2.0)") && out.stdout.contains(why),
@@ -302,17 +300,7 @@ fn disk_full_defers_and_restores_the_mailbox_exactly() {
     writeln!(policy, "mailbox {}/*", full.display()).unwrap();
     let before = std::fs::read(&mbox).unwrap();
     let big = format!("Subject: big\n\n{}\n", "y".repeat(40_000));
-    let out = inst.deliver(
-        &[
-            "-f",
-            "s@example.org",
-            "--user",
-            ANN,
-            "--mailbox",
-            mbox.to_str().unwrap(),
-        ],
-        big.as_bytes(),
-    );
+    let out = to_mailbox(&inst, ANN, mbox.to_str().unwrap(), big.as_bytes());
     assert_eq!(out.code, Some(75), "{out:?}");
     assert!(
         out.stdout.contains("deferred (4.2.0)")
@@ -331,17 +319,7 @@ fn disk_full_defers_and_restores_the_mailbox_exactly() {
 fn destinations_outside_the_policy_bounce_and_write_nothing() {
     let inst = local_instance("", "");
     let outside = PathBuf::from(format!("/tmp/postern-outside-{}", std::process::id()));
-    let out = inst.deliver(
-        &[
-            "-f",
-            "s@example.org",
-            "--user",
-            ANN,
-            "--mailbox",
-            outside.to_str().unwrap(),
-        ],
-        b"Subject: x\n\nb\n",
-    );
+    let out = to_mailbox(&inst, ANN, outside.to_str().unwrap(), b"Subject: x\n\nb\n");
     assert_eq!(out.code, Some(69), "{out:?}");
     assert!(
         out.stdout.contains("bounced (5.7.1)") && out.stdout.contains("is not allowed by"),
@@ -361,17 +339,7 @@ fn destinations_outside_the_policy_bounce_and_write_nothing() {
     let sneaky = dir
         .join("escape")
         .join(format!("postern-sneaky-{}", std::process::id()));
-    let out = inst.deliver(
-        &[
-            "-f",
-            "s@example.org",
-            "--user",
-            ANN,
-            "--mailbox",
-            sneaky.to_str().unwrap(),
-        ],
-        b"Subject: x\n\nb\n",
-    );
+    let out = to_mailbox(&inst, ANN, sneaky.to_str().unwrap(), b"Subject: x\n\nb\n");
     assert!(
         out.stdout.contains("bounced (5.7.1)") && out.stdout.contains("symbolic link"),
         "{}",
@@ -398,19 +366,7 @@ fn per_user_policy_narrows_and_widens_only_inside_home_when_allowed() {
         "mailbox {}\nmailbox ~/private-box\nmailbox /tmp/carol-anywhere\n",
         allowed_by_user.display()
     ));
-    let deliver = |p: &Path| {
-        inst.deliver(
-            &[
-                "-f",
-                "s@example.org",
-                "--user",
-                CAROL,
-                "--mailbox",
-                p.to_str().unwrap(),
-            ],
-            b"Subject: x\n\nb\n",
-        )
-    };
+    let deliver = |p: &Path| to_mailbox(&inst, CAROL, p.to_str().unwrap(), b"Subject: x\n\nb\n");
     // Narrowing: the system allows ~/Mail/**, the user only one file.
     assert_eq!(deliver(&allowed_by_user).code, Some(0));
     let out = deliver(&dir.join("something-else"));
@@ -467,29 +423,9 @@ fn loops_size_limits_and_unknown_users_bounce() {
         out.stdout
     );
     let big = format!("Subject: big\n\n{}\n", "z".repeat(6000));
-    let out = inst.deliver(
-        &[
-            "-f",
-            "s@example.org",
-            "--user",
-            ANN,
-            "--mailbox",
-            mbox.to_str().unwrap(),
-        ],
-        big.as_bytes(),
-    );
+    let out = to_mailbox(&inst, ANN, mbox.to_str().unwrap(), big.as_bytes());
     assert!(out.stdout.contains("bounced (5.2.2)"), "{}", out.stdout);
-    let out = inst.deliver(
-        &[
-            "-f",
-            "s@example.org",
-            "--user",
-            "pt-nobody-here",
-            "--mailbox",
-            "/tmp/x",
-        ],
-        b"x\n",
-    );
+    let out = to_mailbox(&inst, "pt-nobody-here", "/tmp/x", b"x\n");
     assert!(
         out.stdout.contains("bounced (5.1.1)") && out.stdout.contains("no such user"),
         "{}",
@@ -541,15 +477,10 @@ fn malformed_frames_and_foreign_peers_are_refused_and_service_continues() {
     inst.wait_log("refused a connection from uid", 1);
     // Still serving.
     let dir = mail_dir(ANN, "aftergarbage");
-    let out = inst.deliver(
-        &[
-            "-f",
-            "s@example.org",
-            "--user",
-            ANN,
-            "--mailbox",
-            dir.join("inbox").to_str().unwrap(),
-        ],
+    let out = to_mailbox(
+        &inst,
+        ANN,
+        dir.join("inbox").to_str().unwrap(),
         b"Subject: ok\n\nb\n",
     );
     assert_eq!(out.code, Some(0), "{out:?}");
