@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::sys;
 
 /// The protocol version carried in every payload.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The largest frame either side accepts (payload bytes).
 pub const MAX_FRAME: u32 = 1 << 20;
 
@@ -66,6 +66,12 @@ pub struct Instruction {
     pub extension: Option<String>,
     /// Where to deliver.
     pub destination: Destination,
+    /// An earlier attempt may have delivered this copy (the queue manager
+    /// stopped before it heard the outcome): the agent first looks for a
+    /// copy of this queue id for this recipient at the destination and
+    /// reports it delivered instead of writing a second one. Programs cannot
+    /// be asked, so they may see such a message twice.
+    pub uncertain: bool,
 }
 
 /// What the agent is asked to do.
@@ -79,6 +85,12 @@ pub struct DeliveryRequest {
     pub sender: String,
     /// Arrival time, seconds since the epoch (for the `From ` line).
     pub arrival: u64,
+    /// Where the message starts in the attached file (a queue file holds
+    /// its envelope before the message).
+    pub message_offset: u64,
+    /// The message's length in bytes from `message_offset`; `None`: to the
+    /// end of the file.
+    pub message_size: Option<u64>,
     /// The recipients.
     pub recipients: Vec<Instruction>,
 }
@@ -328,18 +340,22 @@ mod tests {
             queue_id: "ABC123".into(),
             sender: "ann@example.org".into(),
             arrival: 1_795_245_296,
+            message_offset: 0,
+            message_size: None,
             recipients: vec![
                 Instruction {
                     recipient: "bob@example.org".into(),
                     user: "bob".into(),
                     extension: Some("lists".into()),
                     destination: Destination::Mailbox("/var/mail/bob".into()),
+                    uncertain: false,
                 },
                 Instruction {
                     recipient: "bob@example.org".into(),
                     user: "bob".into(),
                     extension: None,
                     destination: Destination::Programs(vec!["/usr/bin/procmail -a x".into()]),
+                    uncertain: false,
                 },
             ],
         }

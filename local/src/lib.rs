@@ -193,7 +193,7 @@ impl Handler for Local {
                 return;
             }
         };
-        let body = match read_message(&message_fd) {
+        let body = match read_message(&message_fd, request.message_offset, request.message_size) {
             Ok(b) => b,
             Err(e) => {
                 log::warn!(
@@ -214,6 +214,8 @@ impl Handler for Local {
                     sender: &request.sender,
                     recipient: &instr.recipient,
                     arrival: request.arrival,
+                    queue_id: &request.queue_id,
+                    uncertain: instr.uncertain,
                 };
                 let status = match &policy {
                     Ok(p) => self.deliver_one(instr, &copy, p, &mut reap),
@@ -249,8 +251,9 @@ impl Handler for Local {
     }
 }
 
-/// Reads the whole message from the descriptor the client attached.
-fn read_message(fd: &OwnedFd) -> std::io::Result<Vec<u8>> {
+/// Reads the message from the descriptor the client attached: `size`
+/// bytes (or to the end of the file) from `offset`.
+fn read_message(fd: &OwnedFd, offset: u64, size: Option<u64>) -> std::io::Result<Vec<u8>> {
     let file = std::fs::File::from(fd.try_clone()?);
     let md = file.metadata()?;
     if !md.is_file() {
@@ -258,27 +261,29 @@ fn read_message(fd: &OwnedFd) -> std::io::Result<Vec<u8>> {
             "the attached descriptor is not a regular file",
         ));
     }
-    if md.len() > MAX_MESSAGE {
+    let available = md.len().saturating_sub(offset);
+    let want = size.unwrap_or(available);
+    if want > available {
         return Err(std::io::Error::other(format!(
-            "message of {} bytes exceeds {MAX_MESSAGE}",
-            md.len()
+            "the request names {want} bytes at offset {offset}, the file holds {available}"
         )));
     }
-    let mut body = Vec::with_capacity(md.len() as usize);
-    let mut at = 0u64;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = nix::sys::uio::pread(&file, &mut buf, at as i64).map_err(std::io::Error::from)?;
+    if want > MAX_MESSAGE {
+        return Err(std::io::Error::other(format!(
+            "message of {want} bytes exceeds {MAX_MESSAGE}"
+        )));
+    }
+    let mut body = vec![0u8; want as usize];
+    let mut done = 0usize;
+    while done < body.len() {
+        let at = i64::try_from(offset + done as u64).map_err(std::io::Error::other)?;
+        let n = nix::sys::uio::pread(&file, &mut body[done..], at).map_err(std::io::Error::from)?;
         if n == 0 {
-            break;
-        }
-        body.extend_from_slice(&buf[..n]);
-        at += n as u64;
-        if at > MAX_MESSAGE {
             return Err(std::io::Error::other(
-                "message grew past the limit while reading",
+                "the message file shrank while reading",
             ));
         }
+        done += n;
     }
     Ok(body)
 }

@@ -110,8 +110,21 @@ pub fn deliver(dir: &Path, uid: u32, copy: &Copy<'_>) -> RecipientStatus {
             |_| "localhost".into(),
             |h| h.to_string_lossy().replace(['/', ':'], "_"),
         );
+        // The queue id in the unique part lets an uncertain retry find an
+        // earlier copy without reading every file.
+        let tag = queue_tag(copy.queue_id);
+        if copy.uncertain && !tag.is_empty() {
+            for sub in ["new", "cur"] {
+                if let Some(found) = earlier_copy(&root, sub, &tag, copy) {
+                    return Ok(RecipientStatus::delivered(format!(
+                        "already delivered to maildir {} ({sub}/{found}) by an earlier attempt",
+                        dir.display()
+                    )));
+                }
+            }
+        }
         let name = format!(
-            "{}.M{}P{}Q{}.{host}",
+            "{}.M{}P{}Q{}{tag}.{host}",
             now.as_secs(),
             now.subsec_micros(),
             std::process::id(),
@@ -159,4 +172,44 @@ pub fn deliver(dir: &Path, uid: u32, copy: &Copy<'_>) -> RecipientStatus {
         )))
     })();
     result.unwrap_or_else(|status| status)
+}
+
+/// `I<queue id>` for a queue id of letters and digits, else nothing.
+fn queue_tag(queue_id: &str) -> String {
+    if !queue_id.is_empty() && queue_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        format!("I{queue_id}")
+    } else {
+        String::new()
+    }
+}
+
+/// The name of a file in `root/sub` whose unique part carries `tag` and
+/// whose headers show it is `copy`.
+fn earlier_copy(root: &OwnedFd, sub: &str, tag: &str, copy: &Copy<'_>) -> Option<String> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let dir = nix::dir::Dir::openat(Some(root.as_raw_fd()), sub, flags, Mode::empty()).ok()?;
+    let dirfd = dir.as_raw_fd();
+    let want = format!("{tag}.");
+    let names: Vec<String> = {
+        let mut dir = dir;
+        dir.iter()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(&want))
+            .collect()
+    };
+    names.into_iter().find(|name| {
+        let Ok(fd) = openat(
+            Some(dirfd),
+            name.as_str(),
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+            Mode::empty(),
+        ) else {
+            return false;
+        };
+        let mut head = vec![0u8; 64 * 1024];
+        let file = std::fs::File::from(own_new_fd(fd));
+        let n = nix::sys::uio::pread(&file, &mut head, 0).unwrap_or(0);
+        copy.is_same_delivery(&head[..n])
+    })
 }

@@ -70,6 +70,7 @@ pub fn deliver(target: &Target<'_>, copy: &Copy<'_>) -> RecipientStatus {
     let path = target.path;
     let shown = path.display();
     let file = match OpenOptions::new()
+        .read(true)
         .append(true)
         .create(true)
         .mode(0o600)
@@ -140,6 +141,26 @@ fn append(file: &File, target: &Target<'_>, copy: &Copy<'_>) -> RecipientStatus 
         Ok(m) => m.len(),
         Err(e) => return defer(format!("cannot examine mailbox {shown}: {e}")),
     };
+    if copy.uncertain {
+        // An earlier attempt may have written this copy before the queue
+        // manager heard back: look for it (under the lock) first.
+        let mut text = Vec::new();
+        let read = {
+            use std::io::{Read, Seek};
+            let mut f = file;
+            f.seek(std::io::SeekFrom::Start(0))
+                .and_then(|_| f.read_to_end(&mut text))
+        };
+        match read {
+            Ok(_) if copy.in_mbox(&text) => {
+                return RecipientStatus::delivered(format!(
+                    "already delivered to mailbox {shown} by an earlier attempt"
+                ))
+            }
+            Ok(_) => {}
+            Err(e) => return defer(format!("cannot read mailbox {shown}: {e}")),
+        }
+    }
     let bytes = copy.mbox();
     if target.size_limit > 0 && original + bytes.len() as u64 > target.size_limit {
         return RecipientStatus::bounced(

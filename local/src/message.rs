@@ -15,6 +15,31 @@ pub struct Copy<'a> {
     pub recipient: &'a str,
     /// Arrival time, seconds since the epoch.
     pub arrival: u64,
+    /// The queue id (named in the message's own `Received:` header).
+    pub queue_id: &'a str,
+    /// An earlier attempt may already have delivered this copy.
+    pub uncertain: bool,
+}
+
+/// The unfolded header lines of `message` (up to the first empty line).
+fn unfolded_headers(message: &[u8]) -> Vec<String> {
+    let end = message
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .map_or(message.len(), |i| i + 1);
+    let headers = String::from_utf8_lossy(&message[..end]);
+    let mut unfolded: Vec<String> = Vec::new();
+    for line in headers.lines() {
+        if line.starts_with([' ', '\t']) {
+            if let Some(last) = unfolded.last_mut() {
+                last.push(' ');
+                last.push_str(line.trim_start());
+            }
+        } else {
+            unfolded.push(line.to_string());
+        }
+    }
+    unfolded
 }
 
 /// `asctime`-style date for the `From ` line: `Sat Nov 21 07:05:05 2026`.
@@ -36,35 +61,67 @@ pub fn from_line_date(secs: u64) -> String {
 }
 
 impl Copy<'_> {
-    /// The header block (up to the first empty line).
-    fn headers(&self) -> &[u8] {
-        let b = self.body;
-        let end = b
-            .windows(2)
-            .position(|w| w == b"\n\n")
-            .map_or(b.len(), |i| i + 1);
-        &b[..end]
-    }
-
     /// Whether the message already carries `Delivered-To: <recipient>`: a loop.
     pub fn is_loop(&self) -> bool {
-        let headers = String::from_utf8_lossy(self.headers());
-        let mut unfolded: Vec<String> = Vec::new();
-        for line in headers.lines() {
-            if line.starts_with([' ', '\t']) {
-                if let Some(last) = unfolded.last_mut() {
-                    last.push_str(line);
-                }
-            } else {
-                unfolded.push(line.to_string());
-            }
-        }
-        unfolded.iter().any(|h| {
+        unfolded_headers(self.body).iter().any(|h| {
             h.split_once(':').is_some_and(|(name, value)| {
                 name.trim().eq_ignore_ascii_case("delivered-to")
                     && value.trim().eq_ignore_ascii_case(self.recipient)
             })
         })
+    }
+
+    /// Whether `delivered` (a copy as local wrote it, starting at its
+    /// envelope headers) is this copy: the same `Delivered-To:` recipient
+    /// and a `Received:` header naming this queue id. Used only for
+    /// uncertain deliveries, to avoid writing a second copy.
+    pub fn is_same_delivery(&self, delivered: &[u8]) -> bool {
+        if self.queue_id.is_empty() {
+            return false;
+        }
+        let headers = unfolded_headers(delivered);
+        let mut to_us = false;
+        let mut ours = false;
+        for h in &headers {
+            let Some((name, value)) = h.split_once(':') else {
+                continue;
+            };
+            let name = name.trim();
+            if name.eq_ignore_ascii_case("delivered-to") && !to_us {
+                // Only the first Delivered-To is the one local wrote.
+                to_us = value.trim().eq_ignore_ascii_case(self.recipient);
+                if !to_us {
+                    return false;
+                }
+            } else if name.eq_ignore_ascii_case("received")
+                && value.contains(&format!(" id {};", self.queue_id))
+            {
+                ours = true;
+            }
+        }
+        to_us && ours
+    }
+
+    /// Whether the mbox text `mailbox` already holds this copy.
+    pub fn in_mbox(&self, mailbox: &[u8]) -> bool {
+        let mut at = 0usize;
+        while at < mailbox.len() {
+            let rest = &mailbox[at..];
+            let next = rest
+                .windows(6)
+                .skip(1)
+                .position(|w| w == b"\nFrom ")
+                .map_or(rest.len(), |i| i + 2);
+            let message = &rest[..next];
+            // Skip the "From " line itself.
+            if let Some(nl) = message.iter().position(|&b| b == b'\n') {
+                if self.is_same_delivery(&message[nl + 1..]) {
+                    return true;
+                }
+            }
+            at += next;
+        }
+        false
     }
 
     /// `Return-Path:` and `Delivered-To:` lines.
@@ -123,7 +180,31 @@ mod tests {
             sender: "ann@example.org",
             recipient: "bob@example.org",
             arrival: 1_795_245_296,
+            queue_id: "Q1",
+            uncertain: true,
         }
+    }
+
+    #[test]
+    fn earlier_copies_are_recognised() {
+        let c = copy(b"Received: by h (postern)\n\tid Q1; Sat\nSubject: x\n\nbody\n");
+        let mbox = c.mbox();
+        assert!(c.in_mbox(&mbox));
+        let mut two = copy(b"Subject: other\n\nFrom x\n").mbox();
+        two.extend_from_slice(&mbox);
+        assert!(c.in_mbox(&two));
+        assert!(!c.in_mbox(&copy(b"Subject: other\n\n").mbox()));
+        let other_rcpt = Copy {
+            recipient: "carol@example.org",
+            ..c
+        };
+        assert!(!other_rcpt.in_mbox(&mbox));
+        let other_id = Copy {
+            queue_id: "Q2",
+            ..c
+        };
+        assert!(!other_id.in_mbox(&mbox));
+        assert!(c.is_same_delivery(&c.plain()));
     }
 
     #[test]

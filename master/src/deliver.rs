@@ -71,11 +71,14 @@ pub fn run(config: &Config, opts: Options) -> i32 {
         arrival: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        message_offset: 0,
+        message_size: None,
         recipients: vec![Instruction {
             recipient,
             user: opts.user.clone(),
             extension: None,
             destination: opts.destination,
+            uncertain: false,
         }],
     };
     let timeout = config.time(params::COMMAND_TIME_LIMIT) + Duration::from_secs(120);

@@ -176,11 +176,14 @@ fn request(user: &str, destination: Destination) -> DeliveryRequest {
         queue_id: "TEST".into(),
         sender: "sender@example.org".into(),
         arrival: 1_795_245_296,
+        message_offset: 0,
+        message_size: None,
         recipients: vec![Instruction {
             recipient: format!("{user}@example.org"),
             user: user.into(),
             extension: None,
             destination,
+            uncertain: false,
         }],
     }
 }

@@ -181,11 +181,14 @@ fn handoff_program(
         queue_id: "PROG".into(),
         sender: "s@example.org".into(),
         arrival: 0,
+        message_offset: 0,
+        message_size: None,
         recipients: vec![Instruction {
             recipient: format!("{user}@example.org"),
             user: user.into(),
             extension: None,
             destination: Destination::Programs(vec![command.into()]),
+            uncertain: false,
         }],
     };
     handoff::deliver(&s.inst.local_socket(), &req, &fd, WAIT)

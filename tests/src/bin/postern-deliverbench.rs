@@ -271,11 +271,14 @@ impl Plan {
             queue_id: format!("B{:X}T{thread}N{n}", std::process::id()),
             sender: self.sender.clone(),
             arrival: now_secs(),
+            message_offset: 0,
+            message_size: None,
             recipients: vec![Instruction {
                 recipient: self.recipient.clone(),
                 user: self.user.clone(),
                 extension: None,
                 destination: self.destination.clone(),
+                uncertain: false,
             }],
         }
     }
