@@ -191,7 +191,8 @@ pub enum HandoffError {
     },
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, HandoffError> {
+/// One frame: the length prefix and the postcard payload of `value`.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, HandoffError> {
     let payload = postcard::to_stdvec(value).map_err(|e| HandoffError::Malformed(e.to_string()))?;
     let len = u32::try_from(payload.len()).map_err(|_| HandoffError::Oversize(u32::MAX))?;
     if len > MAX_FRAME {

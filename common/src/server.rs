@@ -269,12 +269,84 @@ pub trait Handler {
 
 /// Runs a daemon; returns its exit status.
 pub fn run<H: Handler>(program: Program, setup: impl FnOnce(&Context) -> Result<H, String>) -> i32 {
+    let (ctx, endpoints, mut handler) = match start(program, setup) {
+        Ok(started) => started,
+        Err(code) => return code,
+    };
+    serve(&ctx, &mut handler, &endpoints, program.ipc_timeout)
+}
+
+/// A persistent daemon (the queue manager): it runs its own event loop and
+/// ignores `max_use` and `max_idle`, like Postfix's qmgr.
+pub trait Daemon {
+    /// Runs until the master lets go (the channel's end-of-file); returns
+    /// the exit status.
+    fn run(self, ctx: &Context, channel: Channel) -> i32;
+}
+
+/// A persistent daemon's link to the master: the status channel and the
+/// listening endpoints (fifo triggers or sockets).
+#[derive(Debug)]
+pub struct Channel {
+    endpoints: Endpoints,
+    generation: u32,
+}
+
+impl Channel {
+    /// The status descriptor: readable at end-of-file when the master lets go.
+    pub fn status(&self) -> &OwnedFd {
+        &self.endpoints.status
+    }
+    /// The listening endpoints, in master.cf order.
+    pub fn listeners(&self) -> &[OwnedFd] {
+        &self.endpoints.listeners
+    }
+    /// True when the master closed the channel (stop, reload, exit).
+    pub fn master_gone(&self) -> bool {
+        channel_closed(&self.endpoints.status)
+    }
+    /// Tells the master this process is available; false when it is gone.
+    pub fn available(&self) -> bool {
+        report(
+            &self.endpoints.status,
+            self.generation,
+            ChildState::Available,
+        )
+    }
+    /// Takes a request from listener `i`: trigger bytes or a connection.
+    pub fn take(&self, kind: ServiceType, i: usize) -> Option<Request> {
+        take_request(kind, self.endpoints.listeners.get(i)?)
+    }
+}
+
+/// Runs a persistent daemon; returns its exit status.
+pub fn run_persistent<D: Daemon>(
+    program: Program,
+    setup: impl FnOnce(&Context) -> Result<D, String>,
+) -> i32 {
+    let (ctx, endpoints, daemon) = match start(program, setup) {
+        Ok(started) => started,
+        Err(code) => return code,
+    };
+    let channel = Channel {
+        endpoints,
+        generation: ctx.args.generation,
+    };
+    daemon.run(&ctx, channel)
+}
+
+/// Everything before the first request: arguments, configuration, logging,
+/// the mail owner, inherited descriptors, the daemon's setup, privileges.
+fn start<T>(
+    program: Program,
+    setup: impl FnOnce(&Context) -> Result<T, String>,
+) -> Result<(Context, Endpoints, T), i32> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let args = match ChildArgs::parse(&argv) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("postern-{}: fatal: {e}", program.name);
-            return sysexits::EX_USAGE;
+            return Err(sysexits::EX_USAGE);
         }
     };
     // Until main.cf says where to log: stderr in the foreground, else syslog.
@@ -282,7 +354,7 @@ pub fn run<H: Handler>(program: Program, setup: impl FnOnce(&Context) -> Result<
     crate::log::init("postern", program.name, early);
     let config = match load_config(&args) {
         Ok(c) => c,
-        Err(e) => return crate::log::fatal(sysexits::EX_CONFIG, e),
+        Err(e) => return Err(crate::log::fatal(sysexits::EX_CONFIG, e)),
     };
     let sink = crate::log::open_sink(
         args.stderr,
@@ -300,22 +372,22 @@ pub fn run<H: Handler>(program: Program, setup: impl FnOnce(&Context) -> Result<
     let mail_owner = match account::user_by_name(&owner_name) {
         Ok(Some(a)) => a,
         Ok(None) => {
-            return crate::log::fatal(
+            return Err(crate::log::fatal(
                 sysexits::EX_CONFIG,
                 format!("mail_owner {owner_name}: no such user"),
-            )
+            ))
         }
-        Err(e) => return crate::log::fatal(sysexits::EX_TEMPFAIL, e),
+        Err(e) => return Err(crate::log::fatal(sysexits::EX_TEMPFAIL, e)),
     };
     match (program.privileges, args.unpriv) {
         (Privileges::Privileged, true) => {
-            return crate::log::fatal(
+            return Err(crate::log::fatal(
                 sysexits::EX_CONFIG,
                 format!(
                     "service {}: {} switches users and needs 'n' in master.cf's unpriv column",
                     args.service, program.name
                 ),
-            )
+            ))
         }
         (Privileges::Unprivileged, false) => log::warn!(
             "service {}: {} does not need root; put '-' in master.cf's unpriv column",
@@ -327,7 +399,10 @@ pub fn run<H: Handler>(program: Program, setup: impl FnOnce(&Context) -> Result<
     let endpoints = match adopt_endpoints(&args) {
         Ok(e) => e,
         Err(e) => {
-            return crate::log::fatal(sysexits::EX_SOFTWARE, format!("inherited descriptors: {e}"))
+            return Err(crate::log::fatal(
+                sysexits::EX_SOFTWARE,
+                format!("inherited descriptors: {e}"),
+            ))
         }
     };
     let ctx = Context {
@@ -335,23 +410,23 @@ pub fn run<H: Handler>(program: Program, setup: impl FnOnce(&Context) -> Result<
         args,
         mail_owner,
     };
-    let mut handler = match setup(&ctx) {
+    let handler = match setup(&ctx) {
         Ok(h) => h,
         Err(e) => {
-            return crate::log::fatal(
+            return Err(crate::log::fatal(
                 sysexits::EX_CONFIG,
                 format!("service {}: {e}", ctx.args.service),
-            )
+            ))
         }
     };
     if let Err(e) = enter_privileges(&ctx, program.privileges) {
-        return crate::log::fatal(sysexits::EX_OSERR, e);
+        return Err(crate::log::fatal(sysexits::EX_OSERR, e));
     }
     // Startup code is done: keep only the pages the request loop uses.
     if let Err(e) = sys::trim_text_mappings() {
         log::warn!("cannot trim the resident set: {e}");
     }
-    serve(&ctx, &mut handler, &endpoints, program.ipc_timeout)
+    Ok((ctx, endpoints, handler))
 }
 
 /// A child reads main.cf only: master.cf is the master's business (it may be
@@ -366,6 +441,7 @@ fn load_config(args: &ChildArgs) -> Result<Config, String> {
         .map_err(|e| format!("configuration: {e}"))
 }
 
+#[derive(Debug)]
 struct Endpoints {
     status: OwnedFd,
     listeners: Vec<OwnedFd>,

@@ -70,6 +70,8 @@ const INET_PROTOCOL_NAMES: &[&str] = &["all", "ipv4", "ipv6"];
 params! {
     ALIAS_MAPS "alias_maps" Kind::List, "hash:/etc/aliases",
         "Alias files (a 'type:' prefix such as hash: is accepted and ignored: postern reads the text file).";
+    BOUNCE_NOTICE_RECIPIENT "bounce_notice_recipient" Kind::Text, "postmaster",
+        "Who hears of program-delivery failures and of bounces that could not be returned.";
     COMMAND_TIME_LIMIT "command_time_limit" Kind::Time { unit: 's' }, "1000s",
         "Time limit for one external command run by spawn or a command transport, unless <service>_time_limit says otherwise.";
     CONFIG_DIRECTORY "config_directory" Kind::Text, "/etc/postern",
@@ -80,10 +82,14 @@ params! {
         "How long a child may spend on one request before its watchdog terminates it.";
     DATA_DIRECTORY "data_directory" Kind::Text, "/var/lib/postern",
         "Directory of the master's state (pid lock, control socket), owned by root (Postfix's is the mail owner's).";
+    DEFAULT_DESTINATION_CONCURRENCY_LIMIT "default_destination_concurrency_limit" Kind::Int { min: 1 }, "20",
+        "The most deliveries in parallel to one transport (the queue manager's window grows to it).";
     DEFAULT_PRIVS "default_privs" Kind::Text, "nobody",
         "Account used for deliveries on behalf of root-owned accounts; neither root nor mail_owner.";
     DEFAULT_PROCESS_LIMIT "default_process_limit" Kind::Int { min: 1 }, "100",
         "Child process limit of a master.cf service whose maxproc field is '-'.";
+    DEFAULT_TRANSPORT "default_transport" Kind::Text, "error:mail for remote domains is not delivered by postern",
+        "Transport of addresses whose domain is not in mydestination and not in transport_maps.";
     DELIVER_LOCK_ATTEMPTS "deliver_lock_attempts" Kind::Int { min: 1 }, "20",
         "How many times local tries to lock a mailbox before it defers the delivery.";
     DELIVER_LOCK_DELAY "deliver_lock_delay" Kind::Time { unit: 's' }, "1s",
@@ -92,14 +98,20 @@ params! {
         "The allowed-destinations policy file that local checks every instruction against (postern's own).";
     EXPORT_ENVIRONMENT "export_environment" Kind::List, "TZ MAIL_CONFIG LANG",
         "Environment variables passed on to external commands (name, or name=value).";
+    HOME_MAILBOX "home_mailbox" Kind::Text, "",
+        "Mailbox relative to the home directory ('Mailbox' for mbox, 'Maildir/' for Maildir); empty: mail_spool_directory/<user>.";
     INET_INTERFACES "inet_interfaces" Kind::List, "loopback-only",
         "Addresses inet services without a host part listen on: all, loopback-only, or addresses (Postfix's default is all; postern starts on loopback).";
     INET_PROTOCOLS "inet_protocols" Kind::ChoiceList(INET_PROTOCOL_NAMES), "all",
         "Address families of inet services: all, ipv4, ipv6.";
+    INITIAL_DESTINATION_CONCURRENCY "initial_destination_concurrency" Kind::Int { min: 1 }, "5",
+        "Deliveries in parallel to a transport at first; grows on success, shrinks on failure.";
     IPC_TIMEOUT "ipc_timeout" Kind::Time { unit: 's' }, "3600s",
         "Time limit for reading or writing one exchange on a connection.";
     MAIL_OWNER "mail_owner" Kind::Text, "postern",
         "Unprivileged account that owns the queue and runs unprivileged services (Postfix's default is postfix).";
+    MAIL_SPOOL_DIRECTORY "mail_spool_directory" Kind::Text, "/var/mail",
+        "Directory of the users' mbox files when home_mailbox is empty.";
     MAILBOX_DELIVERY_LOCK "mailbox_delivery_lock" Kind::ChoiceList(LOCK_METHODS), "fcntl, dotlock",
         "How local locks an mbox file: fcntl, flock and/or dotlock.";
     MAILBOX_SIZE_LIMIT "mailbox_size_limit" Kind::Int { min: 0 }, "51200000",
@@ -110,12 +122,30 @@ params! {
         "How long an idle child waits for its next request before it exits.";
     MAX_USE "max_use" Kind::Int { min: 1 }, "100",
         "How many requests a child serves before it exits.";
+    MAXIMAL_BACKOFF_TIME "maximal_backoff_time" Kind::Time { unit: 's' }, "4000s",
+        "The longest wait before retrying a deferred message.";
+    MAXIMAL_QUEUE_LIFETIME "maximal_queue_lifetime" Kind::Time { unit: 'd' }, "5d",
+        "How long a message may stay deferred before it bounces.";
+    MESSAGE_SIZE_LIMIT "message_size_limit" Kind::Int { min: 0 }, "10240000",
+        "The largest message submission accepts, in bytes (0: no limit).";
+    MINIMAL_BACKOFF_TIME "minimal_backoff_time" Kind::Time { unit: 's' }, "300s",
+        "The shortest wait before retrying a deferred message.";
+    MYDESTINATION "mydestination" Kind::List, "$myhostname, localhost",
+        "Domains delivered by the local transport (an address without a domain is local too).";
+    MYHOSTNAME "myhostname" Kind::Text, "localhost",
+        "This machine's name in Received: headers, default sender addresses and bounces (postern's default; Postfix asks the system).";
     PROGRAM_DIRECTORY "program_directory" Kind::Text, "$config_directory/programs",
         "The trusted program directory of program delivery, with its flag files (postern's own).";
     PROGRAM_OUTPUT_IS_FAILURE "program_output_is_failure" Kind::Bool, "no",
         "Count a delivery program that printed anything as failed, even if it exited 0 (postern's own).";
+    QMGR_MESSAGE_ACTIVE_LIMIT "qmgr_message_active_limit" Kind::Int { min: 1 }, "20000",
+        "The most messages the queue manager holds in the active queue.";
     QUEUE_DIRECTORY "queue_directory" Kind::Text, "/var/spool/postern",
         "Directory of the queue and of the private/ and public/ unix endpoints.";
+    QUEUE_RUN_DELAY "queue_run_delay" Kind::Time { unit: 's' }, "300s",
+        "How often the queue manager scans the deferred queue.";
+    RECIPIENT_DELIMITER "recipient_delimiter" Kind::Text, "",
+        "Characters that separate a user name from an address extension (user+ext); empty: none.";
     SERVICE_THROTTLE_TIME "service_throttle_time" Kind::Time { unit: 's' }, "60s",
         "How long a service is left alone after a child failed before serving one request.";
     SHUTDOWN_TIMEOUT "shutdown_timeout" Kind::Time { unit: 's' }, "10s",
@@ -124,10 +154,14 @@ params! {
         "A mailbox dotlock file older than this is removed as stale.";
     STRICT_MAILBOX_OWNERSHIP "strict_mailbox_ownership" Kind::Bool, "yes",
         "Refuse to deliver to a mailbox file that is not owned by the recipient.";
+    SUBMIT_TIMEOUT "submit_timeout" Kind::Time { unit: 's' }, "60s",
+        "How long postern sendmail waits for the submit service (postern's own).";
     SYSLOG_FACILITY "syslog_facility" Kind::Choice(SYSLOG_FACILITIES), "mail",
         "Syslog facility of postern's log lines.";
     SYSLOG_NAME "syslog_name" Kind::Text, "postern",
         "Prefix of every log line: <syslog_name>/<service>[pid].";
+    TRANSPORT_MAPS "transport_maps" Kind::List, "",
+        "Files mapping addresses to transports (pattern, then local, local:, error:text, or a pipe service from master.cf).";
 }
 
 /// Per-service parameter suffixes: `<service><suffix>` is recognised for every

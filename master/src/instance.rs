@@ -6,6 +6,8 @@
 //! queue_directory/            root      0755
 //!     private/                mail_owner 0700   unix endpoints for the mail owner
 //!     public/                 mail_owner 0755   unix endpoints for anyone
+//!     incoming/ active/ deferred/ hold/ corrupt/
+//!                             mail_owner 0700   the queue (see postern-queue)
 //! data_directory/             root      0755
 //!     master/                 root      0700
 //!         master.pid          the pid, locked (fs2) while the master runs
@@ -80,13 +82,17 @@ pub fn ensure_directories(config: &Config, owner: &Account) -> Result<Vec<PathBu
     let queue = Path::new(config.text(params::QUEUE_DIRECTORY));
     let data = Path::new(config.text(params::DATA_DIRECTORY));
     let paths = Paths::of(config);
-    let plan: [(&Path, u32, u32, u32); 5] = [
-        (queue, 0, 0, 0o755),
-        (&queue.join("private"), owner.uid, owner.gid, 0o700),
-        (&queue.join("public"), owner.uid, owner.gid, 0o755),
-        (data, 0, 0, 0o755),
-        (&paths.master_dir, 0, 0, 0o700),
-    ];
+    let queues = ["incoming", "active", "deferred", "hold", "corrupt"].map(|q| queue.join(q));
+    let mut plan: Vec<(&Path, u32, u32, u32)> = Vec::new();
+    let (private, public) = (queue.join("private"), queue.join("public"));
+    plan.push((queue, 0, 0, 0o755));
+    plan.push((&private, owner.uid, owner.gid, 0o700));
+    plan.push((&public, owner.uid, owner.gid, 0o755));
+    for q in &queues {
+        plan.push((q, owner.uid, owner.gid, 0o700));
+    }
+    plan.push((data, 0, 0, 0o755));
+    plan.push((&paths.master_dir, 0, 0, 0o700));
     let mut created = Vec::new();
     for (path, uid, gid, mode) in plan {
         if ensure_dir(path, uid, gid, mode)? {

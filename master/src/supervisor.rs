@@ -447,7 +447,9 @@ impl Master {
         self.tokens.insert(status_token, Target::Status(generation));
         self.tokens.insert(listen_token, Target::Listen(generation));
         let limit = view.process_limit(entry);
-        let next_wakeup = entry.wakeup.map(|w| Instant::now() + w.interval);
+        // The first wake-up comes at once: a queue manager looks at the
+        // queue as soon as the instance starts, as in Postfix.
+        let next_wakeup = entry.wakeup.map(|_| Instant::now());
         Ok(Service {
             entry: entry.clone(),
             view,

@@ -1,0 +1,124 @@
+//! Message headers the queue reads or writes: RFC 5322 dates, the header
+//! block of a message, address lists in `To:`/`Cc:`/`Bcc:` (for
+//! `sendmail -t`).
+
+use postern_common::log::civil;
+
+/// `Sat, 21 Nov 2026 07:05:05 +0000` for `secs` since the epoch (UTC).
+pub fn rfc5322_date(secs: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let (year, month, day, h, m, s) = civil(secs);
+    let weekday = DAYS[((secs / 86400) % 7) as usize];
+    let month = MONTHS[(month as usize).saturating_sub(1).min(11)];
+    format!("{weekday}, {day} {month} {year} {h:02}:{m:02}:{s:02} +0000")
+}
+
+/// One header field, unfolded: (name, value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field {
+    /// The field name as written.
+    pub name: String,
+    /// The value, continuation lines joined with a space.
+    pub value: String,
+}
+
+/// Splits a header block (text up to the first empty line) into fields.
+/// Lines that are neither `name: value` nor continuations are skipped.
+pub fn fields(block: &str) -> Vec<Field> {
+    let mut out: Vec<Field> = Vec::new();
+    for line in block.lines() {
+        if line.starts_with([' ', '\t']) {
+            if let Some(last) = out.last_mut() {
+                last.value.push(' ');
+                last.value.push_str(line.trim());
+            }
+            continue;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if !name.is_empty() && !name.contains([' ', '\t']) {
+                out.push(Field {
+                    name: name.to_string(),
+                    value: value.trim().to_string(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The addresses in an address-list header value: `a@b, "Name" <c@d>,
+/// e@f (comment)`; groups' names are dropped.
+pub fn addresses(value: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut depth = 0u32;
+    let mut parts = Vec::new();
+    for c in value.chars() {
+        match c {
+            '"' if depth == 0 => {
+                quoted = !quoted;
+                cur.push(c);
+            }
+            '(' if !quoted => depth += 1,
+            ')' if !quoted && depth > 0 => depth -= 1,
+            ',' | ';' if !quoted && depth == 0 => parts.push(std::mem::take(&mut cur)),
+            _ if depth > 0 => {}
+            c => cur.push(c),
+        }
+    }
+    parts.push(cur);
+    for part in parts {
+        let part = part.trim();
+        // A group: "name: a, b;" leaves "name: a" in the first part.
+        let part = match part.split_once(':') {
+            Some((_, rest)) if !part.contains('<') || part.find(':') < part.find('<') => {
+                rest.trim()
+            }
+            _ => part,
+        };
+        let addr = match (part.rfind('<'), part.rfind('>')) {
+            (Some(a), Some(b)) if a < b => part[a + 1..b].trim(),
+            _ => part,
+        };
+        if !addr.is_empty() && !addr.contains(char::is_whitespace) {
+            out.push(addr.to_string());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
+        assert_eq!(
+            rfc5322_date(1_795_245_296),
+            "Sat, 21 Nov 2026 07:14:56 +0000"
+        );
+    }
+
+    #[test]
+    fn header_fields() {
+        let f = fields("To: a@b,\n  c@d\nSubject: hi\nbogus line\nX:\n");
+        assert_eq!(f.len(), 3);
+        assert_eq!(f[0].value, "a@b, c@d");
+        assert_eq!(f[2].value, "");
+    }
+
+    #[test]
+    fn address_lists() {
+        assert_eq!(
+            addresses(r#"a@b, "Doe, J" <j@d>, e@f (the, comment), undisclosed:;"#),
+            vec!["a@b", "j@d", "e@f"]
+        );
+        assert_eq!(addresses("friends: x@y, z@w;"), vec!["x@y", "z@w"]);
+        assert!(addresses("").is_empty());
+    }
+}

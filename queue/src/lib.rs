@@ -1,0 +1,55 @@
+//! # postern-queue
+//!
+//! **Name**: postern-submit, postern-qmgr, postern-sendmail, postern-queue —
+//! postern's mail queue.
+//!
+//! **Synopsis**: `postern-submit` and `postern-qmgr` are started by
+//! postern-master (master.cf: `submit unix n - n - - submit`, `qmgr fifo n -
+//! n 300 1 qmgr`); `postern sendmail [options] recipient... < message`;
+//! `postern queue list | show | delete | hold | release | flush`.
+//!
+//! **Description**: submit takes a message from `postern sendmail` over the
+//! public `submit` socket, learns who sent it from the socket's peer
+//! credentials, stores it durably in `incoming` (see [`queuefile`]) and only
+//! then answers with its queue id. qmgr moves it to `active`, routes each
+//! recipient (transport_maps, aliases, `.forward`, passwd — [`route`]),
+//! hands the deliveries to the local service with the message file
+//! attached, records every outcome in the queue file, retries deferred
+//! messages with growing intervals and sends delivery status notifications
+//! ([`bounce`]). [`admin`] is the administrator's tool.
+//!
+//! **Security**: submit and qmgr run as the mail owner (master.cf unpriv
+//! `-`), never as root; the queue directories are the mail owner's, mode
+//! 0700. No set-gid program is needed: submission goes over a socket and
+//! the submitting uid comes from the kernel. Untrusted input: the submit
+//! request and message (checked, size-limited), queue files (a bad one goes
+//! to `corrupt`), aliases, `.forward` and transport files (problems logged
+//! with `file:line`; an unsafe `.forward` is not used). local verifies every
+//! instruction qmgr gives it against its own destination policy.
+//!
+//! **Configuration** (main.cf; defaults in brackets): `message_size_limit`
+//! [10240000], `myhostname` [localhost], `mydestination` [$myhostname,
+//! localhost], `alias_maps` [hash:/etc/aliases], `recipient_delimiter` [],
+//! `home_mailbox` [], `mail_spool_directory` [/var/mail], `transport_maps`
+//! [], `default_transport` [error:...], `minimal_backoff_time` [300s],
+//! `maximal_backoff_time` [4000s], `queue_run_delay` [300s],
+//! `maximal_queue_lifetime` [5d], `initial_destination_concurrency` [5],
+//! `default_destination_concurrency_limit` [20],
+//! `local_destination_concurrency_limit` [2], `qmgr_message_active_limit`
+//! [20000], `bounce_notice_recipient` [postmaster], `submit_timeout` [60s].
+//!
+//! **Exit status**: the daemons as every postern child (0, 64 usage, 75
+//! temporary, 78 configuration); sendmail and queue as documented in
+//! [`sendmail`] and [`admin`].
+//!
+//! **See also**: Postfix sendmail(1), postqueue(1), postsuper(1), qmgr(8),
+//! bounce(8); `postern_common::handoff`.
+
+pub mod admin;
+pub mod bounce;
+pub mod headers;
+pub mod qmgr;
+pub mod queuefile;
+pub mod route;
+pub mod sendmail;
+pub mod submit;

@@ -1,0 +1,933 @@
+//! The queue manager: moves new messages from `incoming` to `active`,
+//! routes their recipients ([`crate::route`]), hands deliveries to the local
+//! service (message descriptor attached, [`postern_common::handoff`]),
+//! records each outcome in the queue file, defers with growing intervals,
+//! and bounces.
+//!
+//! **Process.** A persistent master-managed daemon (master.cf: `qmgr fifo
+//! n - n 300 1 qmgr`) running as the mail owner. Its fifo is poked by
+//! submit (`I`: new mail), by `postern queue flush` (`F`: retry everything
+//! deferred now), and by the master's wakeup timer (`W`). One thread owns
+//! all state; a watcher thread turns fifo bytes and the master's
+//! end-of-file into events, and each handoff runs in a thread of its own
+//! that reports back.
+//!
+//! **Scheduling.** Deliveries of one message to one destination (for local:
+//! one user) go in one request. Destinations take turns (round robin); at
+//! most `local_destination_concurrency_limit` (default 2) requests per
+//! destination run at once, and at most the transport's window, which
+//! starts at `initial_destination_concurrency`, grows by one per completed
+//! exchange up to `default_destination_concurrency_limit`, and halves when
+//! an exchange with the agent fails.
+//!
+//! **Retries.** A message with deferred recipients goes to `deferred`, its
+//! mtime set to the next attempt: now plus its age, at least
+//! `minimal_backoff_time` and at most `maximal_backoff_time` (so intervals
+//! grow). `deferred` is scanned every `queue_run_delay` and when the next
+//! retry is due. Past `maximal_queue_lifetime`, what is still deferred
+//! bounces with its last reason.
+//!
+//! **Crash safety.** Before a handoff, each delivery is recorded as in
+//! flight; after, as delivered, deferred or bounced (see
+//! [`crate::queuefile`]). A queue manager that restarts finds messages left
+//! in `active` and retries only what is not final; a delivery that was in
+//! flight is marked uncertain, and local then looks for the earlier copy
+//! before writing (so a kill -9 at any moment neither loses nor, for
+//! mailboxes and Maildirs, duplicates a message).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use postern_common::handoff::{
+    self, DeliveryRequest, Instruction, Outcome, RecipientStatus, PROTOCOL_VERSION,
+};
+use postern_common::server::{Channel, Context, Daemon, Privileges, Program, Request};
+use postern_conf::{params, Config, ServiceType};
+
+use crate::bounce::{self, Audience, FailedRecipient, Report};
+use crate::headers::rfc5322_date;
+use crate::queuefile::{self, Class, Envelope, FormatError, QueueFile, Updater, Writer};
+use crate::route::{Route, Router};
+
+/// The skeleton's description of qmgr.
+pub const PROGRAM: Program = Program {
+    name: "qmgr",
+    privileges: Privileges::Unprivileged,
+    ipc_timeout: false,
+};
+
+/// Runs the queue manager (called by `postern-qmgr`'s main).
+pub fn run() -> i32 {
+    postern_common::server::run_persistent(PROGRAM, Qmgr::setup)
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The retry delay for a message of age `age`: the age, clamped.
+pub fn backoff(age: Duration, min: Duration, max: Duration) -> Duration {
+    age.clamp(min, max.max(min))
+}
+
+/// The transport window: grows by one per good exchange, halves on a
+/// failed one, between 1 and `max`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Window {
+    /// Current size.
+    pub size: usize,
+    /// Upper bound.
+    pub max: usize,
+}
+
+impl Window {
+    /// After an exchange: `ok` is whether the agent answered.
+    pub fn feedback(&mut self, ok: bool) {
+        self.size = if ok {
+            (self.size + 1).min(self.max)
+        } else {
+            (self.size / 2).max(1)
+        };
+    }
+}
+
+#[derive(Debug)]
+struct Settings {
+    queue: PathBuf,
+    local_socket: PathBuf,
+    myhostname: String,
+    min_backoff: Duration,
+    max_backoff: Duration,
+    run_delay: Duration,
+    lifetime: Duration,
+    dest_limit: usize,
+    active_limit: usize,
+    notice_recipient: String,
+    owner_uid: u32,
+    exchange_timeout: Duration,
+}
+
+#[derive(Debug)]
+struct Item {
+    rcpt: usize,
+    key: String,
+    instr: Instruction,
+}
+
+#[derive(Debug)]
+struct Job {
+    id: String,
+    dest: String,
+    items: Vec<Item>,
+}
+
+enum Event {
+    Trigger(Vec<u8>),
+    MasterGone,
+    Done(Job, Result<Vec<RecipientStatus>, String>),
+}
+
+#[derive(Debug)]
+struct Msg {
+    qf: QueueFile,
+    updater: Updater,
+    path: PathBuf,
+    outstanding: usize,
+    keys: Vec<Vec<String>>,
+    started: Instant,
+}
+
+/// The queue manager's state.
+pub struct Qmgr {
+    s: Settings,
+    config: Config,
+    router: Router,
+    active: HashMap<String, Msg>,
+    queues: HashMap<String, VecDeque<Job>>,
+    ring: VecDeque<String>,
+    busy: HashMap<String, usize>,
+    in_flight: usize,
+    window: Window,
+    tx: Sender<Event>,
+    rx: Receiver<Event>,
+    next_deferred_scan: Instant,
+    incoming_waiting: bool,
+}
+
+impl std::fmt::Debug for Qmgr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Qmgr")
+            .field("active", &self.active.len())
+            .field("in_flight", &self.in_flight)
+            .finish()
+    }
+}
+
+fn int_param(config: &Config, name: &str, default: usize) -> usize {
+    config
+        .raw(name)
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+impl Qmgr {
+    fn setup(ctx: &Context) -> Result<Qmgr, String> {
+        let c = &ctx.config;
+        let queue = PathBuf::from(c.text(params::QUEUE_DIRECTORY));
+        let int = |name| usize::try_from(c.int(name)).unwrap_or(1).max(1);
+        let s = Settings {
+            local_socket: queue.join("private/local"),
+            queue,
+            myhostname: c.text(params::MYHOSTNAME).to_string(),
+            min_backoff: c.time(params::MINIMAL_BACKOFF_TIME),
+            max_backoff: c.time(params::MAXIMAL_BACKOFF_TIME),
+            run_delay: c.time(params::QUEUE_RUN_DELAY).max(Duration::from_secs(1)),
+            lifetime: c.time(params::MAXIMAL_QUEUE_LIFETIME),
+            dest_limit: int_param(c, "local_destination_concurrency_limit", 2).max(1),
+            active_limit: int(params::QMGR_MESSAGE_ACTIVE_LIMIT),
+            notice_recipient: c.text(params::BOUNCE_NOTICE_RECIPIENT).to_string(),
+            owner_uid: ctx.mail_owner.uid,
+            exchange_timeout: c.time(params::IPC_TIMEOUT),
+        };
+        let router = Router::load(c);
+        for p in &router.problems {
+            log::warn!("{p}");
+        }
+        let (tx, rx) = mpsc::channel();
+        let initial = int(params::INITIAL_DESTINATION_CONCURRENCY);
+        let max = int(params::DEFAULT_DESTINATION_CONCURRENCY_LIMIT);
+        Ok(Qmgr {
+            s,
+            config: c.clone(),
+            router,
+            active: HashMap::new(),
+            queues: HashMap::new(),
+            ring: VecDeque::new(),
+            busy: HashMap::new(),
+            in_flight: 0,
+            window: Window {
+                size: initial.min(max),
+                max,
+            },
+            tx,
+            rx,
+            next_deferred_scan: Instant::now(),
+            incoming_waiting: false,
+        })
+    }
+
+    fn dir(&self, queue: &str) -> PathBuf {
+        self.s.queue.join(queue)
+    }
+
+    /// Queue ids in `queue`, oldest first (ids sort by arrival).
+    fn list(&self, queue: &str) -> Vec<String> {
+        let dir = self.dir(queue);
+        let mut ids: Vec<String> = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| queuefile::is_queue_id(n))
+                .collect(),
+            Err(e) => {
+                log::warn!("cannot read {}: {e}", dir.display());
+                Vec::new()
+            }
+        };
+        ids.sort();
+        ids
+    }
+
+    fn has_room(&self) -> bool {
+        self.active.len() < self.s.active_limit
+    }
+
+    /// Moves a message into `active` and starts on it.
+    fn activate(&mut self, from: &str, id: &str) {
+        let src = self.dir(from).join(id);
+        let dst = self.dir(queuefile::ACTIVE).join(id);
+        if let Err(e) = std::fs::rename(&src, &dst) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                log::warn!("{id}: cannot move from {from} to active: {e}");
+            }
+            return;
+        }
+        self.load(id);
+    }
+
+    fn scan_incoming(&mut self) {
+        self.incoming_waiting = false;
+        for id in self.list(queuefile::INCOMING) {
+            if !self.has_room() {
+                self.incoming_waiting = true;
+                return;
+            }
+            self.activate(queuefile::INCOMING, &id);
+        }
+    }
+
+    fn scan_deferred(&mut self, all: bool) {
+        let now = SystemTime::now();
+        let dir = self.dir(queuefile::DEFERRED);
+        let mut earliest: Option<SystemTime> = None;
+        for id in self.list(queuefile::DEFERRED) {
+            let due = match std::fs::metadata(dir.join(&id)).and_then(|m| m.modified()) {
+                Ok(t) => t,
+                Err(_) => continue,
+            };
+            if !all && due > now {
+                earliest = Some(earliest.map_or(due, |e| e.min(due)));
+                continue;
+            }
+            if !self.has_room() {
+                break;
+            }
+            self.activate(queuefile::DEFERRED, &id);
+        }
+        let mut next = Instant::now() + self.s.run_delay;
+        if let Some(e) = earliest {
+            let wait = e.duration_since(now).unwrap_or_default();
+            next = next.min(Instant::now() + wait);
+        }
+        self.next_deferred_scan = next;
+    }
+
+    fn reload_router_if_changed(&mut self) {
+        if self.router.stale() {
+            self.router = Router::load(&self.config);
+            log::info!("routing tables changed: reloaded");
+            for p in &self.router.problems {
+                log::warn!("{p}");
+            }
+        }
+    }
+
+    fn quarantine(&self, id: &str, why: &str) {
+        let src = self.dir(queuefile::ACTIVE).join(id);
+        let dst = self.dir(queuefile::CORRUPT).join(id);
+        log::error!("{id}: {why}; moved to the corrupt queue");
+        if let Err(e) = std::fs::rename(&src, &dst) {
+            log::error!("{id}: cannot move to the corrupt queue: {e}");
+        }
+    }
+
+    /// Reads a message in `active`, routes it, and queues its deliveries.
+    fn load(&mut self, id: &str) {
+        let path = self.dir(queuefile::ACTIVE).join(id);
+        let qf = match QueueFile::read(&path) {
+            Ok(q) => q,
+            Err(FormatError::Bad(why)) => return self.quarantine(id, &why),
+            Err(FormatError::Io(e)) => {
+                log::warn!("{id}: cannot read the queue file: {e}");
+                return;
+            }
+        };
+        if qf.id != id {
+            return self.quarantine(id, &format!("the file says it is {}", qf.id));
+        }
+        let updater = match Updater::open(&path, qf.end) {
+            Ok(u) => u,
+            Err(e) => {
+                log::warn!("{id}: cannot open the queue file for updates: {e}");
+                return;
+            }
+        };
+        self.reload_router_if_changed();
+        log::info!(
+            "{id}: from=<{}>, size={}, nrcpt={} (queue active)",
+            qf.envelope.sender,
+            qf.message_size,
+            qf.pending().count()
+        );
+        let mut msg = Msg {
+            keys: vec![Vec::new(); qf.recipients.len()],
+            qf,
+            updater,
+            path,
+            outstanding: 0,
+            started: Instant::now(),
+        };
+        let mut jobs: Vec<(String, Vec<Item>)> = Vec::new();
+        let pending: Vec<(usize, String)> = msg
+            .qf
+            .pending()
+            .map(|(i, r)| (i, r.address.clone()))
+            .collect();
+        for (idx, address) in pending {
+            let mut seen = HashSet::new();
+            for d in self.router.resolve(&address) {
+                if !seen.insert(d.key.clone()) {
+                    continue;
+                }
+                msg.keys[idx].push(d.key.clone());
+                if msg.qf.is_final(idx, &d.key) {
+                    continue;
+                }
+                match d.route {
+                    Route::Local(mut instr) => {
+                        instr.uncertain = msg.qf.in_flight.contains(&(idx, d.key.clone()));
+                        let dest = format!("local:{}", instr.user);
+                        let item = Item {
+                            rcpt: idx,
+                            key: d.key,
+                            instr,
+                        };
+                        match jobs.iter_mut().find(|(d, _)| *d == dest) {
+                            Some((_, items)) => items.push(item),
+                            None => jobs.push((dest, vec![item])),
+                        }
+                    }
+                    Route::Bounce { dsn, reason } => {
+                        log::info!(
+                            "{id}: to=<{address}>, relay=none, status=bounced ({dsn} {reason})"
+                        );
+                        if let Err(e) = msg.updater.bounced(idx, &d.key, &dsn, false, &reason) {
+                            log::error!("{id}: cannot record a bounce: {e}");
+                        }
+                    }
+                    Route::Defer { dsn, reason } => {
+                        log::info!(
+                            "{id}: to=<{address}>, relay=none, status=deferred ({dsn} {reason})"
+                        );
+                        if let Err(e) = msg.updater.deferred(idx, &d.key, &dsn, &reason) {
+                            log::error!("{id}: cannot record a deferral: {e}");
+                        }
+                    }
+                }
+            }
+        }
+        msg.outstanding = jobs.len();
+        self.active.insert(id.to_string(), msg);
+        if jobs.is_empty() {
+            self.finish(id);
+            return;
+        }
+        for (dest, items) in jobs {
+            let q = self.queues.entry(dest.clone()).or_default();
+            if q.is_empty() && !self.ring.contains(&dest) {
+                self.ring.push_back(dest.clone());
+            }
+            q.push_back(Job {
+                id: id.to_string(),
+                dest,
+                items,
+            });
+        }
+    }
+
+    /// Starts deliveries while the window and the destinations allow.
+    fn dispatch(&mut self) {
+        while self.in_flight < self.window.size && !self.ring.is_empty() {
+            let mut started = false;
+            for _ in 0..self.ring.len() {
+                let Some(dest) = self.ring.pop_front() else {
+                    break;
+                };
+                let busy = self.busy.get(&dest).copied().unwrap_or(0);
+                if busy >= self.s.dest_limit {
+                    self.ring.push_back(dest);
+                    continue;
+                }
+                let job = self.queues.get_mut(&dest).and_then(VecDeque::pop_front);
+                if self.queues.get(&dest).is_some_and(|q| !q.is_empty()) {
+                    self.ring.push_back(dest.clone());
+                } else {
+                    self.queues.remove(&dest);
+                }
+                if let Some(job) = job {
+                    self.start(job);
+                    started = true;
+                    break;
+                }
+            }
+            if !started {
+                break;
+            }
+        }
+    }
+
+    fn start(&mut self, job: Job) {
+        let Some(msg) = self.active.get_mut(&job.id) else {
+            return;
+        };
+        for item in &job.items {
+            if let Err(e) = msg.updater.in_flight(item.rcpt, &item.key) {
+                log::warn!("{}: cannot record a delivery in flight: {e}", job.id);
+            }
+        }
+        let file = match msg.updater.file().try_clone() {
+            Ok(f) => OwnedFd::from(f),
+            Err(e) => {
+                let why = format!("cannot duplicate the queue file descriptor: {e}");
+                let _ = self.tx.send(Event::Done(job, Err(why)));
+                self.in_flight += 1;
+                return;
+            }
+        };
+        let request = DeliveryRequest {
+            version: PROTOCOL_VERSION,
+            queue_id: job.id.clone(),
+            sender: msg.qf.envelope.sender.clone(),
+            arrival: msg.qf.envelope.arrival,
+            message_offset: msg.qf.message_offset,
+            message_size: Some(msg.qf.message_size),
+            recipients: job.items.iter().map(|i| i.instr.clone()).collect(),
+        };
+        *self.busy.entry(job.dest.clone()).or_default() += 1;
+        self.in_flight += 1;
+        let socket = self.s.local_socket.clone();
+        let timeout = self.s.exchange_timeout;
+        let tx = self.tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("handoff".into())
+            .spawn(move || {
+                let result = handoff::deliver(&socket, &request, &file, timeout)
+                    .map(|r| r.statuses)
+                    .map_err(|e| format!("delivery agent exchange failed: {e}"));
+                let _ = tx.send(Event::Done(job, result));
+            });
+        if let Err(e) = spawned {
+            log::error!("cannot start a handoff thread: {e}");
+        }
+    }
+
+    fn complete(&mut self, job: Job, result: Result<Vec<RecipientStatus>, String>) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if let Some(b) = self.busy.get_mut(&job.dest) {
+            *b = b.saturating_sub(1);
+        }
+        self.window.feedback(result.is_ok());
+        let Some(msg) = self.active.get_mut(&job.id) else {
+            return;
+        };
+        let statuses = result.unwrap_or_else(|why| {
+            job.items
+                .iter()
+                .map(|_| RecipientStatus::deferred("4.3.0", why.clone()))
+                .collect()
+        });
+        let delay = msg.started.elapsed().as_secs_f64();
+        for (item, st) in job.items.iter().zip(statuses) {
+            let orig = &msg.qf.recipients[item.rcpt].address;
+            let word = match st.outcome {
+                Outcome::Delivered => "sent",
+                Outcome::Deferred => "deferred",
+                Outcome::Bounced => "bounced",
+            };
+            let orig_note = if orig == &item.instr.recipient {
+                String::new()
+            } else {
+                format!(", orig_to=<{orig}>")
+            };
+            log::info!(
+                "{}: to=<{}>{orig_note}, relay=local, delay={delay:.2}, dsn={}, status={word} ({})",
+                job.id,
+                item.instr.recipient,
+                st.dsn,
+                st.reason
+            );
+            let recorded = match st.outcome {
+                Outcome::Delivered => msg.updater.delivered(item.rcpt, &item.key),
+                Outcome::Deferred => msg
+                    .updater
+                    .deferred(item.rcpt, &item.key, &st.dsn, &st.reason),
+                Outcome::Bounced => msg
+                    .updater
+                    .bounced(
+                        item.rcpt,
+                        &item.key,
+                        &st.dsn,
+                        st.notify_postmaster,
+                        &st.reason,
+                    )
+                    .map(|_| ()),
+            };
+            if let Err(e) = recorded {
+                log::error!(
+                    "{}: cannot record the outcome for <{}>: {e}",
+                    job.id,
+                    item.instr.recipient
+                );
+            }
+        }
+        msg.outstanding = msg.outstanding.saturating_sub(1);
+        if msg.outstanding == 0 {
+            let id = job.id.clone();
+            self.finish(&id);
+        }
+    }
+
+    /// The attempt is over: mark done recipients, report failures, then
+    /// remove the message or defer it.
+    fn finish(&mut self, id: &str) {
+        let Some(mut msg) = self.active.remove(id) else {
+            return;
+        };
+        let mut qf = match QueueFile::read(&msg.path) {
+            Ok(q) => q,
+            Err(e) => {
+                log::error!(
+                    "{id}: cannot re-read the queue file: {e}; left in active until the next start"
+                );
+                return;
+            }
+        };
+        let now = now_secs();
+        let age = Duration::from_secs(now.saturating_sub(qf.envelope.arrival));
+        let expired = age > self.s.lifetime;
+        let mut all_done = true;
+        for (idx, r) in qf.recipients.clone().iter().enumerate() {
+            if r.state != queuefile::RcptState::Pending {
+                continue;
+            }
+            let open: Vec<String> = msg.keys[idx]
+                .iter()
+                .filter(|k| !qf.is_final(idx, k))
+                .cloned()
+                .collect();
+            if !open.is_empty() && expired {
+                for k in &open {
+                    let (dsn, reason) = qf.delays.get(&(idx, k.clone())).map_or(
+                        (
+                            "4.4.7".to_string(),
+                            "no delivery attempt finished".to_string(),
+                        ),
+                        |d| (d.dsn.clone(), d.reason.clone()),
+                    );
+                    let dsn = format!("5{}", dsn.get(1..).unwrap_or(".4.7"));
+                    let reason = format!("delivery time expired: {reason}");
+                    log::info!("{id}: to=<{}>, status=expired ({dsn} {reason})", r.address);
+                    if let Err(e) = msg.updater.bounced(idx, k, &dsn, false, &reason) {
+                        log::error!("{id}: cannot record an expiry: {e}");
+                    }
+                }
+            } else if !open.is_empty() {
+                all_done = false;
+                continue;
+            }
+            if let Err(e) = msg.updater.recipient_done(r.state_at) {
+                log::error!("{id}: cannot mark <{}> done: {e}", r.address);
+            }
+        }
+        if expired {
+            match QueueFile::read(&msg.path) {
+                Ok(q) => qf = q,
+                Err(e) => log::error!("{id}: cannot re-read the queue file: {e}"),
+            }
+        }
+        let unreported: Vec<&queuefile::Failure> =
+            qf.failures.iter().filter(|f| !f.reported).collect();
+        let mut reported_all = true;
+        if !unreported.is_empty() {
+            match self.notify(&qf, &unreported) {
+                Ok(()) => {
+                    for f in &unreported {
+                        if let Err(e) = msg.updater.failure_reported(f.reported_at) {
+                            log::error!("{id}: cannot mark a failure reported: {e}");
+                        }
+                    }
+                }
+                Err(e) => {
+                    log::error!(
+                        "{id}: cannot queue the delivery status notification: {e}; will try again"
+                    );
+                    reported_all = false;
+                }
+            }
+        }
+        if all_done && reported_all {
+            match std::fs::remove_file(&msg.path) {
+                Ok(()) => log::info!("{id}: removed"),
+                Err(e) => log::error!("{id}: cannot remove the queue file: {e}"),
+            }
+        } else {
+            self.defer(id, &msg, age);
+        }
+        if self.incoming_waiting && self.has_room() {
+            self.scan_incoming();
+        }
+    }
+
+    fn defer(&mut self, id: &str, msg: &Msg, age: Duration) {
+        let delay = backoff(age, self.s.min_backoff, self.s.max_backoff);
+        let due = SystemTime::now() + delay;
+        let set = std::fs::File::options()
+            .write(true)
+            .open(&msg.path)
+            .and_then(|f| f.set_modified(due));
+        if let Err(e) = set {
+            log::warn!("{id}: cannot set the retry time: {e}");
+        }
+        let dst = self.dir(queuefile::DEFERRED).join(id);
+        match std::fs::rename(&msg.path, &dst) {
+            Ok(()) => log::info!("{id}: deferred; next attempt in {}s", delay.as_secs()),
+            Err(e) => log::error!("{id}: cannot move to the deferred queue: {e}"),
+        }
+        let at = Instant::now() + delay;
+        if at < self.next_deferred_scan {
+            self.next_deferred_scan = at;
+        }
+    }
+
+    /// Queues the notifications the failures call for.
+    fn notify(&mut self, qf: &QueueFile, failures: &[&queuefile::Failure]) -> std::io::Result<()> {
+        let id = &qf.id;
+        let headers = read_headers(&self.dir(queuefile::ACTIVE).join(id), qf)?;
+        let list: Vec<FailedRecipient> = failures
+            .iter()
+            .map(|f| FailedRecipient {
+                original: qf.recipients[f.rcpt].address.clone(),
+                delivery: f.key.clone(),
+                dsn: f.dsn.clone(),
+                reason: f.reason.clone(),
+            })
+            .collect();
+        let report = Report {
+            host: &self.s.myhostname,
+            queue_id: id,
+            sender: &qf.envelope.sender,
+            arrival: qf.envelope.arrival,
+            headers: &headers,
+            failures: &list,
+            now: now_secs(),
+        };
+        let postmaster_copy = failures.iter().any(|f| f.notify);
+        match (qf.envelope.class, qf.envelope.sender.is_empty()) {
+            (Class::Normal, false) => {
+                let new = self.queue_notice(
+                    &report,
+                    &qf.envelope.sender.clone(),
+                    Audience::Sender,
+                    Class::Bounce,
+                )?;
+                log::info!("{id}: sender non-delivery notification: {new}");
+                if postmaster_copy {
+                    let to = self.s.notice_recipient.clone();
+                    let new =
+                        self.queue_notice(&report, &to, Audience::Postmaster, Class::DoubleBounce)?;
+                    log::info!("{id}: postmaster notification: {new}");
+                }
+            }
+            (Class::DoubleBounce, _) => {
+                log::warn!("{id}: a postmaster notification could not be delivered: discarded");
+            }
+            _ => {
+                // A bounce (or null-sender mail) is never bounced: the postmaster hears of it.
+                let to = self.s.notice_recipient.clone();
+                let new =
+                    self.queue_notice(&report, &to, Audience::Postmaster, Class::DoubleBounce)?;
+                log::info!("{id}: undeliverable notification; postmaster notified: {new}");
+            }
+        }
+        self.incoming_waiting = true;
+        Ok(())
+    }
+
+    fn queue_notice(
+        &self,
+        report: &Report<'_>,
+        to: &str,
+        audience: Audience,
+        class: Class,
+    ) -> std::io::Result<String> {
+        let new_id = queuefile::new_queue_id();
+        let now = now_secs();
+        let envelope = Envelope {
+            arrival: now,
+            sender: String::new(),
+            uid: self.s.owner_uid,
+            class,
+        };
+        let mut w = Writer::create(&self.dir(queuefile::INCOMING), &new_id, &envelope)?;
+        w.write_message(
+            format!(
+                "Received: by {} (postern, from userid {})\n\tid {new_id}; {}\n",
+                self.s.myhostname,
+                self.s.owner_uid,
+                rfc5322_date(now)
+            )
+            .as_bytes(),
+        )?;
+        w.write_message(&bounce::compose(report, to, audience, &new_id))?;
+        w.finish(&[to.to_string()])
+    }
+
+    fn on_trigger(&mut self, bytes: &[u8]) {
+        if bytes.contains(&b'F') {
+            log::info!("flush: retrying every deferred message now");
+            self.scan_deferred(true);
+        }
+        self.scan_incoming();
+        if bytes.contains(&b'W') && Instant::now() >= self.next_deferred_scan {
+            self.scan_deferred(false);
+        }
+    }
+}
+
+fn read_headers(path: &Path, qf: &QueueFile) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path)?;
+    let n = usize::try_from(qf.message_size.min(64 * 1024)).unwrap_or(64 * 1024);
+    let mut buf = vec![0u8; n];
+    let got = f.read_at(&mut buf, qf.message_offset)?;
+    buf.truncate(got);
+    Ok(bounce::header_block(&buf).to_vec())
+}
+
+/// Turns fifo bytes and the master's end-of-file into events.
+fn watch(channel: Channel, kind: ServiceType, tx: Sender<Event>) {
+    loop {
+        let status = channel.status().as_fd();
+        let mut fds = vec![PollFd::new(status, PollFlags::POLLIN)];
+        for l in channel.listeners() {
+            fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                log::error!("poll: {e}");
+                let _ = tx.send(Event::MasterGone);
+                return;
+            }
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        if ready[0] && channel.master_gone() {
+            let _ = tx.send(Event::MasterGone);
+            return;
+        }
+        for (i, r) in ready[1..].iter().enumerate() {
+            if *r {
+                let bytes = match channel.take(kind, i) {
+                    Some(Request::Trigger(b)) => b,
+                    // A unix trigger endpoint: read what the peer wrote.
+                    Some(Request::Stream(fd)) => {
+                        postern_common::wait::read_to_end_within(fd, Duration::from_secs(5), 64)
+                            .unwrap_or_default()
+                    }
+                    None => continue,
+                };
+                if tx.send(Event::Trigger(bytes)).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Daemon for Qmgr {
+    fn run(mut self, ctx: &Context, channel: Channel) -> i32 {
+        if !channel.available() {
+            return 0;
+        }
+        let kind = ctx.args.kind;
+        let tx = self.tx.clone();
+        if let Err(e) = std::thread::Builder::new()
+            .name("trigger".into())
+            .spawn(move || watch(channel, kind, tx))
+        {
+            return postern_common::log::fatal(
+                postern_common::sysexits::EX_OSERR,
+                format!("cannot start the trigger thread: {e}"),
+            );
+        }
+        // Messages a previous queue manager left in active come first.
+        for id in self.list(queuefile::ACTIVE) {
+            self.load(&id);
+        }
+        self.scan_incoming();
+        self.scan_deferred(false);
+        let mut gone: Option<Instant> = None;
+        loop {
+            if gone.is_none() {
+                self.dispatch();
+            }
+            if let Some(since) = gone {
+                if self.in_flight == 0 || since.elapsed() > Duration::from_secs(10) {
+                    return 0;
+                }
+            }
+            let wait = if gone.is_some() {
+                Duration::from_millis(200)
+            } else {
+                self.next_deferred_scan
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1))
+            };
+            let mut triggers: Vec<u8> = Vec::new();
+            match self.rx.recv_timeout(wait) {
+                Ok(ev) => {
+                    let mut events = vec![ev];
+                    events.extend(self.rx.try_iter());
+                    for ev in events {
+                        match ev {
+                            Event::Trigger(b) => triggers.extend(b),
+                            Event::MasterGone => {
+                                if gone.is_none() {
+                                    log::info!(
+                                        "the master let go: finishing {} deliveries in progress",
+                                        self.in_flight
+                                    );
+                                }
+                                gone.get_or_insert_with(Instant::now);
+                            }
+                            Event::Done(job, result) => self.complete(job, result),
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return 0,
+            }
+            if gone.is_some() {
+                continue;
+            }
+            if !triggers.is_empty() || (self.incoming_waiting && self.has_room()) {
+                self.on_trigger(&triggers);
+            }
+            if Instant::now() >= self.next_deferred_scan {
+                self.scan_deferred(false);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_age_within_bounds() {
+        let (min, max) = (Duration::from_secs(300), Duration::from_secs(4000));
+        assert_eq!(backoff(Duration::ZERO, min, max), min);
+        assert_eq!(
+            backoff(Duration::from_secs(1000), min, max),
+            Duration::from_secs(1000)
+        );
+        assert_eq!(backoff(Duration::from_secs(99_999), min, max), max);
+    }
+
+    #[test]
+    fn window_feedback() {
+        let mut w = Window { size: 5, max: 7 };
+        w.feedback(true);
+        w.feedback(true);
+        w.feedback(true);
+        assert_eq!(w.size, 7);
+        w.feedback(false);
+        assert_eq!(w.size, 3);
+        for _ in 0..5 {
+            w.feedback(false);
+        }
+        assert_eq!(w.size, 1);
+    }
+}

@@ -1,0 +1,747 @@
+//! Routing: what the queue manager does with a recipient address. It runs
+//! as the mail owner and reads only what that account may read; the
+//! privileged agent verifies what it is told (the local-delivery essay's
+//! split).
+//!
+//! For each address, in order:
+//!
+//! 1. `transport_maps` (files of `pattern transport` lines; patterns: the
+//!    full address, `@domain` or `domain`, `.domain` for subdomains, `*`):
+//!    `local`, `error:[d.d.d ]text` (bounce), anything else names a
+//!    transport that postern does not run here (deferred with the reason).
+//! 2. A domain not in `mydestination` goes to `default_transport`
+//!    (by default an `error:`, so remote mail bounces 5.4.4).
+//! 3. Local: the local part, lower-cased, split at the first
+//!    `recipient_delimiter` character into user and extension.
+//! 4. `alias_maps` (aliases(5) text files): the full local part, then the
+//!    user. Targets are addresses (resolved again, at most
+//!    [`MAX_DEPTH`] deep; an alias that names itself means the user's
+//!    mailbox), files and programs (delivered as the owner of the aliases
+//!    file; root's become `default_privs` in local), and `:include:` files
+//!    (as their owner).
+//! 5. The passwd entry (else bounce 5.1.1).
+//! 6. `~/.forward+ext`, then `~/.forward`: used only when it is a regular
+//!    file owned by the user or root and not writable by group or others
+//!    (else ignored, with the reason logged); a `.forward` that exists but
+//!    cannot be read defers the recipient. A home directory the mail owner
+//!    cannot search hides the file: ignored, with a warning.
+//! 7. The mailbox: `home_mailbox` in the home directory (`Maildir/` with a
+//!    trailing slash), else `mail_spool_directory/user`.
+
+use std::collections::HashMap;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use postern_common::account::{self, Account};
+use postern_common::aliases::{self, Target};
+use postern_common::handoff::{Destination, Instruction};
+use postern_conf::{params, Config};
+
+/// Alias and `.forward` expansion stops this deep.
+pub const MAX_DEPTH: usize = 10;
+
+/// Where one delivery goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Hand to the local service.
+    Local(Instruction),
+    /// Bounce now.
+    Bounce {
+        /// Enhanced status code.
+        dsn: String,
+        /// Why.
+        reason: String,
+    },
+    /// Try again later.
+    Defer {
+        /// Enhanced status code.
+        dsn: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One delivery of a recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Names the delivery in the queue file: stable across attempts.
+    pub key: String,
+    /// What to do.
+    pub route: Route,
+}
+
+impl Delivery {
+    fn local(instr: Instruction) -> Delivery {
+        Delivery {
+            key: format!("{}|{}", instr.user, instr.destination),
+            route: Route::Local(instr),
+        }
+    }
+    fn bounce(address: &str, dsn: &str, reason: String) -> Delivery {
+        Delivery {
+            key: format!("{address}|bounce"),
+            route: Route::Bounce {
+                dsn: dsn.into(),
+                reason,
+            },
+        }
+    }
+    fn defer(address: &str, dsn: &str, reason: String) -> Delivery {
+        Delivery {
+            key: format!("{address}|defer"),
+            route: Route::Defer {
+                dsn: dsn.into(),
+                reason,
+            },
+        }
+    }
+}
+
+/// A transport named by transport_maps or default_transport.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Transport {
+    Local,
+    Error(Option<String>, String),
+    Other(String),
+}
+
+fn parse_transport(text: &str) -> Transport {
+    let (name, next) = text.split_once(':').unwrap_or((text, ""));
+    match name.trim() {
+        "local" => Transport::Local,
+        "error" => {
+            let next = next.trim();
+            match next.split_once(' ') {
+                Some((code, rest)) if is_dsn(code) => {
+                    Transport::Error(Some(code.to_string()), rest.trim().to_string())
+                }
+                _ => Transport::Error(None, next.to_string()),
+            }
+        }
+        other => Transport::Other(other.to_string()),
+    }
+}
+
+fn is_dsn(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('.').collect();
+    parts.len() == 3
+        && matches!(parts[0], "4" | "5")
+        && parts[1..]
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// An alias with the owner of the file it came from.
+#[derive(Debug, Clone)]
+struct AliasEntry {
+    targets: Vec<Target>,
+    owner: String,
+    origin: String,
+}
+
+/// The routing tables, loaded from the configuration.
+#[derive(Debug, Clone)]
+pub struct Router {
+    myhostname: String,
+    mydestination: Vec<String>,
+    delimiter: String,
+    aliases: HashMap<String, AliasEntry>,
+    transports: Vec<(String, String)>,
+    default_transport: String,
+    home_mailbox: String,
+    spool: PathBuf,
+    /// Problems found while loading (each file:line), to log.
+    pub problems: Vec<String>,
+    /// The files read, with their modification times (to notice changes).
+    pub sources: Vec<(PathBuf, Option<std::time::SystemTime>)>,
+}
+
+fn owner_name(uid: u32) -> String {
+    match account::user_by_uid(uid) {
+        Ok(Some(a)) => a.name,
+        _ => "root".to_string(),
+    }
+}
+
+fn map_path(entry: &str) -> &str {
+    // "hash:/etc/aliases" and friends name the text file.
+    entry
+        .split_once(':')
+        .filter(|(t, _)| !t.starts_with('/'))
+        .map_or(entry, |(_, p)| p)
+}
+
+fn mtime(p: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+impl Router {
+    /// Loads the routing tables. Unreadable or broken tables are problems
+    /// (logged by the caller); a missing aliases file is not.
+    pub fn load(config: &Config) -> Router {
+        let myhostname = config.text(params::MYHOSTNAME).to_ascii_lowercase();
+        let mut r = Router {
+            mydestination: config
+                .list(params::MYDESTINATION)
+                .into_iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect(),
+            myhostname,
+            delimiter: config.text(params::RECIPIENT_DELIMITER).to_string(),
+            aliases: HashMap::new(),
+            transports: Vec::new(),
+            default_transport: config.text(params::DEFAULT_TRANSPORT).to_string(),
+            home_mailbox: config.text(params::HOME_MAILBOX).to_string(),
+            spool: PathBuf::from(config.text(params::MAIL_SPOOL_DIRECTORY)),
+            problems: Vec::new(),
+            sources: Vec::new(),
+        };
+        for entry in config.list(params::ALIAS_MAPS) {
+            let path = PathBuf::from(map_path(&entry));
+            r.sources.push((path.clone(), mtime(&path)));
+            let shown = path.display().to_string();
+            let (text, owner) = match std::fs::read_to_string(&path) {
+                Ok(t) => (t, std::fs::metadata(&path).map_or(0, |m| m.uid())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    r.problems.push(format!("{shown}: cannot read: {e}"));
+                    continue;
+                }
+            };
+            let owner = owner_name(owner);
+            let parsed = match aliases::parse_aliases(&shown, &text) {
+                Ok(a) => a,
+                Err(errors) => {
+                    r.problems.extend(errors);
+                    // Keep the entries that did parse.
+                    let good: String = text
+                        .lines()
+                        .filter(|l| aliases::parse_aliases(&shown, l).is_ok())
+                        .map(|l| format!("{l}\n"))
+                        .collect();
+                    aliases::parse_aliases(&shown, &good).unwrap_or_default()
+                }
+            };
+            for a in parsed {
+                // The first file that defines a name wins, as in Postfix.
+                r.aliases.entry(a.name.clone()).or_insert(AliasEntry {
+                    targets: a.targets,
+                    owner: owner.clone(),
+                    origin: format!("{shown}:{}", a.line),
+                });
+            }
+        }
+        for entry in config.list(params::TRANSPORT_MAPS) {
+            let path = PathBuf::from(map_path(&entry));
+            r.sources.push((path.clone(), mtime(&path)));
+            let shown = path.display().to_string();
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) => {
+                    r.problems.push(format!("{shown}: cannot read: {e}"));
+                    continue;
+                }
+            };
+            for (i, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                match line.split_once(char::is_whitespace) {
+                    Some((pattern, transport)) => r
+                        .transports
+                        .push((pattern.to_ascii_lowercase(), transport.trim().to_string())),
+                    None => r
+                        .problems
+                        .push(format!("{shown}:{}: expected 'pattern transport'", i + 1)),
+                }
+            }
+        }
+        r
+    }
+
+    /// Whether a file the tables came from changed since they were loaded.
+    pub fn stale(&self) -> bool {
+        self.sources.iter().any(|(p, t)| mtime(p) != *t)
+    }
+
+    fn transport_for(&self, address: &str, domain: Option<&str>) -> Option<&str> {
+        let address = address.to_ascii_lowercase();
+        let find = |pattern: &str| {
+            self.transports
+                .iter()
+                .find(|(p, _)| p == pattern)
+                .map(|(_, t)| t.as_str())
+        };
+        if let Some(t) = find(&address) {
+            return Some(t);
+        }
+        if let Some(d) = domain {
+            let d = d.to_ascii_lowercase();
+            if let Some(t) = find(&d).or_else(|| find(&format!("@{d}"))) {
+                return Some(t);
+            }
+            let mut rest = d.as_str();
+            while let Some((_, parent)) = rest.split_once('.') {
+                if let Some(t) = find(&format!(".{parent}")) {
+                    return Some(t);
+                }
+                rest = parent;
+            }
+        }
+        find("*")
+    }
+
+    fn is_local_domain(&self, domain: &str) -> bool {
+        let d = domain.to_ascii_lowercase();
+        d == self.myhostname || self.mydestination.contains(&d)
+    }
+
+    /// Every delivery `address` leads to.
+    pub fn resolve(&self, address: &str) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        let mut seen = Vec::new();
+        self.resolve_into(address, 0, &mut seen, &mut out);
+        out
+    }
+
+    fn resolve_into(
+        &self,
+        address: &str,
+        depth: usize,
+        seen: &mut Vec<String>,
+        out: &mut Vec<Delivery>,
+    ) {
+        if depth > MAX_DEPTH {
+            out.push(Delivery::bounce(
+                address,
+                "5.4.6",
+                format!("alias or .forward expansion deeper than {MAX_DEPTH}: a loop?"),
+            ));
+            return;
+        }
+        let (local, domain) = match address.rsplit_once('@') {
+            Some((l, d)) => (l, Some(d)),
+            None => (address, None),
+        };
+        let transport = self.transport_for(address, domain).map(parse_transport);
+        let transport = match (transport, domain) {
+            (Some(t), _) => t,
+            (None, Some(d)) if !self.is_local_domain(d) => {
+                match parse_transport(&self.default_transport) {
+                    Transport::Error(None, text) => {
+                        Transport::Error(Some("5.4.4".into()), format!("{text} (domain {d})"))
+                    }
+                    t => t,
+                }
+            }
+            (None, _) => Transport::Local,
+        };
+        match transport {
+            Transport::Local => {}
+            Transport::Error(dsn, text) => {
+                let dsn = dsn.unwrap_or_else(|| "5.0.0".into());
+                let text = if text.is_empty() {
+                    "refused by transport_maps".to_string()
+                } else {
+                    text
+                };
+                out.push(Delivery::bounce(address, &dsn, text));
+                return;
+            }
+            Transport::Other(name) => {
+                out.push(Delivery::defer(
+                    address,
+                    "4.3.5",
+                    format!("transport {name} is not one postern runs (local, error)"),
+                ));
+                return;
+            }
+        }
+        let local = local.to_ascii_lowercase();
+        let (user, extension) = self.split_extension(&local);
+        let full = self.full_address(address, &local);
+        // Aliases: the full local part, then the user.
+        for name in [local.as_str(), user.as_str()] {
+            if seen.iter().any(|s| s == name) {
+                continue;
+            }
+            if let Some(alias) = self.aliases.get(name) {
+                seen.push(name.to_string());
+                let owner = alias.owner.clone();
+                for t in &alias.targets {
+                    match t {
+                        Target::Address(a) if a.eq_ignore_ascii_case(name) => {
+                            // "ann: ann, ..." keeps a copy in ann's own mailbox.
+                            self.user_mailbox(a, &full, extension.clone(), false, depth, seen, out);
+                        }
+                        _ => self.target(
+                            t,
+                            &owner,
+                            &full,
+                            extension.clone(),
+                            depth,
+                            seen,
+                            out,
+                            &alias.origin,
+                        ),
+                    }
+                }
+                seen.pop();
+                return;
+            }
+        }
+        self.user_mailbox(&user, &full, extension, true, depth, seen, out);
+    }
+
+    fn split_extension(&self, local: &str) -> (String, Option<String>) {
+        if self.delimiter.is_empty() {
+            return (local.to_string(), None);
+        }
+        match local
+            .char_indices()
+            .find(|(i, c)| *i > 0 && self.delimiter.contains(*c))
+        {
+            Some((i, c)) => (
+                local[..i].to_string(),
+                Some(local[i + c.len_utf8()..].to_string()),
+            ),
+            None => (local.to_string(), None),
+        }
+    }
+
+    fn full_address(&self, address: &str, local: &str) -> String {
+        if address.contains('@') {
+            address.to_string()
+        } else {
+            format!("{local}@{}", self.myhostname)
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn target(
+        &self,
+        t: &Target,
+        as_user: &str,
+        recipient: &str,
+        extension: Option<String>,
+        depth: usize,
+        seen: &mut Vec<String>,
+        out: &mut Vec<Delivery>,
+        origin: &str,
+    ) {
+        let instr = |destination: Destination| Instruction {
+            recipient: recipient.to_string(),
+            user: as_user.to_string(),
+            extension: extension.clone(),
+            destination,
+            uncertain: false,
+        };
+        match t {
+            Target::Address(a) => self.resolve_into(a, depth + 1, seen, out),
+            Target::File(p) if p.ends_with('/') => out.push(Delivery::local(instr(
+                Destination::Maildir(PathBuf::from(p)),
+            ))),
+            Target::File(p) => out.push(Delivery::local(instr(Destination::Mailbox(
+                PathBuf::from(p),
+            )))),
+            Target::Program(cmd) => out.push(Delivery::local(instr(Destination::Programs(vec![
+                cmd.clone(),
+            ])))),
+            Target::Include(path) => {
+                let read = std::fs::read_to_string(path).and_then(|text| {
+                    let owner = std::fs::metadata(path)?.uid();
+                    Ok((text, owner))
+                });
+                match read {
+                    Ok((text, owner)) => match aliases::parse_forward(path, &text) {
+                        Ok(targets) => {
+                            let owner = owner_name(owner);
+                            for (_, t) in targets {
+                                self.target(
+                                    &t,
+                                    &owner,
+                                    recipient,
+                                    extension.clone(),
+                                    depth + 1,
+                                    seen,
+                                    out,
+                                    path,
+                                );
+                            }
+                        }
+                        Err(errors) => out.push(Delivery::defer(
+                            recipient,
+                            "4.3.0",
+                            format!("{origin}: bad :include: file: {}", errors.join("; ")),
+                        )),
+                    },
+                    Err(e) => out.push(Delivery::defer(
+                        recipient,
+                        "4.3.0",
+                        format!("{origin}: cannot read :include: file {path}: {e}"),
+                    )),
+                }
+            }
+        }
+    }
+
+    /// The user's own delivery: `.forward` (when `forward`), else the mailbox.
+    #[allow(clippy::too_many_arguments)]
+    fn user_mailbox(
+        &self,
+        user: &str,
+        recipient: &str,
+        extension: Option<String>,
+        forward: bool,
+        depth: usize,
+        seen: &mut Vec<String>,
+        out: &mut Vec<Delivery>,
+    ) {
+        let account = match account::user_by_name(user) {
+            Ok(Some(a)) => a,
+            Ok(None) => {
+                out.push(Delivery::bounce(
+                    recipient,
+                    "5.1.1",
+                    format!("unknown user: \"{user}\""),
+                ));
+                return;
+            }
+            Err(e) => {
+                out.push(Delivery::defer(recipient, "4.3.0", e.to_string()));
+                return;
+            }
+        };
+        if forward && !seen.iter().any(|s| s == &format!(".forward:{user}")) {
+            match self.forward_file(&account, extension.as_deref()) {
+                Forward::None => {}
+                Forward::Defer(why) => {
+                    out.push(Delivery::defer(recipient, "4.3.0", why));
+                    return;
+                }
+                Forward::Targets(origin, targets) => {
+                    seen.push(format!(".forward:{user}"));
+                    seen.push(user.to_string());
+                    for t in targets {
+                        match &t {
+                            Target::Address(a) if a.eq_ignore_ascii_case(user) => self
+                                .user_mailbox(
+                                    user,
+                                    recipient,
+                                    extension.clone(),
+                                    false,
+                                    depth,
+                                    seen,
+                                    out,
+                                ),
+                            _ => self.target(
+                                &t,
+                                user,
+                                recipient,
+                                extension.clone(),
+                                depth + 1,
+                                seen,
+                                out,
+                                &origin,
+                            ),
+                        }
+                    }
+                    seen.pop();
+                    seen.pop();
+                    return;
+                }
+            }
+        }
+        let destination = if self.home_mailbox.is_empty() {
+            Destination::Mailbox(self.spool.join(&account.name))
+        } else if self.home_mailbox.ends_with('/') {
+            Destination::Maildir(PathBuf::from(format!(
+                "{}/{}",
+                account.home.display(),
+                self.home_mailbox
+            )))
+        } else {
+            Destination::Mailbox(account.home.join(&self.home_mailbox))
+        };
+        out.push(Delivery::local(Instruction {
+            recipient: recipient.to_string(),
+            user: account.name.clone(),
+            extension,
+            destination,
+            uncertain: false,
+        }));
+    }
+
+    fn forward_file(&self, account: &Account, extension: Option<&str>) -> Forward {
+        let mut names = Vec::new();
+        if let (Some(ext), Some(delim)) = (extension, self.delimiter.chars().next()) {
+            names.push(format!(".forward{delim}{ext}"));
+        }
+        names.push(".forward".to_string());
+        for name in names {
+            let path = account.home.join(&name);
+            let shown = path.display().to_string();
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+                .open(&path);
+            let file = match file {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                    log::warn!("{shown} is a symbolic link: not used");
+                    continue;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    // Is it the file, or the home directory we cannot search?
+                    if std::fs::read_dir(&account.home).is_err()
+                        && std::fs::symlink_metadata(&path).is_err()
+                    {
+                        log::warn!(
+                            "cannot search {} as the mail owner: {name} not looked at (make the home directory searchable to use it)",
+                            account.home.display()
+                        );
+                        return Forward::None;
+                    }
+                    return Forward::Defer(format!("cannot read {shown}: {e}"));
+                }
+                Err(e) => return Forward::Defer(format!("cannot open {shown}: {e}")),
+            };
+            let md = match file.metadata() {
+                Ok(m) => m,
+                Err(e) => return Forward::Defer(format!("cannot examine {shown}: {e}")),
+            };
+            let problem = if !md.is_file() {
+                Some("not a regular file".to_string())
+            } else if md.uid() != account.uid && md.uid() != 0 {
+                Some(format!(
+                    "owned by uid {}, not by {} or root",
+                    md.uid(),
+                    account.name
+                ))
+            } else if md.mode() & 0o022 != 0 {
+                Some(format!(
+                    "writable by group or others (mode {:o})",
+                    md.mode() & 0o7777
+                ))
+            } else {
+                None
+            };
+            if let Some(p) = problem {
+                log::warn!("{shown}: {p}: not used");
+                continue;
+            }
+            let mut text = String::new();
+            if let Err(e) = std::io::Read::read_to_string(&mut &file, &mut text) {
+                return Forward::Defer(format!("cannot read {shown}: {e}"));
+            }
+            return match aliases::parse_forward(&shown, &text) {
+                Ok(t) if t.is_empty() => Forward::None,
+                Ok(t) => Forward::Targets(shown, t.into_iter().map(|(_, t)| t).collect()),
+                Err(errors) => Forward::Defer(format!("bad {name}: {}", errors.join("; "))),
+            };
+        }
+        Forward::None
+    }
+}
+
+enum Forward {
+    None,
+    Defer(String),
+    Targets(String, Vec<Target>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router(main: &str) -> Router {
+        let c = Config::from_text(
+            "main.cf",
+            main.as_bytes(),
+            "master.cf",
+            b"",
+            &postern_conf::ServicesFile::parse(""),
+        )
+        .into_result()
+        .unwrap();
+        Router::load(&c)
+    }
+
+    #[test]
+    fn transports_and_domains() {
+        let dir = tempfile::tempdir().unwrap();
+        let map = dir.path().join("transport");
+        std::fs::write(
+            &map,
+            "gone@localhost error:5.1.1 this user has left\n.example.org error:no thanks\nlocal.test local\nbad-line\n",
+        )
+        .unwrap();
+        let r = router(&format!(
+            "alias_maps =\ntransport_maps = {}\nmyhostname = host.test\n",
+            map.display()
+        ));
+        assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+        let d = r.resolve("gone@localhost");
+        assert_eq!(
+            d[0].route,
+            Route::Bounce {
+                dsn: "5.1.1".into(),
+                reason: "this user has left".into()
+            }
+        );
+        let d = r.resolve("x@a.example.org");
+        assert!(matches!(&d[0].route, Route::Bounce { dsn, .. } if dsn == "5.0.0"));
+        let d = r.resolve("x@remote.test");
+        assert!(
+            matches!(&d[0].route, Route::Bounce { dsn, reason } if dsn == "5.4.4" && reason.contains("remote.test"))
+        );
+        let d = r.resolve("nosuchuser-xyz@host.test");
+        assert!(matches!(&d[0].route, Route::Bounce { dsn, .. } if dsn == "5.1.1"));
+        let d = r.resolve("root");
+        assert!(
+            matches!(&d[0].route, Route::Local(i) if i.user == "root" && i.recipient == "root@host.test")
+        );
+    }
+
+    #[test]
+    fn aliases_extensions_and_loops() {
+        let dir = tempfile::tempdir().unwrap();
+        let aliases = dir.path().join("aliases");
+        std::fs::write(
+            &aliases,
+            "staff: root, /tmp/staff.mbox, \"|/bin/true x\"\nloop1: loop2\nloop2: loop1\nself: self, root\nroot: root\n",
+        )
+        .unwrap();
+        let r = router(&format!(
+            "alias_maps = hash:{}\nrecipient_delimiter = +\nhome_mailbox = Maildir/\n",
+            aliases.display()
+        ));
+        let d = r.resolve("Staff+x@localhost");
+        assert_eq!(d.len(), 3, "{d:?}");
+        let Route::Local(i) = &d[1].route else {
+            panic!()
+        };
+        assert_eq!(
+            i.destination,
+            Destination::Mailbox("/tmp/staff.mbox".into())
+        );
+        assert_eq!(i.extension.as_deref(), Some("x"));
+        assert!(
+            matches!(&d[2].route, Route::Local(i) if matches!(&i.destination, Destination::Programs(p) if p[0] == "/bin/true x"))
+        );
+        assert!(
+            matches!(&d[0].route, Route::Local(i) if matches!(&i.destination, Destination::Maildir(p) if p.ends_with("Maildir")))
+        );
+        // A loop ends: each alias is expanded once per path.
+        let d = r.resolve("loop1");
+        assert!(
+            d.iter().all(|d| matches!(&d.route, Route::Bounce { .. })),
+            "{d:?}"
+        );
+        assert!(d.len() <= 2);
+        assert_eq!(r.resolve("self").len(), 2);
+        assert!(is_dsn("4.2.0") && !is_dsn("2.0.0") && !is_dsn("5.x.1"));
+    }
+}
