@@ -31,6 +31,20 @@ struct Cli {
 enum Command {
     /// Validate main.cf, master.cf, the directories and accounts they name.
     Check,
+    /// Submit a message, sendmail(1)-style: postern sendmail [-t] [-i] [-f sender] recipient... < message
+    #[command(disable_help_flag = true)]
+    Sendmail {
+        /// sendmail(1) options and recipients.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The queue: list, show ID, delete ID..., hold ID..., release ID..., flush.
+    #[command(disable_help_flag = true)]
+    Queue {
+        /// The queue command and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Print parameters like postconf(1).
     #[command(disable_help_flag = true)]
     Config {
@@ -137,6 +151,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             dir,
         } => Ok(init(&dir, self_contained, force)),
         Command::Check => Ok(run_check(&source(cli.config_dir))),
+        Command::Sendmail { args } => Ok(exec_queue_tool("postern-sendmail", cli.config_dir, args)),
+        Command::Queue { args } => Ok(exec_queue_tool("postern-queue", cli.config_dir, args)),
         Command::Start { foreground } => {
             Ok(crate::control::start(&source(cli.config_dir), foreground))
         }
@@ -222,6 +238,25 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             ))
         }
     }
+}
+
+/// Runs a queue tool from the directory of this program, with `-c DIR` when
+/// one was given (else the tool finds the instance as sendmail(1) would:
+/// $POSTERN_CONFIG, $MAIL_CONFIG, /etc/postern, the embedded configuration).
+fn exec_queue_tool(tool: &str, dir: Option<PathBuf>, args: Vec<String>) -> i32 {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|p| p.join(tool)))
+        .unwrap_or_else(|| PathBuf::from(tool));
+    let mut cmd = std::process::Command::new(&exe);
+    if let Some(d) = dir {
+        cmd.arg("-c").arg(d);
+    }
+    cmd.args(args);
+    let e = cmd.exec();
+    eprintln!("postern: cannot run {}: {e}", exe.display());
+    sysexits::EX_UNAVAILABLE
 }
 
 /// Chooses the configuration: `-c`, `$POSTERN_CONFIG`, /etc/postern, embedded.

@@ -28,6 +28,16 @@ pub const PROVIDED: &[Program] = &[Program {
     executable: "postern-local",
     doc: "delivers to mailboxes, Maildirs and programs as the recipient, after checking the destination policy",
     privileged: true,
+}, Program {
+    name: "submit",
+    executable: "postern-submit",
+    doc: "takes messages from postern sendmail and stores them durably in the incoming queue",
+    privileged: false,
+}, Program {
+    name: "qmgr",
+    executable: "postern-qmgr",
+    doc: "routes queued messages, hands them to local, retries deferred mail and sends bounces",
+    privileged: false,
 }];
 
 /// The program called `name`, if postern provides it.

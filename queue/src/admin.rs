@@ -33,6 +33,9 @@ pub fn main(source: &Source, args: &[String]) -> i32 {
     let Some((cmd, ids)) = args.split_first() else {
         return usage();
     };
+    if !["list", "show", "delete", "hold", "release", "flush"].contains(&cmd.as_str()) {
+        return usage();
+    }
     let config = match Config::load_main_only(source, &ServicesFile::system()).into_result() {
         Ok(c) => c,
         Err(e) => {

@@ -159,7 +159,15 @@ impl Instance {
     pub fn new(main_extra: &str, master_extra: &str) -> Self {
         become_subreaper();
         // The master finds its daemons beside the postern command.
-        for daemon in ["postern-master", "postern-spawn", "postern-local"] {
+        for daemon in [
+            "postern-master",
+            "postern-spawn",
+            "postern-local",
+            "postern-submit",
+            "postern-qmgr",
+            "postern-sendmail",
+            "postern-queue",
+        ] {
             bin(daemon);
         }
         let dir = tempfile::tempdir().expect("tempdir");
