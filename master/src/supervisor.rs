@@ -750,7 +750,10 @@ impl Master {
                     },
                 );
                 svc.used = true;
+                // A fifo service (a trigger, like qmgr's) has no client
+                // waiting on it: its limit is a design, not a bottleneck.
                 if svc.limit.is_some_and(|l| svc.children.len() as u32 >= l)
+                    && svc.entry.kind != postern_conf::ServiceType::Fifo
                     && svc
                         .last_limit_warning
                         .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60))

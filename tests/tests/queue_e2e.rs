@@ -6,14 +6,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 use postern_tests::{bin, eventually, run_with_input, test_account, Instance, Outcome, WAIT};
 
 const DAN: &str = "pq-dan";
 const EVE: &str = "pq-eve";
 const FAY: &str = "pq-fay";
+/// Only the Maildir test uses this account.
+const GUS: &str = "pq-gus";
+/// Only the program retry test uses this account.
+const HAL: &str = "pq-hal";
 
 const MASTER: &str = "local unix - n n - - local\n\
                       submit unix n - n - - submit\n\
@@ -27,7 +32,7 @@ struct Mail {
 
 impl Mail {
     fn new(main_extra: &str, aliases: &str) -> Mail {
-        for u in [DAN, EVE, FAY] {
+        for u in [DAN, EVE, FAY, GUS, HAL] {
             let (_, _, home) = test_account(u, "/bin/bash");
             // The queue manager (the mail owner) must search homes for .forward.
             std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -83,13 +88,24 @@ impl Mail {
         self.inst.postern(&all)
     }
 
+    /// Installs a root-owned 0755 script in the trusted program directory.
+    fn install(&self, name: &str, body: &str) {
+        let path = self.inst.etc().join("programs").join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// A directory anyone may write (program output).
+    fn scratch(&self) -> PathBuf {
+        let d = self.inst.dir.path().join("scratch");
+        let _ = std::fs::create_dir(&d);
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        d
+    }
+
     /// Waits until the mbox of `user` holds `n` messages.
     fn wait_messages(&self, user: &str, n: usize) {
-        let ok = eventually(WAIT, || {
-            self.mbox(user).matches("\nFrom ").count()
-                + usize::from(self.mbox(user).starts_with("From "))
-                >= n
-        });
+        let ok = eventually(WAIT, || count_messages(&self.mbox(user)) >= n);
         assert!(
             ok,
             "{user} never had {n} messages; mbox:\n{}\nlog:\n{}",
@@ -135,4 +151,256 @@ fn sendmail_to_a_local_user_lands_in_the_mailbox_with_headers() {
     // The queue is empty again.
     let ok = eventually(WAIT, || m.queue(&["list"]).stdout.contains("-- 0 messages"));
     assert!(ok, "{:?}", m.queue(&["list"]));
+}
+
+/// Writes `user`'s ~/.forward (owned by the user, mode 0644 unless `mode`).
+fn forward(user: &str, text: &str, mode: u32) {
+    let (uid, gid, home) = test_account(user, "/bin/bash");
+    let f = home.join(".forward");
+    std::fs::write(&f, text).unwrap();
+    nix::unistd::chown(&f, Some(uid.into()), Some(gid.into())).unwrap();
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn maildir_delivery_with_home_mailbox() {
+    let (_, _, home) = test_account(GUS, "/bin/bash");
+    let maildir = home.join("Maildir");
+    let _ = std::fs::remove_dir_all(&maildir);
+    let m = Mail::new("home_mailbox = Maildir/\n", "");
+    let out = m.sendmail(&["-i", GUS], b"Subject: to maildir\n\nline\n.\nmore\n");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let new = maildir.join("new");
+    let ok = eventually(WAIT, || {
+        std::fs::read_dir(&new).map_or(0, |d| d.count()) == 1
+    });
+    assert!(ok, "nothing in {}:\n{}", new.display(), m.inst.log());
+    let file = std::fs::read_dir(&new)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.starts_with("Return-Path: <root@localhost>\nDelivered-To: pq-gus@localhost\n"),
+        "{text}"
+    );
+    assert!(text.contains("\nSubject: to maildir\n"), "{text}");
+    // -i: the lone dot is message text.
+    assert!(text.ends_with("\n\nline\n.\nmore\n"), "{text}");
+    let owner = std::fs::metadata(&file)
+        .map(|md| std::os::unix::fs::MetadataExt::uid(&md))
+        .unwrap();
+    assert_eq!(owner, postern_tests::ids_of(GUS).0);
+}
+
+#[test]
+fn aliases_and_forward_files_route_as_configured() {
+    let (_, _, fay_home) = test_account(FAY, "/bin/bash");
+    let m = Mail::new("", "team: pq-dan, pq-eve\nfan: team\n");
+    let out_dir = m.scratch();
+    m.install(
+        "record",
+        &format!("cat > {}/record.$USER", out_dir.display()),
+    );
+    // FAY forwards to DAN, keeps a copy in a file, and pipes to a program.
+    let copy = fay_home
+        .join("Mail")
+        .join(format!("fwd-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(copy.parent().unwrap());
+    let (uid, gid) = postern_tests::ids_of(FAY);
+    nix::unistd::chown(copy.parent().unwrap(), Some(uid.into()), Some(gid.into())).unwrap();
+    let _ = std::fs::remove_file(&copy);
+    forward(
+        FAY,
+        &format!("pq-dan, {}, \"|record\"\n", copy.display()),
+        0o644,
+    );
+    let out = m.sendmail(&["fan", FAY], b"Subject: routed\n\nbody\n");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    // DAN: once through the alias, once through FAY's .forward; EVE once.
+    m.wait_messages(DAN, 2);
+    m.wait_messages(EVE, 1);
+    assert!(m.mbox(EVE).contains("Delivered-To: pq-eve@localhost"));
+    let ok = eventually(WAIT, || {
+        copy.exists() && out_dir.join(format!("record.{FAY}")).exists()
+    });
+    assert!(ok, "no file copy or program output:\n{}", m.inst.log());
+    assert!(std::fs::read_to_string(&copy)
+        .unwrap()
+        .contains("Subject: routed"));
+    let recorded = std::fs::read_to_string(out_dir.join(format!("record.{FAY}"))).unwrap();
+    assert!(
+        recorded.contains("Delivered-To: pq-fay@localhost\n"),
+        "{recorded}"
+    );
+    assert!(recorded.contains("Subject: routed"), "{recorded}");
+    // FAY's own mailbox got nothing: the .forward replaced it.
+    assert_eq!(count_messages(&m.mbox(FAY)), 0);
+
+    // A .forward writable by others is not used: the mail stays with EVE.
+    forward(EVE, "pq-dan\n", 0o666);
+    let out = m.sendmail(&[EVE], b"Subject: unsafe forward\n\nx\n");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    m.wait_messages(EVE, 2);
+    m.inst
+        .wait_log("writable by group or others (mode 666): not used", 1);
+    // ... and one owned by another user neither.
+    forward(EVE, "pq-dan\n", 0o644);
+    let f = PathBuf::from(format!("/home/{EVE}/.forward"));
+    let (dan_uid, _) = postern_tests::ids_of(DAN);
+    nix::unistd::chown(&f, Some(dan_uid.into()), None).unwrap();
+    let out = m.sendmail(&[EVE], b"Subject: foreign forward\n\nx\n");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    m.wait_messages(EVE, 3);
+    m.inst.wait_log(
+        &format!("owned by uid {dan_uid}, not by {EVE} or root: not used"),
+        1,
+    );
+    assert_eq!(count_messages(&m.mbox(DAN)), 2, "{}", m.mbox(DAN));
+    std::fs::remove_file(&f).unwrap();
+    forward(FAY, "", 0o644);
+}
+
+#[test]
+fn a_deferring_program_is_retried_with_growing_intervals_until_it_succeeds() {
+    let m = Mail::new("", "");
+    let dir = m.scratch();
+    // Fails (75) three times, then takes the message.
+    m.install(
+        "flaky",
+        &format!(
+            "n=$(cat {d}/count 2>/dev/null || echo 0); n=$((n+1)); echo $n > {d}/count\n\
+             if [ $n -le 3 ]; then echo 'try later' ; exit 75; fi\ncat > {d}/got",
+            d = dir.display()
+        ),
+    );
+    forward(HAL, "\"|flaky\"\n", 0o644);
+    let out = m.sendmail(&[HAL], b"Subject: retry me\n\nx\n");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let got = dir.join("got");
+    let ok = eventually(Duration::from_secs(60), || got.exists());
+    assert!(ok, "never delivered:\n{}", m.inst.log());
+    assert!(std::fs::read_to_string(&got)
+        .unwrap()
+        .contains("Subject: retry me"));
+    let log = m.inst.log();
+    let delays: Vec<u64> = log
+        .lines()
+        .filter_map(|l| l.split("deferred; next attempt in ").nth(1))
+        .filter_map(|r| r.trim_end_matches('s').parse().ok())
+        .collect();
+    assert_eq!(delays.len(), 3, "{log}");
+    assert!(
+        delays.windows(2).all(|w| w[0] <= w[1]) && delays[2] > delays[0],
+        "{delays:?}\n{log}"
+    );
+    assert!(log.contains("exited with status 75: try later"), "{log}");
+    forward(HAL, "", 0o644);
+}
+
+#[test]
+fn an_unknown_user_bounces_to_the_sender_with_a_delivery_status_part() {
+    let m = Mail::new("", "");
+    let out = m.sendmail(
+        &["-f", &format!("{DAN}@localhost"), "nosuchuser-pq"],
+        b"Subject: lost\n\nbody\n",
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    m.wait_messages(DAN, 1);
+    let script = r#"
+import mailbox, sys
+box = mailbox.mbox(sys.argv[1])
+msgs = list(box)
+assert len(msgs) == 1, len(msgs)
+m = msgs[0]
+assert m.get_content_type() == "multipart/report", m.get_content_type()
+assert m.get_param("report-type") == "delivery-status"
+parts = [p.get_content_type() for p in m.get_payload()]
+assert parts == ["text/plain", "message/delivery-status", "text/rfc822-headers"], parts
+status = m.get_payload()[1]
+blocks = status.get_payload()
+rcpt = blocks[1]
+print(rcpt["Final-Recipient"], rcpt["Status"], rcpt["Action"])
+"#;
+    let out = postern_tests::run(
+        Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(m.spool(DAN)),
+    );
+    assert_eq!(out.code, Some(0), "{out:?}\n{}", m.mbox(DAN));
+    assert_eq!(
+        out.stdout.trim(),
+        "rfc822; nosuchuser-pq 5.1.1 failed",
+        "{}",
+        m.mbox(DAN)
+    );
+    assert!(
+        m.mbox(DAN).contains("From MAILER-DAEMON "),
+        "{}",
+        m.mbox(DAN)
+    );
+    // The bounce itself came from the null sender: a failure of it would
+    // go to the postmaster, never back.
+    let ok = eventually(WAIT, || m.queue(&["list"]).stdout.contains("-- 0 messages"));
+    assert!(ok, "{:?}", m.queue(&["list"]));
+}
+
+#[test]
+fn queue_commands_hold_release_show_delete() {
+    // A program that defers keeps the message in the queue.
+    let m = Mail::new(
+        "minimal_backoff_time = 1h\nmaximal_backoff_time = 1h\n",
+        "stuck: \"|stuck\"\n",
+    );
+    m.install("stuck", "exit 75");
+    let out = m.sendmail(&["stuck"], b"Subject: held\n\nx\n");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let listed = || m.queue(&["list"]).stdout;
+    assert!(
+        eventually(WAIT, || listed().contains(" deferred ")),
+        "{}\n{}",
+        listed(),
+        m.inst.log()
+    );
+    let list = listed();
+    let id = list
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let show = m.queue(&["show", &id]);
+    assert_eq!(show.code, Some(0), "{show:?}");
+    assert!(
+        show.stdout.contains("recipient: <stuck> pending"),
+        "{show:?}"
+    );
+    assert!(show.stdout.contains("Subject: held"), "{show:?}");
+    assert_eq!(m.queue(&["hold", &id]).code, Some(0));
+    assert!(listed().contains(" hold "), "{}", listed());
+    assert_eq!(m.queue(&["release", &id]).code, Some(0));
+    assert!(
+        eventually(WAIT, || listed().contains(" deferred ")),
+        "{}",
+        listed()
+    );
+    assert_eq!(m.queue(&["flush"]).code, Some(0));
+    m.inst
+        .wait_log("flush: retrying every deferred message now", 1);
+    let del = m.queue(&["delete", "ALL"]);
+    assert!(
+        eventually(WAIT, || {
+            let d = m.queue(&["delete", "ALL"]);
+            listed().contains("-- 0 messages")
+                || d.code == Some(0) && listed().contains("-- 0 messages")
+        }),
+        "{del:?} {}",
+        listed()
+    );
+    assert_eq!(m.queue(&["show", &id]).code, Some(1));
 }
