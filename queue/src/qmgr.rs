@@ -503,6 +503,9 @@ impl Qmgr {
             *b = b.saturating_sub(1);
         }
         self.window.feedback(result.is_ok());
+        // Without a reply the outcome is unknown (the agent may have
+        // delivered before it died): the deliveries stay uncertain.
+        let unknown = result.is_err();
         let Some(msg) = self.active.get_mut(&job.id) else {
             return;
         };
@@ -548,6 +551,13 @@ impl Qmgr {
                     )
                     .map(|_| ()),
             };
+            let recorded = recorded.and_then(|()| {
+                if unknown {
+                    msg.updater.in_flight(item.rcpt, &item.key)
+                } else {
+                    Ok(())
+                }
+            });
             if let Err(e) = recorded {
                 log::error!(
                     "{}: cannot record the outcome for <{}>: {e}",

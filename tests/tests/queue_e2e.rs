@@ -32,6 +32,10 @@ struct Mail {
 
 impl Mail {
     fn new(main_extra: &str, aliases: &str) -> Mail {
+        Mail::with_master(main_extra, aliases, MASTER)
+    }
+
+    fn with_master(main_extra: &str, aliases: &str, master: &str) -> Mail {
         for u in [DAN, EVE, FAY, GUS, HAL] {
             let (_, _, home) = test_account(u, "/bin/bash");
             // The queue manager (the mail owner) must search homes for .forward.
@@ -41,7 +45,7 @@ impl Mail {
             &format!(
                 "minimal_backoff_time = 1s\nmaximal_backoff_time = 4s\nqueue_run_delay = 1s\ncommand_time_limit = 10s\n{main_extra}"
             ),
-            MASTER,
+            master,
         );
         let spool = inst.dir.path().join("spool");
         std::fs::create_dir(&spool).unwrap();
@@ -58,6 +62,16 @@ impl Mail {
         text.push_str(&format!("mailbox {}/$user\n", spool.display()));
         std::fs::write(&policy, text).unwrap();
         let mut m = Mail { inst };
+        m.inst.start();
+        m
+    }
+
+    /// Like [`Mail::new`], with `before_start` run on the instance first.
+    fn prepared(before_start: impl FnOnce(&Instance)) -> Mail {
+        // Built stopped: with_master starts it, so stop, prepare, start.
+        let mut m = Mail::new("", "");
+        m.inst.stop(false);
+        before_start(&m.inst);
         m.inst.start();
         m
     }
@@ -403,4 +417,160 @@ fn queue_commands_hold_release_show_delete() {
         listed()
     );
     assert_eq!(m.queue(&["show", &id]).code, Some(1));
+}
+
+#[test]
+fn kill_9_of_qmgr_and_local_under_load_loses_and_duplicates_nothing() {
+    const N: usize = 2000;
+    const SENDERS: usize = 4;
+    // The master pokes qmgr every second, so a killed one comes back.
+    let m = Mail::with_master(
+        "service_throttle_time = 1s\n",
+        "",
+        "local unix - n n - - local\nsubmit unix n - n - - submit\nqmgr fifo n - n 1 1 qmgr\n",
+    );
+    let etc = m.inst.etc();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let kills = std::thread::scope(|scope| {
+        let killer = scope.spawn(|| {
+            let mut kills = (0, 0);
+            let mut round = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) || kills.0 < 3 || kills.1 < 3 {
+                std::thread::sleep(Duration::from_millis(300));
+                round += 1;
+                let name = if round % 2 == 0 { "qmgr" } else { "local" };
+                for pid in m.inst.children_of(name) {
+                    if nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    )
+                    .is_ok()
+                    {
+                        if name == "qmgr" {
+                            kills.0 += 1;
+                        } else {
+                            kills.1 += 1;
+                        }
+                    }
+                }
+                if round > 400 {
+                    break;
+                }
+            }
+            kills
+        });
+        let senders: Vec<_> = (0..SENDERS)
+            .map(|t| {
+                let etc = etc.clone();
+                scope.spawn(move || {
+                    for i in (t..N).step_by(SENDERS) {
+                        let out = run_with_input(
+                            Command::new(bin("postern-sendmail"))
+                                .arg("-C")
+                                .arg(&etc)
+                                .arg(DAN),
+                            format!("Subject: crash {i}\n\nbody {i}\n").as_bytes(),
+                        );
+                        assert_eq!(out.code, Some(0), "message {i}: {out:?}");
+                    }
+                })
+            })
+            .collect();
+        for s in senders {
+            s.join().unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        killer.join().unwrap()
+    });
+    assert!(
+        kills.0 >= 3 && kills.1 >= 3,
+        "kills (qmgr, local): {kills:?}"
+    );
+    let delivered = eventually(Duration::from_secs(180), || {
+        count_messages(&m.mbox(DAN)) >= N && m.queue(&["list"]).stdout.contains("-- 0 messages")
+    });
+    let mbox = m.mbox(DAN);
+    assert!(
+        delivered,
+        "{} of {N} delivered; queue:\n{}",
+        count_messages(&mbox),
+        m.queue(&["list"]).stdout
+    );
+    let mut seen = vec![0u32; N];
+    for l in mbox.lines() {
+        if let Some(i) = l.strip_prefix("Subject: crash ") {
+            seen[i.parse::<usize>().unwrap()] += 1;
+        }
+    }
+    let wrong: Vec<(usize, u32)> = seen
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c != 1)
+        .map(|(i, c)| (i, *c))
+        .collect();
+    if !wrong.is_empty() {
+        // Name the queue ids and show what the log says about them.
+        let log = m.inst.log();
+        let mut story = String::new();
+        for (i, _) in &wrong {
+            let needle = format!("Subject: crash {i}\n");
+            for msg in mbox.split("\nFrom ").filter(|t| t.contains(&needle)) {
+                if let Some(id) = msg.split("\tid ").nth(1).and_then(|r| r.split(';').next()) {
+                    story.push_str(&format!("--- {i}: {id}\n"));
+                    for l in log.lines().filter(|l| l.contains(id)) {
+                        story.push_str(l);
+                        story.push('\n');
+                    }
+                }
+            }
+        }
+        panic!("messages not delivered exactly once (index, count): {wrong:?}\n{story}");
+    }
+    assert_eq!(count_messages(&mbox), N);
+    eprintln!("kills (qmgr, local): {kills:?}");
+}
+
+/// Unmounts on drop.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_queue_disk_refuses_the_message_and_keeps_nothing() {
+    let mut mount = None;
+    let m = Mail::prepared(|inst| {
+        // The whole queue on a small file system (renames stay inside it).
+        let queue = inst.etc().join("queue");
+        let out = postern_tests::run(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs"])
+                .arg(&queue),
+        );
+        assert_eq!(out.code, Some(0), "mount: {out:?}");
+        mount = Some(Mount(queue));
+    });
+    let incoming = m.inst.etc().join("queue/incoming");
+    let big = format!("Subject: big\n\n{}\n", "x".repeat(1 << 20));
+    let out = m.sendmail(&[DAN], big.as_bytes());
+    assert_eq!(out.code, Some(75), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("message not queued: 4.3.0 cannot store the message"),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("No space left on device"), "{out:?}");
+    let left: Vec<_> = std::fs::read_dir(&incoming).unwrap().collect();
+    assert!(left.is_empty(), "incoming holds {left:?}");
+    m.inst.wait_log("refused a submission from uid 0", 1);
+    // A message that fits still goes through.
+    let out = m.sendmail(&[DAN], b"Subject: small\n\nx\n");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    m.wait_messages(DAN, 1);
+    assert!(!m.mbox(DAN).contains("Subject: big"));
+    drop(m);
+    drop(mount);
 }
