@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -237,8 +237,10 @@ fn aliases_and_forward_files_route_as_configured() {
     m.wait_messages(DAN, 2);
     m.wait_messages(EVE, 1);
     assert!(m.mbox(EVE).contains("Delivered-To: pq-eve@localhost"));
+    // Complete files (a program may still be writing when its file appears).
+    let done = |p: &Path| std::fs::read_to_string(p).is_ok_and(|t| t.contains("\nbody\n"));
     let ok = eventually(WAIT, || {
-        copy.exists() && out_dir.join(format!("record.{FAY}")).exists()
+        done(&copy) && done(&out_dir.join(format!("record.{FAY}")))
     });
     assert!(ok, "no file copy or program output:\n{}", m.inst.log());
     assert!(std::fs::read_to_string(&copy)
@@ -294,11 +296,11 @@ fn a_deferring_program_is_retried_with_growing_intervals_until_it_succeeds() {
     let out = m.sendmail(&[HAL], b"Subject: retry me\n\nx\n");
     assert_eq!(out.code, Some(0), "{out:?}");
     let got = dir.join("got");
-    let ok = eventually(Duration::from_secs(60), || got.exists());
+    // The program may still be writing when the file appears.
+    let ok = eventually(Duration::from_secs(60), || {
+        std::fs::read_to_string(&got).is_ok_and(|t| t.contains("Subject: retry me"))
+    });
     assert!(ok, "never delivered:\n{}", m.inst.log());
-    assert!(std::fs::read_to_string(&got)
-        .unwrap()
-        .contains("Subject: retry me"));
     let log = m.inst.log();
     let delays: Vec<u64> = log
         .lines()
