@@ -158,7 +158,11 @@ pub struct Qmgr {
     rx: Receiver<Event>,
     next_deferred_scan: Instant,
     incoming_waiting: bool,
+    incoming: VecDeque<String>,
 }
+
+/// New messages taken into `active` per turn of the event loop.
+const LOAD_BATCH: usize = 32;
 
 impl std::fmt::Debug for Qmgr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -219,6 +223,7 @@ impl Qmgr {
             rx,
             next_deferred_scan: Instant::now(),
             incoming_waiting: false,
+            incoming: VecDeque::new(),
         })
     }
 
@@ -261,15 +266,24 @@ impl Qmgr {
         self.load(id);
     }
 
+    /// Takes up to [`LOAD_BATCH`] new messages into `active`; the rest
+    /// wait for the next turn of the loop, so deliveries start while a big
+    /// incoming queue is still being read.
     fn scan_incoming(&mut self) {
-        self.incoming_waiting = false;
-        for id in self.list(queuefile::INCOMING) {
-            if !self.has_room() {
-                self.incoming_waiting = true;
-                return;
-            }
-            self.activate(queuefile::INCOMING, &id);
+        if self.incoming.is_empty() {
+            self.incoming = self.list(queuefile::INCOMING).into();
         }
+        let mut taken = 0;
+        while taken < LOAD_BATCH && self.has_room() {
+            let Some(id) = self.incoming.pop_front() else {
+                break;
+            };
+            self.activate(queuefile::INCOMING, &id);
+            taken += 1;
+        }
+        // Taking some means there may be more (new arrivals are listed when
+        // this list runs out).
+        self.incoming_waiting = !self.incoming.is_empty() || taken == LOAD_BATCH;
     }
 
     fn scan_deferred(&mut self, all: bool) {
@@ -659,9 +673,6 @@ impl Qmgr {
         } else {
             self.defer(id, &msg, age);
         }
-        if self.incoming_waiting && self.has_room() {
-            self.scan_incoming();
-        }
     }
 
     fn defer(&mut self, id: &str, msg: &Msg, age: Duration) {
@@ -869,6 +880,8 @@ impl Daemon for Qmgr {
             }
             let wait = if gone.is_some() {
                 Duration::from_millis(200)
+            } else if self.incoming_waiting && self.has_room() {
+                Duration::ZERO
             } else {
                 self.next_deferred_scan
                     .saturating_duration_since(Instant::now())
