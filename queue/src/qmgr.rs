@@ -270,6 +270,7 @@ impl Qmgr {
     /// wait for the next turn of the loop, so deliveries start while a big
     /// incoming queue is still being read.
     fn scan_incoming(&mut self) {
+        self.incoming_waiting = false;
         if self.incoming.is_empty() {
             self.incoming = self.list(queuefile::INCOMING).into();
         }
@@ -283,7 +284,8 @@ impl Qmgr {
         }
         // Taking some means there may be more (new arrivals are listed when
         // this list runs out).
-        self.incoming_waiting = !self.incoming.is_empty() || taken == LOAD_BATCH;
+        // (A bounce queued meanwhile has set it already.)
+        self.incoming_waiting |= !self.incoming.is_empty() || taken == LOAD_BATCH;
     }
 
     fn scan_deferred(&mut self, all: bool) {
