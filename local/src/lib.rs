@@ -47,7 +47,7 @@ pub mod message;
 pub mod program;
 
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -103,6 +103,8 @@ pub struct Settings {
     pub time_limit: Duration,
     /// `default_privs`.
     pub default_privs: String,
+    /// `mail_spool_directory`.
+    pub spool: PathBuf,
 }
 
 impl Settings {
@@ -119,6 +121,7 @@ impl Settings {
             })
             .collect();
         Settings {
+            spool: PathBuf::from(c.text(params::MAIL_SPOOL_DIRECTORY)),
             policy_file: match &c.source {
                 Source::Dir(_) => Some(PathBuf::from(c.text(params::DESTINATION_POLICY))),
                 Source::Embedded(_) => None,
@@ -346,6 +349,7 @@ impl Local {
                 format!("mail forwarding loop for {}", instr.recipient),
             );
         }
+        self.create_spool_mailbox(instr, &account, &runner);
         // Each program gets the full time limit; the child as a whole gets
         // all of them, plus a margin for the files.
         let programs = match &instr.destination {
@@ -358,6 +362,39 @@ impl Local {
             reap,
             || deliver_as_user(instr, copy, system, &account, &runner, &self.settings),
         )
+    }
+}
+
+impl Local {
+    /// The user's mailbox in `mail_spool_directory`, which users usually may
+    /// not create themselves, is created by root (empty, 0600, owned by the
+    /// user), as Postfix's local does. Only that exact path: everything else
+    /// is created, if at all, as the user after the policy check.
+    fn create_spool_mailbox(&self, instr: &Instruction, account: &Account, runner: &Account) {
+        let Destination::Mailbox(path) = &instr.destination else {
+            return;
+        };
+        if *path != self.settings.spool.join(&account.name) {
+            return;
+        }
+        if std::fs::symlink_metadata(path).is_ok() {
+            return;
+        }
+        let created = privilege::as_root(|| {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(path)?;
+            std::os::unix::fs::fchown(&f, Some(runner.uid), Some(runner.gid))
+        });
+        match created {
+            Ok(Ok(())) => log::info!("created mailbox {} for {}", path.display(), runner.name),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Ok(Err(e)) => log::warn!("cannot create mailbox {}: {e}", path.display()),
+            Err(e) => log::warn!("cannot create mailbox {}: {e}", path.display()),
+        }
     }
 }
 

@@ -231,13 +231,18 @@ fn lock<'a>(file: &'a File, path: &Path, policy: &LockPolicy) -> Result<Guard<'a
     let budget = policy.delay * policy.attempts.max(1);
     let cap = policy.delay.min(Duration::from_millis(25));
     let mut pause = Duration::from_millis(1);
+    // A user who may not write the spool directory (Debian's /var/mail is
+    // root:mail 2775) cannot make a dotlock there; with another method in
+    // force the delivery goes on under that lock, as mail readers use it too.
+    let mut no_dotlock = false;
+    let others = policy.methods.iter().any(|m| *m != Lock::Dotlock);
     for attempt in 1.. {
         let mut busy = None;
         for m in &policy.methods {
             let already = match m {
                 Lock::Fcntl => guard.fcntl,
                 Lock::Flock => guard.flock,
-                Lock::Dotlock => guard.dotlock.is_some(),
+                Lock::Dotlock => guard.dotlock.is_some() || no_dotlock,
             };
             if already {
                 continue;
@@ -260,7 +265,11 @@ fn lock<'a>(file: &'a File, path: &Path, policy: &LockPolicy) -> Result<Guard<'a
                 Lock::Dotlock => match dotlock(path, policy.stale) {
                     Ok(Some(p)) => guard.dotlock = Some(p),
                     Ok(None) => busy = Some("dotlock"),
-                    Err(e) => return Err(e),
+                    Err(DotlockError::Denied(e)) if others => {
+                        log::warn!("{e}: relying on the other lock methods");
+                        no_dotlock = true;
+                    }
+                    Err(DotlockError::Denied(e) | DotlockError::Other(e)) => return Err(e),
                 },
             }
             if busy.is_some() {
@@ -283,7 +292,13 @@ fn lock<'a>(file: &'a File, path: &Path, policy: &LockPolicy) -> Result<Guard<'a
 
 /// Creates `path.lock` exclusively; `Ok(None)` when someone else holds it.
 /// A lock older than `stale` is removed first.
-fn dotlock(path: &Path, stale: Duration) -> Result<Option<PathBuf>, String> {
+enum DotlockError {
+    /// The directory is not writable by the user.
+    Denied(String),
+    Other(String),
+}
+
+fn dotlock(path: &Path, stale: Duration) -> Result<Option<PathBuf>, DotlockError> {
     let mut name = path.as_os_str().to_os_string();
     name.push(".lock");
     let lock = PathBuf::from(name);
@@ -312,6 +327,12 @@ fn dotlock(path: &Path, stale: Duration) -> Result<Option<PathBuf>, String> {
             }
             Ok(None)
         }
-        Err(e) => Err(format!("cannot create lock file {}: {e}", lock.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(DotlockError::Denied(
+            format!("cannot create lock file {}: {e}", lock.display()),
+        )),
+        Err(e) => Err(DotlockError::Other(format!(
+            "cannot create lock file {}: {e}",
+            lock.display()
+        ))),
     }
 }

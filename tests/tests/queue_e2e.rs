@@ -576,3 +576,24 @@ fn a_full_queue_disk_refuses_the_message_and_keeps_nothing() {
     drop(m);
     drop(mount);
 }
+
+#[test]
+fn a_spool_directory_users_cannot_write_still_gets_their_mailbox() {
+    // Like Debian's /var/mail (root:mail 2775): local creates the mailbox
+    // as root for the user, and locks it with fcntl (no dotlock possible).
+    let m = Mail::new("", "");
+    let spool = m.inst.dir.path().join("spool");
+    std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o2775)).unwrap();
+    let out = m.sendmail(&[DAN], b"Subject: spool\n\nx\n");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    m.wait_messages(DAN, 1);
+    let md = std::fs::metadata(m.spool(DAN)).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&md),
+        postern_tests::ids_of(DAN).0
+    );
+    assert_eq!(md.permissions().mode() & 0o777, 0o600);
+    m.inst
+        .wait_log(&format!("created mailbox {}", m.spool(DAN).display()), 1);
+    m.inst.wait_log("relying on the other lock methods", 1);
+}
