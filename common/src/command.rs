@@ -5,9 +5,22 @@
 //! Validation resolves the names and refuses, with the exact reason, any
 //! identity that [`RunAs`] refuses: uid or gid 0, the mail owner's uid or
 //! gid, id -1.
+//!
+//! A command that delivers mail (local's programs, the pipe transport) ends
+//! the same way: its output is collected within the time limit
+//! ([`collect_output`]), sanitised and capped ([`sanitise`]), and its exit
+//! status becomes a delivery status by sysexits ([`status_for_exit`]).
+
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::account::{self, Account};
+use crate::handoff::RecipientStatus;
 use crate::privilege::{MailOwner, RunAs};
+use crate::sys;
 
 /// How user and group names are looked up (a seam for tests).
 pub trait Accounts {
@@ -90,6 +103,119 @@ impl CommandSpec {
     }
 }
 
+/// The most program output kept for the reason.
+pub const OUTPUT_LIMIT: usize = 4096;
+
+/// Keeps printable ASCII and turns the rest into `?`, at most [`OUTPUT_LIMIT`] bytes.
+pub fn sanitise(output: &[u8]) -> String {
+    output
+        .iter()
+        .take(OUTPUT_LIMIT)
+        .map(|&b| {
+            if (0x20..0x7f).contains(&b) {
+                b as char
+            } else if b == b'\n' {
+                ' '
+            } else {
+                '?'
+            }
+        })
+        .collect::<String>()
+        .trim()
+        .to_string()
+}
+
+/// Maps an exit code to a status, as Postfix's pipe(8) does for sysexits.
+pub fn status_for_exit(code: i32, program: &str, output: &str) -> RecipientStatus {
+    let said = if output.is_empty() {
+        String::new()
+    } else {
+        format!(": {output}")
+    };
+    let why = format!("program {program} exited with status {code}{said}");
+    match code {
+        0 => RecipientStatus::delivered(format!("delivered to program {program}")),
+        71 | 75 => RecipientStatus::deferred("4.3.0", why),
+        65 => RecipientStatus::bounced("5.6.0", why),
+        67 | 68 => RecipientStatus::bounced("5.1.1", why),
+        77 => RecipientStatus::bounced("5.7.0", why),
+        78 => RecipientStatus::bounced("5.3.5", why),
+        _ => RecipientStatus::bounced("5.3.0", why),
+    }
+}
+
+/// Reads the program's output (keeping at most OUTPUT_LIMIT bytes) until
+/// the program exits (then takes what is already written, without waiting
+/// for background processes that may hold the pipe) or the limit passes.
+/// Returns (output, timed out).
+pub fn collect_output(out: std::os::fd::OwnedFd, pid: i32, limit: Duration) -> (Vec<u8>, bool) {
+    let deadline = Instant::now() + limit;
+    let Ok(pidfd) = sys::pidfd_open(pid) else {
+        // Without a pidfd, fall back to reading until end-of-file.
+        return match crate::wait::read_to_end_within(out, limit, usize::MAX) {
+            Ok(mut bytes) => {
+                bytes.truncate(OUTPUT_LIMIT);
+                (bytes, false)
+            }
+            Err(_) => (Vec::new(), true),
+        };
+    };
+    let mut file = std::fs::File::from(out);
+    let mut kept = Vec::new();
+    let keep = |bytes: &[u8], kept: &mut Vec<u8>| {
+        let room = OUTPUT_LIMIT.saturating_sub(kept.len());
+        kept.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    };
+    let mut open = true;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return (kept, true);
+        }
+        let timeout =
+            PollTimeout::try_from(left.min(Duration::from_secs(3600))).unwrap_or(PollTimeout::MAX);
+        let mut fds = vec![PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        if open {
+            fds.push(PollFd::new(file.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, timeout) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(_) => return (kept, false),
+        }
+        let exited = fds[0].revents().is_some_and(|r| !r.is_empty());
+        let readable = open
+            && fds
+                .get(1)
+                .and_then(|f| f.revents())
+                .is_some_and(|r| !r.is_empty());
+        if readable {
+            let mut buf = [0u8; 4096];
+            match file.read(&mut buf) {
+                Ok(0) | Err(_) => open = false,
+                Ok(n) => keep(&buf[..n], &mut kept),
+            }
+        }
+        if exited {
+            // Take what is already in the pipe, without blocking.
+            if open {
+                let _ = nix::fcntl::fcntl(
+                    file.as_raw_fd(),
+                    nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+                );
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = file.read(&mut buf) {
+                    if n == 0 || kept.len() >= OUTPUT_LIMIT {
+                        break;
+                    }
+                    keep(&buf[..n], &mut kept);
+                }
+            }
+            return (kept, false);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,5 +294,23 @@ mod tests {
         assert_eq!(err("user=ann"), "missing argv=command attribute");
         assert!(err("user=ann flags=R argv=/bin/cat").starts_with("unknown attribute 'flags=R'"));
         assert_eq!(err("user=ann argv="), "argv= names no command");
+    }
+
+    #[test]
+    fn exit_codes() {
+        use crate::handoff::Outcome;
+        assert_eq!(status_for_exit(0, "p", "").outcome, Outcome::Delivered);
+        assert_eq!(status_for_exit(75, "p", "later").outcome, Outcome::Deferred);
+        assert_eq!(status_for_exit(71, "p", "").outcome, Outcome::Deferred);
+        let b = status_for_exit(1, "p", "oops");
+        assert_eq!((b.outcome, b.dsn.as_str()), (Outcome::Bounced, "5.3.0"));
+        assert_eq!(b.reason, "program p exited with status 1: oops");
+        assert_eq!(status_for_exit(67, "p", "").dsn, "5.1.1");
+    }
+
+    #[test]
+    fn output_is_sanitised_and_capped() {
+        assert_eq!(sanitise(b"ok\x1b[31m\nnext\x00"), "ok?[31m next?");
+        assert_eq!(sanitise(&vec![b'a'; 10_000]).len(), OUTPUT_LIMIT);
     }
 }

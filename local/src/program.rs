@@ -23,22 +23,18 @@
 //! something); 75 and 71 defer; anything else bounces, with the program's
 //! output (sanitised, at most 4 KB) in the reason.
 
-use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use postern_common::command::{collect_output, sanitise, status_for_exit};
 use postern_common::handoff::RecipientStatus;
 use postern_common::sys;
 
 pub use postern_common::trusted::{mode, Mode, INSECURE_PROGRAM, NO_PROGRAM, SUSPEND_PROGRAM};
-
-/// The most program output kept for the reason.
-pub const OUTPUT_LIMIT: usize = 4096;
 
 /// Splits a command line into words: white space separates, `'...'` and
 /// `"..."` quote, `\` escapes the next character outside single quotes.
@@ -185,44 +181,6 @@ pub struct Run<'a> {
     pub output_is_failure: bool,
 }
 
-/// Keeps printable ASCII and turns the rest into `?`, at most [`OUTPUT_LIMIT`] bytes.
-pub fn sanitise(output: &[u8]) -> String {
-    output
-        .iter()
-        .take(OUTPUT_LIMIT)
-        .map(|&b| {
-            if (0x20..0x7f).contains(&b) {
-                b as char
-            } else if b == b'\n' {
-                ' '
-            } else {
-                '?'
-            }
-        })
-        .collect::<String>()
-        .trim()
-        .to_string()
-}
-
-/// Maps an exit code to a status, as Postfix's pipe(8) does for sysexits.
-pub fn status_for_exit(code: i32, program: &str, output: &str) -> RecipientStatus {
-    let said = if output.is_empty() {
-        String::new()
-    } else {
-        format!(": {output}")
-    };
-    let why = format!("program {program} exited with status {code}{said}");
-    match code {
-        0 => RecipientStatus::delivered(format!("delivered to program {program}")),
-        71 | 75 => RecipientStatus::deferred("4.3.0", why),
-        65 => RecipientStatus::bounced("5.6.0", why),
-        67 | 68 => RecipientStatus::bounced("5.1.1", why),
-        77 => RecipientStatus::bounced("5.7.0", why),
-        78 => RecipientStatus::bounced("5.3.5", why),
-        _ => RecipientStatus::bounced("5.3.0", why),
-    }
-}
-
 /// Runs one program; never returns success unless it exited 0.
 pub fn run(r: &Run<'_>) -> RecipientStatus {
     let program = r.argv[0].clone();
@@ -275,7 +233,7 @@ pub fn run(r: &Run<'_>) -> RecipientStatus {
             let _ = s.write_all(&input);
         }
     });
-    let (output, timed_out) = collect(out_read, pid, r.limit);
+    let (output, timed_out) = collect_output(out_read, pid, r.limit);
     if timed_out {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(-pid),
@@ -312,78 +270,6 @@ pub fn run(r: &Run<'_>) -> RecipientStatus {
     }
 }
 
-/// Reads the program's output (keeping at most OUTPUT_LIMIT bytes) until
-/// the program exits (then takes what is already written, without waiting
-/// for background processes that may hold the pipe) or the limit passes.
-/// Returns (output, timed out).
-fn collect(out: std::os::fd::OwnedFd, pid: i32, limit: Duration) -> (Vec<u8>, bool) {
-    let deadline = Instant::now() + limit;
-    let Ok(pidfd) = sys::pidfd_open(pid) else {
-        // Without a pidfd, fall back to reading until end-of-file.
-        return match postern_common::wait::read_to_end_within(out, limit, usize::MAX) {
-            Ok(mut bytes) => {
-                bytes.truncate(OUTPUT_LIMIT);
-                (bytes, false)
-            }
-            Err(_) => (Vec::new(), true),
-        };
-    };
-    let mut file = std::fs::File::from(out);
-    let mut kept = Vec::new();
-    let keep = |bytes: &[u8], kept: &mut Vec<u8>| {
-        let room = OUTPUT_LIMIT.saturating_sub(kept.len());
-        kept.extend_from_slice(&bytes[..bytes.len().min(room)]);
-    };
-    let mut open = true;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return (kept, true);
-        }
-        let timeout =
-            PollTimeout::try_from(left.min(Duration::from_secs(3600))).unwrap_or(PollTimeout::MAX);
-        let mut fds = vec![PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
-        if open {
-            fds.push(PollFd::new(file.as_fd(), PollFlags::POLLIN));
-        }
-        match poll(&mut fds, timeout) {
-            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
-            Ok(_) => {}
-            Err(_) => return (kept, false),
-        }
-        let exited = fds[0].revents().is_some_and(|r| !r.is_empty());
-        let readable = open
-            && fds
-                .get(1)
-                .and_then(|f| f.revents())
-                .is_some_and(|r| !r.is_empty());
-        if readable {
-            let mut buf = [0u8; 4096];
-            match file.read(&mut buf) {
-                Ok(0) | Err(_) => open = false,
-                Ok(n) => keep(&buf[..n], &mut kept),
-            }
-        }
-        if exited {
-            // Take what is already in the pipe, without blocking.
-            if open {
-                let _ = nix::fcntl::fcntl(
-                    file.as_raw_fd(),
-                    nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-                );
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = file.read(&mut buf) {
-                    if n == 0 || kept.len() >= OUTPUT_LIMIT {
-                        break;
-                    }
-                    keep(&buf[..n], &mut kept);
-                }
-            }
-            return (kept, false);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,23 +293,5 @@ mod tests {
             Path::new("/usr/sbin/nologin"),
             "/bin/sh\nMAIL/ANY/SHELL\n"
         ));
-    }
-
-    #[test]
-    fn exit_codes() {
-        use postern_common::handoff::Outcome;
-        assert_eq!(status_for_exit(0, "p", "").outcome, Outcome::Delivered);
-        assert_eq!(status_for_exit(75, "p", "later").outcome, Outcome::Deferred);
-        assert_eq!(status_for_exit(71, "p", "").outcome, Outcome::Deferred);
-        let b = status_for_exit(1, "p", "oops");
-        assert_eq!((b.outcome, b.dsn.as_str()), (Outcome::Bounced, "5.3.0"));
-        assert_eq!(b.reason, "program p exited with status 1: oops");
-        assert_eq!(status_for_exit(67, "p", "").dsn, "5.1.1");
-    }
-
-    #[test]
-    fn output_is_sanitised_and_capped() {
-        assert_eq!(sanitise(b"ok\x1b[31m\nnext\x00"), "ok?[31m next?");
-        assert_eq!(sanitise(&vec![b'a'; 10_000]).len(), OUTPUT_LIMIT);
     }
 }
