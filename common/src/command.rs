@@ -103,6 +103,91 @@ impl CommandSpec {
     }
 }
 
+/// What Postfix pipe(8)'s `flags=` asks for that postern's pipe does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PipeFlags {
+    /// `F`: an mbox `From sender  date` line first.
+    pub from_line: bool,
+    /// `R`: `Return-Path: <sender>`.
+    pub return_path: bool,
+    /// `O`: `X-Original-To: recipient`.
+    pub original_to: bool,
+    /// `D`: `Delivered-To: recipient`.
+    pub delivered_to: bool,
+    /// `>`: body lines starting with `From ` get a `>`.
+    pub quote_from: bool,
+}
+
+/// A pipe service's attributes: Postfix pipe(8)'s `flags=` (the letters
+/// above; others are listed in `ignored`), its other attributes (`size=`,
+/// `eol=`, `directory=`, `null_sender=`, `quote=`, `umask=`: accepted,
+/// listed in `ignored`), then `user=` and `argv=` as for spawn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipeSpec {
+    /// `user=` and `argv=`.
+    pub command: CommandSpec,
+    /// The supported flags.
+    pub flags: PipeFlags,
+    /// Attributes and flag letters accepted but without effect here.
+    pub ignored: Vec<String>,
+}
+
+impl PipeSpec {
+    /// Separates pipe(8)'s own attributes from `user=`/`argv=`.
+    pub fn split(args: &[String]) -> (Vec<String>, PipeFlags, Vec<String>) {
+        let mut rest = Vec::new();
+        let mut flags = PipeFlags::default();
+        let mut ignored = Vec::new();
+        for (i, a) in args.iter().enumerate() {
+            if a.starts_with("argv=") {
+                rest.extend(args[i..].iter().cloned());
+                break;
+            }
+            if let Some(letters) = a.strip_prefix("flags=") {
+                for c in letters.chars() {
+                    match c {
+                        'F' => flags.from_line = true,
+                        'R' => flags.return_path = true,
+                        'O' => flags.original_to = true,
+                        'D' => flags.delivered_to = true,
+                        '>' => flags.quote_from = true,
+                        other => ignored.push(format!("flags letter '{other}'")),
+                    }
+                }
+            } else if [
+                "size=",
+                "eol=",
+                "directory=",
+                "null_sender=",
+                "quote=",
+                "umask=",
+            ]
+            .iter()
+            .any(|p| a.starts_with(p))
+            {
+                ignored.push(a.clone());
+            } else {
+                rest.push(a.clone());
+            }
+        }
+        (rest, flags, ignored)
+    }
+
+    /// Parses a pipe service's master.cf arguments.
+    pub fn parse(
+        args: &[String],
+        owner: MailOwner,
+        accounts: &dyn Accounts,
+    ) -> Result<Self, String> {
+        let (rest, flags, ignored) = Self::split(args);
+        Ok(PipeSpec {
+            command: CommandSpec::parse(&rest, owner, accounts)?,
+            flags,
+            ignored,
+        })
+    }
+}
+
 /// The most program output kept for the reason.
 pub const OUTPUT_LIMIT: usize = 4096;
 

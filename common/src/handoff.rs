@@ -43,6 +43,13 @@ pub enum Destination {
     Maildir(PathBuf),
     /// Pipe to these command lines, in order; each must succeed.
     Programs(Vec<String>),
+    /// Whatever the transport the request went to does with it (a pipe
+    /// service runs its master.cf command); `nexthop` is transport_maps'
+    /// part after the colon.
+    Transport {
+        /// The next hop, possibly empty.
+        nexthop: String,
+    },
 }
 
 impl std::fmt::Display for Destination {
@@ -51,6 +58,8 @@ impl std::fmt::Display for Destination {
             Destination::Mailbox(p) => write!(f, "mailbox {}", p.display()),
             Destination::Maildir(p) => write!(f, "maildir {}", p.display()),
             Destination::Programs(c) => write!(f, "program {}", c.join(" ; ")),
+            Destination::Transport { nexthop } if nexthop.is_empty() => write!(f, "transport"),
+            Destination::Transport { nexthop } => write!(f, "transport nexthop {nexthop}"),
         }
     }
 }

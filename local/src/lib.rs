@@ -584,6 +584,10 @@ fn deliver_as_user(
     };
     let user = user_policy.as_ref();
     match &instr.destination {
+        Destination::Transport { .. } => RecipientStatus::bounced(
+            "5.3.5",
+            "local delivers to mailboxes, Maildirs and programs, not through a transport: the request went to the wrong service",
+        ),
         Destination::Mailbox(path) => {
             if let Err(s) = allowed(system, user, Kind::Mailbox, path, &who) {
                 return s;

@@ -377,13 +377,55 @@ fn check_provided(
             s.kind
         ));
     }
-    if program.name == "spawn" {
+    if program.name == "pipe" && s.kind != ServiceType::Unix {
+        err(format!(
+            "pipe takes deliveries from the queue manager: use unix, not {}",
+            s.kind
+        ));
+    }
+    let mut unknown_user = false;
+    if program.name == "pipe" {
+        let (rest, _, ignored) = postern_common::command::PipeSpec::split(&s.args);
+        for i in ignored {
+            out.push(Diagnostic::warning(
+                file,
+                Some(s.line),
+                format!(
+                    "service {}: {i}: not supported by postern's pipe, ignored",
+                    s.id()
+                ),
+            ));
+        }
+        // A transport for an account this machine does not have (Postfix's
+        // stock master.cf names several) fails only when used: a warning.
+        let user = rest
+            .iter()
+            .take_while(|a| !a.starts_with("argv="))
+            .find_map(|a| a.strip_prefix("user="))
+            .map(|u| u.split(':').next().unwrap_or(u).to_string());
+        if let Some(u) = user {
+            if matches!(postern_common::account::user_by_name(&u), Ok(None)) {
+                out.push(Diagnostic::warning(
+                    file,
+                    Some(s.line),
+                    format!("service {}: user {u} does not exist: deliveries to this transport will fail until it does", s.id()),
+                ));
+                unknown_user = true;
+            }
+        }
+    }
+    if (program.name == "spawn" || program.name == "pipe") && !unknown_user {
         // Without a mail owner account yet, compare with ids nobody has.
         let owner = owner.map(MailOwner::from).unwrap_or(MailOwner {
             uid: u32::MAX - 1,
             gid: u32::MAX - 1,
         });
-        if let Err(e) = CommandSpec::parse(&s.args, owner, &SystemAccounts) {
+        let checked = if program.name == "pipe" {
+            postern_common::command::PipeSpec::parse(&s.args, owner, &SystemAccounts).map(|_| ())
+        } else {
+            CommandSpec::parse(&s.args, owner, &SystemAccounts).map(|_| ())
+        };
+        if let Err(e) = checked {
             err(e);
         }
     }

@@ -29,6 +29,11 @@ pub const PROVIDED: &[Program] = &[Program {
     doc: "delivers to mailboxes, Maildirs and programs as the recipient, after checking the destination policy",
     privileged: true,
 }, Program {
+    name: "pipe",
+    executable: "postern-pipe",
+    doc: "delivers mail to a command as an unprivileged user, with a time limit (a command transport)",
+    privileged: true,
+}, Program {
     name: "submit",
     executable: "postern-submit",
     doc: "takes messages from postern sendmail and stores them durably in the incoming queue",

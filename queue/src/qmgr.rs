@@ -124,6 +124,8 @@ struct Item {
 struct Job {
     id: String,
     dest: String,
+    /// The agent's socket.
+    socket: PathBuf,
     items: Vec<Item>,
 }
 
@@ -152,6 +154,8 @@ pub struct Qmgr {
     queues: HashMap<String, VecDeque<Job>>,
     ring: VecDeque<String>,
     busy: HashMap<String, usize>,
+    /// Concurrency limit per destination.
+    limits: HashMap<String, usize>,
     in_flight: usize,
     window: Window,
     tx: Sender<Event>,
@@ -214,6 +218,7 @@ impl Qmgr {
             queues: HashMap::new(),
             ring: VecDeque::new(),
             busy: HashMap::new(),
+            limits: HashMap::new(),
             in_flight: 0,
             window: Window {
                 size: initial.min(max),
@@ -369,7 +374,8 @@ impl Qmgr {
             outstanding: 0,
             started: Instant::now(),
         };
-        let mut jobs: Vec<(String, Vec<Item>)> = Vec::new();
+        // (destination, agent socket, concurrency limit, items)
+        let mut jobs: Vec<(String, PathBuf, usize, Vec<Item>)> = Vec::new();
         let pending: Vec<(usize, String)> = msg
             .qf
             .pending()
@@ -385,36 +391,61 @@ impl Qmgr {
                 if msg.qf.is_final(idx, &d.key) {
                     continue;
                 }
-                match d.route {
-                    Route::Local(mut instr) => {
-                        instr.uncertain = msg.qf.in_flight.contains(&(idx, d.key.clone()));
-                        let dest = format!("local:{}", instr.user);
-                        let item = Item {
-                            rcpt: idx,
-                            key: d.key,
-                            instr,
+                let uncertain = msg.qf.in_flight.contains(&(idx, d.key.clone()));
+                let key = d.key;
+                let (dest, socket, limit, mut instr) = match d.route {
+                    Route::Local(instr) => (
+                        format!("local:{}", instr.user),
+                        self.s.local_socket.clone(),
+                        self.s.dest_limit,
+                        instr,
+                    ),
+                    Route::Transport { service, instr } => {
+                        let limit = int_param(
+                            &self.config,
+                            &format!("{service}_destination_concurrency_limit"),
+                            self.window.max,
+                        )
+                        .max(1);
+                        let nexthop = match &instr.destination {
+                            handoff::Destination::Transport { nexthop } => nexthop.clone(),
+                            _ => String::new(),
                         };
-                        match jobs.iter_mut().find(|(d, _)| *d == dest) {
-                            Some((_, items)) => items.push(item),
-                            None => jobs.push((dest, vec![item])),
-                        }
+                        (
+                            format!("{service}:{nexthop}"),
+                            self.s.queue.join("private").join(&service),
+                            limit,
+                            instr,
+                        )
                     }
                     Route::Bounce { dsn, reason } => {
                         log::info!(
                             "{id}: to=<{address}>, relay=none, status=bounced ({dsn} {reason})"
                         );
-                        if let Err(e) = msg.updater.bounced(idx, &d.key, &dsn, false, &reason) {
+                        if let Err(e) = msg.updater.bounced(idx, &key, &dsn, false, &reason) {
                             log::error!("{id}: cannot record a bounce: {e}");
                         }
+                        continue;
                     }
                     Route::Defer { dsn, reason } => {
                         log::info!(
                             "{id}: to=<{address}>, relay=none, status=deferred ({dsn} {reason})"
                         );
-                        if let Err(e) = msg.updater.deferred(idx, &d.key, &dsn, &reason) {
+                        if let Err(e) = msg.updater.deferred(idx, &key, &dsn, &reason) {
                             log::error!("{id}: cannot record a deferral: {e}");
                         }
+                        continue;
                     }
+                };
+                instr.uncertain = uncertain;
+                let item = Item {
+                    rcpt: idx,
+                    key,
+                    instr,
+                };
+                match jobs.iter_mut().find(|(d, ..)| *d == dest) {
+                    Some((.., items)) => items.push(item),
+                    None => jobs.push((dest, socket, limit, vec![item])),
                 }
             }
         }
@@ -424,7 +455,8 @@ impl Qmgr {
             self.finish(id);
             return;
         }
-        for (dest, items) in jobs {
+        for (dest, socket, limit, items) in jobs {
+            self.limits.insert(dest.clone(), limit);
             let q = self.queues.entry(dest.clone()).or_default();
             if q.is_empty() && !self.ring.contains(&dest) {
                 self.ring.push_back(dest.clone());
@@ -432,6 +464,7 @@ impl Qmgr {
             q.push_back(Job {
                 id: id.to_string(),
                 dest,
+                socket,
                 items,
             });
         }
@@ -446,7 +479,8 @@ impl Qmgr {
                     break;
                 };
                 let busy = self.busy.get(&dest).copied().unwrap_or(0);
-                if busy >= self.s.dest_limit {
+                let limit = self.limits.get(&dest).copied().unwrap_or(self.s.dest_limit);
+                if busy >= limit {
                     self.ring.push_back(dest);
                     continue;
                 }
@@ -497,7 +531,7 @@ impl Qmgr {
         };
         *self.busy.entry(job.dest.clone()).or_default() += 1;
         self.in_flight += 1;
-        let socket = self.s.local_socket.clone();
+        let socket = job.socket.clone();
         let timeout = self.s.exchange_timeout;
         let tx = self.tx.clone();
         let spawned = std::thread::Builder::new()
@@ -532,6 +566,7 @@ impl Qmgr {
                 .collect()
         });
         let delay = msg.started.elapsed().as_secs_f64();
+        let relay = job.dest.split(':').next().unwrap_or("local");
         for (item, st) in job.items.iter().zip(statuses) {
             let orig = &msg.qf.recipients[item.rcpt].address;
             let word = match st.outcome {
@@ -545,7 +580,7 @@ impl Qmgr {
                 format!(", orig_to=<{orig}>")
             };
             log::info!(
-                "{}: to=<{}>{orig_note}, relay=local, delay={delay:.2}, dsn={}, status={word} ({})",
+                "{}: to=<{}>{orig_note}, relay={relay}, delay={delay:.2}, dsn={}, status={word} ({})",
                 job.id,
                 item.instr.recipient,
                 st.dsn,

@@ -45,6 +45,14 @@ pub const MAX_DEPTH: usize = 10;
 pub enum Route {
     /// Hand to the local service.
     Local(Instruction),
+    /// Hand to another master.cf service (a pipe transport) at
+    /// `queue_directory/private/<service>`.
+    Transport {
+        /// The master.cf service name.
+        service: String,
+        /// The instruction (destination: `Destination::Transport`).
+        instr: Instruction,
+    },
     /// Bounce now.
     Bounce {
         /// Enhanced status code.
@@ -102,7 +110,7 @@ impl Delivery {
 enum Transport {
     Local,
     Error(Option<String>, String),
-    Other(String),
+    Other(String, String),
 }
 
 fn parse_transport(text: &str) -> Transport {
@@ -118,7 +126,7 @@ fn parse_transport(text: &str) -> Transport {
                 _ => Transport::Error(None, next.to_string()),
             }
         }
-        other => Transport::Other(other.to_string()),
+        other => Transport::Other(other.to_string(), next.trim().to_string()),
     }
 }
 
@@ -349,12 +357,35 @@ impl Router {
                 out.push(Delivery::bounce(address, &dsn, text));
                 return;
             }
-            Transport::Other(name) => {
-                out.push(Delivery::defer(
-                    address,
-                    "4.3.5",
-                    format!("transport {name} is not one postern runs (local, error)"),
-                ));
+            Transport::Other(name, nexthop) => {
+                let valid = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                    && !name.starts_with('.');
+                if !valid {
+                    out.push(Delivery::defer(
+                        address,
+                        "4.3.5",
+                        format!("transport_maps names a bad transport {name:?}"),
+                    ));
+                    return;
+                }
+                let local = local.to_ascii_lowercase();
+                let (_, extension) = self.split_extension(&local);
+                out.push(Delivery {
+                    key: format!("{name}:{address}"),
+                    route: Route::Transport {
+                        service: name,
+                        instr: Instruction {
+                            recipient: address.to_string(),
+                            user: local,
+                            extension,
+                            destination: Destination::Transport { nexthop },
+                            uncertain: false,
+                        },
+                    },
+                });
                 return;
             }
         }

@@ -39,6 +39,8 @@
 //!
 //! **See also**: Postfix spawn(8), pipe(8); `postern check`.
 
+pub mod pipe;
+
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};

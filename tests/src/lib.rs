@@ -162,6 +162,7 @@ impl Instance {
         for daemon in [
             "postern-master",
             "postern-spawn",
+            "postern-pipe",
             "postern-local",
             "postern-submit",
             "postern-qmgr",

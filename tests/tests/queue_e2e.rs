@@ -597,3 +597,69 @@ fn a_spool_directory_users_cannot_write_still_gets_their_mailbox() {
         .wait_log(&format!("created mailbox {}", m.spool(DAN).display()), 1);
     m.inst.wait_log("relying on the other lock methods", 1);
 }
+
+#[test]
+fn a_pipe_transport_runs_its_command_as_its_user_with_the_message() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let script = dir.path().join("deliver");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncase \"$2\" in fail*) echo 'no such list' ; exit 67 ;; esac\n\
+             {{ id -u; echo \"$@\"; cat; }} > {d}/got.tmp && mv {d}/got.tmp {d}/got\n",
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let transport = dir.path().join("transport");
+    std::fs::write(&transport, "pipe.test tee:hub\n").unwrap();
+    let m = Mail::with_master(
+        &format!("transport_maps = {}\n", transport.display()),
+        "",
+        &format!(
+            "{MASTER}tee unix - n n - - pipe flags=RD user={DAN} argv={} ${{sender}} ${{recipient}} ${{nexthop}} ${{user}}\n",
+            script.display()
+        ),
+    );
+    let out = m.sendmail(
+        &["-f", &format!("{GUS}@localhost"), "someone@pipe.test"],
+        b"Subject: piped\n\nbody\n",
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let got = dir.path().join("got");
+    let ok = eventually(WAIT, || got.exists());
+    assert!(ok, "the command never ran:\n{}", m.inst.log());
+    let text = std::fs::read_to_string(&got).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        postern_tests::ids_of(DAN).0.to_string()
+    );
+    assert_eq!(
+        lines.next().unwrap(),
+        format!("{GUS}@localhost someone@pipe.test hub someone")
+    );
+    assert!(text.contains("\nSubject: piped\n"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "\nReturn-Path: <{GUS}@localhost>\nDelivered-To: someone@pipe.test\nReceived: "
+        )),
+        "{text}"
+    );
+    m.inst.wait_log("relay=tee", 1);
+    // A command that fails with EX_NOUSER bounces with its output.
+    let out = m.sendmail(
+        &["-f", &format!("{GUS}@localhost"), "fail@pipe.test"],
+        b"Subject: piped\n\nbody\n",
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    m.wait_messages(GUS, 1);
+    let bounce = m.mbox(GUS);
+    assert!(bounce.contains("Status: 5.1.1"), "{bounce}");
+    assert!(
+        bounce.contains("exited with status 67: no such list"),
+        "{bounce}"
+    );
+}

@@ -1,0 +1,425 @@
+//! # postern-pipe
+//!
+//! **Name**: postern-pipe — deliver mail to an external command (a command
+//! transport).
+//!
+//! **Synopsis** (master.cf, with a transport_maps line such as
+//! `lists.example.org  mlist:`):
+//! ```text
+//! mlist  unix  -  n  n  -  -  pipe user=list argv=/usr/lib/mlist/deliver ${recipient} ${sender}
+//! ```
+//!
+//! **Description**: modeled on Postfix pipe(8) and run like spawn. The queue
+//! manager hands it a delivery request over the handoff protocol
+//! (`postern_common::handoff`, message descriptor attached; only root or the
+//! mail owner may connect). For each recipient it runs the `argv=` command
+//! directly (no shell) as `user=name[:group]`, with the message on standard
+//! input, the environment `export_environment` plus `PATH=/usr/bin:/bin`,
+//! working directory `/`, in its own session, descriptors 0–2 only. In the
+//! arguments after the program, `${sender}`, `${recipient}`, `${user}` (the
+//! recipient's local part without extension), `${extension}`, `${domain}`,
+//! `${nexthop}` and `${queue_id}` are replaced (one argument stays one
+//! argument). `<service>_time_limit` (default `command_time_limit`) kills
+//! the command's process group, as root. The exit status becomes the
+//! recipient's status by sysexits (0 delivered, 71/75 deferred, others
+//! bounced with the command's output, sanitised and capped at 4 KB, in the
+//! reason).
+//!
+//! **Security**: as spawn: root with the mail owner as effective uid while
+//! idle, root only to start and to kill a command; `user=` may not be root,
+//! the mail owner or -1 (refused at startup and by `postern check`);
+//! supplementary groups dropped. Untrusted input: the request frame (checked
+//! as every handoff frame) and the message, which only the command reads.
+//!
+//! **Configuration**: `command_time_limit`, `<service>_time_limit`,
+//! `export_environment`, `mail_owner`, and the skeleton's parameters.
+//!
+//! **Exit status**: as spawn.
+//!
+//! **See also**: Postfix pipe(8); postern-spawn; `postern_queue::route`.
+
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use postern_common::command::{
+    collect_output, sanitise, status_for_exit, CommandSpec, PipeFlags, PipeSpec, SystemAccounts,
+};
+use postern_common::handoff::{
+    self, DeliveryReply, DeliveryRequest, Destination, Instruction, RecipientStatus,
+    PROTOCOL_VERSION,
+};
+use postern_common::privilege::{self, MailOwner};
+use postern_common::server::{self, Context, Handler, Privileges, Program, Request};
+use postern_common::sys;
+use postern_conf::params;
+
+use crate::command_environment;
+
+/// The largest message pipe reads (bytes).
+const MAX_MESSAGE: u64 = 256 << 20;
+
+/// Runs the pipe daemon (called by `postern-pipe`'s main).
+pub fn run() -> i32 {
+    server::run(
+        Program {
+            name: "pipe",
+            privileges: Privileges::Privileged,
+            ipc_timeout: true,
+        },
+        |ctx| {
+            let owner = MailOwner::from(&ctx.mail_owner);
+            let spec = PipeSpec::parse(&ctx.args.args, owner, &SystemAccounts)?;
+            for i in &spec.ignored {
+                log::warn!("service {}: {i}: not supported, ignored", ctx.args.service);
+            }
+            let attrs = spec.command;
+            Ok(Pipe {
+                flags: spec.flags,
+                service: ctx.args.service.clone(),
+                time_limit: ctx.config.service_time_limit(&ctx.args.service),
+                env: command_environment(&ctx.config.list(params::EXPORT_ENVIRONMENT), |n| {
+                    std::env::var(n).ok()
+                }),
+                owner_uid: ctx.mail_owner.uid,
+                attrs,
+            })
+        },
+    )
+}
+
+struct Pipe {
+    attrs: CommandSpec,
+    flags: PipeFlags,
+    service: String,
+    time_limit: Duration,
+    env: Vec<(String, String)>,
+    owner_uid: u32,
+}
+
+/// The command's standard input: the envelope lines `flags=` asks for,
+/// then the message (with `From ` lines quoted for `>`).
+pub fn input(
+    flags: &PipeFlags,
+    req: &DeliveryRequest,
+    instr: &Instruction,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 256);
+    if flags.from_line {
+        let sender = if req.sender.is_empty() {
+            "MAILER-DAEMON"
+        } else {
+            &req.sender
+        };
+        out.extend_from_slice(format!("From {sender}  {}\n", asctime(req.arrival)).as_bytes());
+    }
+    if flags.return_path {
+        out.extend_from_slice(format!("Return-Path: <{}>\n", req.sender).as_bytes());
+    }
+    if flags.original_to {
+        out.extend_from_slice(format!("X-Original-To: {}\n", instr.recipient).as_bytes());
+    }
+    if flags.delivered_to {
+        out.extend_from_slice(format!("Delivered-To: {}\n", instr.recipient).as_bytes());
+    }
+    if flags.quote_from {
+        let mut at_start = true;
+        for (i, &b) in body.iter().enumerate() {
+            if at_start && body[i..].starts_with(b"From ") {
+                out.push(b'>');
+            }
+            out.push(b);
+            at_start = b == b'\n';
+        }
+    } else {
+        out.extend_from_slice(body);
+    }
+    out
+}
+
+/// `Sat Nov 21 07:05:05 2026` (UTC), for the `From ` line.
+fn asctime(secs: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let (y, mo, d, h, mi, s) = postern_common::log::civil(secs);
+    let month = MONTHS[(mo as usize).saturating_sub(1).min(11)];
+    format!(
+        "{} {month} {d:2} {h:02}:{mi:02}:{s:02} {y}",
+        DAYS[((secs / 86400) % 7) as usize]
+    )
+}
+
+/// Replaces the macros in one argument.
+pub fn expand(arg: &str, req: &DeliveryRequest, instr: &Instruction) -> String {
+    let (local, domain) = instr
+        .recipient
+        .rsplit_once('@')
+        .unwrap_or((instr.recipient.as_str(), ""));
+    let user = match &instr.extension {
+        Some(ext) if local.len() > ext.len() + 1 => &local[..local.len() - ext.len() - 1],
+        _ => local,
+    };
+    let nexthop = match &instr.destination {
+        Destination::Transport { nexthop } => nexthop.as_str(),
+        _ => "",
+    };
+    arg.replace("${sender}", &req.sender)
+        .replace("${recipient}", &instr.recipient)
+        .replace("${user}", user)
+        .replace("${extension}", instr.extension.as_deref().unwrap_or(""))
+        .replace("${domain}", domain)
+        .replace("${nexthop}", nexthop)
+        .replace("${queue_id}", &req.queue_id)
+}
+
+impl Pipe {
+    fn deliver(&self, req: &DeliveryRequest, instr: &Instruction, body: &[u8]) -> RecipientStatus {
+        if !matches!(instr.destination, Destination::Transport { .. }) {
+            return RecipientStatus::bounced(
+                "5.3.5",
+                format!(
+                    "service {} runs its master.cf command only; the request named {}",
+                    self.service, instr.destination
+                ),
+            );
+        }
+        let program = self.attrs.argv[0].clone();
+        let args: Vec<String> = self.attrs.argv[1..]
+            .iter()
+            .map(|a| expand(a, req, instr))
+            .collect();
+        let (out_read, out_write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+            Ok(p) => p,
+            Err(e) => return RecipientStatus::deferred("4.3.0", format!("pipe: {e}")),
+        };
+        let out_write2 = match out_write.try_clone() {
+            Ok(f) => f,
+            Err(e) => return RecipientStatus::deferred("4.3.0", format!("dup: {e}")),
+        };
+        let mut cmd = Command::new(&program);
+        cmd.args(&args)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .current_dir("/")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::from(out_write))
+            .stderr(Stdio::from(out_write2));
+        let (uid, gid) = (self.attrs.run_as.uid(), self.attrs.run_as.gid());
+        sys::before_exec(&mut cmd, move || {
+            // Async-signal-safe only: see sys::before_exec.
+            nix::unistd::setsid()?;
+            privilege::drop_to(uid, gid)
+                .map_err(|_| std::io::Error::from_raw_os_error(nix::errno::Errno::EPERM as i32))?;
+            sys::cloexec_from(3)
+        });
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                return RecipientStatus::deferred(
+                    "4.3.0",
+                    format!("cannot run {program} as {}: {e}", self.attrs.user_text),
+                )
+            }
+        };
+        drop(cmd);
+        let pid = child.id() as i32;
+        let mut stdin = child.stdin.take();
+        let input = input(&self.flags, req, instr, body);
+        // Not joined: a command that leaves a background process holding
+        // its input must not hold up the reply.
+        let _writer = std::thread::spawn(move || {
+            if let Some(s) = stdin.as_mut() {
+                let _ = s.write_all(&input);
+            }
+        });
+        let (output, timed_out) = collect_output(out_read, pid, self.time_limit);
+        // The command leads its own group; what it left running goes with
+        // it. It runs as another user, so the kill needs root.
+        match privilege::as_root(|| kill(Pid::from_raw(-pid), Signal::SIGKILL)) {
+            Ok(Ok(())) | Ok(Err(nix::errno::Errno::ESRCH)) => {}
+            Ok(Err(e)) => log::error!(
+                "service {}: cannot kill process group {pid}: {e}",
+                self.service
+            ),
+            Err(e) => log::error!(
+                "service {}: cannot kill process group {pid}: {e}",
+                self.service
+            ),
+        }
+        let status = child.wait();
+        let text = sanitise(&output);
+        match status {
+            _ if timed_out => RecipientStatus::bounced(
+                "5.3.0",
+                format!(
+                    "command {program} exceeded the time limit of {}s: killed its process group",
+                    self.time_limit.as_secs()
+                ),
+            ),
+            Ok(s) => match (s.code(), s.signal()) {
+                (Some(code), _) => status_for_exit(code, &program, &text),
+                (None, Some(sig)) => RecipientStatus::bounced(
+                    "5.3.0",
+                    format!("command {program} was killed by signal {sig}"),
+                ),
+                _ => RecipientStatus::deferred(
+                    "4.3.0",
+                    format!("command {program}: unknown exit status"),
+                ),
+            },
+            Err(e) => RecipientStatus::deferred("4.3.0", format!("command {program}: wait: {e}")),
+        }
+    }
+}
+
+fn read_message(fd: &OwnedFd, offset: u64, size: Option<u64>) -> std::io::Result<Vec<u8>> {
+    let file = std::fs::File::from(fd.try_clone()?);
+    let md = file.metadata()?;
+    if !md.is_file() {
+        return Err(std::io::Error::other(
+            "the attached descriptor is not a regular file",
+        ));
+    }
+    let available = md.len().saturating_sub(offset);
+    let want = size.unwrap_or(available);
+    if want > available || want > MAX_MESSAGE {
+        return Err(std::io::Error::other(format!(
+            "the request names {want} bytes at offset {offset}; the file holds {available} (limit {MAX_MESSAGE})"
+        )));
+    }
+    let mut body = vec![0u8; usize::try_from(want).map_err(std::io::Error::other)?];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut body, offset)?;
+    Ok(body)
+}
+
+impl Handler for Pipe {
+    fn handle(&mut self, _ctx: &Context, request: Request) {
+        let Request::Stream(fd) = request else {
+            log::warn!(
+                "service {}: pipe serves stream connections only; trigger ignored",
+                self.service
+            );
+            return;
+        };
+        let conn = UnixStream::from(fd);
+        let peer =
+            match nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::PeerCredentials) {
+                Ok(c) => c,
+                Err(e) => {
+                    log::warn!("cannot get the peer's credentials: {e}; connection closed");
+                    return;
+                }
+            };
+        if peer.uid() != 0 && peer.uid() != self.owner_uid {
+            log::warn!(
+                "refused a connection from uid {} pid {}: only root and the mail owner may hand over deliveries",
+                peer.uid(),
+                peer.pid()
+            );
+            return;
+        }
+        let (req, message_fd) = match handoff::receive_request(&conn) {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!(
+                    "bad request from pid {} (uid {}): {e}; connection closed, nothing delivered",
+                    peer.pid(),
+                    peer.uid()
+                );
+                return;
+            }
+        };
+        let body = match read_message(&message_fd, req.message_offset, req.message_size) {
+            Ok(b) => b,
+            Err(e) => {
+                log::warn!(
+                    "queue id {}: cannot read the message: {e}; nothing delivered",
+                    req.queue_id
+                );
+                return;
+            }
+        };
+        let statuses: Vec<RecipientStatus> = req
+            .recipients
+            .iter()
+            .map(|instr| {
+                let st = self.deliver(&req, instr, &body);
+                log::info!(
+                    "{}: to=<{}>, service={}, command={}, status={:?} ({}) {}",
+                    req.queue_id,
+                    instr.recipient,
+                    self.service,
+                    self.attrs.argv[0],
+                    st.outcome,
+                    st.dsn,
+                    st.reason
+                );
+                st
+            })
+            .collect();
+        let reply = DeliveryReply {
+            version: PROTOCOL_VERSION,
+            statuses,
+        };
+        if let Err(e) = handoff::send_reply(&conn, &reply) {
+            log::warn!("queue id {}: cannot send the reply: {e}", req.queue_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macros() {
+        let req = DeliveryRequest {
+            version: PROTOCOL_VERSION,
+            queue_id: "Q1".into(),
+            sender: "ann@example.org".into(),
+            arrival: 0,
+            message_offset: 0,
+            message_size: None,
+            recipients: Vec::new(),
+        };
+        let instr = Instruction {
+            recipient: "list+owner@lists.test".into(),
+            user: "list".into(),
+            extension: Some("owner".into()),
+            destination: Destination::Transport {
+                nexthop: "hub".into(),
+            },
+            uncertain: false,
+        };
+        assert_eq!(
+            expand(
+                "${user}|${extension}|${domain}|${nexthop}|${queue_id}|${sender}|${recipient}",
+                &req,
+                &instr
+            ),
+            "list|owner|lists.test|hub|Q1|ann@example.org|list+owner@lists.test"
+        );
+        assert_eq!(expand("-x", &req, &instr), "-x");
+        let flags = PipeFlags {
+            from_line: true,
+            return_path: true,
+            original_to: false,
+            delivered_to: true,
+            quote_from: true,
+        };
+        let text = String::from_utf8(input(&flags, &req, &instr, b"S: x\n\nFrom me\n")).unwrap();
+        assert_eq!(
+            text,
+            "From ann@example.org  Thu Jan  1 00:00:00 1970\nReturn-Path: <ann@example.org>\n\
+             Delivered-To: list+owner@lists.test\nS: x\n\n>From me\n"
+        );
+    }
+}
