@@ -450,6 +450,7 @@ impl Qmgr {
             }
         }
         msg.outstanding = jobs.len();
+        msg.updater.close();
         self.active.insert(id.to_string(), msg);
         if jobs.is_empty() {
             self.finish(id);
@@ -511,7 +512,11 @@ impl Qmgr {
                 log::warn!("{}: cannot record a delivery in flight: {e}", job.id);
             }
         }
-        let file = match msg.updater.file().try_clone() {
+        let file = msg.updater.file().and_then(|f| f.try_clone());
+        // The handoff thread holds its own descriptor; the message's closes
+        // (in-flight jobs are few, waiting messages many).
+        msg.updater.close();
+        let file = match file {
             Ok(f) => OwnedFd::from(f),
             Err(e) => {
                 let why = format!("cannot duplicate the queue file descriptor: {e}");
@@ -617,6 +622,7 @@ impl Qmgr {
                 );
             }
         }
+        msg.updater.close();
         msg.outstanding = msg.outstanding.saturating_sub(1);
         if msg.outstanding == 0 {
             let id = job.id.clone();

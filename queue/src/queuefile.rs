@@ -537,32 +537,56 @@ impl QueueFile {
     }
 }
 
-/// Appends records and rewrites state bytes of an open queue file (the
-/// queue manager's side).
+/// Appends records and rewrites state bytes of a queue file (the queue
+/// manager's side). The file is opened when needed and can be closed
+/// between uses ([`Updater::close`]), so that thousands of messages in the
+/// active queue do not hold thousands of descriptors.
 #[derive(Debug)]
 pub struct Updater {
-    file: File,
+    path: PathBuf,
+    file: Option<File>,
     end: u64,
 }
 
 impl Updater {
     /// Opens `path` for updates; `end` is the file length as read.
     pub fn open(path: &Path, end: u64) -> io::Result<Updater> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path)?;
-        Ok(Updater { file, end })
+        let mut u = Updater {
+            path: path.to_path_buf(),
+            file: None,
+            end,
+        };
+        u.f()?;
+        Ok(u)
+    }
+
+    fn f(&mut self) -> io::Result<&File> {
+        if self.file.is_none() {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&self.path)?;
+            self.file = Some(file);
+        }
+        self.file
+            .as_ref()
+            .ok_or_else(|| io::Error::other("queue file not open"))
     }
 
     /// The open file (to hand to an agent).
-    pub fn file(&self) -> &File {
-        &self.file
+    pub fn file(&mut self) -> io::Result<&File> {
+        self.f()
+    }
+
+    /// Closes the descriptor until the next update.
+    pub fn close(&mut self) {
+        self.file = None;
     }
 
     fn append(&mut self, line: &str) -> io::Result<()> {
-        self.file.write_all_at(line.as_bytes(), self.end)?;
+        let at = self.end;
+        self.f()?.write_all_at(line.as_bytes(), at)?;
         self.end += line.len() as u64;
         Ok(())
     }
@@ -609,12 +633,12 @@ impl Updater {
 
     /// Marks a recipient done (state byte at `state_at`).
     pub fn recipient_done(&mut self, state_at: u64) -> io::Result<()> {
-        self.file.write_all_at(b"D", state_at)
+        self.f()?.write_all_at(b"D", state_at)
     }
 
     /// Marks a failure as reported to the sender.
     pub fn failure_reported(&mut self, reported_at: u64) -> io::Result<()> {
-        self.file.write_all_at(b"R", reported_at)
+        self.f()?.write_all_at(b"R", reported_at)
     }
 }
 
