@@ -294,6 +294,84 @@ pub fn send_reply(mut conn: &UnixStream, reply: &DeliveryReply) -> Result<(), Ha
     Ok(())
 }
 
+/// The largest message an agent reads (bytes).
+pub const MAX_MESSAGE: u64 = 256 << 20;
+
+/// The peer's credentials of a unix connection, or a log line and `None`.
+pub fn peer_credentials(conn: &UnixStream) -> Option<nix::sys::socket::UnixCredentials> {
+    match nix::sys::socket::getsockopt(conn, nix::sys::socket::sockopt::PeerCredentials) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            log::warn!("cannot get the peer's credentials: {e}; connection closed");
+            None
+        }
+    }
+}
+
+/// Reads `size` bytes (or to the end of the file) from `offset` of the
+/// attached message file, at most [`MAX_MESSAGE`].
+pub fn read_message(fd: &OwnedFd, offset: u64, size: Option<u64>) -> io::Result<Vec<u8>> {
+    let file = std::fs::File::from(fd.try_clone()?);
+    let md = file.metadata()?;
+    if !md.is_file() {
+        return Err(io::Error::other(
+            "the attached descriptor is not a regular file",
+        ));
+    }
+    let available = md.len().saturating_sub(offset);
+    let want = size.unwrap_or(available);
+    if want > available {
+        return Err(io::Error::other(format!(
+            "the request names {want} bytes at offset {offset}, the file holds {available}"
+        )));
+    }
+    if want > MAX_MESSAGE {
+        return Err(io::Error::other(format!(
+            "message of {want} bytes exceeds {MAX_MESSAGE}"
+        )));
+    }
+    let mut body = vec![0u8; usize::try_from(want).map_err(io::Error::other)?];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut body, offset)?;
+    Ok(body)
+}
+
+/// Agent side of one exchange, up to the deliveries: the peer must be root
+/// or `owner_uid`; then the request frame and the message. Every failure is
+/// logged (naming the peer) and gives `None`: the connection closes and
+/// nothing is delivered.
+pub fn accept_request(conn: &UnixStream, owner_uid: u32) -> Option<(DeliveryRequest, Vec<u8>)> {
+    let peer = peer_credentials(conn)?;
+    if peer.uid() != 0 && peer.uid() != owner_uid {
+        log::warn!(
+            "refused a connection from uid {} pid {}: only root and the mail owner may hand over deliveries",
+            peer.uid(),
+            peer.pid()
+        );
+        return None;
+    }
+    let (request, message_fd) = match receive_request(conn) {
+        Ok(r) => r,
+        Err(e) => {
+            log::warn!(
+                "bad request from pid {} (uid {}): {e}; connection closed, nothing delivered",
+                peer.pid(),
+                peer.uid()
+            );
+            return None;
+        }
+    };
+    match read_message(&message_fd, request.message_offset, request.message_size) {
+        Ok(body) => Some((request, body)),
+        Err(e) => {
+            log::warn!(
+                "queue id {}: cannot read the message: {e}; nothing delivered",
+                request.queue_id
+            );
+            None
+        }
+    }
+}
+
 /// Client side: hands `request` and the message to the agent at `socket`,
 /// waits at most `timeout` for each read or write, and returns the statuses.
 pub fn deliver(

@@ -64,9 +64,6 @@ use postern_conf::{params, Config, Source};
 use crate::message::Copy;
 use postern_common::destinations::{self as policy, Kind, Policy, Who};
 
-/// The largest message local reads (bytes).
-pub const MAX_MESSAGE: u64 = 256 << 20;
-
 /// The daemon.
 pub fn run() -> i32 {
     server::run(
@@ -169,42 +166,8 @@ impl Handler for Local {
             return;
         };
         let conn = UnixStream::from(fd);
-        let peer =
-            match nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::PeerCredentials) {
-                Ok(c) => c,
-                Err(e) => {
-                    log::warn!("cannot get the peer's credentials: {e}; connection closed");
-                    return;
-                }
-            };
-        if peer.uid() != 0 && peer.uid() != self.owner.uid {
-            log::warn!(
-                "refused a connection from uid {} pid {}: only root and the mail owner may hand over deliveries",
-                peer.uid(),
-                peer.pid()
-            );
+        let Some((request, body)) = handoff::accept_request(&conn, self.owner.uid) else {
             return;
-        }
-        let (request, message_fd) = match handoff::receive_request(&conn) {
-            Ok(r) => r,
-            Err(e) => {
-                log::warn!(
-                    "bad request from pid {} (uid {}): {e}; connection closed, nothing delivered",
-                    peer.pid(),
-                    peer.uid()
-                );
-                return;
-            }
-        };
-        let body = match read_message(&message_fd, request.message_offset, request.message_size) {
-            Ok(b) => b,
-            Err(e) => {
-                log::warn!(
-                    "queue id {}: cannot read the message: {e}; nothing delivered",
-                    request.queue_id
-                );
-                return;
-            }
         };
         let mut reap: Vec<i32> = Vec::new();
         let policy = self.settings.system_policy();
@@ -252,43 +215,6 @@ impl Handler for Local {
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
         }
     }
-}
-
-/// Reads the message from the descriptor the client attached: `size`
-/// bytes (or to the end of the file) from `offset`.
-fn read_message(fd: &OwnedFd, offset: u64, size: Option<u64>) -> std::io::Result<Vec<u8>> {
-    let file = std::fs::File::from(fd.try_clone()?);
-    let md = file.metadata()?;
-    if !md.is_file() {
-        return Err(std::io::Error::other(
-            "the attached descriptor is not a regular file",
-        ));
-    }
-    let available = md.len().saturating_sub(offset);
-    let want = size.unwrap_or(available);
-    if want > available {
-        return Err(std::io::Error::other(format!(
-            "the request names {want} bytes at offset {offset}, the file holds {available}"
-        )));
-    }
-    if want > MAX_MESSAGE {
-        return Err(std::io::Error::other(format!(
-            "message of {want} bytes exceeds {MAX_MESSAGE}"
-        )));
-    }
-    let mut body = vec![0u8; want as usize];
-    let mut done = 0usize;
-    while done < body.len() {
-        let at = i64::try_from(offset + done as u64).map_err(std::io::Error::other)?;
-        let n = nix::sys::uio::pread(&file, &mut body[done..], at).map_err(std::io::Error::from)?;
-        if n == 0 {
-            return Err(std::io::Error::other(
-                "the message file shrank while reading",
-            ));
-        }
-        done += n;
-    }
-    Ok(body)
 }
 
 impl Local {

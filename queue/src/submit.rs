@@ -231,14 +231,9 @@ impl Handler for Submit {
             return;
         };
         let conn = UnixStream::from(fd);
-        let peer =
-            match nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::PeerCredentials) {
-                Ok(c) => c,
-                Err(e) => {
-                    log::warn!("cannot get the peer's credentials: {e}; connection closed");
-                    return;
-                }
-            };
+        let Some(peer) = handoff::peer_credentials(&conn) else {
+            return;
+        };
         let uid = peer.uid();
         let result = match read_request(&conn) {
             Ok(req) => self.store(&conn, &req, uid),

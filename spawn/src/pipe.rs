@@ -39,7 +39,6 @@
 //! **See also**: Postfix pipe(8); postern-spawn; `postern_queue::route`.
 
 use std::io::Write;
-use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
@@ -60,9 +59,6 @@ use postern_common::sys;
 use postern_conf::params;
 
 use crate::command_environment;
-
-/// The largest message pipe reads (bytes).
-const MAX_MESSAGE: u64 = 256 << 20;
 
 /// Runs the pipe daemon (called by `postern-pipe`'s main).
 pub fn run() -> i32 {
@@ -280,26 +276,6 @@ impl Pipe {
     }
 }
 
-fn read_message(fd: &OwnedFd, offset: u64, size: Option<u64>) -> std::io::Result<Vec<u8>> {
-    let file = std::fs::File::from(fd.try_clone()?);
-    let md = file.metadata()?;
-    if !md.is_file() {
-        return Err(std::io::Error::other(
-            "the attached descriptor is not a regular file",
-        ));
-    }
-    let available = md.len().saturating_sub(offset);
-    let want = size.unwrap_or(available);
-    if want > available || want > MAX_MESSAGE {
-        return Err(std::io::Error::other(format!(
-            "the request names {want} bytes at offset {offset}; the file holds {available} (limit {MAX_MESSAGE})"
-        )));
-    }
-    let mut body = vec![0u8; usize::try_from(want).map_err(std::io::Error::other)?];
-    std::os::unix::fs::FileExt::read_exact_at(&file, &mut body, offset)?;
-    Ok(body)
-}
-
 impl Handler for Pipe {
     fn handle(&mut self, _ctx: &Context, request: Request) {
         let Request::Stream(fd) = request else {
@@ -310,42 +286,8 @@ impl Handler for Pipe {
             return;
         };
         let conn = UnixStream::from(fd);
-        let peer =
-            match nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::PeerCredentials) {
-                Ok(c) => c,
-                Err(e) => {
-                    log::warn!("cannot get the peer's credentials: {e}; connection closed");
-                    return;
-                }
-            };
-        if peer.uid() != 0 && peer.uid() != self.owner_uid {
-            log::warn!(
-                "refused a connection from uid {} pid {}: only root and the mail owner may hand over deliveries",
-                peer.uid(),
-                peer.pid()
-            );
+        let Some((req, body)) = handoff::accept_request(&conn, self.owner_uid) else {
             return;
-        }
-        let (req, message_fd) = match handoff::receive_request(&conn) {
-            Ok(r) => r,
-            Err(e) => {
-                log::warn!(
-                    "bad request from pid {} (uid {}): {e}; connection closed, nothing delivered",
-                    peer.pid(),
-                    peer.uid()
-                );
-                return;
-            }
-        };
-        let body = match read_message(&message_fd, req.message_offset, req.message_size) {
-            Ok(b) => b,
-            Err(e) => {
-                log::warn!(
-                    "queue id {}: cannot read the message: {e}; nothing delivered",
-                    req.queue_id
-                );
-                return;
-            }
         };
         let statuses: Vec<RecipientStatus> = req
             .recipients
