@@ -232,6 +232,26 @@ impl Qmgr {
         })
     }
 
+    /// Takes `active/.qmgr.lock` (fs2 exclusive lock), waiting for a
+    /// previous queue manager to let go of it.
+    fn exclusive(&self) -> std::io::Result<std::fs::File> {
+        use fs2::FileExt;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.dir(queuefile::ACTIVE).join(".qmgr.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)?;
+        if file.try_lock_exclusive().is_err() {
+            log::info!("waiting for the previous queue manager to finish its deliveries");
+            file.lock_exclusive()?;
+        }
+        Ok(file)
+    }
+
     fn dir(&self, queue: &str) -> PathBuf {
         self.s.queue.join(queue)
     }
@@ -905,6 +925,18 @@ impl Daemon for Qmgr {
                 format!("cannot start the trigger thread: {e}"),
             );
         }
+        // One queue manager at a time: after a reload the previous one may
+        // still be finishing its deliveries, and two writers of one queue
+        // file would overwrite each other's records.
+        let _lock = match self.exclusive() {
+            Ok(l) => l,
+            Err(e) => {
+                return postern_common::log::fatal(
+                    postern_common::sysexits::EX_TEMPFAIL,
+                    format!("cannot lock the queue: {e}"),
+                )
+            }
+        };
         // Messages a previous queue manager left in active come first.
         for id in self.list(queuefile::ACTIVE) {
             self.load(&id);

@@ -663,3 +663,54 @@ fn a_pipe_transport_runs_its_command_as_its_user_with_the_message() {
         "{bounce}"
     );
 }
+
+#[test]
+fn reloads_during_a_load_deliver_every_message_once() {
+    const N: usize = 400;
+    let m = Mail::new("", "");
+    let etc = m.inst.etc();
+    std::thread::scope(|scope| {
+        let sender = scope.spawn(|| {
+            for i in 0..N {
+                let out = run_with_input(
+                    Command::new(bin("postern-sendmail"))
+                        .arg("-C")
+                        .arg(&etc)
+                        .arg(DAN),
+                    format!("Subject: reload {i}\n\nbody\n").as_bytes(),
+                );
+                assert_eq!(out.code, Some(0), "message {i}: {out:?}");
+            }
+        });
+        // A new queue manager per reload, while the old one finishes.
+        for _ in 0..4 {
+            std::thread::sleep(Duration::from_millis(300));
+            let out = m.inst.postern(&["reload"]);
+            assert_eq!(out.code, Some(0), "{out:?}");
+        }
+        sender.join().unwrap();
+    });
+    let ok = eventually(Duration::from_secs(120), || {
+        count_messages(&m.mbox(DAN)) >= N && m.queue(&["list"]).stdout.contains("-- 0 messages")
+    });
+    let mbox = m.mbox(DAN);
+    assert!(
+        ok,
+        "{} of {N}:\n{}",
+        count_messages(&mbox),
+        m.queue(&["list"]).stdout
+    );
+    let mut seen = vec![0u32; N];
+    for l in mbox.lines() {
+        if let Some(i) = l.strip_prefix("Subject: reload ") {
+            seen[i.parse::<usize>().unwrap()] += 1;
+        }
+    }
+    let wrong: Vec<usize> = (0..N).filter(|i| seen[*i] != 1).collect();
+    assert!(
+        wrong.is_empty(),
+        "not exactly once: {wrong:?}\n{}",
+        m.inst.log()
+    );
+    assert!(!m.inst.log().contains("corrupt"), "{}", m.inst.log());
+}
