@@ -86,6 +86,8 @@ pub struct Submit {
     qmgr_fifo: PathBuf,
     myhostname: String,
     size_limit: u64,
+    /// Whether this process has already said it cannot wake qmgr.
+    warned_wake: bool,
 }
 
 fn refuse(dsn: &str, text: impl Into<String>) -> Refusal {
@@ -103,6 +105,7 @@ impl Submit {
             qmgr_fifo: queue.join("public/qmgr"),
             myhostname: ctx.config.text(params::MYHOSTNAME).to_string(),
             size_limit: u64::try_from(ctx.config.int(params::MESSAGE_SIZE_LIMIT)).unwrap_or(0),
+            warned_wake: false,
         })
     }
 
@@ -206,7 +209,7 @@ impl Submit {
 
     /// Tells the queue manager there is new mail (best effort: it also
     /// scans the incoming queue on its own timer).
-    fn wake_qmgr(&self) {
+    fn wake_qmgr(&mut self) {
         let opened = std::fs::OpenOptions::new()
             .write(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
@@ -216,10 +219,15 @@ impl Submit {
                 // A full fifo already holds a wake-up: nothing lost.
                 let _ = f.write(b"I");
             }
-            Err(e) => log::warn!(
-                "cannot wake the queue manager at {}: {e}",
-                self.qmgr_fifo.display()
-            ),
+            // Once per process: mail waits in incoming either way.
+            Err(e) if !self.warned_wake => {
+                self.warned_wake = true;
+                log::warn!(
+                    "cannot wake the queue manager at {}: {e} (is the qmgr service in master.cf?); mail waits in incoming",
+                    self.qmgr_fifo.display()
+                );
+            }
+            Err(_) => {}
         }
     }
 }
