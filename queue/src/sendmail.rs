@@ -10,7 +10,7 @@
 //! has none; `-t` takes the recipients from `To:`, `Cc:` and `Bcc:` (added
 //! to those on the command line) and removes `Bcc:`; without `-i`, a line
 //! with a single `.` ends the message. Line ends are normalised to LF.
-//! Missing `From:` and `Date:` headers are added. Other sendmail options
+//! Missing `From:`, `Date:` and `Message-ID:` headers are added. Other sendmail options
 //! (`-o...`, `-v`, `-N`, `-B`, `-bm`, `-L`, `-X`...) are accepted and
 //! ignored; `-bp` lists the queue like mailq. The message goes to the submit
 //! service of the instance named by `-C`/`-c DIR`, `$POSTERN_CONFIG` or
@@ -327,6 +327,19 @@ pub fn main(args: &[String]) -> i32 {
     }
     if !has("date") {
         head.extend_from_slice(format!("Date: {}\n", rfc5322_date(now)).as_bytes());
+    }
+    if !has("message-id") {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        head.extend_from_slice(
+            format!(
+                "Message-ID: <{now}.{nanos:09}.{}@{}>\n",
+                std::process::id(),
+                config.text(params::MYHOSTNAME)
+            )
+            .as_bytes(),
+        );
     }
     match &first_body_line {
         Some(l) if l == b"\n" => head.extend_from_slice(l),

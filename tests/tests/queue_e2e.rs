@@ -158,6 +158,7 @@ fn sendmail_to_a_local_user_lands_in_the_mailbox_with_headers() {
     );
     assert!(mbox.contains("\nSubject: first\n"), "{mbox}");
     assert!(mbox.contains("\nDate: "), "{mbox}");
+    assert!(mbox.contains("\nMessage-ID: <"), "{mbox}");
     assert!(mbox.contains("\nFrom: sender@example.org\n"), "{mbox}");
     // Line ends normalised, From quoted, the lone dot ended the message.
     assert!(mbox.contains("\n\nhello\n>From the start\n\n"), "{mbox}");
