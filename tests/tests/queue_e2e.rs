@@ -715,3 +715,58 @@ fn reloads_during_a_load_deliver_every_message_once() {
     );
     assert!(!m.inst.log().contains("corrupt"), "{}", m.inst.log());
 }
+
+#[test]
+fn program_failures_reach_the_postmaster_and_old_mail_expires() {
+    let m = Mail::new(
+        &format!("bounce_notice_recipient = {GUS}\nmaximal_queue_lifetime = 3s\n"),
+        "broken: \"|failer\"\nslow: \"|stuck\"\n",
+    );
+    m.install("failer", "echo kaput; exit 1");
+    m.install("stuck", "exit 75");
+    let sender = format!("{DAN}@localhost");
+    let out = m.sendmail(&["-f", &sender, "broken"], b"Subject: to a program\n\nx\n");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    // The sender gets the bounce, the postmaster a copy.
+    m.wait_messages(DAN, 1);
+    m.wait_messages(GUS, 1);
+    let bounce = m.mbox(DAN);
+    assert!(bounce.contains("Status: 5.3.0"), "{bounce}");
+    assert!(bounce.contains("exited with status 1: kaput"), "{bounce}");
+    let copy = m.mbox(GUS);
+    assert!(
+        copy.contains("Subject: Postmaster Copy: Undelivered Mail"),
+        "{copy}"
+    );
+    assert!(copy.contains("Subject: to a program"), "{copy}");
+
+    // Deferred past maximal_queue_lifetime: bounced with the last reason.
+    let out = m.sendmail(&["-f", &sender, "slow"], b"Subject: too slow\n\nx\n");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    m.wait_messages(DAN, 2);
+    let both = m.mbox(DAN);
+    let expired = both.split("\nFrom ").last().unwrap();
+    assert!(expired.contains("delivery time expired: program"), "{both}");
+    assert!(expired.contains("exited with status 75"), "{both}");
+    assert!(expired.contains("Status: 5.3.0"), "{both}");
+    let ok = eventually(WAIT, || m.queue(&["list"]).stdout.contains("-- 0 messages"));
+    assert!(ok, "{:?}", m.queue(&["list"]));
+}
+
+#[test]
+fn a_bounce_that_cannot_be_returned_goes_to_the_postmaster_once() {
+    let m = Mail::new(&format!("bounce_notice_recipient = {GUS}\n"), "");
+    let out = m.sendmail(
+        &["-f", "ghost-pq@localhost", "nobody-pq-at-all"],
+        b"Subject: lost twice\n\nx\n",
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    m.wait_messages(GUS, 1);
+    let copy = m.mbox(GUS);
+    assert!(copy.contains("Subject: Postmaster Copy"), "{copy}");
+    assert!(copy.contains("unknown user: \"ghost-pq\""), "{copy}");
+    // Nothing loops: the queue empties and the postmaster got one notice.
+    let ok = eventually(WAIT, || m.queue(&["list"]).stdout.contains("-- 0 messages"));
+    assert!(ok, "{:?}", m.queue(&["list"]));
+    assert_eq!(count_messages(&m.mbox(GUS)), 1, "{}", m.mbox(GUS));
+}
