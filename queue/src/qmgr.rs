@@ -532,10 +532,9 @@ impl Qmgr {
                 log::warn!("{}: cannot record a delivery in flight: {e}", job.id);
             }
         }
+        // The message's descriptor stays open while it has jobs in flight
+        // (few); it is closed while the message waits (many may).
         let file = msg.updater.file().and_then(|f| f.try_clone());
-        // The handoff thread holds its own descriptor; the message's closes
-        // (in-flight jobs are few, waiting messages many).
-        msg.updater.close();
         let file = match file {
             Ok(f) => OwnedFd::from(f),
             Err(e) => {
@@ -642,8 +641,10 @@ impl Qmgr {
                 );
             }
         }
-        msg.updater.close();
         msg.outstanding = msg.outstanding.saturating_sub(1);
+        if msg.outstanding > 0 {
+            msg.updater.close();
+        }
         if msg.outstanding == 0 {
             let id = job.id.clone();
             self.finish(&id);

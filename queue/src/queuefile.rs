@@ -549,15 +549,14 @@ pub struct Updater {
 }
 
 impl Updater {
-    /// Opens `path` for updates; `end` is the file length as read.
+    /// An updater for `path` (opened at the first update); `end` is the
+    /// file length as read.
     pub fn open(path: &Path, end: u64) -> io::Result<Updater> {
-        let mut u = Updater {
+        Ok(Updater {
             path: path.to_path_buf(),
             file: None,
             end,
-        };
-        u.f()?;
-        Ok(u)
+        })
     }
 
     fn f(&mut self) -> io::Result<&File> {
