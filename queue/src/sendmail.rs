@@ -95,7 +95,10 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
             i += 1;
             Ok(v)
         };
-        let (c, rest) = flag.split_at(1);
+        let mut chars = flag.chars();
+        let c = chars.next().map(String::from).unwrap_or_default();
+        let rest = chars.as_str();
+        let c = c.as_str();
         match c {
             "f" | "r" => o.sender = Some(value(c, rest)?),
             "F" => o.full_name = Some(value(c, rest)?),
@@ -403,6 +406,7 @@ mod tests {
         assert_eq!(o.recipients, vec!["-odd"]);
         assert!(parse_args(&args(&["-f"])).is_err());
         assert!(parse_args(&args(&["-Z"])).is_err());
+        assert!(parse_args(&args(&["-é"])).is_err());
         assert!(parse_args(&args(&["-bs"])).is_err());
         assert!(parse_args(&args(&["--queue-directory", "/q"])).is_err());
     }

@@ -159,10 +159,18 @@ pub fn expand(arg: &str, req: &DeliveryRequest, instr: &Instruction) -> String {
         .recipient
         .rsplit_once('@')
         .unwrap_or((instr.recipient.as_str(), ""));
-    let user = match &instr.extension {
-        Some(ext) if local.len() > ext.len() + 1 => &local[..local.len() - ext.len() - 1],
-        _ => local,
-    };
+    // "user+ext": drop the extension and the delimiter before it.
+    let user = instr
+        .extension
+        .as_deref()
+        .and_then(|ext| local.strip_suffix(ext))
+        .map(|s| {
+            let mut c = s.chars();
+            c.next_back();
+            c.as_str()
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or(local);
     let nexthop = match &instr.destination {
         Destination::Transport { nexthop } => nexthop.as_str(),
         _ => "",
@@ -350,6 +358,14 @@ mod tests {
             "list|owner|lists.test|hub|Q1|ann@example.org|list+owner@lists.test"
         );
         assert_eq!(expand("-x", &req, &instr), "-x");
+        // An extension that is not the address's own (or not at a character
+        // boundary) leaves the local part whole, never panics.
+        let odd = Instruction {
+            recipient: "é@x".into(),
+            extension: Some("\u{301}xyz".into()),
+            ..instr.clone()
+        };
+        assert_eq!(expand("${user}", &req, &odd), "é");
         let flags = PipeFlags {
             from_line: true,
             return_path: true,
