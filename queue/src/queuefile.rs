@@ -372,8 +372,9 @@ impl QueueFile {
         QueueFile::read_from(file)
     }
 
-    /// Reads a queue file from an open file.
-    pub fn read_from(file: File) -> Result<QueueFile, FormatError> {
+    /// Reads a queue file from an open file (from its start).
+    pub fn read_from(mut file: File) -> Result<QueueFile, FormatError> {
+        file.seek(SeekFrom::Start(0))?;
         let mut r = BufReader::new(file);
         let mut at = 0u64;
         let mut line = Vec::new();
@@ -420,7 +421,10 @@ impl QueueFile {
         let message_offset = at;
         let mut file = r.into_inner();
         let len = file.metadata()?.len();
-        if message_offset + message_size > len {
+        if message_offset
+            .checked_add(message_size)
+            .is_none_or(|end| end > len)
+        {
             return Err(bad("message shorter than its size line"));
         }
         file.seek(SeekFrom::Start(message_offset + message_size))?;
@@ -716,6 +720,7 @@ mod tests {
             b"hello\n",
             b"postern-queue 1\nid x\n\n",
             b"postern-queue 1\nid x\narrival 1\nsender \nuid 0\nclass normal\nsize 99\n\nab",
+            b"postern-queue 1\nid x\narrival 1\nsender \nuid 0\nclass normal\nsize 18446744073709551615\n\nab",
         ] {
             std::fs::write(&path, junk).unwrap();
             assert!(QueueFile::read(&path).is_err());
