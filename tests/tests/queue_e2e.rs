@@ -770,3 +770,29 @@ fn a_bounce_that_cannot_be_returned_goes_to_the_postmaster_once() {
     assert!(ok, "{:?}", m.queue(&["list"]));
     assert_eq!(count_messages(&m.mbox(GUS)), 1, "{}", m.mbox(GUS));
 }
+
+#[test]
+fn garbage_on_the_submit_socket_is_refused_and_nothing_is_queued() {
+    let m = Mail::new("", "");
+    let socket = m.inst.public("submit");
+    for junk in [
+        &b"\x00\x00\x00\x05hello"[..],
+        b"\xff\xff\xff\xff",
+        b"\x00\x00",
+        b"GET / HTTP/1.0\r\n\r\n",
+    ] {
+        let reply = postern_tests::unix_exchange(&socket, junk).unwrap_or_default();
+        // A refusal frame that says why (or a closed connection).
+        let text = String::from_utf8_lossy(&reply);
+        assert!(
+            reply.is_empty() || text.contains("bad submission"),
+            "{text}"
+        );
+    }
+    m.inst.wait_log("bad submission from pid", 4);
+    assert!(m.queue(&["list"]).stdout.contains("-- 0 messages"));
+    // The service still takes good mail.
+    let out = m.sendmail(&[DAN], b"Subject: after the junk\n\nx\n");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    m.wait_messages(DAN, 1);
+}
