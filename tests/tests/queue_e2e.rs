@@ -433,13 +433,20 @@ fn kill_9_of_qmgr_and_local_under_load_loses_and_duplicates_nothing() {
         "local unix - n n - - local\nsubmit unix n - n - - submit\nqmgr fifo n - n 1 1 qmgr\n",
     );
     let etc = m.inst.etc();
-    let done = std::sync::atomic::AtomicBool::new(false);
+    // A kill each time STEP more messages have arrived, alternating qmgr and
+    // local, until each was killed three times.
+    const STEP: usize = 100;
+    let delivered = || count_messages(&m.mbox(DAN));
     let kills = std::thread::scope(|scope| {
         let killer = scope.spawn(|| {
             let mut kills = (0, 0);
             let mut round = 0;
-            while !done.load(std::sync::atomic::Ordering::Relaxed) || kills.0 < 3 || kills.1 < 3 {
-                std::thread::sleep(Duration::from_millis(300));
+            while kills.0 < 3 || kills.1 < 3 {
+                let before = delivered();
+                // A stall ends the loop; the assertion on the kills reports it.
+                if before >= N || !eventually(WAIT, || delivered() >= (before + STEP).min(N)) {
+                    break;
+                }
                 round += 1;
                 let name = if round % 2 == 0 { "qmgr" } else { "local" };
                 for pid in m.inst.children_of(name) {
@@ -455,9 +462,6 @@ fn kill_9_of_qmgr_and_local_under_load_loses_and_duplicates_nothing() {
                             kills.1 += 1;
                         }
                     }
-                }
-                if round > 400 {
-                    break;
                 }
             }
             kills
@@ -482,7 +486,6 @@ fn kill_9_of_qmgr_and_local_under_load_loses_and_duplicates_nothing() {
         for s in senders {
             s.join().unwrap();
         }
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
         killer.join().unwrap()
     });
     assert!(
@@ -683,9 +686,15 @@ fn reloads_during_a_load_deliver_every_message_once() {
                 assert_eq!(out.code, Some(0), "message {i}: {out:?}");
             }
         });
-        // A new queue manager per reload, while the old one finishes.
+        // A new queue manager per reload, while the old one finishes: one
+        // reload each time 60 more messages have arrived.
         for _ in 0..4 {
-            std::thread::sleep(Duration::from_millis(300));
+            let before = count_messages(&m.mbox(DAN));
+            assert!(
+                eventually(WAIT, || count_messages(&m.mbox(DAN)) >= before + 60),
+                "no progress between reloads:\n{}",
+                m.inst.log()
+            );
             let out = m.inst.postern(&["reload"]);
             assert_eq!(out.code, Some(0), "{out:?}");
         }
