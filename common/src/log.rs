@@ -108,6 +108,34 @@ pub fn civil(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
     (year, month, day, rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+fn weekday_month(secs: u64, month: u32) -> (&'static str, &'static str) {
+    (
+        WEEKDAYS[((secs / 86400) % 7) as usize],
+        MONTHS[(month as usize).saturating_sub(1).min(11)],
+    )
+}
+
+/// `asctime`-style UTC date, as in an mbox `From ` line:
+/// `Sat Nov 21 07:05:05 2026`.
+pub fn asctime(secs: u64) -> String {
+    let (year, month, day, h, m, s) = civil(secs);
+    let (weekday, month) = weekday_month(secs, month);
+    format!("{weekday} {month} {day:2} {h:02}:{m:02}:{s:02} {year}")
+}
+
+/// RFC 5322 date in UTC, for `Date:` and `Received:` headers:
+/// `Sat, 21 Nov 2026 07:05:05 +0000`.
+pub fn rfc5322_date(secs: u64) -> String {
+    let (year, month, day, h, m, s) = civil(secs);
+    let (weekday, month) = weekday_month(secs, month);
+    format!("{weekday}, {day} {month} {year} {h:02}:{m:02}:{s:02} +0000")
+}
+
 /// Formats seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (UTC).
 pub fn utc_timestamp(secs: u64) -> String {
     let (year, month, day, h, m, s) = civil(secs);
@@ -187,5 +215,12 @@ mod tests {
         assert_eq!(utc_timestamp(0), "1970-01-01T00:00:00Z");
         assert_eq!(utc_timestamp(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(utc_timestamp(1_795_245_296), "2026-11-21T07:14:56Z");
+        assert_eq!(asctime(0), "Thu Jan  1 00:00:00 1970");
+        assert_eq!(asctime(951_782_400), "Tue Feb 29 00:00:00 2000");
+        assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
+        assert_eq!(
+            rfc5322_date(1_795_245_296),
+            "Sat, 21 Nov 2026 07:14:56 +0000"
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! (`Return-Path:`, `Delivered-To:`), the mbox `From ` line and quoting, and
 //! the mail-loop check on existing `Delivered-To:` headers.
 
-use postern_common::log::utc_timestamp;
+use postern_common::log::asctime;
 
 /// A message as local received it, with its envelope.
 #[derive(Debug, Clone, Copy)]
@@ -40,24 +40,6 @@ fn unfolded_headers(message: &[u8]) -> Vec<String> {
         }
     }
     unfolded
-}
-
-/// `asctime`-style date for the `From ` line: `Sat Nov 21 07:05:05 2026`.
-pub fn from_line_date(secs: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let iso = utc_timestamp(secs); // YYYY-MM-DDTHH:MM:SSZ
-    let year = &iso[0..4];
-    let month: usize = iso[5..7].parse().unwrap_or(1);
-    let day: u32 = iso[8..10].parse().unwrap_or(1);
-    let time = &iso[11..19];
-    let weekday = DAYS[((secs / 86400) % 7) as usize];
-    format!(
-        "{weekday} {} {day:2} {time} {year}",
-        MONTHS[(month - 1).min(11)]
-    )
 }
 
 impl Copy<'_> {
@@ -142,9 +124,7 @@ impl Copy<'_> {
             self.sender
         };
         let mut out = Vec::with_capacity(self.body.len() + 256);
-        out.extend_from_slice(
-            format!("From {sender}  {}\n", from_line_date(self.arrival)).as_bytes(),
-        );
+        out.extend_from_slice(format!("From {sender}  {}\n", asctime(self.arrival)).as_bytes());
         out.extend_from_slice(&self.envelope_headers());
         let mut at_line_start = true;
         for (i, &b) in self.body.iter().enumerate() {
@@ -231,11 +211,5 @@ mod tests {
         assert!(copy(b"delivered-to:\n  bob@example.org\n\nbody\n").is_loop());
         assert!(!copy(b"Subject: x\n\nDelivered-To: bob@example.org\n").is_loop());
         assert!(!copy(b"Delivered-To: carol@example.org\n\n").is_loop());
-    }
-
-    #[test]
-    fn dates() {
-        assert_eq!(from_line_date(0), "Thu Jan  1 00:00:00 1970");
-        assert_eq!(from_line_date(951_782_400), "Tue Feb 29 00:00:00 2000");
     }
 }

@@ -3,7 +3,7 @@
 //! gets for failures that need an administrator (program delivery, a bounce
 //! that could not be returned).
 
-use crate::headers::rfc5322_date;
+use postern_common::log::rfc5322_date;
 
 /// One failed recipient, for the report.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,20 +1,5 @@
-//! Message headers the queue reads or writes: RFC 5322 dates, the header
-//! block of a message, address lists in `To:`/`Cc:`/`Bcc:` (for
-//! `sendmail -t`).
-
-use postern_common::log::civil;
-
-/// `Sat, 21 Nov 2026 07:05:05 +0000` for `secs` since the epoch (UTC).
-pub fn rfc5322_date(secs: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let (year, month, day, h, m, s) = civil(secs);
-    let weekday = DAYS[((secs / 86400) % 7) as usize];
-    let month = MONTHS[(month as usize).saturating_sub(1).min(11)];
-    format!("{weekday}, {day} {month} {year} {h:02}:{m:02}:{s:02} +0000")
-}
+//! Message headers the queue reads: the fields of a header block, and the
+//! address lists in `To:`/`Cc:`/`Bcc:` (for `sendmail -t`).
 
 /// One header field, unfolded: (name, value).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,15 +79,6 @@ pub fn addresses(value: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dates() {
-        assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
-        assert_eq!(
-            rfc5322_date(1_795_245_296),
-            "Sat, 21 Nov 2026 07:14:56 +0000"
-        );
-    }
 
     #[test]
     fn header_fields() {

@@ -49,9 +49,9 @@ use postern_common::server::{Channel, Context, Daemon, Privileges, Program, Requ
 use postern_conf::{params, Config, ServiceType};
 
 use crate::bounce::{self, Audience, FailedRecipient, Report};
-use crate::headers::rfc5322_date;
 use crate::queuefile::{self, Class, Envelope, FormatError, QueueFile, Updater, Writer};
 use crate::route::{Route, Router};
+use postern_common::log::rfc5322_date;
 
 /// The skeleton's description of qmgr.
 pub const PROGRAM: Program = Program {

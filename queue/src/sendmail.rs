@@ -29,8 +29,9 @@ use postern_common::{account, sysexits};
 use postern_conf::embedded::Layout;
 use postern_conf::{params, Config, ServicesFile, Source};
 
-use crate::headers::{self, rfc5322_date};
+use crate::headers;
 use crate::submit::{self, SubmitRequest, SUBMIT_VERSION};
+use postern_common::log::rfc5322_date;
 
 /// The configuration directory used when nothing else names one.
 pub const DEFAULT_CONFIG_DIR: &str = "/etc/postern";

@@ -29,8 +29,8 @@ use postern_common::server::{Context, Handler, Privileges, Program, Request};
 use postern_conf::params;
 use serde::{Deserialize, Serialize};
 
-use crate::headers::rfc5322_date;
 use crate::queuefile::{self, Class, Envelope, Writer};
+use postern_common::log::rfc5322_date;
 
 /// Version carried in both frames.
 pub const SUBMIT_VERSION: u16 = 1;

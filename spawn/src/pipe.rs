@@ -113,7 +113,13 @@ pub fn input(
         } else {
             &req.sender
         };
-        out.extend_from_slice(format!("From {sender}  {}\n", asctime(req.arrival)).as_bytes());
+        out.extend_from_slice(
+            format!(
+                "From {sender}  {}\n",
+                postern_common::log::asctime(req.arrival)
+            )
+            .as_bytes(),
+        );
     }
     if flags.return_path {
         out.extend_from_slice(format!("Return-Path: <{}>\n", req.sender).as_bytes());
@@ -137,20 +143,6 @@ pub fn input(
         out.extend_from_slice(body);
     }
     out
-}
-
-/// `Sat Nov 21 07:05:05 2026` (UTC), for the `From ` line.
-fn asctime(secs: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let (y, mo, d, h, mi, s) = postern_common::log::civil(secs);
-    let month = MONTHS[(mo as usize).saturating_sub(1).min(11)];
-    format!(
-        "{} {month} {d:2} {h:02}:{mi:02}:{s:02} {y}",
-        DAYS[((secs / 86400) % 7) as usize]
-    )
 }
 
 /// Replaces the macros in one argument.

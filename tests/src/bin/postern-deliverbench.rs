@@ -105,24 +105,6 @@ struct Options {
 // --------------------------------------------------------------------------
 // The message.
 
-/// `Sat, 21 Nov 2026 07:05:05 +0000` for `secs` since the epoch (UTC).
-fn rfc2822_date(secs: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = secs / 86_400;
-    let (year, month, day, h, m, sec) = postern_common::log::civil(secs);
-    format!(
-        "{}, {day:02} {} {year} {:02}:{:02}:{:02} +0000",
-        DAYS[(days % 7) as usize],
-        MONTHS[(month - 1) as usize],
-        h,
-        m,
-        sec
-    )
-}
-
 /// Filler text for the body: plain words, no line starting with `From `.
 const FILLER: &str = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do \
 eiusmod tempor incididunt ut labore et dolore magna aliqua. Ut enim ad minim veniam, \
@@ -137,7 +119,7 @@ const LINE: usize = 72;
 /// then lines of plain text of at most [`LINE`] characters. `id` makes the
 /// Message-ID unique; `date` is seconds since the epoch.
 fn build_message(size: usize, id: &str, sender: &str, recipient: &str, date: u64) -> Vec<u8> {
-    let date = rfc2822_date(date);
+    let date = postern_common::log::rfc5322_date(date);
     let headers = format!(
         "Received: by bench.example.org (postern-deliverbench, from userid 1000)\n\
          \tid {id}; {date}\n\
@@ -488,10 +470,16 @@ mod tests {
 
     #[test]
     fn dates_are_rfc2822_utc() {
-        assert_eq!(rfc2822_date(0), "Thu, 01 Jan 1970 00:00:00 +0000");
-        assert_eq!(rfc2822_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
         assert_eq!(
-            rfc2822_date(1_795_245_296),
+            postern_common::log::rfc5322_date(0),
+            "Thu, 01 Jan 1970 00:00:00 +0000"
+        );
+        assert_eq!(
+            postern_common::log::rfc5322_date(951_782_400),
+            "Tue, 29 Feb 2000 00:00:00 +0000"
+        );
+        assert_eq!(
+            postern_common::log::rfc5322_date(1_795_245_296),
             "Sat, 21 Nov 2026 07:14:56 +0000"
         );
     }
