@@ -229,6 +229,88 @@ pub fn status_for_exit(code: i32, program: &str, output: &str) -> RecipientStatu
     }
 }
 
+/// How a delivery command ended.
+#[derive(Debug)]
+pub struct Ended {
+    /// Its wait status.
+    pub status: std::io::Result<std::process::ExitStatus>,
+    /// What it wrote to standard output and error (at most [`OUTPUT_LIMIT`]).
+    pub output: Vec<u8>,
+    /// It ran past the time limit.
+    pub timed_out: bool,
+}
+
+/// Runs `cmd` — program, arguments, environment, directory and pre-exec
+/// setup (its own session, nothing but 0-2 open, identity) already given —
+/// with `input` on standard input and standard output and error collected,
+/// for at most `limit`; then `kill_group(pid)` ends whatever the command
+/// left in its process group. `Err` when it could not be started.
+pub fn run_with_input(
+    cmd: &mut std::process::Command,
+    input: Vec<u8>,
+    limit: Duration,
+    kill_group: impl FnOnce(i32),
+) -> std::io::Result<Ended> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let (out_read, out_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
+    let out_write2 = out_write.try_clone()?;
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::from(out_write))
+        .stderr(Stdio::from(out_write2));
+    let mut child = cmd.spawn()?;
+    // The parent's copies of the output pipe's write end go with `cmd`.
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let pid = child.id() as i32;
+    let mut stdin = child.stdin.take();
+    // Not joined: a background process of the command may hold its input
+    // open without reading; the caller's process exits (ending the thread)
+    // once it has reported.
+    let _writer = std::thread::spawn(move || {
+        if let Some(s) = stdin.as_mut() {
+            // A command that does not read its input is not an error here.
+            let _ = s.write_all(&input);
+        }
+    });
+    let (output, timed_out) = collect_output(out_read, pid, limit);
+    kill_group(pid);
+    Ok(Ended {
+        status: child.wait(),
+        output,
+        timed_out,
+    })
+}
+
+impl Ended {
+    /// The recipient's status: by sysexits for an exit code (with the
+    /// sanitised output in the reason); a bounce for the time limit or a
+    /// signal; a deferral when the status is unknown. `what` names the
+    /// command in reasons ("program /x", "command /x").
+    pub fn delivery_status(&self, program: &str, what: &str, limit: Duration) -> RecipientStatus {
+        use std::os::unix::process::ExitStatusExt;
+        if self.timed_out {
+            return RecipientStatus::bounced(
+                "5.3.0",
+                format!(
+                    "{what} exceeded the time limit of {}s: killed its process group",
+                    limit.as_secs()
+                ),
+            );
+        }
+        match &self.status {
+            Ok(s) => match (s.code(), s.signal()) {
+                (Some(code), _) => status_for_exit(code, program, &sanitise(&self.output)),
+                (None, Some(sig)) => {
+                    RecipientStatus::bounced("5.3.0", format!("{what} was killed by signal {sig}"))
+                }
+                _ => RecipientStatus::deferred("4.3.0", format!("{what}: unknown exit status")),
+            },
+            Err(e) => RecipientStatus::deferred("4.3.0", format!("{what}: wait: {e}")),
+        }
+    }
+}
+
 /// Reads the program's output (keeping at most OUTPUT_LIMIT bytes) until
 /// the program exits (then takes what is already written, without waiting
 /// for background processes that may hold the pipe) or the limit passes.

@@ -23,14 +23,12 @@
 //! something); 75 and 71 defer; anything else bounces, with the program's
 //! output (sanitised, at most 4 KB) in the reason.
 
-use std::io::Write;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use postern_common::command::{collect_output, sanitise, status_for_exit};
+use postern_common::command::{run_with_input, sanitise};
 use postern_common::handoff::RecipientStatus;
 use postern_common::sys;
 
@@ -189,24 +187,21 @@ pub fn run(r: &Run<'_>) -> RecipientStatus {
         .env_clear()
         .envs(r.env.iter().map(|(k, v)| (k, v)))
         .current_dir(r.cwd);
-    let (out_read, out_write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
-        Ok(p) => p,
-        Err(e) => return RecipientStatus::deferred("4.3.0", format!("pipe: {e}")),
-    };
-    let out_write2 = match out_write.try_clone() {
-        Ok(f) => f,
-        Err(e) => return RecipientStatus::deferred("4.3.0", format!("dup: {e}")),
-    };
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::from(out_write))
-        .stderr(Stdio::from(out_write2));
     sys::before_exec(&mut cmd, || {
         // Async-signal-safe only: its own session, nothing but 0-2 open.
         nix::unistd::setsid()?;
         sys::cloexec_from(3)
     });
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
+    // The program runs as this (already switched) process's user: the
+    // kill needs no privilege. Whatever it left in its group goes with it.
+    let kill_group = |pid: i32| {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(-pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    };
+    let ended = match run_with_input(&mut cmd, r.input.to_vec(), r.limit, kill_group) {
+        Ok(e) => e,
         Err(e) => {
             let permanent = matches!(
                 e.raw_os_error(),
@@ -220,48 +215,18 @@ pub fn run(r: &Run<'_>) -> RecipientStatus {
             };
         }
     };
-    drop(cmd);
-    let pid = child.id() as i32;
-    let mut stdin = child.stdin.take();
-    let input = r.input.to_vec();
-    // Not joined: a background process of the program may hold its input
-    // open without reading; the delivery process exits (ending the thread)
-    // once it has reported.
-    let _writer = std::thread::spawn(move || {
-        if let Some(s) = stdin.as_mut() {
-            // A program that does not read its input is not an error here.
-            let _ = s.write_all(&input);
-        }
-    });
-    let (output, timed_out) = collect_output(out_read, pid, r.limit);
-    if timed_out {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(-pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-    // Whatever the program left running in its group goes with it.
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(-pid),
-        nix::sys::signal::Signal::SIGKILL,
-    );
-    let status = child.wait();
-    let text = sanitise(&output);
-    let result = match status {
-        _ if timed_out => RecipientStatus::bounced(
+    let text = sanitise(&ended.output);
+    let printed_on_success = matches!(&ended.status, Ok(s) if s.code() == Some(0))
+        && !ended.timed_out
+        && r.output_is_failure
+        && !text.is_empty();
+    let result = if printed_on_success {
+        RecipientStatus::bounced(
             "5.3.0",
-            format!("program {program} exceeded the time limit of {}s: killed its process group", r.limit.as_secs()),
-        ),
-        Ok(s) => match (s.code(), s.signal()) {
-            (Some(0), _) if r.output_is_failure && !text.is_empty() => RecipientStatus::bounced(
-                "5.3.0",
-                format!("program {program} exited 0 but printed output (program_output_is_failure = yes): {text}"),
-            ),
-            (Some(code), _) => status_for_exit(code, &program, &text),
-            (None, Some(sig)) => RecipientStatus::bounced("5.3.0", format!("program {program} was killed by signal {sig}")),
-            _ => RecipientStatus::deferred("4.3.0", format!("program {program}: unknown exit status")),
-        },
-        Err(e) => RecipientStatus::deferred("4.3.0", format!("program {program}: wait: {e}")),
+            format!("program {program} exited 0 but printed output (program_output_is_failure = yes): {text}"),
+        )
+    } else {
+        ended.delivery_status(&program, &format!("program {program}"), r.limit)
     };
     if matches!(result.outcome, postern_common::handoff::Outcome::Delivered) {
         result

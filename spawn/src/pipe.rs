@@ -38,17 +38,13 @@
 //!
 //! **See also**: Postfix pipe(8); postern-spawn; `postern_queue::route`.
 
-use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use postern_common::command::{
-    collect_output, sanitise, status_for_exit, CommandSpec, PipeFlags, PipeSpec, SystemAccounts,
-};
+use postern_common::command::{run_with_input, CommandSpec, PipeFlags, PipeSpec, SystemAccounts};
 use postern_common::handoff::{
     self, DeliveryReply, DeliveryRequest, Destination, Instruction, RecipientStatus,
     PROTOCOL_VERSION,
@@ -192,22 +188,11 @@ impl Pipe {
             .iter()
             .map(|a| expand(a, req, instr))
             .collect();
-        let (out_read, out_write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
-            Ok(p) => p,
-            Err(e) => return RecipientStatus::deferred("4.3.0", format!("pipe: {e}")),
-        };
-        let out_write2 = match out_write.try_clone() {
-            Ok(f) => f,
-            Err(e) => return RecipientStatus::deferred("4.3.0", format!("dup: {e}")),
-        };
         let mut cmd = Command::new(&program);
         cmd.args(&args)
             .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .current_dir("/")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::from(out_write))
-            .stderr(Stdio::from(out_write2));
+            .current_dir("/");
         let (uid, gid) = (self.attrs.run_as.uid(), self.attrs.run_as.gid());
         sys::before_exec(&mut cmd, move || {
             // Async-signal-safe only: see sys::before_exec.
@@ -216,62 +201,25 @@ impl Pipe {
                 .map_err(|_| std::io::Error::from_raw_os_error(nix::errno::Errno::EPERM as i32))?;
             sys::cloexec_from(3)
         });
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) => {
-                return RecipientStatus::deferred(
-                    "4.3.0",
-                    format!("cannot run {program} as {}: {e}", self.attrs.user_text),
-                )
-            }
-        };
-        drop(cmd);
-        let pid = child.id() as i32;
-        let mut stdin = child.stdin.take();
-        let input = input(&self.flags, req, instr, body);
-        // Not joined: a command that leaves a background process holding
-        // its input must not hold up the reply.
-        let _writer = std::thread::spawn(move || {
-            if let Some(s) = stdin.as_mut() {
-                let _ = s.write_all(&input);
-            }
-        });
-        let (output, timed_out) = collect_output(out_read, pid, self.time_limit);
         // The command leads its own group; what it left running goes with
         // it. It runs as another user, so the kill needs root.
-        match privilege::as_root(|| kill(Pid::from_raw(-pid), Signal::SIGKILL)) {
+        let service = &self.service;
+        let kill_group = |pid: i32| match privilege::as_root(|| {
+            kill(Pid::from_raw(-pid), Signal::SIGKILL)
+        }) {
             Ok(Ok(())) | Ok(Err(nix::errno::Errno::ESRCH)) => {}
-            Ok(Err(e)) => log::error!(
-                "service {}: cannot kill process group {pid}: {e}",
-                self.service
+            Ok(Err(e)) => log::error!("service {service}: cannot kill process group {pid}: {e}"),
+            Err(e) => log::error!("service {service}: cannot kill process group {pid}: {e}"),
+        };
+        let input = input(&self.flags, req, instr, body);
+        match run_with_input(&mut cmd, input, self.time_limit, kill_group) {
+            Ok(ended) => {
+                ended.delivery_status(&program, &format!("command {program}"), self.time_limit)
+            }
+            Err(e) => RecipientStatus::deferred(
+                "4.3.0",
+                format!("cannot run {program} as {}: {e}", self.attrs.user_text),
             ),
-            Err(e) => log::error!(
-                "service {}: cannot kill process group {pid}: {e}",
-                self.service
-            ),
-        }
-        let status = child.wait();
-        let text = sanitise(&output);
-        match status {
-            _ if timed_out => RecipientStatus::bounced(
-                "5.3.0",
-                format!(
-                    "command {program} exceeded the time limit of {}s: killed its process group",
-                    self.time_limit.as_secs()
-                ),
-            ),
-            Ok(s) => match (s.code(), s.signal()) {
-                (Some(code), _) => status_for_exit(code, &program, &text),
-                (None, Some(sig)) => RecipientStatus::bounced(
-                    "5.3.0",
-                    format!("command {program} was killed by signal {sig}"),
-                ),
-                _ => RecipientStatus::deferred(
-                    "4.3.0",
-                    format!("command {program}: unknown exit status"),
-                ),
-            },
-            Err(e) => RecipientStatus::deferred("4.3.0", format!("command {program}: wait: {e}")),
         }
     }
 }
