@@ -13,8 +13,7 @@ use postern_conf::{Config, Diagnostic, ServicesFile, Source};
 
 use crate::{check, show};
 
-/// The default configuration directory.
-pub const DEFAULT_CONFIG_DIR: &str = "/etc/postern";
+pub use postern_conf::DEFAULT_CONFIG_DIR;
 
 #[derive(Debug, Parser)]
 #[command(name = "postern", version, about = "Administer a postern instance")]

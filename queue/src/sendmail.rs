@@ -27,14 +27,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use postern_common::{account, sysexits};
 use postern_conf::embedded::Layout;
-use postern_conf::{params, Config, ServicesFile, Source};
+use postern_conf::{params, Config, ServicesFile, Source, DEFAULT_CONFIG_DIR};
 
 use crate::headers;
 use crate::submit::{self, SubmitRequest, SUBMIT_VERSION};
 use postern_common::log::rfc5322_date;
-
-/// The configuration directory used when nothing else names one.
-pub const DEFAULT_CONFIG_DIR: &str = "/etc/postern";
 
 /// The parsed command line.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
