@@ -14,7 +14,6 @@
 //! could not be changed, 64 for a usage error, 77 when not allowed.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use postern_common::log::utc_timestamp;
@@ -111,18 +110,12 @@ struct Queue {
 impl Queue {
     /// Writes to the queue manager's fifo; false (with a message) if it is not there.
     fn poke(&self, what: &[u8]) -> bool {
-        let fifo = self.root.join("public/qmgr");
-        let r = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(&fifo)
-            .and_then(|mut f| f.write_all(what));
-        match r {
+        match crate::qmgr::poke(&self.root, what) {
             Ok(()) => true,
             Err(e) => {
                 eprintln!(
                     "postern queue: cannot reach the queue manager at {}: {e} (is the instance running?)",
-                    fifo.display()
+                    self.root.join(crate::qmgr::TRIGGER).display()
                 );
                 false
             }

@@ -71,6 +71,25 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The queue manager's trigger fifo, relative to `queue_directory`.
+pub const TRIGGER: &str = "public/qmgr";
+
+/// Writes `what` to the queue manager's fifo (`I` new mail, `F` flush)
+/// without blocking; a full fifo already holds a wake-up and counts as
+/// success. An error means no queue manager is listening.
+pub fn poke(queue_directory: &Path, what: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut fifo = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(queue_directory.join(TRIGGER))?;
+    match fifo.write_all(what) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+        r => r,
+    }
+}
+
 /// The retry delay for a message of age `age`: the age, clamped.
 pub fn backoff(age: Duration, min: Duration, max: Duration) -> Duration {
     age.clamp(min, max.max(min))
@@ -296,6 +315,8 @@ impl Qmgr {
     /// incoming queue is still being read.
     fn scan_incoming(&mut self) {
         self.incoming_waiting = false;
+        // Once per batch, not per message: a stat of each routing table.
+        self.reload_router_if_changed();
         if self.incoming.is_empty() {
             self.incoming = self.list(queuefile::INCOMING).into();
         }
@@ -314,6 +335,7 @@ impl Qmgr {
     }
 
     fn scan_deferred(&mut self, all: bool) {
+        self.reload_router_if_changed();
         let now = SystemTime::now();
         let dir = self.dir(queuefile::DEFERRED);
         let mut earliest: Option<SystemTime> = None;
@@ -379,7 +401,6 @@ impl Qmgr {
                 return;
             }
         };
-        self.reload_router_if_changed();
         log::info!(
             "{id}: from=<{}>, size={}, nrcpt={} (queue active)",
             qf.envelope.sender,

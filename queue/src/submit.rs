@@ -18,7 +18,6 @@
 //! message may not exceed `message_size_limit`.
 
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -83,7 +82,7 @@ pub fn run() -> i32 {
 #[derive(Debug)]
 pub struct Submit {
     incoming: PathBuf,
-    qmgr_fifo: PathBuf,
+    queue: PathBuf,
     myhostname: String,
     size_limit: u64,
     /// Whether this process has already said it cannot wake qmgr.
@@ -102,7 +101,7 @@ impl Submit {
         let queue = Path::new(ctx.config.text(params::QUEUE_DIRECTORY));
         Ok(Submit {
             incoming: queue.join(queuefile::INCOMING),
-            qmgr_fifo: queue.join("public/qmgr"),
+            queue: queue.to_path_buf(),
             myhostname: ctx.config.text(params::MYHOSTNAME).to_string(),
             size_limit: u64::try_from(ctx.config.int(params::MESSAGE_SIZE_LIMIT)).unwrap_or(0),
             warned_wake: false,
@@ -210,24 +209,15 @@ impl Submit {
     /// Tells the queue manager there is new mail (best effort: it also
     /// scans the incoming queue on its own timer).
     fn wake_qmgr(&mut self) {
-        let opened = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(&self.qmgr_fifo);
-        match opened {
-            Ok(mut f) => {
-                // A full fifo already holds a wake-up: nothing lost.
-                let _ = f.write(b"I");
-            }
-            // Once per process: mail waits in incoming either way.
-            Err(e) if !self.warned_wake => {
+        // Once per process: mail waits in incoming either way.
+        if let Err(e) = crate::qmgr::poke(&self.queue, b"I") {
+            if !self.warned_wake {
                 self.warned_wake = true;
                 log::warn!(
                     "cannot wake the queue manager at {}: {e} (is the qmgr service in master.cf?); mail waits in incoming",
-                    self.qmgr_fifo.display()
+                    self.queue.join(crate::qmgr::TRIGGER).display()
                 );
             }
-            Err(_) => {}
         }
     }
 }
