@@ -394,13 +394,7 @@ impl Qmgr {
         if qf.id != id {
             return self.quarantine(id, &format!("the file says it is {}", qf.id));
         }
-        let updater = match Updater::open(&path, qf.end) {
-            Ok(u) => u,
-            Err(e) => {
-                log::warn!("{id}: cannot open the queue file for updates: {e}");
-                return;
-            }
-        };
+        let updater = Updater::open(&path);
         log::info!(
             "{id}: from=<{}>, size={}, nrcpt={} (queue active)",
             qf.envelope.sender,
@@ -463,7 +457,10 @@ impl Qmgr {
                         log::info!(
                             "{id}: to=<{address}>, relay=none, status=bounced ({dsn} {reason})"
                         );
-                        if let Err(e) = msg.updater.bounced(idx, &key, &dsn, false, &reason) {
+                        if let Err(e) =
+                            msg.updater
+                                .bounced(&mut msg.qf, idx, &key, &dsn, false, &reason)
+                        {
                             log::error!("{id}: cannot record a bounce: {e}");
                         }
                         continue;
@@ -472,7 +469,8 @@ impl Qmgr {
                         log::info!(
                             "{id}: to=<{address}>, relay=none, status=deferred ({dsn} {reason})"
                         );
-                        if let Err(e) = msg.updater.deferred(idx, &key, &dsn, &reason) {
+                        if let Err(e) = msg.updater.deferred(&mut msg.qf, idx, &key, &dsn, &reason)
+                        {
                             log::error!("{id}: cannot record a deferral: {e}");
                         }
                         continue;
@@ -549,7 +547,7 @@ impl Qmgr {
             return;
         };
         for item in &job.items {
-            if let Err(e) = msg.updater.in_flight(item.rcpt, &item.key) {
+            if let Err(e) = msg.updater.in_flight(&mut msg.qf, item.rcpt, &item.key) {
                 log::warn!("{}: cannot record a delivery in flight: {e}", job.id);
             }
         }
@@ -631,25 +629,22 @@ impl Qmgr {
                 st.dsn,
                 st.reason
             );
+            let (u, qf) = (&mut msg.updater, &mut msg.qf);
             let recorded = match st.outcome {
-                Outcome::Delivered => msg.updater.delivered(item.rcpt, &item.key),
-                Outcome::Deferred => msg
-                    .updater
-                    .deferred(item.rcpt, &item.key, &st.dsn, &st.reason),
-                Outcome::Bounced => msg
-                    .updater
-                    .bounced(
-                        item.rcpt,
-                        &item.key,
-                        &st.dsn,
-                        st.notify_postmaster,
-                        &st.reason,
-                    )
-                    .map(|_| ()),
+                Outcome::Delivered => u.delivered(qf, item.rcpt, &item.key),
+                Outcome::Deferred => u.deferred(qf, item.rcpt, &item.key, &st.dsn, &st.reason),
+                Outcome::Bounced => u.bounced(
+                    qf,
+                    item.rcpt,
+                    &item.key,
+                    &st.dsn,
+                    st.notify_postmaster,
+                    &st.reason,
+                ),
             };
             let recorded = recorded.and_then(|()| {
                 if unknown {
-                    msg.updater.in_flight(item.rcpt, &item.key)
+                    msg.updater.in_flight(&mut msg.qf, item.rcpt, &item.key)
                 } else {
                     Ok(())
                 }
@@ -678,66 +673,58 @@ impl Qmgr {
         let Some(mut msg) = self.active.remove(id) else {
             return;
         };
-        let mut qf = match QueueFile::read(&msg.path) {
-            Ok(q) => q,
-            Err(e) => {
-                log::error!(
-                    "{id}: cannot re-read the queue file: {e}; left in active until the next start"
-                );
-                return;
-            }
-        };
+        // msg.qf is the file as read at load, with every record since applied.
         let now = now_secs();
-        let age = Duration::from_secs(now.saturating_sub(qf.envelope.arrival));
+        let age = Duration::from_secs(now.saturating_sub(msg.qf.envelope.arrival));
         let expired = age > self.s.lifetime;
         let mut all_done = true;
-        for (idx, r) in qf.recipients.clone().iter().enumerate() {
-            if r.state != queuefile::RcptState::Pending {
+        for idx in 0..msg.qf.recipients.len() {
+            if msg.qf.recipients[idx].state != queuefile::RcptState::Pending {
                 continue;
             }
+            let address = msg.qf.recipients[idx].address.clone();
             let open: Vec<String> = msg.keys[idx]
                 .iter()
-                .filter(|k| !qf.is_final(idx, k))
+                .filter(|k| !msg.qf.is_final(idx, k))
                 .cloned()
                 .collect();
-            if !open.is_empty() && expired {
-                for k in &open {
-                    let (dsn, reason) = qf.delays.get(&(idx, k.clone())).map_or(
-                        (
-                            "4.4.7".to_string(),
-                            "no delivery attempt finished".to_string(),
-                        ),
-                        |d| (d.dsn.clone(), d.reason.clone()),
-                    );
-                    let dsn = format!("5{}", dsn.get(1..).unwrap_or(".4.7"));
-                    let reason = format!("delivery time expired: {reason}");
-                    log::info!("{id}: to=<{}>, status=expired ({dsn} {reason})", r.address);
-                    if let Err(e) = msg.updater.bounced(idx, k, &dsn, false, &reason) {
-                        log::error!("{id}: cannot record an expiry: {e}");
-                    }
-                }
-            } else if !open.is_empty() {
+            if !open.is_empty() && !expired {
                 all_done = false;
                 continue;
             }
-            if let Err(e) = msg.updater.recipient_done(r.state_at) {
-                log::error!("{id}: cannot mark <{}> done: {e}", r.address);
+            for k in &open {
+                let (dsn, reason) = msg.qf.delays.get(&(idx, k.clone())).map_or(
+                    (
+                        "4.4.7".to_string(),
+                        "no delivery attempt finished".to_string(),
+                    ),
+                    |d| (d.dsn.clone(), d.reason.clone()),
+                );
+                let dsn = format!("5{}", dsn.get(1..).unwrap_or(".4.7"));
+                let reason = format!("delivery time expired: {reason}");
+                log::info!("{id}: to=<{address}>, status=expired ({dsn} {reason})");
+                if let Err(e) = msg
+                    .updater
+                    .bounced(&mut msg.qf, idx, k, &dsn, false, &reason)
+                {
+                    log::error!("{id}: cannot record an expiry: {e}");
+                }
+            }
+            if let Err(e) = msg.updater.recipient_done(&mut msg.qf, idx) {
+                log::error!("{id}: cannot mark <{address}> done: {e}");
             }
         }
-        if expired {
-            match QueueFile::read(&msg.path) {
-                Ok(q) => qf = q,
-                Err(e) => log::error!("{id}: cannot re-read the queue file: {e}"),
-            }
-        }
-        let unreported: Vec<&queuefile::Failure> =
-            qf.failures.iter().filter(|f| !f.reported).collect();
+        let unreported: Vec<usize> = (0..msg.qf.failures.len())
+            .filter(|&i| !msg.qf.failures[i].reported)
+            .collect();
         let mut reported_all = true;
         if !unreported.is_empty() {
-            match self.notify(&qf, &unreported) {
+            let failures: Vec<&queuefile::Failure> =
+                unreported.iter().map(|&i| &msg.qf.failures[i]).collect();
+            match self.notify(&msg.qf, &failures) {
                 Ok(()) => {
-                    for f in &unreported {
-                        if let Err(e) = msg.updater.failure_reported(f.reported_at) {
+                    for i in unreported {
+                        if let Err(e) = msg.updater.failure_reported(&mut msg.qf, i) {
                             log::error!("{id}: cannot mark a failure reported: {e}");
                         }
                     }

@@ -542,25 +542,24 @@ impl QueueFile {
 }
 
 /// Appends records and rewrites state bytes of a queue file (the queue
-/// manager's side). The file is opened when needed and can be closed
-/// between uses ([`Updater::close`]), so that thousands of messages in the
-/// active queue do not hold thousands of descriptors.
+/// manager's side), and applies each change to the [`QueueFile`] read from
+/// it, so that the reader's view stays the file's without reading it again.
+/// The file is opened when needed and can be closed between uses
+/// ([`Updater::close`]), so that thousands of messages in the active queue
+/// do not hold thousands of descriptors.
 #[derive(Debug)]
 pub struct Updater {
     path: PathBuf,
     file: Option<File>,
-    end: u64,
 }
 
 impl Updater {
-    /// An updater for `path` (opened at the first update); `end` is the
-    /// file length as read.
-    pub fn open(path: &Path, end: u64) -> io::Result<Updater> {
-        Ok(Updater {
+    /// An updater for `path` (opened at the first update).
+    pub fn open(path: &Path) -> Updater {
+        Updater {
             path: path.to_path_buf(),
             file: None,
-            end,
-        })
+        }
     }
 
     fn f(&mut self) -> io::Result<&File> {
@@ -587,61 +586,87 @@ impl Updater {
         self.file = None;
     }
 
-    fn append(&mut self, line: &str) -> io::Result<()> {
-        let at = self.end;
+    /// Appends `line` (with its newline) at the file's end and applies it.
+    fn append(&mut self, qf: &mut QueueFile, line: &str) -> io::Result<()> {
+        let at = qf.end;
         self.f()?.write_all_at(line.as_bytes(), at)?;
-        self.end += line.len() as u64;
-        Ok(())
+        qf.end += line.len() as u64;
+        qf.record(line.trim_end_matches('\n'), at)
+            .map_err(io::Error::other)
     }
 
     /// Delivery `key` of recipient `rcpt` is being handed to an agent.
-    pub fn in_flight(&mut self, rcpt: usize, key: &str) -> io::Result<()> {
-        self.append(&format!("i\t{rcpt}\t{}\n", field(key)))
+    pub fn in_flight(&mut self, qf: &mut QueueFile, rcpt: usize, key: &str) -> io::Result<()> {
+        self.append(qf, &format!("i\t{rcpt}\t{}\n", field(key)))
     }
 
     /// ... was delivered.
-    pub fn delivered(&mut self, rcpt: usize, key: &str) -> io::Result<()> {
-        self.append(&format!("d\t{rcpt}\t{}\n", field(key)))
+    pub fn delivered(&mut self, qf: &mut QueueFile, rcpt: usize, key: &str) -> io::Result<()> {
+        self.append(qf, &format!("d\t{rcpt}\t{}\n", field(key)))
     }
 
     /// ... was deferred.
-    pub fn deferred(&mut self, rcpt: usize, key: &str, dsn: &str, reason: &str) -> io::Result<()> {
-        self.append(&format!(
-            "t\t{rcpt}\t{}\t{}\t{}\n",
-            field(dsn),
-            field(key),
-            field(reason)
-        ))
+    pub fn deferred(
+        &mut self,
+        qf: &mut QueueFile,
+        rcpt: usize,
+        key: &str,
+        dsn: &str,
+        reason: &str,
+    ) -> io::Result<()> {
+        self.append(
+            qf,
+            &format!(
+                "t\t{rcpt}\t{}\t{}\t{}\n",
+                field(dsn),
+                field(key),
+                field(reason)
+            ),
+        )
     }
 
-    /// ... bounced; returns the offset of its reported byte.
+    /// ... bounced.
     pub fn bounced(
         &mut self,
+        qf: &mut QueueFile,
         rcpt: usize,
         key: &str,
         dsn: &str,
         notify: bool,
         reason: &str,
-    ) -> io::Result<u64> {
-        let at = self.end + 1;
-        self.append(&format!(
-            "bN\t{rcpt}\t{}\t{}\t{}\t{}\n",
-            field(dsn),
-            u8::from(notify),
-            field(key),
-            field(reason)
-        ))?;
-        Ok(at)
+    ) -> io::Result<()> {
+        self.append(
+            qf,
+            &format!(
+                "bN\t{rcpt}\t{}\t{}\t{}\t{}\n",
+                field(dsn),
+                u8::from(notify),
+                field(key),
+                field(reason)
+            ),
+        )
     }
 
-    /// Marks a recipient done (state byte at `state_at`).
-    pub fn recipient_done(&mut self, state_at: u64) -> io::Result<()> {
-        self.f()?.write_all_at(b"D", state_at)
+    /// Marks recipient `rcpt` done (its state byte).
+    pub fn recipient_done(&mut self, qf: &mut QueueFile, rcpt: usize) -> io::Result<()> {
+        let r = qf
+            .recipients
+            .get_mut(rcpt)
+            .ok_or_else(|| io::Error::other(format!("no recipient {rcpt}")))?;
+        self.f()?.write_all_at(b"D", r.state_at)?;
+        r.state = RcptState::Done;
+        Ok(())
     }
 
-    /// Marks a failure as reported to the sender.
-    pub fn failure_reported(&mut self, reported_at: u64) -> io::Result<()> {
-        self.f()?.write_all_at(b"R", reported_at)
+    /// Marks failure `index` (in [`QueueFile::failures`]) reported to the sender.
+    pub fn failure_reported(&mut self, qf: &mut QueueFile, index: usize) -> io::Result<()> {
+        let f = qf
+            .failures
+            .get_mut(index)
+            .ok_or_else(|| io::Error::other(format!("no failure {index}")))?;
+        self.f()?.write_all_at(b"R", f.reported_at)?;
+        f.reported = true;
+        Ok(())
     }
 }
 
@@ -677,16 +702,18 @@ mod tests {
         assert_eq!(&text[m..m + 17], b"Subject: x\n\nbody\n");
         assert_eq!(q.pending().count(), 2);
 
-        let mut u = Updater::open(&path, q.end).unwrap();
-        u.in_flight(0, "bob|mailbox /var/mail/bob").unwrap();
-        u.delivered(0, "bob|mailbox /var/mail/bob").unwrap();
-        u.recipient_done(q.recipients[0].state_at).unwrap();
-        u.in_flight(1, "carol|x").unwrap();
-        u.deferred(1, "carol|x", "4.2.0", "busy\nnow").unwrap();
-        let at = u
-            .bounced(1, "carol|y", "5.1.1", true, "no such user")
+        let mut q = q;
+        let mut u = Updater::open(&path);
+        u.in_flight(&mut q, 0, "bob|mailbox /var/mail/bob").unwrap();
+        u.delivered(&mut q, 0, "bob|mailbox /var/mail/bob").unwrap();
+        u.recipient_done(&mut q, 0).unwrap();
+        u.in_flight(&mut q, 1, "carol|x").unwrap();
+        u.deferred(&mut q, 1, "carol|x", "4.2.0", "busy\nnow")
             .unwrap();
-        u.in_flight(1, "carol|z").unwrap();
+        u.bounced(&mut q, 1, "carol|y", "5.1.1", true, "no such user")
+            .unwrap();
+        u.in_flight(&mut q, 1, "carol|z").unwrap();
+        let mut kept = q;
         let q = QueueFile::read(&path).unwrap();
         assert_eq!(q.recipients[0].state, RcptState::Done);
         assert_eq!(q.pending().count(), 1);
@@ -696,8 +723,15 @@ mod tests {
         assert_eq!(q.failures.len(), 1);
         assert!(!q.failures[0].reported && q.failures[0].notify);
         assert!(q.in_flight.contains(&(1, "carol|z".to_string())));
-        let mut u = Updater::open(&path, q.end).unwrap();
-        u.failure_reported(at).unwrap();
+        // The updated view is what reading the file gives.
+        assert_eq!(kept.recipients, q.recipients);
+        assert_eq!(kept.failures, q.failures);
+        assert_eq!(
+            (&kept.delivered, &kept.in_flight, &kept.delays, kept.end),
+            (&q.delivered, &q.in_flight, &q.delays, q.end)
+        );
+        let mut u = Updater::open(&path);
+        u.failure_reported(&mut kept, 0).unwrap();
         assert!(QueueFile::read(&path).unwrap().failures[0].reported);
     }
 
