@@ -121,14 +121,7 @@ impl Spawn {
             .stdin(stdio()?)
             .stdout(stdio()?)
             .stderr(stdio()?);
-        let (uid, gid) = (self.attrs.run_as.uid(), self.attrs.run_as.gid());
-        sys::before_exec(&mut cmd, move || {
-            // Async-signal-safe only: see sys::before_exec.
-            nix::unistd::setsid()?;
-            privilege::drop_to(uid, gid)
-                .map_err(|_| std::io::Error::from_raw_os_error(libc_eperm()))?;
-            sys::cloexec_from(3)
-        });
+        isolate(&mut cmd, &self.attrs);
         cmd.spawn()
     }
 
@@ -148,15 +141,13 @@ impl Spawn {
         if timed_out {
             // The command leads its own process group (setsid): kill all of it.
             // It runs as another user, so the kill needs root.
-            let killed = privilege::as_root(|| kill(Pid::from_raw(-pid), Signal::SIGKILL));
-            match killed {
-                Ok(Ok(())) => log::warn!(
+            match kill_group_as_root(pid) {
+                Ok(()) => log::warn!(
                     "service {}: command {command} (pid {pid}) exceeded the time limit of {}s: killed its process group",
                     self.service,
                     self.time_limit.as_secs()
                 ),
-                Ok(Err(e)) => log::error!("service {}: cannot kill process group {pid}: {e}", self.service),
-                Err(e) => log::error!("service {}: cannot kill process group {pid}: {e}", self.service),
+                Err(e) => log::error!("service {}: {e}", self.service),
             }
         }
         match child.wait() {
@@ -177,8 +168,29 @@ impl Spawn {
     }
 }
 
-fn libc_eperm() -> i32 {
-    nix::errno::Errno::EPERM as i32
+/// Sets up `cmd` the way every command spawn and pipe run starts: its own
+/// session and process group, the `user=` identity with no supplementary
+/// groups, nothing open but descriptors 0-2.
+fn isolate(cmd: &mut Command, attrs: &CommandSpec) {
+    let (uid, gid) = (attrs.run_as.uid(), attrs.run_as.gid());
+    sys::before_exec(cmd, move || {
+        // Async-signal-safe only: see sys::before_exec.
+        nix::unistd::setsid()?;
+        privilege::drop_to(uid, gid)
+            .map_err(|_| std::io::Error::from_raw_os_error(nix::errno::Errno::EPERM as i32))?;
+        sys::cloexec_from(3)
+    });
+}
+
+/// Kills the process group a command leads, with SIGKILL, as root (the
+/// command runs as another user, so the mail owner's kill would fail). A
+/// group that is already gone is not an error.
+fn kill_group_as_root(pid: i32) -> Result<(), String> {
+    match privilege::as_root(|| kill(Pid::from_raw(-pid), Signal::SIGKILL)) {
+        Ok(Ok(())) | Ok(Err(nix::errno::Errno::ESRCH)) => Ok(()),
+        Ok(Err(e)) => Err(format!("cannot kill process group {pid}: {e}")),
+        Err(e) => Err(format!("cannot kill process group {pid}: {e}")),
+    }
 }
 
 impl Handler for Spawn {

@@ -42,19 +42,16 @@ use std::os::unix::net::UnixStream;
 use std::process::Command;
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use postern_common::command::{run_with_input, CommandSpec, PipeFlags, PipeSpec, SystemAccounts};
 use postern_common::handoff::{
     self, DeliveryReply, DeliveryRequest, Destination, Instruction, RecipientStatus,
     PROTOCOL_VERSION,
 };
-use postern_common::privilege::{self, MailOwner};
+use postern_common::privilege::MailOwner;
 use postern_common::server::{self, Context, Handler, Privileges, Program, Request};
-use postern_common::sys;
 use postern_conf::params;
 
-use crate::command_environment;
+use crate::{command_environment, isolate, kill_group_as_root};
 
 /// Runs the pipe daemon (called by `postern-pipe`'s main).
 pub fn run() -> i32 {
@@ -193,23 +190,13 @@ impl Pipe {
             .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir("/");
-        let (uid, gid) = (self.attrs.run_as.uid(), self.attrs.run_as.gid());
-        sys::before_exec(&mut cmd, move || {
-            // Async-signal-safe only: see sys::before_exec.
-            nix::unistd::setsid()?;
-            privilege::drop_to(uid, gid)
-                .map_err(|_| std::io::Error::from_raw_os_error(nix::errno::Errno::EPERM as i32))?;
-            sys::cloexec_from(3)
-        });
-        // The command leads its own group; what it left running goes with
-        // it. It runs as another user, so the kill needs root.
+        isolate(&mut cmd, &self.attrs);
+        // The command leads its own group; what it left running goes with it.
         let service = &self.service;
-        let kill_group = |pid: i32| match privilege::as_root(|| {
-            kill(Pid::from_raw(-pid), Signal::SIGKILL)
-        }) {
-            Ok(Ok(())) | Ok(Err(nix::errno::Errno::ESRCH)) => {}
-            Ok(Err(e)) => log::error!("service {service}: cannot kill process group {pid}: {e}"),
-            Err(e) => log::error!("service {service}: cannot kill process group {pid}: {e}"),
+        let kill_group = |pid: i32| {
+            if let Err(e) = kill_group_as_root(pid) {
+                log::error!("service {service}: {e}");
+            }
         };
         let input = input(&self.flags, req, instr, body);
         match run_with_input(&mut cmd, input, self.time_limit, kill_group) {
