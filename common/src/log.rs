@@ -218,6 +218,7 @@ mod tests {
         assert_eq!(asctime(0), "Thu Jan  1 00:00:00 1970");
         assert_eq!(asctime(951_782_400), "Tue Feb 29 00:00:00 2000");
         assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
+        assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
         assert_eq!(
             rfc5322_date(1_795_245_296),
             "Sat, 21 Nov 2026 07:14:56 +0000"
