@@ -10,13 +10,19 @@
 //! [`MAX_FRAME`] before anything is allocated, on every read. Payloads carry
 //! [`PROTOCOL_VERSION`]; a frame of another version is refused.
 //!
-//! **Exchange.** The client sends one [`DeliveryRequest`] frame with the open
-//! message file attached to its first byte as `SCM_RIGHTS` (agents never open
-//! the queue). The agent answers one [`DeliveryReply`] frame with exactly one
-//! [`RecipientStatus`] per recipient, in order, then closes. A disconnect, a
-//! timeout, a malformed or oversize frame, or a reply with the wrong number of
-//! statuses is never success: [`deliver`] turns it into an error, which the
-//! caller counts as a deferral (4.3.0) of every recipient.
+//! **Exchange.** The client sends one [`RequestFrame`]: one to [`MAX_BATCH`]
+//! [`DeliveryRequest`]s (messages), with the open message files attached to
+//! its first byte as `SCM_RIGHTS`, one per message in order (agents never
+//! open the queue). The agent answers one [`ReplyFrame`]: a [`DeliveryReply`]
+//! per message with exactly one [`RecipientStatus`] per recipient, in order,
+//! then closes. Several messages in one exchange let an agent deliver them
+//! in one go (local: one delivery process, one lock and one fsync per
+//! mailbox); each status still means what it says: a copy reported delivered
+//! was durable before the reply. A disconnect, a timeout, a malformed or
+//! oversize frame, a wrong number of descriptors, or a reply with the wrong
+//! number of messages or statuses is never success: [`deliver_batch`] turns
+//! it into an error, which the caller counts as a deferral (4.3.0) of every
+//! recipient.
 
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -30,7 +36,9 @@ use serde::{Deserialize, Serialize};
 use crate::sys;
 
 /// The protocol version carried in every payload.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
+/// The most messages one request frame may carry.
+pub const MAX_BATCH: usize = 64;
 /// The largest frame either side accepts (payload bytes).
 pub const MAX_FRAME: u32 = 1 << 20;
 
@@ -83,11 +91,9 @@ pub struct Instruction {
     pub uncertain: bool,
 }
 
-/// What the agent is asked to do.
+/// What the agent is asked to do with one message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryRequest {
-    /// [`PROTOCOL_VERSION`].
-    pub version: u16,
     /// The queue id (for logs).
     pub queue_id: String,
     /// The envelope sender (empty for the null sender).
@@ -163,13 +169,29 @@ impl RecipientStatus {
     }
 }
 
-/// The agent's answer.
+/// The agent's answer for one message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryReply {
-    /// [`PROTOCOL_VERSION`].
-    pub version: u16,
     /// One per recipient, in request order.
     pub statuses: Vec<RecipientStatus>,
+}
+
+/// What goes over the wire from the client: the messages of one exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestFrame {
+    /// [`PROTOCOL_VERSION`] (first, so that every version can read it).
+    pub version: u16,
+    /// One to [`MAX_BATCH`] messages; descriptor `i` belongs to message `i`.
+    pub messages: Vec<DeliveryRequest>,
+}
+
+/// What goes over the wire from the agent: one reply per message, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyFrame {
+    /// [`PROTOCOL_VERSION`].
+    pub version: u16,
+    /// One per message of the request, in order.
+    pub replies: Vec<DeliveryReply>,
 }
 
 /// Why an exchange failed.
@@ -187,9 +209,17 @@ pub enum HandoffError {
     /// Another protocol version.
     #[error("protocol version {0}, expected {PROTOCOL_VERSION}")]
     Version(u16),
-    /// The request came without the message descriptor.
-    #[error("no message file descriptor attached")]
-    NoDescriptor,
+    /// The request's descriptors do not match its messages.
+    #[error("{got} message file descriptors attached for {want} messages")]
+    Descriptors {
+        /// Descriptors received.
+        got: usize,
+        /// Messages in the request.
+        want: usize,
+    },
+    /// A request with no messages, or more than [`MAX_BATCH`].
+    #[error("request carries {0} messages; 1 to {MAX_BATCH} are allowed")]
+    BatchSize(usize),
     /// The reply does not match the request.
     #[error("reply has {got} statuses for {want} recipients")]
     Mismatch {
@@ -232,30 +262,41 @@ pub fn read_frame(r: &mut impl Read, first: &[u8]) -> Result<Vec<u8>, HandoffErr
     Ok(payload)
 }
 
-/// Decodes a request payload, checking the version.
-pub fn decode_request(payload: &[u8]) -> Result<DeliveryRequest, HandoffError> {
-    let req: DeliveryRequest =
+/// The version a payload starts with (every version's frames start with it).
+fn version_of(payload: &[u8]) -> Result<u16, HandoffError> {
+    postcard::take_from_bytes::<u16>(payload)
+        .map(|(v, _)| v)
+        .map_err(|e| HandoffError::Malformed(e.to_string()))
+}
+
+/// Decodes a request payload, checking the version and the batch size.
+pub fn decode_request(payload: &[u8]) -> Result<RequestFrame, HandoffError> {
+    let version = version_of(payload)?;
+    if version != PROTOCOL_VERSION {
+        return Err(HandoffError::Version(version));
+    }
+    let req: RequestFrame =
         postcard::from_bytes(payload).map_err(|e| HandoffError::Malformed(e.to_string()))?;
-    if req.version != PROTOCOL_VERSION {
-        return Err(HandoffError::Version(req.version));
+    if req.messages.is_empty() || req.messages.len() > MAX_BATCH {
+        return Err(HandoffError::BatchSize(req.messages.len()));
     }
     Ok(req)
 }
 
 /// Decodes a reply payload, checking the version.
-pub fn decode_reply(payload: &[u8]) -> Result<DeliveryReply, HandoffError> {
-    let reply: DeliveryReply =
-        postcard::from_bytes(payload).map_err(|e| HandoffError::Malformed(e.to_string()))?;
-    if reply.version != PROTOCOL_VERSION {
-        return Err(HandoffError::Version(reply.version));
+pub fn decode_reply(payload: &[u8]) -> Result<ReplyFrame, HandoffError> {
+    let version = version_of(payload)?;
+    if version != PROTOCOL_VERSION {
+        return Err(HandoffError::Version(version));
     }
-    Ok(reply)
+    postcard::from_bytes(payload).map_err(|e| HandoffError::Malformed(e.to_string()))
 }
 
-/// Agent side: receives a request and the descriptor attached to it.
-pub fn receive_request(conn: &UnixStream) -> Result<(DeliveryRequest, OwnedFd), HandoffError> {
+/// Agent side: receives a request and the descriptors attached to it, one
+/// per message.
+pub fn receive_request(conn: &UnixStream) -> Result<Vec<(DeliveryRequest, OwnedFd)>, HandoffError> {
     let mut first = vec![0u8; 64 * 1024];
-    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; MAX_BATCH]);
     let (n, fds) = {
         let mut iov = [IoSliceMut::new(&mut first)];
         let msg = recvmsg::<UnixAddr>(
@@ -271,6 +312,12 @@ pub fn receive_request(conn: &UnixStream) -> Result<(DeliveryRequest, OwnedFd), 
                 fds.extend(received.into_iter().map(sys::own_new_fd));
             }
         }
+        if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+            return Err(HandoffError::Descriptors {
+                got: fds.len() + 1,
+                want: MAX_BATCH,
+            });
+        }
         (msg.bytes, fds)
     };
     if n == 0 {
@@ -283,14 +330,23 @@ pub fn receive_request(conn: &UnixStream) -> Result<(DeliveryRequest, OwnedFd), 
     let mut reader = conn;
     let payload = read_frame(&mut reader, &first[..n])?;
     let request = decode_request(&payload)?;
-    // Exactly one descriptor: extra ones are closed when `fds` drops.
-    let fd = fds.into_iter().next().ok_or(HandoffError::NoDescriptor)?;
-    Ok((request, fd))
+    // Exactly one descriptor per message (they are closed when `fds` drops).
+    if fds.len() != request.messages.len() {
+        return Err(HandoffError::Descriptors {
+            got: fds.len(),
+            want: request.messages.len(),
+        });
+    }
+    Ok(request.messages.into_iter().zip(fds).collect())
 }
 
-/// Agent side: sends the reply.
-pub fn send_reply(mut conn: &UnixStream, reply: &DeliveryReply) -> Result<(), HandoffError> {
-    conn.write_all(&encode(reply)?)?;
+/// Agent side: sends the replies, one per message.
+pub fn send_reply(mut conn: &UnixStream, replies: Vec<DeliveryReply>) -> Result<(), HandoffError> {
+    let frame = ReplyFrame {
+        version: PROTOCOL_VERSION,
+        replies,
+    };
+    conn.write_all(&encode(&frame)?)?;
     Ok(())
 }
 
@@ -336,10 +392,13 @@ pub fn read_message(fd: &OwnedFd, offset: u64, size: Option<u64>) -> io::Result<
 }
 
 /// Agent side of one exchange, up to the deliveries: the peer must be root
-/// or `owner_uid`; then the request frame and the message. Every failure is
-/// logged (naming the peer) and gives `None`: the connection closes and
-/// nothing is delivered.
-pub fn accept_request(conn: &UnixStream, owner_uid: u32) -> Option<(DeliveryRequest, Vec<u8>)> {
+/// or `owner_uid`; then the request frame and the messages (at most
+/// [`MAX_MESSAGE`] bytes in all). Every failure is logged (naming the peer)
+/// and gives `None`: the connection closes and nothing is delivered.
+pub fn accept_request(
+    conn: &UnixStream,
+    owner_uid: u32,
+) -> Option<Vec<(DeliveryRequest, Vec<u8>)>> {
     let peer = peer_credentials(conn)?;
     if peer.uid() != 0 && peer.uid() != owner_uid {
         log::warn!(
@@ -349,7 +408,7 @@ pub fn accept_request(conn: &UnixStream, owner_uid: u32) -> Option<(DeliveryRequ
         );
         return None;
     }
-    let (request, message_fd) = match receive_request(conn) {
+    let messages = match receive_request(conn) {
         Ok(r) => r,
         Err(e) => {
             log::warn!(
@@ -360,31 +419,68 @@ pub fn accept_request(conn: &UnixStream, owner_uid: u32) -> Option<(DeliveryRequ
             return None;
         }
     };
-    match read_message(&message_fd, request.message_offset, request.message_size) {
-        Ok(body) => Some((request, body)),
-        Err(e) => {
-            log::warn!(
-                "queue id {}: cannot read the message: {e}; nothing delivered",
-                request.queue_id
-            );
-            None
+    let mut total = 0u64;
+    let mut out = Vec::with_capacity(messages.len());
+    for (request, fd) in messages {
+        let body =
+            read_message(&fd, request.message_offset, request.message_size).and_then(|body| {
+                total += body.len() as u64;
+                if total > MAX_MESSAGE {
+                    return Err(io::Error::other(format!(
+                        "the request's messages exceed {MAX_MESSAGE} bytes in all"
+                    )));
+                }
+                Ok(body)
+            });
+        match body {
+            Ok(body) => out.push((request, body)),
+            Err(e) => {
+                log::warn!(
+                    "queue id {} (from pid {}): cannot read the message: {e}; nothing delivered",
+                    request.queue_id,
+                    peer.pid()
+                );
+                return None;
+            }
         }
     }
+    Some(out)
 }
 
-/// Client side: hands `request` and the message to the agent at `socket`,
-/// waits at most `timeout` for each read or write, and returns the statuses.
+/// Client side: hands one message to the agent at `socket`; see
+/// [`deliver_batch`].
 pub fn deliver(
     socket: &Path,
     request: &DeliveryRequest,
     message: &OwnedFd,
     timeout: Duration,
 ) -> Result<DeliveryReply, HandoffError> {
+    let mut replies = deliver_batch(socket, &[(request, message)], timeout)?;
+    replies
+        .pop()
+        .ok_or(HandoffError::Mismatch { got: 0, want: 1 })
+}
+
+/// Client side: hands `messages` (each request with its open message file)
+/// to the agent at `socket` in one exchange, waits at most `timeout` for
+/// each read or write, and returns one reply per message, each checked to
+/// hold one status per recipient.
+pub fn deliver_batch(
+    socket: &Path,
+    messages: &[(&DeliveryRequest, &OwnedFd)],
+    timeout: Duration,
+) -> Result<Vec<DeliveryReply>, HandoffError> {
+    if messages.is_empty() || messages.len() > MAX_BATCH {
+        return Err(HandoffError::BatchSize(messages.len()));
+    }
     let conn = UnixStream::connect(socket)?;
     conn.set_read_timeout(Some(timeout))?;
     conn.set_write_timeout(Some(timeout))?;
-    let frame = encode(request)?;
-    let fds = [message.as_raw_fd()];
+    let frame = encode(&RequestFrame {
+        version: PROTOCOL_VERSION,
+        messages: messages.iter().map(|(r, _)| (*r).clone()).collect(),
+    })?;
+    let fds: Vec<std::os::fd::RawFd> = messages.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
     let sent = sendmsg::<UnixAddr>(
         conn.as_raw_fd(),
         &[IoSlice::new(&frame)],
@@ -397,13 +493,21 @@ pub fn deliver(
     let mut reader = &conn;
     let payload = read_frame(&mut reader, &[])?;
     let reply = decode_reply(&payload)?;
-    if reply.statuses.len() != request.recipients.len() {
+    if reply.replies.len() != messages.len() {
         return Err(HandoffError::Mismatch {
-            got: reply.statuses.len(),
-            want: request.recipients.len(),
+            got: reply.replies.len(),
+            want: messages.len(),
         });
     }
-    Ok(reply)
+    for (r, (req, _)) in reply.replies.iter().zip(messages) {
+        if r.statuses.len() != req.recipients.len() {
+            return Err(HandoffError::Mismatch {
+                got: r.statuses.len(),
+                want: req.recipients.len(),
+            });
+        }
+    }
+    Ok(reply.replies)
 }
 
 /// The statuses to record when the exchange itself failed: every recipient
@@ -424,7 +528,6 @@ mod tests {
 
     fn request() -> DeliveryRequest {
         DeliveryRequest {
-            version: PROTOCOL_VERSION,
             queue_id: "ABC123".into(),
             sender: "ann@example.org".into(),
             arrival: 1_795_245_296,
@@ -451,19 +554,24 @@ mod tests {
 
     #[test]
     fn frames_round_trip() {
-        let r = request();
+        let r = RequestFrame {
+            version: PROTOCOL_VERSION,
+            messages: vec![request(), request()],
+        };
         let frame = encode(&r).unwrap();
         let payload = read_frame(&mut &frame[..], &[]).unwrap();
         assert_eq!(decode_request(&payload).unwrap(), r);
         // The first bytes may already have been read (by recvmsg).
         let payload = read_frame(&mut &frame[7..], &frame[..7]).unwrap();
         assert_eq!(decode_request(&payload).unwrap(), r);
-        let reply = DeliveryReply {
+        let reply = ReplyFrame {
             version: PROTOCOL_VERSION,
-            statuses: vec![
-                RecipientStatus::delivered("ok"),
-                RecipientStatus::bounced("5.7.1", "no").for_postmaster(),
-            ],
+            replies: vec![DeliveryReply {
+                statuses: vec![
+                    RecipientStatus::delivered("ok"),
+                    RecipientStatus::bounced("5.7.1", "no").for_postmaster(),
+                ],
+            }],
         };
         let frame = encode(&reply).unwrap();
         assert_eq!(
@@ -488,13 +596,34 @@ mod tests {
             decode_request(&[0xff, 0xff, 0xff]),
             Err(HandoffError::Malformed(_))
         ));
-        let mut r = request();
-        r.version = 99;
+        let mut r = RequestFrame {
+            version: 99,
+            messages: vec![request()],
+        };
         let frame = encode(&r).unwrap();
         let payload = read_frame(&mut &frame[..], &[]).unwrap();
         assert!(matches!(
             decode_request(&payload),
             Err(HandoffError::Version(99))
+        ));
+        // A version 2 request (a single message, its version first) is
+        // refused for its version, not misread.
+        assert!(matches!(
+            decode_request(&[2, 3, b'A', b'B', b'C']),
+            Err(HandoffError::Version(2))
+        ));
+        r.version = PROTOCOL_VERSION;
+        r.messages.clear();
+        let payload = postcard::to_stdvec(&r).unwrap();
+        assert!(matches!(
+            decode_request(&payload),
+            Err(HandoffError::BatchSize(0))
+        ));
+        r.messages = vec![request(); MAX_BATCH + 1];
+        let payload = postcard::to_stdvec(&r).unwrap();
+        assert!(matches!(
+            decode_request(&payload),
+            Err(HandoffError::BatchSize(n)) if n == MAX_BATCH + 1
         ));
     }
 

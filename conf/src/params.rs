@@ -108,6 +108,8 @@ params! {
         "Deliveries in parallel to a transport at first; grows on success, shrinks on failure.";
     IPC_TIMEOUT "ipc_timeout" Kind::Time { unit: 's' }, "3600s",
         "Time limit for reading or writing one exchange on a connection.";
+    LOCAL_DELIVERY_BATCH_LIMIT "local_delivery_batch_limit" Kind::Int { min: 1 }, "32",
+        "Most messages for one local user the queue manager hands to local in one exchange (at most 64; 1: one per exchange).";
     MAIL_OWNER "mail_owner" Kind::Text, "postern",
         "Unprivileged account that owns the queue and runs unprivileged services (Postfix's default is postfix).";
     MAIL_SPOOL_DIRECTORY "mail_spool_directory" Kind::Text, "/var/mail",

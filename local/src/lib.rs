@@ -54,7 +54,7 @@ use std::time::Duration;
 
 use postern_common::account::{self, Account};
 use postern_common::handoff::{
-    self, DeliveryReply, Destination, Instruction, RecipientStatus, PROTOCOL_VERSION,
+    self, DeliveryReply, DeliveryRequest, Destination, Instruction, RecipientStatus,
 };
 use postern_common::privilege::{self, MailOwner, RunAs};
 use postern_common::server::{self, Context, Handler, Privileges, Program, Request};
@@ -159,6 +159,26 @@ struct Local {
     owner: MailOwner,
 }
 
+/// A delivery that passed the checks made before the switch: the account
+/// it is for and the account it runs as.
+struct Prepared {
+    account: Account,
+    runner: Account,
+    run_as: RunAs,
+}
+
+/// One recipient's copy of one message of the request.
+fn copy_of<'a>(request: &'a DeliveryRequest, body: &'a [u8], instr: &'a Instruction) -> Copy<'a> {
+    Copy {
+        body,
+        sender: &request.sender,
+        recipient: &instr.recipient,
+        arrival: request.arrival,
+        queue_id: &request.queue_id,
+        uncertain: instr.uncertain,
+    }
+}
+
 impl Handler for Local {
     fn handle(&mut self, _ctx: &Context, request: Request) {
         let Request::Stream(fd) = request else {
@@ -166,51 +186,100 @@ impl Handler for Local {
             return;
         };
         let conn = UnixStream::from(fd);
-        let Some((request, body)) = handoff::accept_request(&conn, self.owner.uid) else {
+        let Some(messages) = handoff::accept_request(&conn, self.owner.uid) else {
             return;
         };
-        let mut reap: Vec<i32> = Vec::new();
         let policy = self.settings.system_policy();
-        let statuses: Vec<RecipientStatus> = request
-            .recipients
+        let mut statuses: Vec<Vec<Option<RecipientStatus>>> = messages
             .iter()
-            .map(|instr| {
-                let copy = Copy {
-                    body: &body,
-                    sender: &request.sender,
-                    recipient: &instr.recipient,
-                    arrival: request.arrival,
-                    queue_id: &request.queue_id,
-                    uncertain: instr.uncertain,
-                };
-                let status = match &policy {
-                    Ok(p) => self.deliver_one(instr, &copy, p, &mut reap),
-                    Err(e) => RecipientStatus::deferred(
+            .map(|(req, _)| vec![None; req.recipients.len()])
+            .collect();
+        // The deliveries of each user, from every message of the request,
+        // go to one process that has become that user.
+        let mut groups: Vec<(Prepared, Vec<(usize, usize)>)> = Vec::new();
+        for (m, (req, body)) in messages.iter().enumerate() {
+            for (r, instr) in req.recipients.iter().enumerate() {
+                let prepared = match &policy {
+                    Ok(_) => self.prepare(instr, &copy_of(req, body, instr)),
+                    Err(e) => Err(RecipientStatus::deferred(
                         "4.3.5",
                         format!("destination policy unusable: {e}"),
-                    ),
+                    )),
                 };
-                log::info!(
-                    "{}: to=<{}>, user={}, {}, status={:?} ({}) {}",
-                    request.queue_id,
-                    instr.recipient,
-                    instr.user,
-                    instr.destination,
-                    status.outcome,
-                    status.dsn,
-                    status.reason
-                );
-                status
+                match prepared {
+                    Err(status) => statuses[m][r] = Some(status),
+                    Ok(p) => match groups
+                        .iter_mut()
+                        .find(|(g, _)| g.account.name == instr.user)
+                    {
+                        Some((_, items)) => items.push((m, r)),
+                        None => groups.push((p, vec![(m, r)])),
+                    },
+                }
+            }
+        }
+        let mut reap: Vec<i32> = Vec::new();
+        if let Ok(system) = &policy {
+            for (p, items) in &groups {
+                let work: Vec<(&Instruction, Copy<'_>)> = items
+                    .iter()
+                    .map(|&(m, r)| {
+                        let (req, body) = &messages[m];
+                        let instr = &req.recipients[r];
+                        (instr, copy_of(req, body, instr))
+                    })
+                    .collect();
+                // Each program gets the full time limit; the process as a
+                // whole gets all of them, plus a margin for the files.
+                let programs: u32 = work
+                    .iter()
+                    .map(|(instr, _)| match &instr.destination {
+                        Destination::Programs(p) => p.len().max(1) as u32,
+                        _ => 1,
+                    })
+                    .sum();
+                let limit = self.settings.time_limit * programs + Duration::from_secs(60);
+                let results = in_child_as(p.run_as, limit, &mut reap, work.len(), || {
+                    deliver_as_user(&work, system, &p.account, &p.runner, &self.settings)
+                });
+                for (&(m, r), status) in items.iter().zip(results) {
+                    statuses[m][r] = Some(status);
+                }
+            }
+        }
+        let replies = messages
+            .iter()
+            .zip(statuses)
+            .map(|((req, _), statuses)| {
+                let statuses = req
+                    .recipients
+                    .iter()
+                    .zip(statuses)
+                    .map(|(instr, status)| {
+                        let status = status.unwrap_or_else(|| {
+                            RecipientStatus::deferred("4.3.0", "no delivery was attempted")
+                        });
+                        log::info!(
+                            "{}: to=<{}>, user={}, {}, status={:?} ({}) {}",
+                            req.queue_id,
+                            instr.recipient,
+                            instr.user,
+                            instr.destination,
+                            status.outcome,
+                            status.dsn,
+                            status.reason
+                        );
+                        status
+                    })
+                    .collect();
+                DeliveryReply { statuses }
             })
             .collect();
-        let reply = DeliveryReply {
-            version: PROTOCOL_VERSION,
-            statuses,
-        };
-        if let Err(e) = handoff::send_reply(&conn, &reply) {
-            log::warn!("queue id {}: cannot send the reply: {e}", request.queue_id);
+        if let Err(e) = handoff::send_reply(&conn, replies) {
+            let ids: Vec<&str> = messages.iter().map(|(r, _)| r.queue_id.as_str()).collect();
+            log::warn!("queue ids {}: cannot send the reply: {e}", ids.join(" "));
         }
-        // The delivery children have reported; reap them after the reply.
+        // The delivery processes have reported; reap them after the reply.
         for pid in reap {
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
         }
@@ -218,76 +287,64 @@ impl Handler for Local {
 }
 
 impl Local {
-    /// Validates the identity, then delivers in a child that becomes the user.
-    fn deliver_one(
-        &self,
-        instr: &Instruction,
-        copy: &Copy<'_>,
-        system: &Policy,
-        reap: &mut Vec<i32>,
-    ) -> RecipientStatus {
+    /// The checks made before the switch to the user: the account exists,
+    /// who the delivery runs as (root's mail as default_privs; never root
+    /// or the mail owner), the envelope, mail loops; and a missing spool
+    /// mailbox is created.
+    fn prepare(&self, instr: &Instruction, copy: &Copy<'_>) -> Result<Prepared, RecipientStatus> {
         let account = match account::user_by_name(&instr.user) {
             Ok(Some(a)) => a,
             Ok(None) => {
-                return RecipientStatus::bounced("5.1.1", format!("no such user: {}", instr.user))
+                return Err(RecipientStatus::bounced(
+                    "5.1.1",
+                    format!("no such user: {}", instr.user),
+                ))
             }
-            Err(e) => return RecipientStatus::deferred("4.3.0", e.to_string()),
+            Err(e) => return Err(RecipientStatus::deferred("4.3.0", e.to_string())),
         };
-        // Root's deliveries run as default_privs; nothing runs as root.
         let runner = if account.uid == 0 {
             match account::user_by_name(&self.settings.default_privs) {
                 Ok(Some(p)) => p,
                 _ => {
-                    return RecipientStatus::deferred(
+                    return Err(RecipientStatus::deferred(
                         "4.3.5",
                         format!(
                             "default_privs {} does not exist",
                             self.settings.default_privs
                         ),
-                    )
+                    ))
                 }
             }
         } else {
             account.clone()
         };
-        let run_as = match RunAs::new(
+        let run_as = RunAs::new(
             runner.uid,
             runner.gid,
             self.owner,
             &format!("user {}", instr.user),
-        ) {
-            Ok(r) => r,
-            Err(e) => {
-                return RecipientStatus::bounced("5.7.1", format!("refusing to deliver: {e}"))
-            }
-        };
+        )
+        .map_err(|e| RecipientStatus::bounced("5.7.1", format!("refusing to deliver: {e}")))?;
         for (what, value) in [("sender", copy.sender), ("recipient", copy.recipient)] {
             if value.chars().any(|c| c.is_control()) {
-                return RecipientStatus::bounced(
+                return Err(RecipientStatus::bounced(
                     "5.1.7",
                     format!("{what} address contains control characters: refused"),
-                );
+                ));
             }
         }
         if copy.is_loop() {
-            return RecipientStatus::bounced(
+            return Err(RecipientStatus::bounced(
                 "5.4.6",
                 format!("mail forwarding loop for {}", instr.recipient),
-            );
+            ));
         }
         self.create_spool_mailbox(instr, &account, &runner);
-        // Each program gets the full time limit; the child as a whole gets
-        // all of them, plus a margin for the files.
-        let programs = match &instr.destination {
-            Destination::Programs(p) => p.len().max(1) as u32,
-            _ => 1,
-        };
-        in_child_as(
+        Ok(Prepared {
+            account,
+            runner,
             run_as,
-            self.settings.time_limit * programs + Duration::from_secs(60),
-            reap,
-            || deliver_as_user(instr, copy, system, &account, &runner, &self.settings),
-        )
+        })
     }
 }
 
@@ -325,18 +382,21 @@ impl Local {
 }
 
 /// Runs `work` in a forked child that has become `run_as` for good, and
-/// returns what it reports. A child that dies without reporting defers.
-/// The child's pid goes to `reap` once it has reported: the reply to the
-/// client does not wait for the child's exit.
+/// returns the `n` statuses it reports. A child that dies without reporting
+/// (or reports the wrong number) defers all `n`. The child's pid goes to
+/// `reap` once it has reported: the reply to the client does not wait for
+/// the child's exit.
 fn in_child_as(
     run_as: RunAs,
     limit: Duration,
     reap: &mut Vec<i32>,
-    work: impl FnOnce() -> RecipientStatus,
-) -> RecipientStatus {
+    n: usize,
+    work: impl FnOnce() -> Vec<RecipientStatus>,
+) -> Vec<RecipientStatus> {
+    let all = |status: RecipientStatus| vec![status; n];
     let (read_end, write_end) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
         Ok(p) => p,
-        Err(e) => return RecipientStatus::deferred("4.3.0", format!("pipe: {e}")),
+        Err(e) => return all(RecipientStatus::deferred("4.3.0", format!("pipe: {e}"))),
     };
     // Root for the fork and the switch; the child drops everything.
     let forked = privilege::as_root(sys::fork_single_threaded);
@@ -347,14 +407,14 @@ fn in_child_as(
                 // Not dumpable: the user cannot ptrace it for the
                 // descriptors it inherited from the agent.
                 Ok(()) if nix::sys::prctl::set_dumpable(false).is_ok() => work(),
-                Ok(()) => RecipientStatus::deferred(
+                Ok(()) => all(RecipientStatus::deferred(
                     "4.3.0",
                     "cannot make the delivery process non-dumpable",
-                ),
-                Err(e) => RecipientStatus::deferred(
+                )),
+                Err(e) => all(RecipientStatus::deferred(
                     "4.3.0",
                     format!("cannot switch to uid {}: {e}", run_as.uid()),
-                ),
+                )),
             };
             // Length-prefixed, so that the parent need not wait for the exit.
             let bytes = postcard::to_stdvec(&status).unwrap_or_default();
@@ -367,7 +427,16 @@ fn in_child_as(
         }
         Ok(Ok(Forked::Parent(pid))) => {
             drop(write_end);
-            let status = read_status(read_end, limit);
+            let status = read_status(read_end, limit).and_then(|s| {
+                if s.len() == n {
+                    Ok(s)
+                } else {
+                    Err(format!(
+                        "it reported {} statuses for {n} deliveries",
+                        s.len()
+                    ))
+                }
+            });
             if status.is_err() {
                 // Stopped or hung (the user can signal its own processes):
                 // kill it with root's rights, before reaping, so the pid
@@ -386,20 +455,20 @@ fn in_child_as(
                 }
                 Err(why) => {
                     let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-                    RecipientStatus::deferred(
+                    all(RecipientStatus::deferred(
                         "4.3.0",
                         format!("delivery process {pid} failed: {why}"),
-                    )
+                    ))
                 }
             }
         }
-        Ok(Err(e)) => RecipientStatus::deferred("4.3.0", format!("fork: {e}")),
-        Err(e) => RecipientStatus::deferred("4.3.0", format!("fork: {e}")),
+        Ok(Err(e)) => all(RecipientStatus::deferred("4.3.0", format!("fork: {e}"))),
+        Err(e) => all(RecipientStatus::deferred("4.3.0", format!("fork: {e}"))),
     }
 }
 
 /// Reads the child's length-prefixed report within `limit`.
-fn read_status(fd: OwnedFd, limit: Duration) -> Result<RecipientStatus, String> {
+fn read_status(fd: OwnedFd, limit: Duration) -> Result<Vec<RecipientStatus>, String> {
     use std::io::Read;
     let deadline = std::time::Instant::now() + limit;
     let mut file = std::fs::File::from(fd);
@@ -421,7 +490,7 @@ fn read_status(fd: OwnedFd, limit: Duration) -> Result<RecipientStatus, String> 
     let mut len = [0u8; 4];
     read_exact(&mut len)?;
     let len = u32::from_le_bytes(len) as usize;
-    if len > 64 * 1024 {
+    if len > handoff::MAX_FRAME as usize {
         return Err("report too large".into());
     }
     let mut bytes = vec![0u8; len];
@@ -491,103 +560,141 @@ fn allowed(
     Ok(())
 }
 
-/// Everything after the switch to the user.
+/// Everything after the switch to the user: the per-user policy, then each
+/// delivery; the copies for one mailbox or Maildir are delivered together.
 fn deliver_as_user(
-    instr: &Instruction,
-    copy: &Copy<'_>,
+    work: &[(&Instruction, Copy<'_>)],
     system: &Policy,
     account: &Account,
     runner: &Account,
     settings: &Settings,
-) -> RecipientStatus {
+) -> Vec<RecipientStatus> {
     let who = Who {
         user: &account.name,
         home: &account.home,
     };
     let user_policy = match user_policy(&account.home, account.uid) {
         Ok(p) => p,
-        Err(status) => return status,
+        Err(status) => return vec![status; work.len()],
     };
     let user = user_policy.as_ref();
-    match &instr.destination {
-        Destination::Transport { .. } => RecipientStatus::bounced(
-            "5.3.5",
-            "local delivers to mailboxes, Maildirs and programs, not through a transport: the request went to the wrong service",
-        ),
-        Destination::Mailbox(path) => {
-            if let Err(s) = allowed(system, user, Kind::Mailbox, path, &who) {
-                return s;
-            }
-            let target = mbox::Target {
-                path,
-                uid: runner.uid,
-                strict_owner: settings.strict_owner,
-                size_limit: settings.size_limit,
-                lock: &settings.lock,
-            };
-            mbox::deliver(&target, copy)
+    let mut out: Vec<Option<RecipientStatus>> = vec![None; work.len()];
+    for i in 0..work.len() {
+        if out[i].is_some() {
+            continue;
         }
-        Destination::Maildir(path) => {
-            if let Err(s) = allowed(system, user, Kind::Maildir, path, &who) {
-                return s;
+        let (instr, copy) = &work[i];
+        let (kind, path) = match &instr.destination {
+            Destination::Mailbox(path) => (Kind::Mailbox, path),
+            Destination::Maildir(path) => (Kind::Maildir, path),
+            Destination::Programs(commands) => {
+                out[i] = Some(deliver_programs(
+                    instr, copy, commands, system, user, &who, account, settings,
+                ));
+                continue;
             }
-            maildir::deliver(path, runner.uid, copy)
-        }
-        Destination::Programs(commands) => {
-            let shells = std::fs::read_to_string("/etc/shells").unwrap_or_default();
-            if !program::shell_allowed(&account.shell, &shells) {
-                return RecipientStatus::bounced(
-                    "5.7.1",
-                    format!(
-                        "{}'s login shell {} is not in /etc/shells: no program delivery",
-                        account.name,
-                        account.shell.display()
-                    ),
-                )
-                .for_postmaster();
+            Destination::Transport { .. } => {
+                out[i] = Some(RecipientStatus::bounced(
+                    "5.3.5",
+                    "local delivers to mailboxes, Maildirs and programs, not through a transport: the request went to the wrong service",
+                ));
+                continue;
             }
-            let mode = program::mode(&settings.program_dir);
-            // The home directory if this process (the user, or default_privs
-            // for root) can enter it, else /tmp.
-            let enterable =
-                nix::unistd::access(&account.home, nix::unistd::AccessFlags::X_OK).is_ok();
-            let cwd = if account.home.is_dir() && enterable {
-                account.home.clone()
-            } else {
-                PathBuf::from("/tmp")
-            };
-            let env = program_env(instr, copy, account);
-            let input = copy.plain();
-            let mut last = RecipientStatus::bounced("5.3.0", "no program given");
-            for line in commands {
-                let mut argv = match program::split_command(line) {
-                    Ok(a) => a,
-                    Err(e) => return RecipientStatus::bounced("5.3.0", e).for_postmaster(),
-                };
-                let exe = match program::resolve(&mode, &argv[0]) {
-                    Ok(p) => p,
-                    Err(status) => return status,
-                };
-                if let Err(s) = allowed(system, user, Kind::Program, &exe, &who) {
-                    return s.for_postmaster();
-                }
-                argv[0] = exe.display().to_string();
-                let run = program::Run {
-                    argv,
-                    env: env.clone(),
-                    cwd: &cwd,
-                    input: &input,
-                    limit: settings.time_limit,
-                    output_is_failure: settings.output_is_failure,
-                };
-                last = program::run(&run);
-                if last.outcome != handoff::Outcome::Delivered {
-                    return last;
+        };
+        let same: Vec<usize> = (i..work.len())
+            .filter(|&j| out[j].is_none() && work[j].0.destination == instr.destination)
+            .collect();
+        let statuses = match allowed(system, user, kind, path, &who) {
+            Err(refused) => vec![refused; same.len()],
+            Ok(()) => {
+                let copies: Vec<Copy<'_>> = same.iter().map(|&j| work[j].1).collect();
+                match kind {
+                    Kind::Mailbox => {
+                        let target = mbox::Target {
+                            path,
+                            uid: runner.uid,
+                            strict_owner: settings.strict_owner,
+                            size_limit: settings.size_limit,
+                            lock: &settings.lock,
+                        };
+                        mbox::deliver_many(&target, &copies)
+                    }
+                    _ => maildir::deliver_many(path, runner.uid, &copies),
                 }
             }
-            last
+        };
+        for (&j, status) in same.iter().zip(statuses) {
+            out[j] = Some(status);
         }
     }
+    out.into_iter()
+        .map(|s| s.unwrap_or_else(|| RecipientStatus::deferred("4.3.0", "not attempted")))
+        .collect()
+}
+
+/// Program delivery: each command line in turn, each must succeed.
+#[allow(clippy::too_many_arguments)]
+fn deliver_programs(
+    instr: &Instruction,
+    copy: &Copy<'_>,
+    commands: &[String],
+    system: &Policy,
+    user: Option<&Policy>,
+    who: &Who<'_>,
+    account: &Account,
+    settings: &Settings,
+) -> RecipientStatus {
+    let shells = std::fs::read_to_string("/etc/shells").unwrap_or_default();
+    if !program::shell_allowed(&account.shell, &shells) {
+        return RecipientStatus::bounced(
+            "5.7.1",
+            format!(
+                "{}'s login shell {} is not in /etc/shells: no program delivery",
+                account.name,
+                account.shell.display()
+            ),
+        )
+        .for_postmaster();
+    }
+    let mode = program::mode(&settings.program_dir);
+    // The home directory if this process (the user, or default_privs
+    // for root) can enter it, else /tmp.
+    let enterable = nix::unistd::access(&account.home, nix::unistd::AccessFlags::X_OK).is_ok();
+    let cwd = if account.home.is_dir() && enterable {
+        account.home.clone()
+    } else {
+        PathBuf::from("/tmp")
+    };
+    let env = program_env(instr, copy, account);
+    let input = copy.plain();
+    let mut last = RecipientStatus::bounced("5.3.0", "no program given");
+    for line in commands {
+        let mut argv = match program::split_command(line) {
+            Ok(a) => a,
+            Err(e) => return RecipientStatus::bounced("5.3.0", e).for_postmaster(),
+        };
+        let exe = match program::resolve(&mode, &argv[0]) {
+            Ok(p) => p,
+            Err(status) => return status,
+        };
+        if let Err(s) = allowed(system, user, Kind::Program, &exe, who) {
+            return s.for_postmaster();
+        }
+        argv[0] = exe.display().to_string();
+        let run = program::Run {
+            argv,
+            env: env.clone(),
+            cwd: &cwd,
+            input: &input,
+            limit: settings.time_limit,
+            output_is_failure: settings.output_is_failure,
+        };
+        last = program::run(&run);
+        if last.outcome != handoff::Outcome::Delivered {
+            return last;
+        }
+    }
+    last
 }
 
 /// The program environment: TZ, AGENT and the delivery variables only.

@@ -6,7 +6,10 @@
 //! recipient. The copy is then written relative to those descriptors: created
 //! in `tmp/` under a unique name (`<seconds>.M<microseconds>P<pid>Q<counter>.
 //! <host>`), fsynced, renamed into `new/`, and `new/` is fsynced so that the
-//! rename is durable before the delivery is reported. Working through
+//! rename is durable before the delivery is reported. Several copies for the
+//! same Maildir (one request carrying several messages) are written first,
+//! then fsynced (their writeback started together, so that one journal
+//! commit covers them), renamed, and `new/` is fsynced once. Working through
 //! descriptors means no path can be swapped for a link between the checks
 //! and the writes.
 
@@ -20,7 +23,7 @@ use nix::errno::Errno;
 use nix::fcntl::{openat, renameat, OFlag};
 use nix::sys::stat::{fstat, mkdirat, Mode};
 use postern_common::handoff::RecipientStatus;
-use postern_common::sys::own_new_fd;
+use postern_common::sys::{own_new_fd, start_writeback};
 
 use crate::message::Copy;
 
@@ -94,35 +97,73 @@ fn open_dir(
 
 /// Delivers `copy` into the Maildir at `dir`.
 pub fn deliver(dir: &Path, uid: u32, copy: &Copy<'_>) -> RecipientStatus {
+    deliver_many(dir, uid, std::slice::from_ref(copy))
+        .pop()
+        .unwrap_or_else(|| RecipientStatus::deferred("4.2.0", "no status for the copy"))
+}
+
+/// A copy written to `tmp/`, not yet in `new/`.
+struct Staged {
+    index: usize,
+    name: String,
+    file: std::fs::File,
+}
+
+/// Delivers `copies` into the Maildir at `dir`; one status per copy.
+pub fn deliver_many(dir: &Path, uid: u32, copies: &[Copy<'_>]) -> Vec<RecipientStatus> {
     // "Maildir/" names the directory: rebuild the path without the slash.
     let dir: PathBuf = dir.components().collect();
-    let result = (|| -> Result<RecipientStatus, RecipientStatus> {
+    let opened = (|| -> Result<_, RecipientStatus> {
         let (root, created) = open_dir(None, &dir, &dir, uid)?;
         let (tmp, tmp_new) = open_dir(Some(&root), Path::new("tmp"), &dir.join("tmp"), uid)?;
         let (new, new_new) = open_dir(Some(&root), Path::new("new"), &dir.join("new"), uid)?;
         if created || tmp_new || new_new {
             open_dir(Some(&root), Path::new("cur"), &dir.join("cur"), uid)?;
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let host = nix::unistd::gethostname().map_or_else(
-            |_| "localhost".into(),
-            |h| h.to_string_lossy().replace(['/', ':'], "_"),
+        Ok((root, tmp, new))
+    })();
+    let (root, tmp, new) = match opened {
+        Ok(dirs) => dirs,
+        Err(status) => return vec![status; copies.len()],
+    };
+    let host = nix::unistd::gethostname().map_or_else(
+        |_| "localhost".into(),
+        |h| h.to_string_lossy().replace(['/', ':'], "_"),
+    );
+    let defer = |e: String| {
+        RecipientStatus::deferred(
+            "4.2.0",
+            format!("cannot write to maildir {}: {e}", dir.display()),
+        )
+    };
+    let unlink = |at: &OwnedFd, name: &str| {
+        let _ = nix::unistd::unlinkat(
+            Some(at.as_raw_fd()),
+            name,
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
         );
+    };
+    let mut statuses: Vec<Option<RecipientStatus>> = vec![None; copies.len()];
+    let mut staged: Vec<Staged> = Vec::new();
+    for (index, copy) in copies.iter().enumerate() {
         // The queue id in the unique part lets an uncertain retry find an
         // earlier copy without reading every file.
         let tag = queue_tag(copy.queue_id);
         if copy.uncertain && !tag.is_empty() {
-            for sub in ["new", "cur"] {
-                if let Some(found) = earlier_copy(&root, sub, &tag, copy) {
-                    return Ok(RecipientStatus::delivered(format!(
-                        "already delivered to maildir {} ({sub}/{found}) by an earlier attempt",
-                        dir.display()
-                    )));
-                }
+            let found = ["new", "cur"]
+                .into_iter()
+                .find_map(|sub| earlier_copy(&root, sub, &tag, copy).map(|f| (sub, f)));
+            if let Some((sub, found)) = found {
+                statuses[index] = Some(RecipientStatus::delivered(format!(
+                    "already delivered to maildir {} ({sub}/{found}) by an earlier attempt",
+                    dir.display()
+                )));
+                continue;
             }
         }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         let name = format!(
             "{}.M{}P{}Q{}{tag}.{host}",
             now.as_secs(),
@@ -130,48 +171,67 @@ pub fn deliver(dir: &Path, uid: u32, copy: &Copy<'_>) -> RecipientStatus {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        let defer = |e: String| {
-            RecipientStatus::deferred(
-                "4.2.0",
-                format!("cannot write to maildir {}: {e}", dir.display()),
-            )
-        };
-        let file = openat(
+        let file = match openat(
             Some(tmp.as_raw_fd()),
             name.as_str(),
             OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::from_bits_truncate(0o600),
-        )
-        .map_err(|e| defer(e.to_string()))?;
-        let mut file = std::fs::File::from(own_new_fd(file));
-        let written = file
-            .write_all(&copy.plain())
-            .and_then(|()| file.sync_all())
-            .map_err(|e| e.to_string())
-            .and_then(|()| {
-                renameat(
-                    Some(tmp.as_raw_fd()),
-                    name.as_str(),
-                    Some(new.as_raw_fd()),
-                    name.as_str(),
-                )
-                .map_err(|e| e.to_string())
-            })
-            .and_then(|()| nix::unistd::fsync(new.as_raw_fd()).map_err(|e| e.to_string()));
-        if let Err(e) = written {
-            let _ = nix::unistd::unlinkat(
-                Some(tmp.as_raw_fd()),
-                name.as_str(),
-                nix::unistd::UnlinkatFlags::NoRemoveDir,
-            );
-            return Err(defer(e));
+        ) {
+            Ok(fd) => std::fs::File::from(own_new_fd(fd)),
+            Err(e) => {
+                statuses[index] = Some(defer(e.to_string()));
+                continue;
+            }
+        };
+        match (&file).write_all(&copy.plain()) {
+            Ok(()) => staged.push(Staged { index, name, file }),
+            Err(e) => {
+                unlink(&tmp, &name);
+                statuses[index] = Some(defer(e.to_string()));
+            }
         }
-        Ok(RecipientStatus::delivered(format!(
-            "delivered to maildir {}",
-            dir.display()
-        )))
-    })();
-    result.unwrap_or_else(|status| status)
+    }
+    // Durable in tmp/, then moved into new/.
+    for s in &staged {
+        let _ = start_writeback(&s.file);
+    }
+    let mut renamed: Vec<Staged> = Vec::new();
+    for s in staged {
+        let moved = s.file.sync_all().map_err(|e| e.to_string()).and_then(|()| {
+            renameat(
+                Some(tmp.as_raw_fd()),
+                s.name.as_str(),
+                Some(new.as_raw_fd()),
+                s.name.as_str(),
+            )
+            .map_err(|e| e.to_string())
+        });
+        match moved {
+            Ok(()) => renamed.push(s),
+            Err(e) => {
+                unlink(&tmp, &s.name);
+                statuses[s.index] = Some(defer(e));
+            }
+        }
+    }
+    // One fsync of new/ makes every rename durable; if it fails, the copies
+    // are taken back out (a later attempt delivers them again).
+    if !renamed.is_empty() {
+        if let Err(e) = nix::unistd::fsync(new.as_raw_fd()) {
+            for s in &renamed {
+                unlink(&new, &s.name);
+                statuses[s.index] = Some(defer(format!("fsync of new/: {e}")));
+            }
+        }
+    }
+    statuses
+        .into_iter()
+        .map(|s| {
+            s.unwrap_or_else(|| {
+                RecipientStatus::delivered(format!("delivered to maildir {}", dir.display()))
+            })
+        })
+        .collect()
 }
 
 /// `I<queue id>` for a queue id of letters and digits, else nothing.

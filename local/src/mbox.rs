@@ -6,10 +6,13 @@
 //! link, owned by the user (with `strict_mailbox_ownership`). Anything else
 //! is refused and left untouched. It is locked as `mailbox_delivery_lock`
 //! says (`fcntl`, `flock`, `dotlock`; bounded attempts, then a deferral),
-//! the copy is appended in one write (`From ` line, `Return-Path:`,
+//! each copy is appended in one write (`From ` line, `Return-Path:`,
 //! `Delivered-To:`, body with `From ` lines quoted as `>From `, a blank
-//! line), and fsynced. On any error the file is truncated back to its
-//! original size: a mailbox is never left half-written.
+//! line), and the file is fsynced before any copy is reported delivered.
+//! Several copies for the same mailbox (one request carrying several
+//! messages) share the open, the lock and the fsync. On any error the file
+//! is truncated back to its size before the failed write (or, if the fsync
+//! fails, before the first copy): a mailbox is never left half-written.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -67,6 +70,30 @@ fn defer(why: String) -> RecipientStatus {
 
 /// Delivers `copy` to the mailbox.
 pub fn deliver(target: &Target<'_>, copy: &Copy<'_>) -> RecipientStatus {
+    deliver_many(target, std::slice::from_ref(copy))
+        .pop()
+        .unwrap_or_else(|| defer("no status for the copy".into()))
+}
+
+/// Delivers `copies` to the mailbox, in order, under one lock and with one
+/// fsync; one status per copy.
+pub fn deliver_many(target: &Target<'_>, copies: &[Copy<'_>]) -> Vec<RecipientStatus> {
+    match open_checked(target) {
+        Ok(file) => {
+            let guard = match lock(&file, target.path, target.lock) {
+                Ok(g) => g,
+                Err(why) => return vec![defer(why); copies.len()],
+            };
+            let statuses = append(&file, target, copies);
+            drop(guard);
+            statuses
+        }
+        Err(status) => vec![status; copies.len()],
+    }
+}
+
+/// Opens the mailbox (created when missing) and checks what was opened.
+fn open_checked(target: &Target<'_>) -> Result<File, RecipientStatus> {
     let path = target.path;
     let shown = path.display();
     let file = match OpenOptions::new()
@@ -79,109 +106,137 @@ pub fn deliver(target: &Target<'_>, copy: &Copy<'_>) -> RecipientStatus {
     {
         Ok(f) => f,
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return RecipientStatus::bounced(
+            return Err(RecipientStatus::bounced(
                 "5.2.0",
                 format!("mailbox {shown} is a symbolic link: refused"),
-            )
+            ))
         }
         Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
-            return RecipientStatus::bounced(
+            return Err(RecipientStatus::bounced(
                 "5.2.0",
                 format!("mailbox {shown} is a directory: refused"),
-            )
+            ))
         }
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            return RecipientStatus::bounced("5.2.0", format!("cannot open mailbox {shown}: {e}"))
+            return Err(RecipientStatus::bounced(
+                "5.2.0",
+                format!("cannot open mailbox {shown}: {e}"),
+            ))
         }
-        Err(e) => return defer(format!("cannot open mailbox {shown}: {e}")),
+        Err(e) => return Err(defer(format!("cannot open mailbox {shown}: {e}"))),
     };
     let md = match file.metadata() {
         Ok(m) => m,
-        Err(e) => return defer(format!("cannot examine mailbox {shown}: {e}")),
+        Err(e) => return Err(defer(format!("cannot examine mailbox {shown}: {e}"))),
     };
     if !md.file_type().is_file() {
-        return RecipientStatus::bounced(
+        return Err(RecipientStatus::bounced(
             "5.2.0",
             format!("mailbox {shown} is not a regular file: refused"),
-        );
+        ));
     }
     if md.nlink() != 1 {
-        return RecipientStatus::bounced(
+        return Err(RecipientStatus::bounced(
             "5.2.0",
             format!("mailbox {shown} has {} hard links: refused", md.nlink()),
-        );
+        ));
     }
     if target.strict_owner && md.uid() != target.uid {
-        return RecipientStatus::bounced(
+        return Err(RecipientStatus::bounced(
             "5.2.0",
             format!(
                 "mailbox {shown} is owned by uid {}, not the recipient (uid {}): refused",
                 md.uid(),
                 target.uid
             ),
-        );
+        ));
     }
     // Back to blocking writes (O_NONBLOCK only kept open() from hanging on a fifo).
     let _ = nix::fcntl::fcntl(
         file.as_raw_fd(),
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_APPEND),
     );
-    let guard = match lock(&file, path, target.lock) {
-        Ok(g) => g,
-        Err(why) => return defer(why),
-    };
-    let result = append(&file, target, copy);
-    drop(guard);
-    result
+    Ok(file)
 }
 
-fn append(file: &File, target: &Target<'_>, copy: &Copy<'_>) -> RecipientStatus {
+fn append(file: &File, target: &Target<'_>, copies: &[Copy<'_>]) -> Vec<RecipientStatus> {
     let shown = target.path.display();
     let original = match file.metadata() {
         Ok(m) => m.len(),
-        Err(e) => return defer(format!("cannot examine mailbox {shown}: {e}")),
+        Err(e) => return vec![defer(format!("cannot examine mailbox {shown}: {e}")); copies.len()],
     };
-    if copy.uncertain {
-        // An earlier attempt may have written this copy before the queue
-        // manager heard back: look for it (under the lock) first.
-        let mut text = Vec::new();
+    // An earlier attempt may have written an uncertain copy before the
+    // queue manager heard back: look for it (under the lock) first.
+    let mut existing = Vec::new();
+    if copies.iter().any(|c| c.uncertain) {
         let read = {
             use std::io::{Read, Seek};
             let mut f = file;
             f.seek(std::io::SeekFrom::Start(0))
-                .and_then(|_| f.read_to_end(&mut text))
+                .and_then(|_| f.read_to_end(&mut existing))
         };
-        match read {
-            Ok(_) if copy.in_mbox(&text) => {
-                return RecipientStatus::delivered(format!(
-                    "already delivered to mailbox {shown} by an earlier attempt"
-                ))
+        if let Err(e) = read {
+            return vec![defer(format!("cannot read mailbox {shown}: {e}")); copies.len()];
+        }
+    }
+    let mut statuses: Vec<Option<RecipientStatus>> = vec![None; copies.len()];
+    let mut end = original;
+    for (i, copy) in copies.iter().enumerate() {
+        if copy.uncertain && copy.in_mbox(&existing) {
+            statuses[i] = Some(RecipientStatus::delivered(format!(
+                "already delivered to mailbox {shown} by an earlier attempt"
+            )));
+            continue;
+        }
+        let bytes = copy.mbox();
+        if target.size_limit > 0 && end + bytes.len() as u64 > target.size_limit {
+            statuses[i] = Some(RecipientStatus::bounced(
+                "5.2.2",
+                format!(
+                    "mailbox {shown} would exceed mailbox_size_limit ({} bytes)",
+                    target.size_limit
+                ),
+            ));
+            continue;
+        }
+        if let Err(e) = (&*file).write_all(&bytes) {
+            // This copy and the ones after it are not delivered; the
+            // copies before it still get their fsync below.
+            let note = restore(file, end);
+            let why = format!("cannot write mailbox {shown}: {e}; {note}");
+            for s in statuses[i..].iter_mut().filter(|s| s.is_none()) {
+                *s = Some(defer(why.clone()));
             }
-            Ok(_) => {}
-            Err(e) => return defer(format!("cannot read mailbox {shown}: {e}")),
+            break;
         }
+        end += bytes.len() as u64;
     }
-    let bytes = copy.mbox();
-    if target.size_limit > 0 && original + bytes.len() as u64 > target.size_limit {
-        return RecipientStatus::bounced(
-            "5.2.2",
+    // One fsync for every copy written; if it fails, none of them counts
+    // and the file goes back to its size before the first.
+    let failed = match end > original {
+        true => file.sync_data().err().map(|e| {
             format!(
-                "mailbox {shown} would exceed mailbox_size_limit ({} bytes)",
-                target.size_limit
-            ),
-        );
-    }
-    let written = (&*file).write_all(&bytes).and_then(|()| file.sync_data());
-    match written {
-        Ok(()) => RecipientStatus::delivered(format!("delivered to mailbox {shown}")),
-        Err(e) => {
-            let restored = file.set_len(original).and_then(|()| file.sync_data());
-            let note = match restored {
-                Ok(()) => "truncated back to its original size".to_string(),
-                Err(t) => format!("COULD NOT truncate it back to {original} bytes: {t}"),
-            };
-            defer(format!("cannot write mailbox {shown}: {e}; {note}"))
-        }
+                "cannot write mailbox {shown}: {e}; {}",
+                restore(file, original)
+            )
+        }),
+        false => None,
+    };
+    statuses
+        .into_iter()
+        .map(|s| match (s, &failed) {
+            (Some(s), _) => s,
+            (None, None) => RecipientStatus::delivered(format!("delivered to mailbox {shown}")),
+            (None, Some(why)) => defer(why.clone()),
+        })
+        .collect()
+}
+
+/// Truncates the mailbox back to `size` (and syncs that); says how it went.
+fn restore(file: &File, size: u64) -> String {
+    match file.set_len(size).and_then(|()| file.sync_data()) {
+        Ok(()) => "truncated back to its original size".to_string(),
+        Err(t) => format!("COULD NOT truncate it back to {size} bytes: {t}"),
     }
 }
 

@@ -15,9 +15,7 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use postern_common::handoff::{
-    self, DeliveryRequest, Destination, Instruction, Outcome, PROTOCOL_VERSION,
-};
+use postern_common::handoff::{self, DeliveryRequest, Destination, Instruction, Outcome};
 use postern_common::sysexits;
 use postern_conf::{params, Config, ServiceType};
 
@@ -65,7 +63,6 @@ pub fn run(config: &Config, opts: Options) -> i32 {
     };
     let recipient = opts.recipient.clone().unwrap_or_else(|| opts.user.clone());
     let request = DeliveryRequest {
-        version: PROTOCOL_VERSION,
         queue_id: format!("deliver-{}", std::process::id()),
         sender: opts.sender.clone(),
         arrival: SystemTime::now()

@@ -42,9 +42,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use postern_common::handoff::{
-    self, DeliveryRequest, Instruction, Outcome, RecipientStatus, PROTOCOL_VERSION,
-};
+use postern_common::handoff::{self, DeliveryRequest, Instruction, Outcome, RecipientStatus};
 use postern_common::server::{Channel, Context, Daemon, Privileges, Program, Request};
 use postern_conf::{params, Config, ServiceType};
 
@@ -126,6 +124,8 @@ struct Settings {
     run_delay: Duration,
     lifetime: Duration,
     dest_limit: usize,
+    /// Messages per exchange with local.
+    batch_limit: usize,
     active_limit: usize,
     notice_recipient: String,
     owner_uid: u32,
@@ -151,7 +151,9 @@ struct Job {
 enum Event {
     Trigger(Vec<u8>),
     MasterGone,
-    Done(Job, Result<Vec<RecipientStatus>, String>),
+    /// An exchange is over: its jobs, and per job the statuses (or why
+    /// the exchange failed).
+    Done(Vec<Job>, Result<Vec<Vec<RecipientStatus>>, String>),
 }
 
 #[derive(Debug)]
@@ -217,10 +219,24 @@ impl Qmgr {
             run_delay: c.time(params::QUEUE_RUN_DELAY).max(Duration::from_secs(1)),
             lifetime: c.time(params::MAXIMAL_QUEUE_LIFETIME),
             dest_limit: int_param(c, "local_destination_concurrency_limit", 2).max(1),
+            batch_limit: int(params::LOCAL_DELIVERY_BATCH_LIMIT),
             active_limit: int(params::QMGR_MESSAGE_ACTIVE_LIMIT),
             notice_recipient: c.text(params::BOUNCE_NOTICE_RECIPIENT).to_string(),
             owner_uid: ctx.mail_owner.uid,
             exchange_timeout: c.time(params::IPC_TIMEOUT),
+        };
+        if s.batch_limit > handoff::MAX_BATCH {
+            log::warn!(
+                "{} = {} exceeds the handoff protocol's {}; using {}",
+                params::LOCAL_DELIVERY_BATCH_LIMIT,
+                s.batch_limit,
+                handoff::MAX_BATCH,
+                handoff::MAX_BATCH
+            );
+        }
+        let s = Settings {
+            batch_limit: s.batch_limit.min(handoff::MAX_BATCH),
+            ..s
         };
         let router = Router::load(c);
         for p in &router.problems {
@@ -524,14 +540,28 @@ impl Qmgr {
                     self.ring.push_back(dest);
                     continue;
                 }
-                let job = self.queues.get_mut(&dest).and_then(VecDeque::pop_front);
+                // Local takes what waits for one user in one exchange (the
+                // backlog, not a wait for more): one delivery process, one
+                // lock and one fsync for all of it.
+                let take = if dest.starts_with("local:") {
+                    self.s.batch_limit
+                } else {
+                    1
+                };
+                let jobs: Vec<Job> = match self.queues.get_mut(&dest) {
+                    Some(q) => {
+                        let n = take.min(q.len());
+                        q.drain(..n).collect()
+                    }
+                    None => Vec::new(),
+                };
                 if self.queues.get(&dest).is_some_and(|q| !q.is_empty()) {
                     self.ring.push_back(dest.clone());
                 } else {
                     self.queues.remove(&dest);
                 }
-                if let Some(job) = job {
-                    self.start(job);
+                if !jobs.is_empty() {
+                    self.start(jobs);
                     started = true;
                     break;
                 }
@@ -542,60 +572,94 @@ impl Qmgr {
         }
     }
 
-    fn start(&mut self, job: Job) {
-        let Some(msg) = self.active.get_mut(&job.id) else {
+    /// Starts one exchange with the agent for `jobs` (one destination).
+    fn start(&mut self, jobs: Vec<Job>) {
+        let mut batch: Vec<(Job, DeliveryRequest, OwnedFd)> = Vec::new();
+        for job in jobs {
+            let Some(msg) = self.active.get_mut(&job.id) else {
+                continue;
+            };
+            for item in &job.items {
+                if let Err(e) = msg.updater.in_flight(&mut msg.qf, item.rcpt, &item.key) {
+                    log::warn!("{}: cannot record a delivery in flight: {e}", job.id);
+                }
+            }
+            // The message's descriptor stays open while it has jobs in
+            // flight (few); it is closed while the message waits (many may).
+            let file = msg.updater.file().and_then(|f| f.try_clone());
+            let file = match file {
+                Ok(f) => OwnedFd::from(f),
+                Err(e) => {
+                    // This job fails on its own, as an exchange of its own.
+                    let why = format!("cannot duplicate the queue file descriptor: {e}");
+                    *self.busy.entry(job.dest.clone()).or_default() += 1;
+                    self.in_flight += 1;
+                    let _ = self.tx.send(Event::Done(vec![job], Err(why)));
+                    continue;
+                }
+            };
+            let request = DeliveryRequest {
+                queue_id: job.id.clone(),
+                sender: msg.qf.envelope.sender.clone(),
+                arrival: msg.qf.envelope.arrival,
+                message_offset: msg.qf.message_offset,
+                message_size: Some(msg.qf.message_size),
+                recipients: job.items.iter().map(|i| i.instr.clone()).collect(),
+            };
+            batch.push((job, request, file));
+        }
+        let Some((first, ..)) = batch.first() else {
             return;
         };
-        for item in &job.items {
-            if let Err(e) = msg.updater.in_flight(&mut msg.qf, item.rcpt, &item.key) {
-                log::warn!("{}: cannot record a delivery in flight: {e}", job.id);
-            }
-        }
-        // The message's descriptor stays open while it has jobs in flight
-        // (few); it is closed while the message waits (many may).
-        let file = msg.updater.file().and_then(|f| f.try_clone());
-        let file = match file {
-            Ok(f) => OwnedFd::from(f),
-            Err(e) => {
-                let why = format!("cannot duplicate the queue file descriptor: {e}");
-                let _ = self.tx.send(Event::Done(job, Err(why)));
-                self.in_flight += 1;
-                return;
-            }
-        };
-        let request = DeliveryRequest {
-            version: PROTOCOL_VERSION,
-            queue_id: job.id.clone(),
-            sender: msg.qf.envelope.sender.clone(),
-            arrival: msg.qf.envelope.arrival,
-            message_offset: msg.qf.message_offset,
-            message_size: Some(msg.qf.message_size),
-            recipients: job.items.iter().map(|i| i.instr.clone()).collect(),
-        };
-        *self.busy.entry(job.dest.clone()).or_default() += 1;
+        *self.busy.entry(first.dest.clone()).or_default() += 1;
         self.in_flight += 1;
-        let socket = job.socket.clone();
+        let socket = first.socket.clone();
         let timeout = self.s.exchange_timeout;
         let tx = self.tx.clone();
         let spawned = std::thread::Builder::new()
             .name("handoff".into())
             .spawn(move || {
-                let result = handoff::deliver(&socket, &request, &file, timeout)
-                    .map(|r| r.statuses)
+                let messages: Vec<(&DeliveryRequest, &OwnedFd)> =
+                    batch.iter().map(|(_, r, f)| (r, f)).collect();
+                let result = handoff::deliver_batch(&socket, &messages, timeout)
+                    .map(|replies| replies.into_iter().map(|r| r.statuses).collect())
                     .map_err(|e| format!("delivery agent exchange failed: {e}"));
-                let _ = tx.send(Event::Done(job, result));
+                drop(messages);
+                let jobs = batch.into_iter().map(|(job, ..)| job).collect();
+                let _ = tx.send(Event::Done(jobs, result));
             });
         if let Err(e) = spawned {
             log::error!("cannot start a handoff thread: {e}");
         }
     }
 
-    fn complete(&mut self, job: Job, result: Result<Vec<RecipientStatus>, String>) {
+    /// An exchange is over: the window and the destination's count, then
+    /// each job's outcome.
+    fn complete(&mut self, jobs: Vec<Job>, result: Result<Vec<Vec<RecipientStatus>>, String>) {
         self.in_flight = self.in_flight.saturating_sub(1);
-        if let Some(b) = self.busy.get_mut(&job.dest) {
-            *b = b.saturating_sub(1);
+        if let Some(job) = jobs.first() {
+            if let Some(b) = self.busy.get_mut(&job.dest) {
+                *b = b.saturating_sub(1);
+            }
         }
         self.window.feedback(result.is_ok());
+        match result {
+            Ok(per_job) => {
+                for (job, statuses) in jobs.into_iter().zip(per_job) {
+                    self.record(job, Ok(statuses));
+                }
+            }
+            Err(why) => {
+                for job in jobs {
+                    self.record(job, Err(why.clone()));
+                }
+            }
+        }
+    }
+
+    /// Records one job's outcome in its queue file; the message's attempt
+    /// ends with its last job.
+    fn record(&mut self, job: Job, result: Result<Vec<RecipientStatus>, String>) {
         // Without a reply the outcome is unknown (the agent may have
         // delivered before it died): the deliveries stay uncertain.
         let unknown = result.is_err();

@@ -45,7 +45,6 @@ use std::time::Duration;
 use postern_common::command::{run_with_input, CommandSpec, PipeFlags, PipeSpec, SystemAccounts};
 use postern_common::handoff::{
     self, DeliveryReply, DeliveryRequest, Destination, Instruction, RecipientStatus,
-    PROTOCOL_VERSION,
 };
 use postern_common::privilege::MailOwner;
 use postern_common::server::{self, Context, Handler, Privileges, Program, Request};
@@ -221,14 +220,28 @@ impl Handler for Pipe {
             return;
         };
         let conn = UnixStream::from(fd);
-        let Some((req, body)) = handoff::accept_request(&conn, self.owner_uid) else {
+        let Some(messages) = handoff::accept_request(&conn, self.owner_uid) else {
             return;
         };
-        let statuses: Vec<RecipientStatus> = req
-            .recipients
+        // One command per message and recipient, in order.
+        let replies = messages
+            .iter()
+            .map(|(req, body)| DeliveryReply {
+                statuses: self.deliver_message(req, body),
+            })
+            .collect();
+        if let Err(e) = handoff::send_reply(&conn, replies) {
+            log::warn!("service {}: cannot send the reply: {e}", self.service);
+        }
+    }
+}
+
+impl Pipe {
+    fn deliver_message(&self, req: &DeliveryRequest, body: &[u8]) -> Vec<RecipientStatus> {
+        req.recipients
             .iter()
             .map(|instr| {
-                let st = self.deliver(&req, instr, &body);
+                let st = self.deliver(req, instr, body);
                 log::info!(
                     "{}: to=<{}>, service={}, command={}, status={:?} ({}) {}",
                     req.queue_id,
@@ -241,14 +254,7 @@ impl Handler for Pipe {
                 );
                 st
             })
-            .collect();
-        let reply = DeliveryReply {
-            version: PROTOCOL_VERSION,
-            statuses,
-        };
-        if let Err(e) = handoff::send_reply(&conn, &reply) {
-            log::warn!("queue id {}: cannot send the reply: {e}", req.queue_id);
-        }
+            .collect()
     }
 }
 
@@ -259,7 +265,6 @@ mod tests {
     #[test]
     fn macros() {
         let req = DeliveryRequest {
-            version: PROTOCOL_VERSION,
             queue_id: "Q1".into(),
             sender: "ann@example.org".into(),
             arrival: 0,

@@ -10,11 +10,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
-use postern_common::handoff::{
-    self, DeliveryRequest, Destination, Instruction, Outcome, PROTOCOL_VERSION,
-};
+use postern_common::handoff::{self, DeliveryRequest, Destination, Instruction, Outcome};
 use postern_tests::{run, test_account, Instance, WAIT};
 
 const ANN: &str = "pt-ann";
@@ -172,7 +169,6 @@ fn message_fd(body: &[u8]) -> OwnedFd {
 
 fn request(user: &str, destination: Destination) -> DeliveryRequest {
     DeliveryRequest {
-        version: PROTOCOL_VERSION,
         queue_id: "TEST".into(),
         sender: "sender@example.org".into(),
         arrival: 1_795_245_296,
@@ -316,6 +312,129 @@ fn disk_full_defers_and_restores_the_mailbox_exactly() {
         before,
         "mailbox back to its exact original content"
     );
+    // Several messages in one exchange, room for only some: the first ones
+    // are delivered (and fsynced), the one that hit the full disk and those
+    // after it are deferred, and nothing of them is left in the file.
+    std::fs::remove_file(full.join("filler")).unwrap();
+    std::fs::write(full.join("filler"), vec![0u8; 20_000]).unwrap();
+    let bodies: Vec<String> = (0..5)
+        .map(|n| format!("Subject: b{n}\n\n{}\n", "z".repeat(10_000)))
+        .collect();
+    let fds: Vec<OwnedFd> = bodies.iter().map(|b| message_fd(b.as_bytes())).collect();
+    let req = request(ANN, Destination::Mailbox(mbox.clone()));
+    let batch: Vec<(&DeliveryRequest, &OwnedFd)> = fds.iter().map(|fd| (&req, fd)).collect();
+    let replies = handoff::deliver_batch(&inst.local_socket(), &batch, WAIT).unwrap();
+    let outcomes: Vec<Outcome> = replies.iter().map(|r| r.statuses[0].outcome).collect();
+    let delivered = outcomes
+        .iter()
+        .take_while(|o| **o == Outcome::Delivered)
+        .count();
+    assert!(
+        (1..5).contains(&delivered)
+            && outcomes[delivered..]
+                .iter()
+                .all(|o| *o == Outcome::Deferred),
+        "{replies:?}"
+    );
+    let after = std::fs::read(&mbox).unwrap();
+    assert!(after.starts_with(&before));
+    let text = String::from_utf8_lossy(&after[before.len()..]).into_owned();
+    for (n, _) in bodies.iter().enumerate() {
+        let want = usize::from(n < delivered);
+        assert_eq!(
+            text.matches(&format!("\nSubject: b{n}\n")).count(),
+            want,
+            "b{n}"
+        );
+    }
+    assert!(text.ends_with(&format!("{}\n\n", "z".repeat(10_000))));
+}
+
+#[test]
+fn one_exchange_with_several_messages_reports_each_one() {
+    let inst = local_instance("", "");
+    let mut policy = std::fs::OpenOptions::new()
+        .append(true)
+        .open(inst.etc().join("destinations"))
+        .unwrap();
+    writeln!(policy, "maildir ~/Mail/**").unwrap();
+    let bob_mbox = mail_dir(BOB, "batch").join("inbox");
+    let ann_dir = mail_dir(ANN, "batch");
+    let ann_maildir = PathBuf::from(format!("{}/", ann_dir.join("Maildir").display()));
+    std::os::unix::fs::symlink("/etc/passwd", ann_dir.join("link")).unwrap();
+    let mut requests = Vec::new();
+    let mut bodies = Vec::new();
+    for n in 0..6 {
+        // Alternating users and destinations; one delivery process per user.
+        let (user, dest) = if n % 2 == 0 {
+            (BOB, Destination::Mailbox(bob_mbox.clone()))
+        } else {
+            (ANN, Destination::Maildir(ann_maildir.clone()))
+        };
+        let mut r = request(user, dest);
+        r.queue_id = format!("BATCH{n}");
+        requests.push(r);
+        bodies.push(format!(
+            "Received: by localhost id BATCH{n}; Sat, 21 Nov 2026 09:00:00 +0000\n\
+             Subject: m{n}\n\nFrom me, message {n}\n"
+        ));
+    }
+    // Three that must fail, each on its own: a symbolic link as mailbox,
+    // an unknown user, a destination outside the policy.
+    requests.push(request(ANN, Destination::Mailbox(ann_dir.join("link"))));
+    requests.push(request(
+        "pt-nosuchuser",
+        Destination::Mailbox("/tmp/x".into()),
+    ));
+    requests.push(request(BOB, Destination::Mailbox("/etc/postern-no".into())));
+    for _ in 0..3 {
+        bodies.push("Subject: bad\n\nx\n".into());
+    }
+    let fds: Vec<OwnedFd> = bodies.iter().map(|b| message_fd(b.as_bytes())).collect();
+    let batch: Vec<(&DeliveryRequest, &OwnedFd)> = requests.iter().zip(&fds).collect();
+    let replies = handoff::deliver_batch(&inst.local_socket(), &batch, WAIT).unwrap();
+    assert_eq!(replies.len(), 9);
+    for r in &replies[..6] {
+        assert_eq!(r.statuses[0].outcome, Outcome::Delivered, "{replies:?}");
+    }
+    let dsns: Vec<&str> = replies[6..]
+        .iter()
+        .map(|r| r.statuses[0].dsn.as_str())
+        .collect();
+    assert_eq!(dsns, ["5.2.0", "5.1.1", "5.7.1"], "{replies:?}");
+    assert!(!std::fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .contains("Subject: bad"));
+    let script = r#"
+import mailbox, sys
+box = mailbox.mbox(sys.argv[1])
+print(",".join(m["Subject"] + "=" + m.get_payload().strip() for m in box))
+md = mailbox.Maildir(sys.argv[2], factory=None)
+print(",".join(sorted(m["Subject"] + "=" + m.get_payload().strip() for m in md)))
+"#;
+    let out = python(
+        script,
+        &[
+            bob_mbox.to_str().unwrap(),
+            ann_dir.join("Maildir").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        out,
+        "m0=>From me, message 0,m2=>From me, message 2,m4=>From me, message 4\n\
+         m1=From me, message 1,m3=From me, message 3,m5=From me, message 5\n"
+    );
+    // The same message handed twice in one exchange, the second time as
+    // uncertain: the copy the first one wrote is found, not doubled.
+    let mut again = request(BOB, Destination::Mailbox(bob_mbox.clone()));
+    again.queue_id = "BATCH0".into();
+    again.recipients[0].uncertain = true;
+    let fd = message_fd(bodies[0].as_bytes());
+    let replies = handoff::deliver(&inst.local_socket(), &again, &fd, WAIT).unwrap();
+    assert!(
+        replies.statuses[0].reason.contains("already delivered"),
+        "{replies:?}"
+    );
 }
 
 #[test]
@@ -458,7 +577,33 @@ fn malformed_frames_and_foreign_peers_are_refused_and_service_continues() {
     assert!(exchange(&payload).is_empty());
     inst.wait_log("bad request from pid", 4);
     inst.wait_log("frame of 2147483647 bytes exceeds the limit", 1);
-    inst.wait_log("no message file descriptor attached", 1);
+    inst.wait_log("0 message file descriptors attached for 1 messages", 1);
+    // Two messages, one descriptor.
+    let (fd, req) = (
+        message_fd(b"x"),
+        request(ANN, Destination::Mailbox("/tmp/never".into())),
+    );
+    let short = handoff::encode(&handoff::RequestFrame {
+        version: handoff::PROTOCOL_VERSION,
+        messages: vec![req.clone(), req],
+    })
+    .unwrap();
+    let conn = UnixStream::connect(&socket).unwrap();
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    nix::sys::socket::sendmsg::<nix::sys::socket::UnixAddr>(
+        std::os::fd::AsRawFd::as_raw_fd(&conn),
+        &[std::io::IoSlice::new(&short)],
+        &[nix::sys::socket::ControlMessage::ScmRights(&[
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+        ])],
+        nix::sys::socket::MsgFlags::empty(),
+        None,
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    let _ = (&conn).read_to_end(&mut out);
+    assert!(out.is_empty());
+    inst.wait_log("1 message file descriptors attached for 2 messages", 1);
     // A peer that is neither root nor the mail owner.
     let public = inst.public("localpub");
     let tools = tempfile::tempdir().unwrap();
@@ -489,26 +634,13 @@ fn malformed_frames_and_foreign_peers_are_refused_and_service_continues() {
     assert_eq!(out.code, Some(0), "{out:?}");
 }
 
-/// A well-formed request frame, sent without the message descriptor.
+/// A well-formed request frame (sent without the message descriptor).
 fn postcard_free_request() -> Vec<u8> {
-    // Encode through a throwaway socketpair: deliver() frames it for us.
-    let (a, b) = UnixStream::pair().unwrap();
-    let req = request(ANN, Destination::Mailbox("/tmp/never".into()));
-    let fd = message_fd(b"x");
-    let path = std::env::temp_dir().join(format!("postern-frame-{}", std::process::id()));
-    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-    let t = std::thread::spawn(move || {
-        let (mut conn, _) = listener.accept().unwrap();
-        let mut buf = vec![0u8; 65536];
-        let n = conn.read(&mut buf).unwrap();
-        buf.truncate(n);
-        buf
-    });
-    let _ = handoff::deliver(&path, &req, &fd, Duration::from_millis(500));
-    let frame = t.join().unwrap();
-    let _ = std::fs::remove_file(&path);
-    drop((a, b));
-    frame
+    handoff::encode(&handoff::RequestFrame {
+        version: handoff::PROTOCOL_VERSION,
+        messages: vec![request(ANN, Destination::Mailbox("/tmp/never".into()))],
+    })
+    .unwrap()
 }
 
 #[test]

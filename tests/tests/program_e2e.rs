@@ -9,9 +9,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use postern_common::handoff::{
-    self, DeliveryRequest, Destination, Instruction, Outcome, PROTOCOL_VERSION,
-};
+use postern_common::handoff::{self, DeliveryRequest, Destination, Instruction, Outcome};
 use postern_tests::{eventually, ids_of, test_account, Instance, WAIT};
 
 const USER: &str = "pt-prog";
@@ -177,7 +175,6 @@ fn handoff_program(
     f.write_all(b"Subject: x\n\nbody\n").unwrap();
     let fd = OwnedFd::from(f);
     let req = DeliveryRequest {
-        version: PROTOCOL_VERSION,
         queue_id: "PROG".into(),
         sender: "s@example.org".into(),
         arrival: 0,

@@ -46,9 +46,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{ArgGroup, Parser};
-use postern_common::handoff::{
-    self, DeliveryRequest, Destination, Instruction, Outcome, PROTOCOL_VERSION,
-};
+use postern_common::handoff::{self, DeliveryRequest, Destination, Instruction, Outcome};
 
 /// How many distinct failure reasons are kept.
 const MAX_REASONS: usize = 20;
@@ -249,7 +247,6 @@ impl Plan {
 
     fn request(&self, thread: u32, n: u64) -> DeliveryRequest {
         DeliveryRequest {
-            version: PROTOCOL_VERSION,
             queue_id: format!("B{:X}T{thread}N{n}", std::process::id()),
             sender: self.sender.clone(),
             arrival: now_secs(),
