@@ -9,6 +9,9 @@
 //! all; each thread hands over its own message file (an unlinked temporary
 //! file holding a realistic message of `--size` bytes: headers, an empty
 //! line, a plain-text body). Every exchange is bounded by `--timeout`.
+//! `--batch N` hands N messages per exchange (with
+//! [`postern_common::handoff::deliver_batch`]), as the queue manager does
+//! with a backlog for one user; a message's latency is then its exchange's.
 //!
 //! The result is one machine-readable line on standard output:
 //!
@@ -92,6 +95,10 @@ struct Options {
     /// Threads, each delivering back to back (deliveries only).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     concurrency: u32,
+    /// Messages per exchange (as the queue manager batches a backlog for
+    /// one user); 1: one request per message.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    batch: u64,
     /// Message size in bytes (never less than its headers).
     #[arg(long, value_name = "BYTES", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     size: u32,
@@ -234,15 +241,16 @@ struct Plan {
     sender: String,
     destination: Destination,
     count: u64,
+    batch: u64,
     started: AtomicU64,
     timeout: Duration,
 }
 
 impl Plan {
-    /// Claims the next delivery, or says the run is over.
-    fn next(&self) -> Option<u64> {
-        let n = self.started.fetch_add(1, Ordering::Relaxed);
-        (n < self.count).then_some(n)
+    /// Claims the next deliveries (up to `batch`), or says the run is over.
+    fn next(&self) -> Option<std::ops::Range<u64>> {
+        let n = self.started.fetch_add(self.batch, Ordering::Relaxed);
+        (n < self.count).then(|| n..(n + self.batch).min(self.count))
     }
 
     fn request(&self, thread: u32, n: u64) -> DeliveryRequest {
@@ -281,18 +289,31 @@ fn message_file(message: &[u8]) -> Result<OwnedFd> {
 
 fn worker(plan: &Plan, thread: u32, message: &OwnedFd) -> Tally {
     let mut tally = Tally::default();
-    while let Some(n) = plan.next() {
-        let request = plan.request(thread, n);
+    while let Some(range) = plan.next() {
+        let requests: Vec<(u64, DeliveryRequest)> =
+            range.map(|n| (n, plan.request(thread, n))).collect();
+        let batch: Vec<(&DeliveryRequest, &OwnedFd)> =
+            requests.iter().map(|(_, r)| (r, message)).collect();
         let start = Instant::now();
-        match handoff::deliver(&plan.socket, &request, message, plan.timeout) {
-            Ok(reply) => match reply.statuses.first() {
-                Some(s) if s.outcome == Outcome::Delivered => {
-                    tally.latencies.push(start.elapsed());
+        match handoff::deliver_batch(&plan.socket, &batch, plan.timeout) {
+            Ok(replies) => {
+                for ((n, _), reply) in requests.iter().zip(replies) {
+                    match reply.statuses.first() {
+                        Some(s) if s.outcome == Outcome::Delivered => {
+                            tally.latencies.push(start.elapsed());
+                        }
+                        Some(s) => {
+                            tally.fail(format!("{:?} ({}): {}", s.outcome, s.dsn, s.reason), *n)
+                        }
+                        None => tally.fail("reply without a status".to_string(), *n),
+                    }
                 }
-                Some(s) => tally.fail(format!("{:?} ({}): {}", s.outcome, s.dsn, s.reason), n),
-                None => tally.fail("reply without a status".to_string(), n),
-            },
-            Err(e) => tally.fail(format!("exchange failed: {e}"), n),
+            }
+            Err(e) => {
+                for (n, _) in &requests {
+                    tally.fail(format!("exchange failed: {e}"), *n);
+                }
+            }
         }
     }
     tally
@@ -331,6 +352,7 @@ fn run_deliveries(options: Options) -> Result<bool> {
         sender: options.sender,
         destination,
         count: options.count,
+        batch: options.batch,
         started: AtomicU64::new(0),
         timeout: seconds("timeout", options.timeout)?,
     });
@@ -528,12 +550,14 @@ mod tests {
             recipient: "pb-user@localhost".into(),
             sender: String::new(),
             destination: Destination::Mailbox("/nonexistent".into()),
-            count: 2,
+            count: 5,
+            batch: 2,
             started: AtomicU64::new(0),
             timeout: Duration::from_secs(1),
         };
-        assert_eq!(plan.next(), Some(0));
-        assert_eq!(plan.next(), Some(1));
+        assert_eq!(plan.next(), Some(0..2));
+        assert_eq!(plan.next(), Some(2..4));
+        assert_eq!(plan.next(), Some(4..5));
         assert_eq!(plan.next(), None);
         let request = plan.request(3, 1);
         assert_eq!(request.recipients.len(), 1);
