@@ -9,13 +9,16 @@
 //! routing. The queue manager (or `postern deliver`) connects to
 //! `queue_directory/private/local` and sends instructions — deliver this
 //! message, as this user, to this mbox / Maildir / program — with the
-//! message file attached (see `postern_common::handoff`). For each recipient
-//! local forks, the child becomes the user for good (root's mail runs as
-//! `default_privs`; the mail owner is refused), checks the destination
-//! against the allowed-destinations policy (`postern_common::destinations`, independent of the
-//! routing configuration) and the per-user policy, checks permissions,
-//! delivers ([`mbox`], [`maildir`], [`program`]) and reports one status per
-//! recipient: delivered, deferred (4.x.y) or bounced (5.x.y), with a reason.
+//! message files attached (see `postern_common::handoff`; one request may
+//! carry several messages). For each user of the request local forks, the
+//! child becomes the user for good (root's mail runs as `default_privs`; the
+//! mail owner is refused), checks each destination against the
+//! allowed-destinations policy (`postern_common::destinations`, independent
+//! of the routing configuration) and the per-user policy, checks
+//! permissions, delivers ([`mbox`], [`maildir`], [`program`]; the copies for
+//! one mailbox together, under one lock and one fsync) and reports one
+//! status per recipient of each message: delivered, deferred (4.x.y) or
+//! bounced (5.x.y), with a reason.
 //!
 //! **Security**: runs as root (master.cf unpriv `n`), idle with the mail
 //! owner as effective uid. Accepts connections only from root and the mail

@@ -35,7 +35,8 @@
 //! `maximal_backoff_time` [4000s], `queue_run_delay` [300s],
 //! `maximal_queue_lifetime` [5d], `initial_destination_concurrency` [5],
 //! `default_destination_concurrency_limit` [20],
-//! `local_destination_concurrency_limit` [2], `qmgr_message_active_limit`
+//! `local_destination_concurrency_limit` [2], `local_delivery_batch_limit`
+//! [32], `qmgr_message_active_limit`
 //! [20000], `bounce_notice_recipient` [postmaster], `submit_timeout` [60s].
 //!
 //! **Exit status**: the daemons as every postern child (0, 64 usage, 75

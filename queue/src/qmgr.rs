@@ -148,6 +148,18 @@ struct Job {
     items: Vec<Item>,
 }
 
+impl Job {
+    /// Whether every delivery of the job writes a mailbox or a Maildir.
+    fn files_only(&self) -> bool {
+        self.items.iter().all(|i| {
+            matches!(
+                i.instr.destination,
+                handoff::Destination::Mailbox(_) | handoff::Destination::Maildir(_)
+            )
+        })
+    }
+}
+
 enum Event {
     Trigger(Vec<u8>),
     MasterGone,
@@ -542,7 +554,9 @@ impl Qmgr {
                 }
                 // Local takes what waits for one user in one exchange (the
                 // backlog, not a wait for more): one delivery process, one
-                // lock and one fsync for all of it.
+                // lock and one fsync for all of it. Only mailbox and
+                // Maildir deliveries go together: programs take their own
+                // time, each with its own time limit, so they go alone.
                 let take = if dest.starts_with("local:") {
                     self.s.batch_limit
                 } else {
@@ -550,8 +564,8 @@ impl Qmgr {
                 };
                 let jobs: Vec<Job> = match self.queues.get_mut(&dest) {
                     Some(q) => {
-                        let n = take.min(q.len());
-                        q.drain(..n).collect()
+                        let files = q.iter().take(take).take_while(|j| j.files_only()).count();
+                        q.drain(..files.max(1).min(q.len())).collect()
                     }
                     None => Vec::new(),
                 };
@@ -1075,6 +1089,35 @@ impl Daemon for Qmgr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_mailbox_and_maildir_jobs_go_together() {
+        let job = |dests: Vec<handoff::Destination>| Job {
+            id: "Q".into(),
+            dest: "local:ann".into(),
+            socket: PathBuf::new(),
+            items: dests
+                .into_iter()
+                .map(|destination| Item {
+                    rcpt: 0,
+                    key: String::new(),
+                    instr: Instruction {
+                        recipient: "ann@localhost".into(),
+                        user: "ann".into(),
+                        extension: None,
+                        destination,
+                        uncertain: false,
+                    },
+                })
+                .collect(),
+        };
+        let mbox = handoff::Destination::Mailbox("/var/mail/ann".into());
+        let maildir = handoff::Destination::Maildir("/home/ann/Maildir/".into());
+        let program = handoff::Destination::Programs(vec!["/usr/bin/true".into()]);
+        assert!(job(vec![mbox.clone(), maildir.clone()]).files_only());
+        assert!(!job(vec![mbox, program.clone()]).files_only());
+        assert!(!job(vec![program]).files_only());
+    }
 
     #[test]
     fn backoff_grows_with_age_within_bounds() {
