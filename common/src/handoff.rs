@@ -313,10 +313,9 @@ pub fn receive_request(conn: &UnixStream) -> Result<Vec<(DeliveryRequest, OwnedF
             }
         }
         if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
-            return Err(HandoffError::Descriptors {
-                got: fds.len() + 1,
-                want: MAX_BATCH,
-            });
+            return Err(HandoffError::Malformed(format!(
+                "more than {MAX_BATCH} descriptors attached"
+            )));
         }
         (msg.bytes, fds)
     };
