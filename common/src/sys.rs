@@ -195,9 +195,10 @@ pub fn fork_single_threaded() -> io::Result<Forked> {
 
 /// Starts writing `file`'s dirty pages to disk without waiting
 /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`). Started for several files
-/// before the first of them is fsynced, the block allocations of all of them
-/// go into one journal commit instead of one commit each. Only a hint: the
-/// fsync that follows is what makes the data durable.
+/// before the first of them is fsynced, their data goes to the device
+/// together, and on a journaled file system their block allocations can
+/// share one commit. Only a hint: the fsync that follows is what makes the
+/// data durable.
 pub fn start_writeback(file: &impl AsRawFd) -> io::Result<()> {
     // SAFETY: plain syscall on a descriptor the caller keeps open; no memory
     // is passed.

@@ -8,8 +8,9 @@
 //! <host>`), fsynced, renamed into `new/`, and `new/` is fsynced so that the
 //! rename is durable before the delivery is reported. Several copies for the
 //! same Maildir (one request carrying several messages) are written first,
-//! then fsynced (their writeback started together, so that one journal
-//! commit covers them), renamed, and `new/` is fsynced once. Working through
+//! then fsynced (their writeback started together, so that the file system
+//! can write them out together), renamed, and `new/` is fsynced once.
+//! Working through
 //! descriptors means no path can be swapped for a link between the checks
 //! and the writes.
 
