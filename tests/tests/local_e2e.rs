@@ -39,6 +39,15 @@ fn to_mailbox(inst: &Instance, user: &str, path: &str, body: &[u8]) -> postern_t
     )
 }
 
+/// Adds `line` to the instance's destination policy.
+fn allow(inst: &Instance, line: &str) {
+    let mut policy = std::fs::OpenOptions::new()
+        .append(true)
+        .open(inst.etc().join("destinations"))
+        .unwrap();
+    writeln!(policy, "{line}").unwrap();
+}
+
 /// A fresh directory for one test inside `user`'s ~/Mail, owned by the user.
 fn mail_dir(user: &str, test: &str) -> PathBuf {
     let home = PathBuf::from(format!("/home/{user}"));
@@ -66,11 +75,7 @@ const BODY: &str = "Subject: test\nFrom: ann@example.org\n\nline one\nFrom the s
 fn mbox_and_maildir_read_back_by_pythons_mailbox_module() {
     let inst = local_instance("", "");
     let dir = mail_dir(ANN, "readback");
-    let mut policy = std::fs::OpenOptions::new()
-        .append(true)
-        .open(inst.etc().join("destinations"))
-        .unwrap();
-    writeln!(policy, "maildir ~/Mail/**").unwrap();
+    allow(&inst, "maildir ~/Mail/**");
     let mbox = dir.join("inbox");
     for _ in 0..2 {
         let out = inst.deliver(
@@ -292,11 +297,7 @@ fn disk_full_defers_and_restores_the_mailbox_exactly() {
     std::fs::set_permissions(&mbox, std::fs::Permissions::from_mode(0o600)).unwrap();
     // Fill the rest so that the next delivery cannot fit.
     std::fs::write(full.join("filler"), vec![0u8; 36_000]).unwrap();
-    let mut policy = std::fs::OpenOptions::new()
-        .append(true)
-        .open(inst.etc().join("destinations"))
-        .unwrap();
-    writeln!(policy, "mailbox {}/*", full.display()).unwrap();
+    allow(&inst, &format!("mailbox {}/*", full.display()));
     let before = std::fs::read(&mbox).unwrap();
     let big = format!("Subject: big\n\n{}\n", "y".repeat(40_000));
     let out = to_mailbox(&inst, ANN, mbox.to_str().unwrap(), big.as_bytes());
@@ -353,11 +354,7 @@ fn disk_full_defers_and_restores_the_mailbox_exactly() {
 #[test]
 fn one_exchange_with_several_messages_reports_each_one() {
     let inst = local_instance("", "");
-    let mut policy = std::fs::OpenOptions::new()
-        .append(true)
-        .open(inst.etc().join("destinations"))
-        .unwrap();
-    writeln!(policy, "maildir ~/Mail/**").unwrap();
+    allow(&inst, "maildir ~/Mail/**");
     let bob_mbox = mail_dir(BOB, "batch").join("inbox");
     let ann_dir = mail_dir(ANN, "batch");
     let ann_maildir = PathBuf::from(format!("{}/", ann_dir.join("Maildir").display()));
@@ -646,11 +643,7 @@ fn postcard_free_request() -> Vec<u8> {
 #[test]
 fn a_symlinked_maildir_and_control_characters_in_addresses_are_refused() {
     let inst = local_instance("", "");
-    let mut policy = std::fs::OpenOptions::new()
-        .append(true)
-        .open(inst.etc().join("destinations"))
-        .unwrap();
-    writeln!(policy, "maildir ~/Mail/**").unwrap();
+    allow(&inst, "maildir ~/Mail/**");
     let dir = mail_dir(ANN, "maildirlink");
     let elsewhere = mail_dir(ANN, "maildir-elsewhere");
     std::os::unix::fs::symlink(&elsewhere, dir.join("Maildir")).unwrap();
