@@ -132,14 +132,14 @@ struct Settings {
     exchange_timeout: Duration,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Item {
     rcpt: usize,
     key: String,
     instr: Instruction,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Job {
     id: String,
     dest: String,
@@ -630,6 +630,8 @@ impl Qmgr {
         let socket = first.socket.clone();
         let timeout = self.s.exchange_timeout;
         let tx = self.tx.clone();
+        // Kept to account for the jobs if the thread cannot start.
+        let spare: Vec<Job> = batch.iter().map(|(job, ..)| job.clone()).collect();
         let spawned = std::thread::Builder::new()
             .name("handoff".into())
             .spawn(move || {
@@ -644,6 +646,9 @@ impl Qmgr {
             });
         if let Err(e) = spawned {
             log::error!("cannot start a handoff thread: {e}");
+            // Nothing was handed over: the jobs end as a failed exchange
+            // (deferred, retried later) instead of staying in flight.
+            self.complete(spare, Err(format!("cannot start a handoff thread: {e}")));
         }
     }
 
