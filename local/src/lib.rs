@@ -202,28 +202,44 @@ impl Handler for Local {
         let mut groups: Vec<(Prepared, Vec<(usize, usize)>)> = Vec::new();
         for (m, (req, body)) in messages.iter().enumerate() {
             for (r, instr) in req.recipients.iter().enumerate() {
-                let prepared = match &policy {
-                    Ok(_) => self.prepare(instr, &copy_of(req, body, instr)),
-                    Err(e) => Err(RecipientStatus::deferred(
+                if let Err(e) = &policy {
+                    statuses[m][r] = Some(RecipientStatus::deferred(
                         "4.3.5",
                         format!("destination policy unusable: {e}"),
-                    )),
-                };
-                match prepared {
-                    Err(status) => statuses[m][r] = Some(status),
-                    Ok(p) => match groups
-                        .iter_mut()
-                        .find(|(g, _)| g.account.name == instr.user)
-                    {
-                        Some((_, items)) => items.push((m, r)),
-                        None => groups.push((p, vec![(m, r)])),
+                    ));
+                    continue;
+                }
+                // The account is looked up once per user of the request.
+                let g = match groups
+                    .iter()
+                    .position(|(g, _)| g.account.name == instr.user)
+                {
+                    Some(g) => g,
+                    None => match self.prepare(instr) {
+                        Ok(p) => {
+                            groups.push((p, Vec::new()));
+                            groups.len() - 1
+                        }
+                        Err(status) => {
+                            statuses[m][r] = Some(status);
+                            continue;
+                        }
                     },
+                };
+                let (p, items) = &mut groups[g];
+                match check_copy(instr, &copy_of(req, body, instr)) {
+                    Ok(()) => {
+                        self.create_spool_mailbox(instr, &p.account, &p.runner);
+                        items.push((m, r));
+                    }
+                    Err(status) => statuses[m][r] = Some(status),
                 }
             }
         }
         let mut reap: Vec<i32> = Vec::new();
         if let Ok(system) = &policy {
-            for (p, items) in &groups {
+            // A user whose every copy failed the checks has nothing to fork for.
+            for (p, items) in groups.iter().filter(|(_, items)| !items.is_empty()) {
                 let work: Vec<(&Instruction, Copy<'_>)> = items
                     .iter()
                     .map(|&(m, r)| {
@@ -290,11 +306,10 @@ impl Handler for Local {
 }
 
 impl Local {
-    /// The checks made before the switch to the user: the account exists,
-    /// who the delivery runs as (root's mail as default_privs; never root
-    /// or the mail owner), the envelope, mail loops; and a missing spool
-    /// mailbox is created.
-    fn prepare(&self, instr: &Instruction, copy: &Copy<'_>) -> Result<Prepared, RecipientStatus> {
+    /// The checks made before the switch to the user, once per user: the
+    /// account exists, and who the delivery runs as (root's mail as
+    /// default_privs; never root or the mail owner).
+    fn prepare(&self, instr: &Instruction) -> Result<Prepared, RecipientStatus> {
         let account = match account::user_by_name(&instr.user) {
             Ok(Some(a)) => a,
             Ok(None) => {
@@ -328,27 +343,32 @@ impl Local {
             &format!("user {}", instr.user),
         )
         .map_err(|e| RecipientStatus::bounced("5.7.1", format!("refusing to deliver: {e}")))?;
-        for (what, value) in [("sender", copy.sender), ("recipient", copy.recipient)] {
-            if value.chars().any(|c| c.is_control()) {
-                return Err(RecipientStatus::bounced(
-                    "5.1.7",
-                    format!("{what} address contains control characters: refused"),
-                ));
-            }
-        }
-        if copy.is_loop() {
-            return Err(RecipientStatus::bounced(
-                "5.4.6",
-                format!("mail forwarding loop for {}", instr.recipient),
-            ));
-        }
-        self.create_spool_mailbox(instr, &account, &runner);
         Ok(Prepared {
             account,
             runner,
             run_as,
         })
     }
+}
+
+/// The checks made before the switch to the user, per copy: the envelope
+/// addresses, mail loops.
+fn check_copy(instr: &Instruction, copy: &Copy<'_>) -> Result<(), RecipientStatus> {
+    for (what, value) in [("sender", copy.sender), ("recipient", copy.recipient)] {
+        if value.chars().any(|c| c.is_control()) {
+            return Err(RecipientStatus::bounced(
+                "5.1.7",
+                format!("{what} address contains control characters: refused"),
+            ));
+        }
+    }
+    if copy.is_loop() {
+        return Err(RecipientStatus::bounced(
+            "5.4.6",
+            format!("mail forwarding loop for {}", instr.recipient),
+        ));
+    }
+    Ok(())
 }
 
 impl Local {
