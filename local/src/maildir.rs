@@ -96,13 +96,6 @@ fn open_dir(
     Ok((fd, created))
 }
 
-/// Delivers `copy` into the Maildir at `dir`.
-pub fn deliver(dir: &Path, uid: u32, copy: &Copy<'_>) -> RecipientStatus {
-    deliver_many(dir, uid, std::slice::from_ref(copy))
-        .pop()
-        .unwrap_or_else(|| RecipientStatus::deferred("4.2.0", "no status for the copy"))
-}
-
 /// A copy written to `tmp/`, not yet in `new/`.
 struct Staged {
     index: usize,

@@ -68,13 +68,6 @@ fn defer(why: String) -> RecipientStatus {
     RecipientStatus::deferred("4.2.0", why)
 }
 
-/// Delivers `copy` to the mailbox.
-pub fn deliver(target: &Target<'_>, copy: &Copy<'_>) -> RecipientStatus {
-    deliver_many(target, std::slice::from_ref(copy))
-        .pop()
-        .unwrap_or_else(|| defer("no status for the copy".into()))
-}
-
 /// Delivers `copies` to the mailbox, in order, under one lock and with one
 /// fsync; one status per copy.
 pub fn deliver_many(target: &Target<'_>, copies: &[Copy<'_>]) -> Vec<RecipientStatus> {
