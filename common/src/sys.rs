@@ -2,7 +2,8 @@
 //!
 //! This is the only module of the workspace where `unsafe` is allowed. Each
 //! block says why it is sound. What lives here: running code between `fork`
-//! and `exec` of a [`Command`] (`pre_exec`), `pidfd_open`, and `close_range`.
+//! and `exec` of a [`Command`] (`pre_exec`), starting a command with a
+//! vfork-style clone ([`Launcher`]), `pidfd_open`, and `close_range`.
 
 #![allow(unsafe_code)]
 
@@ -207,5 +208,374 @@ pub fn start_writeback(file: &impl AsRawFd) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// A command that is started many times, each time in a new process made
+/// with a vfork-style `clone(CLONE_VM | CLONE_VFORK)`, as `posix_spawn` does.
+///
+/// Unlike `fork`, such a clone copies no page tables and leaves no
+/// copy-on-write pages behind in the parent, and the exec has no copied
+/// address space to tear down: for a per-connection command (spawn) this is
+/// a large part of what starting it costs. The new process is a process of
+/// its own from the start (its own credentials, descriptors and signal
+/// state); only its memory is the parent's until `execve`, and the parent is
+/// suspended until then. So the child only makes raw system calls on data
+/// prepared by the parent: no allocation, no lock, no glibc wrapper that
+/// touches process-wide state (the id changes are raw syscalls, not glibc's
+/// `setresuid`, which would act on the parent's threads). Once the child
+/// has changed its ids, the kernel marks the shared memory not dumpable
+/// (as it does for any id change), so no process of the target user can
+/// ptrace it or read it through `/proc` in the moment before the exec.
+///
+/// In the child, in this order: its own session (`setsid`); effective uid 0
+/// (the real or saved uid of the caller must be 0), no supplementary groups,
+/// then gid and uid (real, effective and saved) changed to the requested
+/// identity, and a check that root cannot be regained; the three given
+/// descriptors at 0, 1 and 2, every other descriptor closed at the exec;
+/// working directory `/`; every signal at its default action and none
+/// blocked; then `execve` of the command with exactly the prepared
+/// environment. A command name without a `/` is looked for in the `PATH` of
+/// that environment (else `/usr/bin:/bin`), as `execvp` does.
+#[derive(Debug)]
+pub struct Launcher {
+    /// Where the command may be: one path, or one per `PATH` directory.
+    paths: Vec<std::ffi::CString>,
+    argv: Vec<std::ffi::CString>,
+    env: Vec<std::ffi::CString>,
+    stack: Vec<u8>,
+}
+
+/// Stack of the cloned child until its exec: it runs one small function
+/// that makes system calls, far below this.
+const LAUNCH_STACK: usize = 64 * 1024;
+
+/// Where the cloned child reports a failure: the step and its errno.
+#[derive(Debug, Default)]
+#[repr(C)]
+struct LaunchFailure {
+    step: libc::c_int,
+    errno: libc::c_int,
+}
+
+/// Everything the cloned child reads (prepared by the parent) and the one
+/// thing it writes (`failure`), in memory the parent keeps alive until the
+/// clone returns.
+#[repr(C)]
+struct LaunchArgs {
+    paths: *const *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    stdio: [RawFd; 3],
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    failure: LaunchFailure,
+}
+
+const LAUNCH_STEPS: [&str; 10] = [
+    "",
+    "setsid",
+    "seteuid(0)",
+    "setgroups",
+    "setresgid",
+    "setresuid",
+    "dropping root (it could be regained)",
+    "dup2 of the standard descriptors",
+    "chdir /",
+    "execve",
+];
+
+impl Launcher {
+    /// Prepares `argv` (the program, then its arguments) and the
+    /// environment `env`. Refuses an empty program and a NUL byte anywhere.
+    pub fn new(argv: &[String], env: &[(String, String)]) -> io::Result<Launcher> {
+        use std::ffi::CString;
+        let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
+        let cstr = |s: String| {
+            CString::new(s)
+                .map_err(|_| invalid("a NUL byte in the command or its environment".into()))
+        };
+        let program = match argv.first() {
+            Some(p) if !p.is_empty() => p,
+            _ => return Err(invalid("empty command".into())),
+        };
+        let paths = if program.contains('/') {
+            vec![cstr(program.clone())?]
+        } else {
+            let search = env
+                .iter()
+                .find(|(k, _)| k == "PATH")
+                .map_or("/usr/bin:/bin", |(_, v)| v.as_str());
+            search
+                .split(':')
+                .map(|dir| match dir {
+                    "" => cstr(program.clone()),
+                    d => cstr(format!("{}/{program}", d.trim_end_matches('/'))),
+                })
+                .collect::<io::Result<_>>()?
+        };
+        Ok(Launcher {
+            paths,
+            argv: argv
+                .iter()
+                .map(|a| cstr(a.clone()))
+                .collect::<io::Result<_>>()?,
+            env: env
+                .iter()
+                .map(|(k, v)| cstr(format!("{k}={v}")))
+                .collect::<io::Result<_>>()?,
+            stack: vec![0; LAUNCH_STACK],
+        })
+    }
+
+    /// Starts the command with `stdio` as its descriptors 0, 1 and 2 (each
+    /// must be 3 or above), as `uid`/`gid`; returns its pid once it has
+    /// exec'd. A failure in the child (before or at the exec) is returned
+    /// as an error naming the step, and the child is reaped.
+    pub fn start(&mut self, stdio: [RawFd; 3], uid: u32, gid: u32) -> io::Result<i32> {
+        if stdio.iter().any(|&fd| fd < 3) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the command's standard descriptors must be 3 or above before they are moved",
+            ));
+        }
+        let mut paths: Vec<*const libc::c_char> = self.paths.iter().map(|p| p.as_ptr()).collect();
+        paths.push(std::ptr::null());
+        let mut argv: Vec<*const libc::c_char> = self.argv.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let mut envp: Vec<*const libc::c_char> = self.env.iter().map(|e| e.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        let mut args = LaunchArgs {
+            paths: paths.as_ptr(),
+            argv: argv.as_ptr(),
+            envp: envp.as_ptr(),
+            stdio,
+            uid,
+            gid,
+            failure: LaunchFailure::default(),
+        };
+        // The stack grows down from its 16-byte aligned top.
+        let top = {
+            let end = self.stack.as_mut_ptr_range().end as usize;
+            (end & !15) as *mut libc::c_void
+        };
+        // SAFETY: sigset_t is plain data; sigfillset initialises it.
+        let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: both point to valid sigset_t values owned by this frame.
+        unsafe {
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        }
+        // SAFETY: with CLONE_VM | CLONE_VFORK the child shares this memory
+        // and this thread is suspended until the child has exec'd or
+        // exited, so nothing else touches `args`, `paths`, `argv`, `envp`,
+        // `self.paths`, `self.argv`, `self.env` or the stack while the child reads them,
+        // and they outlive it (they are dropped after clone returns). The
+        // child runs `launch_child` on its own stack (`self.stack`, borrowed
+        // mutably for this call), makes only raw system calls and writes only
+        // `args.failure`. All signals are blocked across the clone, so no
+        // handler of this process runs in the child before it has reset
+        // every handler to the default.
+        let pid = unsafe {
+            libc::clone(
+                launch_child,
+                top,
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                (&mut args as *mut LaunchArgs).cast(),
+            )
+        };
+        let clone_error = io::Error::last_os_error();
+        // SAFETY: restores the mask saved above.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        }
+        if pid < 0 {
+            return Err(clone_error);
+        }
+        // SAFETY: the child has exec'd or exited (CLONE_VFORK); nothing
+        // writes `args.failure` any more.
+        let failure = unsafe { std::ptr::read_volatile(&args.failure) };
+        if failure.step != 0 {
+            // The child exited right after reporting: reap it.
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            let step = LAUNCH_STEPS
+                .get(failure.step as usize)
+                .copied()
+                .unwrap_or("?");
+            let e = io::Error::from_raw_os_error(failure.errno);
+            return Err(io::Error::new(e.kind(), format!("{step}: {e}")));
+        }
+        Ok(pid)
+    }
+}
+
+/// The cloned child of [`Launcher::start`]: raw system calls only, on data
+/// the parent prepared; returns only on failure (the return value becomes
+/// the exit status), after writing the step and errno to `args.failure`.
+extern "C" fn launch_child(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the LaunchArgs of Launcher::start, alive and not
+    // touched by the suspended parent until this process execs or exits.
+    let args = unsafe { &mut *arg.cast::<LaunchArgs>() };
+    let fail = |args: &mut LaunchArgs, step: libc::c_int| -> libc::c_int {
+        // SAFETY: reads this thread's errno location, which is valid memory.
+        let errno = unsafe { *libc::__errno_location() };
+        // SAFETY: `failure` is plain data in LaunchArgs; the volatile write
+        // keeps it from being optimised away before the exit.
+        unsafe {
+            std::ptr::write_volatile(
+                &mut args.failure,
+                LaunchFailure {
+                    step,
+                    errno: if errno == 0 { libc::EPERM } else { errno },
+                },
+            )
+        };
+        127
+    };
+    // SAFETY (every block below): raw system calls with integer arguments
+    // or pointers to memory prepared by the parent that stays valid until
+    // the exec; none allocates or takes a lock.
+    unsafe {
+        if libc::syscall(libc::SYS_setsid) < 0 {
+            return fail(args, 1);
+        }
+        if libc::syscall(libc::SYS_geteuid) != 0
+            && libc::syscall(libc::SYS_setresuid, -1i64, 0i64, -1i64) < 0
+        {
+            return fail(args, 2);
+        }
+        if libc::syscall(libc::SYS_setgroups, 0i64, std::ptr::null::<libc::gid_t>()) < 0 {
+            return fail(args, 3);
+        }
+        let (u, g) = (args.uid as i64, args.gid as i64);
+        if libc::syscall(libc::SYS_setresgid, g, g, g) < 0 {
+            return fail(args, 4);
+        }
+        if libc::syscall(libc::SYS_setresuid, u, u, u) < 0 {
+            return fail(args, 5);
+        }
+        if args.uid != 0
+            && (libc::syscall(libc::SYS_setresuid, -1i64, 0i64, -1i64) == 0
+                || libc::syscall(libc::SYS_setresuid, 0i64, 0i64, 0i64) == 0)
+        {
+            *libc::__errno_location() = libc::EPERM;
+            return fail(args, 6);
+        }
+        for (target, &fd) in args.stdio.iter().enumerate() {
+            if libc::syscall(libc::SYS_dup3, fd as i64, target as i64, 0i64) < 0 {
+                return fail(args, 7);
+            }
+        }
+        if libc::syscall(libc::SYS_chdir, c"/".as_ptr()) < 0 {
+            return fail(args, 8);
+        }
+        const CLOSE_RANGE_CLOEXEC: i64 = 1 << 2;
+        if libc::syscall(
+            libc::SYS_close_range,
+            3i64,
+            i64::from(u32::MAX),
+            CLOSE_RANGE_CLOEXEC,
+        ) < 0
+        {
+            return fail(args, 7);
+        }
+        // Every signal to its default action (a handler of the parent must
+        // never run here; an ignored signal would stay ignored in the
+        // command), then none blocked. The kernel refuses SIGKILL and
+        // SIGSTOP, which are always at their default.
+        let default = KernelSigaction {
+            handler: libc::SIG_DFL,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        };
+        for sig in 1..=64i64 {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &default as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8i64,
+            );
+        }
+        let none: u64 = 0;
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            i64::from(libc::SIG_SETMASK),
+            &none as *const u64,
+            std::ptr::null_mut::<u64>(),
+            8i64,
+        );
+        // As execvp: the next directory when the command is not in this
+        // one; EACCES if it was somewhere but could not be run.
+        let mut denied = false;
+        let mut candidate = args.paths;
+        while !(*candidate).is_null() {
+            libc::syscall(libc::SYS_execve, *candidate, args.argv, args.envp);
+            match *libc::__errno_location() {
+                libc::EACCES => denied = true,
+                libc::ENOENT | libc::ENOTDIR => {}
+                _ => return fail(args, 9),
+            }
+            candidate = candidate.add(1);
+        }
+        if denied {
+            *libc::__errno_location() = libc::EACCES;
+        }
+        fail(args, 9)
+    }
+}
+
+/// The kernel's `struct sigaction` for `rt_sigaction` (x86-64 and aarch64
+/// layout: handler, flags, restorer, 64-bit mask).
+#[repr(C)]
+struct KernelSigaction {
+    handler: libc::sighandler_t,
+    flags: libc::c_ulong,
+    restorer: usize,
+    mask: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn launcher_refuses_what_cannot_be_executed() {
+        assert!(Launcher::new(&[], &[]).is_err());
+        assert!(Launcher::new(&strings(&[""]), &[]).is_err());
+        assert!(Launcher::new(&strings(&["/bin/c\0at"]), &[]).is_err());
+        let env = vec![("X".to_string(), "a\0b".to_string())];
+        assert!(Launcher::new(&strings(&["/bin/cat"]), &env).is_err());
+    }
+
+    #[test]
+    fn launcher_looks_for_a_bare_name_in_the_commands_path() {
+        let paths = |argv: &[&str], env: &[(String, String)]| -> Vec<String> {
+            Launcher::new(&strings(argv), env)
+                .unwrap()
+                .paths
+                .iter()
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(paths(&["/bin/cat", "-u"], &[]), ["/bin/cat"]);
+        assert_eq!(paths(&["bin/cat"], &[]), ["bin/cat"]);
+        assert_eq!(paths(&["cat"], &[]), ["/usr/bin/cat", "/bin/cat"]);
+        let env = vec![("PATH".to_string(), "/opt/x/::/usr/bin".to_string())];
+        assert_eq!(paths(&["cat"], &env), ["/opt/x/cat", "cat", "/usr/bin/cat"]);
+    }
+
+    #[test]
+    fn launcher_refuses_standard_descriptors_below_three() {
+        let mut l = Launcher::new(&strings(&["/bin/true"]), &[]).unwrap();
+        let e = l.start([1, 5, 5], 65534, 65534).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
     }
 }

@@ -22,6 +22,12 @@
 //! it with the mail owner's effective uid, and it fails). Exits with a
 //! failure status and deaths by signal are logged.
 //!
+//! The command is started with a vfork-style clone ([`sys::Launcher`]): the
+//! new process shares spawn's memory only until its exec, with spawn
+//! suspended, so no page tables are copied for it; it is a process of its
+//! own with its own credentials from the start, and changes ids with raw
+//! system calls before the exec.
+//!
 //! **Security**: runs as root (master.cf unpriv `n` is required) with the
 //! mail owner as effective uid while idle; becomes root only to start and to
 //! kill a command. The command never runs with uid or gid 0, the mail
@@ -41,12 +47,12 @@
 
 pub mod pipe;
 
-use std::os::fd::OwnedFd;
-use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, Stdio};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::process::Command;
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 use postern_common::command::{CommandSpec, SystemAccounts};
 use postern_common::privilege::{self, MailOwner};
@@ -65,7 +71,7 @@ pub fn run() -> i32 {
         |ctx| {
             let owner = MailOwner::from(&ctx.mail_owner);
             let attrs = CommandSpec::parse(&ctx.args.args, owner, &SystemAccounts)?;
-            Ok(Spawn::new(ctx, attrs))
+            Spawn::new(ctx, attrs)
         },
     )
 }
@@ -74,7 +80,8 @@ struct Spawn {
     attrs: CommandSpec,
     service: String,
     time_limit: Duration,
-    env: Vec<(String, String)>,
+    /// The command with its environment, started once per connection.
+    launcher: sys::Launcher,
 }
 
 /// The environment from `export_environment` (`NAME` takes this process's
@@ -101,32 +108,28 @@ pub fn command_environment(
 }
 
 impl Spawn {
-    fn new(ctx: &Context, attrs: CommandSpec) -> Self {
+    fn new(ctx: &Context, attrs: CommandSpec) -> Result<Self, String> {
         let export = ctx.config.list(params::EXPORT_ENVIRONMENT);
-        Spawn {
+        let env = command_environment(&export, |n| std::env::var(n).ok());
+        let launcher = sys::Launcher::new(&attrs.argv, &env)
+            .map_err(|e| format!("argv={}: {e}", attrs.argv.join(" ")))?;
+        Ok(Spawn {
             attrs,
             service: ctx.args.service.clone(),
             time_limit: ctx.config.service_time_limit(&ctx.args.service),
-            env: command_environment(&export, |n| std::env::var(n).ok()),
-        }
+            launcher,
+        })
     }
 
-    fn start(&self, conn: &OwnedFd) -> std::io::Result<std::process::Child> {
-        let stdio = || conn.try_clone().map(Stdio::from);
-        let mut cmd = Command::new(&self.attrs.argv[0]);
-        cmd.args(&self.attrs.argv[1..])
-            .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .current_dir("/")
-            .stdin(stdio()?)
-            .stdout(stdio()?)
-            .stderr(stdio()?);
-        isolate(&mut cmd, &self.attrs);
-        cmd.spawn()
+    /// Starts the command with the connection as its descriptors 0-2, in its
+    /// own session, as the `user=` identity (see [`sys::Launcher`]).
+    fn start(&mut self, conn: &OwnedFd) -> std::io::Result<i32> {
+        let fd = conn.as_raw_fd();
+        let (uid, gid) = (self.attrs.run_as.uid(), self.attrs.run_as.gid());
+        self.launcher.start([fd, fd, fd], uid, gid)
     }
 
-    fn supervise(&self, mut child: std::process::Child) {
-        let pid = child.id() as i32;
+    fn supervise(&self, pid: i32) {
         let command = &self.attrs.argv[0];
         let timed_out = match sys::pidfd_open(pid) {
             Ok(pidfd) => !postern_common::wait::readable_within(&pidfd, self.time_limit),
@@ -150,19 +153,24 @@ impl Spawn {
                 Err(e) => log::error!("service {}: {e}", self.service),
             }
         }
-        match child.wait() {
-            Ok(status) if status.success() => {}
-            Ok(status) => match (status.code(), status.signal()) {
-                (Some(code), _) => log::warn!(
-                    "service {}: command {command} (pid {pid}) exited with status {code}",
-                    self.service
-                ),
-                (None, Some(sig)) if !timed_out => log::warn!(
-                    "service {}: command {command} (pid {pid}) was killed by signal {sig}",
-                    self.service
-                ),
-                _ => {}
-            },
+        let status = loop {
+            match waitpid(Pid::from_raw(pid), None) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                other => break other,
+            }
+        };
+        match status {
+            Ok(WaitStatus::Exited(_, 0)) => {}
+            Ok(WaitStatus::Exited(_, code)) => log::warn!(
+                "service {}: command {command} (pid {pid}) exited with status {code}",
+                self.service
+            ),
+            Ok(WaitStatus::Signaled(_, sig, _)) if !timed_out => log::warn!(
+                "service {}: command {command} (pid {pid}) was killed by signal {}",
+                self.service,
+                sig as i32
+            ),
+            Ok(_) => {}
             Err(e) => log::error!("service {}: waiting for pid {pid}: {e}", self.service),
         }
     }
@@ -203,9 +211,9 @@ impl Handler for Spawn {
             return;
         };
         match self.start(&conn) {
-            Ok(child) => {
+            Ok(pid) => {
                 drop(conn);
-                self.supervise(child);
+                self.supervise(pid);
             }
             Err(e) => log::error!(
                 "service {}: cannot run {} as {}: {e}",

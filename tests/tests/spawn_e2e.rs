@@ -96,7 +96,56 @@ fn command_sees_exactly_its_user_groups_descriptors_and_environment() {
     // It leads its own session and process group.
     let me = proc_entries().into_iter().find(|p| p.pid == pid).unwrap();
     assert_eq!(me.pgid, pid, "process group leader");
+    // No signal blocked or ignored (spawn itself ignores SIGPIPE and
+    // handles others), working directory /.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    for field in ["SigBlk:", "SigIgn:"] {
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+        assert!(
+            line.split_whitespace()
+                .nth(1)
+                .unwrap()
+                .chars()
+                .all(|c| c == '0'),
+            "{line}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(),
+        std::path::Path::new("/")
+    );
     drop(s);
+}
+
+#[test]
+fn a_bare_command_name_is_found_in_path_and_a_missing_command_is_logged() {
+    require_root();
+    let mut inst = Instance::new(
+        "",
+        "bare unix n n n - 2 spawn user=nobody argv=cat\n\
+         missing unix n n n - 2 spawn user=nobody argv=/nonexistent/command -x\n\
+         notexec unix n n n - 2 spawn user=nobody argv=/etc/passwd",
+    );
+    inst.start();
+    assert_eq!(
+        unix_exchange(&inst.public("bare"), b"found in PATH").unwrap(),
+        b"found in PATH"
+    );
+    // The connection is closed unanswered, the reason logged; the service
+    // keeps its child and serves the next connection the same way.
+    for _ in 0..2 {
+        assert_eq!(unix_exchange(&inst.public("missing"), b"").unwrap(), b"");
+    }
+    inst.wait_log(
+        "service missing: cannot run /nonexistent/command as nobody: execve: No such file or directory",
+        2,
+    );
+    assert_eq!(unix_exchange(&inst.public("notexec"), b"").unwrap(), b"");
+    inst.wait_log(
+        "service notexec: cannot run /etc/passwd as nobody: execve: Permission denied",
+        1,
+    );
+    assert!(!inst.log().contains("throttling"), "{}", inst.log());
 }
 
 fn postern_common_gid(group: &str) -> u32 {
