@@ -223,56 +223,143 @@ pub fn start_writeback(file: &impl AsRawFd) -> io::Result<()> {
 /// suspended until then. So the child only makes raw system calls on data
 /// prepared by the parent: no allocation, no lock, no glibc wrapper that
 /// touches process-wide state (the id changes are raw syscalls, not glibc's
-/// `setresuid`, which would act on the parent's threads). Once the child
-/// has changed its ids, the kernel marks the shared memory not dumpable
-/// (as it does for any id change), so no process of the target user can
-/// ptrace it or read it through `/proc` in the moment before the exec.
+/// `setresuid`, which would act on the parent's threads).
 ///
-/// In the child, in this order: its own session (`setsid`); effective uid 0
-/// (the real or saved uid of the caller must be 0), no supplementary groups,
-/// then gid and uid (real, effective and saved) changed to the requested
-/// identity, and a check that root cannot be regained; the three given
-/// descriptors at 0, 1 and 2, every other descriptor closed at the exec;
-/// working directory `/`; every signal at its default action and none
+/// Shared memory with a process of the target user is only safe while that
+/// process cannot be ptraced or read through `/proc` by the user: the kernel
+/// resets a process's dumpable flag to `fs.suid_dumpable` when it changes
+/// ids, and only the values 0 and 2 keep the user out. With any other value
+/// (or when it cannot be read) the child gets a copy of the memory instead
+/// (`clone(CLONE_VFORK)` alone, a fork), at fork's cost.
+///
+/// In the child, in this order: the three given descriptors at 0, 1 and 2
+/// and every other descriptor closed; its own session (`setsid`);
+/// effective uid 0 (the real or saved uid of the caller must be 0);
+/// working directory `/`; no supplementary groups, then gid and uid (real,
+/// effective and saved) changed to the requested identity, and a check that
+/// root cannot be regained; every signal at its default action and none
 /// blocked; then `execve` of the command with exactly the prepared
 /// environment. A command name without a `/` is looked for in the `PATH` of
-/// that environment (else `/usr/bin:/bin`), as `execvp` does.
-#[derive(Debug)]
+/// that environment (else `/usr/bin:/bin`), and a file that is not an
+/// executable format is run by `/bin/sh`, as `execvp` does.
 pub struct Launcher {
     /// Where the command may be: one path, or one per `PATH` directory.
     paths: Vec<std::ffi::CString>,
     argv: Vec<std::ffi::CString>,
     env: Vec<std::ffi::CString>,
-    stack: Vec<u8>,
+    /// The child's stack below a guard page, and one page shared with the
+    /// child even across a fork, where it reports a failure.
+    memory: LaunchMemory,
+}
+
+impl std::fmt::Debug for Launcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Launcher")
+            .field("paths", &self.paths)
+            .field("argv", &self.argv)
+            .field("env", &self.env)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Stack of the cloned child until its exec: it runs one small function
 /// that makes system calls, far below this.
 const LAUNCH_STACK: usize = 64 * 1024;
+const PAGE: usize = 4096;
+
+/// `mmap`ed memory of a [`Launcher`]: a guard page, the child's stack, and
+/// a `MAP_SHARED` page for the failure report.
+struct LaunchMemory {
+    stack_base: *mut libc::c_void,
+    shared: *mut LaunchFailure,
+}
+
+// SAFETY: the mappings are owned by the LaunchMemory alone (created in
+// `new`, unmapped in `drop`) and only used through `&mut Launcher`.
+unsafe impl Send for LaunchMemory {}
+
+impl LaunchMemory {
+    fn new() -> io::Result<LaunchMemory> {
+        // SAFETY: fresh anonymous mappings; no existing memory is touched.
+        unsafe {
+            let stack_base = libc::mmap(
+                std::ptr::null_mut(),
+                PAGE + LAUNCH_STACK,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            );
+            if stack_base == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            let mut memory = LaunchMemory {
+                stack_base,
+                shared: std::ptr::null_mut(),
+            };
+            // The lowest page is the guard: an overflow faults.
+            if libc::mprotect(stack_base, PAGE, libc::PROT_NONE) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let shared = libc::mmap(
+                std::ptr::null_mut(),
+                PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            if shared == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            memory.shared = shared.cast();
+            Ok(memory)
+        }
+    }
+
+    /// The top of the stack, 16-byte aligned.
+    fn stack_top(&self) -> *mut libc::c_void {
+        ((self.stack_base as usize + PAGE + LAUNCH_STACK) & !15) as *mut libc::c_void
+    }
+}
+
+impl Drop for LaunchMemory {
+    fn drop(&mut self) {
+        // SAFETY: both mappings were made by LaunchMemory::new with these
+        // sizes and nothing refers to them any more.
+        unsafe {
+            libc::munmap(self.stack_base, PAGE + LAUNCH_STACK);
+            if !self.shared.is_null() {
+                libc::munmap(self.shared.cast(), PAGE);
+            }
+        }
+    }
+}
 
 /// Where the cloned child reports a failure: the step and its errno.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 #[repr(C)]
 struct LaunchFailure {
     step: libc::c_int,
     errno: libc::c_int,
 }
 
-/// Everything the cloned child reads (prepared by the parent) and the one
-/// thing it writes (`failure`), in memory the parent keeps alive until the
-/// clone returns.
+/// Everything the cloned child reads, prepared by the parent, which keeps
+/// it alive until the clone returns.
 #[repr(C)]
 struct LaunchArgs {
     paths: *const *const libc::c_char,
     argv: *const *const libc::c_char,
+    /// `/bin/sh`, a free slot for the script, then `argv[1..]`.
+    sh_argv: *mut *const libc::c_char,
     envp: *const *const libc::c_char,
     stdio: [RawFd; 3],
     uid: libc::uid_t,
     gid: libc::gid_t,
-    failure: LaunchFailure,
+    failure: *mut LaunchFailure,
 }
 
-const LAUNCH_STEPS: [&str; 10] = [
+const LAUNCH_STEPS: [&str; 12] = [
     "",
     "setsid",
     "seteuid(0)",
@@ -283,7 +370,36 @@ const LAUNCH_STEPS: [&str; 10] = [
     "dup2 of the standard descriptors",
     "chdir /",
     "execve",
+    "closing descriptors",
+    "execve /bin/sh",
 ];
+
+/// Whether `fs.suid_dumpable` keeps a process that changed ids out of its
+/// user's reach (0 or 2), so that it may share memory with its parent.
+fn suid_dumpable_safe() -> bool {
+    matches!(
+        std::fs::read("/proc/sys/fs/suid_dumpable").as_deref(),
+        Ok(b"0\n" | b"2\n" | b"0" | b"2")
+    )
+}
+
+/// Sets this thread's signal mask with the raw system call (glibc's
+/// wrappers leave its two internal signals unblocked); returns the old one.
+fn raw_sigmask(mask: u64) -> u64 {
+    let mut old: u64 = 0;
+    // SAFETY: rt_sigprocmask reads and writes one 8-byte kernel sigset
+    // each, both valid for this call.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            i64::from(libc::SIG_SETMASK),
+            &mask as *const u64,
+            &mut old as *mut u64,
+            8i64,
+        );
+    }
+    old
+}
 
 impl Launcher {
     /// Prepares `argv` (the program, then its arguments) and the
@@ -324,82 +440,109 @@ impl Launcher {
                 .iter()
                 .map(|(k, v)| cstr(format!("{k}={v}")))
                 .collect::<io::Result<_>>()?,
-            stack: vec![0; LAUNCH_STACK],
+            memory: LaunchMemory::new()?,
         })
     }
 
     /// Starts the command with `stdio` as its descriptors 0, 1 and 2 (each
-    /// must be 3 or above), as `uid`/`gid`; returns its pid once it has
+    /// must be 3 or above), as `run_as`; returns its pid once it has
     /// exec'd. A failure in the child (before or at the exec) is returned
     /// as an error naming the step, and the child is reaped.
-    pub fn start(&mut self, stdio: [RawFd; 3], uid: u32, gid: u32) -> io::Result<i32> {
+    pub fn start(
+        &mut self,
+        stdio: [RawFd; 3],
+        run_as: &crate::privilege::RunAs,
+    ) -> io::Result<i32> {
+        self.start_as(stdio, run_as, suid_dumpable_safe())
+    }
+
+    /// [`Launcher::start`], with the child sharing this process's memory
+    /// until its exec (`shared_memory`) or getting a copy of it.
+    fn start_as(
+        &mut self,
+        stdio: [RawFd; 3],
+        run_as: &crate::privilege::RunAs,
+        shared_memory: bool,
+    ) -> io::Result<i32> {
         if stdio.iter().any(|&fd| fd < 3) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "the command's standard descriptors must be 3 or above before they are moved",
             ));
         }
-        let mut paths: Vec<*const libc::c_char> = self.paths.iter().map(|p| p.as_ptr()).collect();
-        paths.push(std::ptr::null());
-        let mut argv: Vec<*const libc::c_char> = self.argv.iter().map(|a| a.as_ptr()).collect();
-        argv.push(std::ptr::null());
-        let mut envp: Vec<*const libc::c_char> = self.env.iter().map(|e| e.as_ptr()).collect();
-        envp.push(std::ptr::null());
-        let mut args = LaunchArgs {
+        let ptrs = |v: &[std::ffi::CString]| -> Vec<*const libc::c_char> {
+            v.iter()
+                .map(|c| c.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect()
+        };
+        let paths = ptrs(&self.paths);
+        let argv = ptrs(&self.argv);
+        let envp = ptrs(&self.env);
+        let mut sh_argv: Vec<*const libc::c_char> = vec![c"/bin/sh".as_ptr(), std::ptr::null()];
+        sh_argv.extend_from_slice(&argv[1..]);
+        let args = LaunchArgs {
             paths: paths.as_ptr(),
             argv: argv.as_ptr(),
+            sh_argv: sh_argv.as_mut_ptr(),
             envp: envp.as_ptr(),
             stdio,
-            uid,
-            gid,
-            failure: LaunchFailure::default(),
+            uid: run_as.uid(),
+            gid: run_as.gid(),
+            failure: self.memory.shared,
         };
-        // The stack grows down from its 16-byte aligned top.
-        let top = {
-            let end = self.stack.as_mut_ptr_range().end as usize;
-            (end & !15) as *mut libc::c_void
+        // SAFETY: `shared` is the page mapped by LaunchMemory::new; no child
+        // runs now.
+        unsafe { std::ptr::write_volatile(self.memory.shared, LaunchFailure::default()) };
+        // Every signal blocked across the clone, so that no handler of this
+        // process runs in the child before it has reset them all; except
+        // SIGALRM when it has its default action (the skeleton's watchdog:
+        // it must still end this process if the child never execs, for
+        // instance stopped by its user), which runs no handler anywhere.
+        let mut mask = u64::MAX;
+        // SAFETY: queries SIGALRM's action into a zeroed sigaction.
+        let alarm_default = unsafe {
+            let mut current: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(libc::SIGALRM, std::ptr::null(), &mut current) == 0
+                && current.sa_sigaction == libc::SIG_DFL
         };
-        // SAFETY: sigset_t is plain data; sigfillset initialises it.
-        let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: both point to valid sigset_t values owned by this frame.
-        unsafe {
-            libc::sigfillset(&mut all);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        if alarm_default {
+            mask &= !(1u64 << (libc::SIGALRM - 1));
         }
-        // SAFETY: with CLONE_VM | CLONE_VFORK the child shares this memory
-        // and this thread is suspended until the child has exec'd or
-        // exited, so nothing else touches `args`, `paths`, `argv`, `envp`,
-        // `self.paths`, `self.argv`, `self.env` or the stack while the child reads them,
-        // and they outlive it (they are dropped after clone returns). The
-        // child runs `launch_child` on its own stack (`self.stack`, borrowed
-        // mutably for this call), makes only raw system calls and writes only
-        // `args.failure`. All signals are blocked across the clone, so no
-        // handler of this process runs in the child before it has reset
-        // every handler to the default.
+        let old_mask = raw_sigmask(mask);
+        let flags = if shared_memory {
+            libc::CLONE_VM | libc::CLONE_VFORK
+        } else {
+            libc::CLONE_VFORK
+        };
+        // SAFETY: with CLONE_VFORK this thread is suspended until the child
+        // has exec'd or exited, and with CLONE_VM the child shares this
+        // memory: nothing else touches `args`, the pointer vectors, the
+        // CStrings or the stack while the child reads them, and they outlive
+        // it (dropped after clone returns). Without CLONE_VM the child reads
+        // its own copy. It runs `launch_child` on the mapped stack (borrowed
+        // through `&mut self`), makes only raw system calls and writes only
+        // the shared failure page and `sh_argv[1]`.
         let pid = unsafe {
             libc::clone(
                 launch_child,
-                top,
-                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-                (&mut args as *mut LaunchArgs).cast(),
+                self.memory.stack_top(),
+                flags | libc::SIGCHLD,
+                (&args as *const LaunchArgs).cast_mut().cast(),
             )
         };
         let clone_error = io::Error::last_os_error();
-        // SAFETY: restores the mask saved above.
-        unsafe {
-            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        }
+        raw_sigmask(old_mask);
         if pid < 0 {
             return Err(clone_error);
         }
         // SAFETY: the child has exec'd or exited (CLONE_VFORK); nothing
-        // writes `args.failure` any more.
-        let failure = unsafe { std::ptr::read_volatile(&args.failure) };
+        // writes the shared page any more.
+        let failure = unsafe { std::ptr::read_volatile(self.memory.shared) };
         if failure.step != 0 {
             // The child exited right after reporting: reap it.
-            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            let child = nix::unistd::Pid::from_raw(pid);
+            while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitpid(child, None) {}
             let step = LAUNCH_STEPS
                 .get(failure.step as usize)
                 .copied()
@@ -413,19 +556,21 @@ impl Launcher {
 
 /// The cloned child of [`Launcher::start`]: raw system calls only, on data
 /// the parent prepared; returns only on failure (the return value becomes
-/// the exit status), after writing the step and errno to `args.failure`.
+/// the exit status), after writing the step and errno to the shared page.
 extern "C" fn launch_child(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: `arg` is the LaunchArgs of Launcher::start, alive and not
-    // touched by the suspended parent until this process execs or exits.
-    let args = unsafe { &mut *arg.cast::<LaunchArgs>() };
-    let fail = |args: &mut LaunchArgs, step: libc::c_int| -> libc::c_int {
+    // SAFETY: `arg` is the LaunchArgs of Launcher::start (or this process's
+    // copy of it), alive and not touched by the suspended parent until this
+    // process execs or exits.
+    let args = unsafe { &*arg.cast::<LaunchArgs>() };
+    let fail = |step: libc::c_int| -> libc::c_int {
         // SAFETY: reads this thread's errno location, which is valid memory.
         let errno = unsafe { *libc::__errno_location() };
-        // SAFETY: `failure` is plain data in LaunchArgs; the volatile write
-        // keeps it from being optimised away before the exit.
+        // SAFETY: `failure` points to the MAP_SHARED page of the Launcher,
+        // mapped in this process too; the volatile write keeps it from
+        // being optimised away before the exit.
         unsafe {
             std::ptr::write_volatile(
-                &mut args.failure,
+                args.failure,
                 LaunchFailure {
                     step,
                     errno: if errno == 0 { libc::EPERM } else { errno },
@@ -438,48 +583,42 @@ extern "C" fn launch_child(arg: *mut libc::c_void) -> libc::c_int {
     // or pointers to memory prepared by the parent that stays valid until
     // the exec; none allocates or takes a lock.
     unsafe {
+        // Descriptors first: nothing but the connection is open from here
+        // on, whatever the user could later reach.
+        for (target, &fd) in args.stdio.iter().enumerate() {
+            if libc::syscall(libc::SYS_dup3, fd as i64, target as i64, 0i64) < 0 {
+                return fail(7);
+            }
+        }
+        if libc::syscall(libc::SYS_close_range, 3i64, i64::from(u32::MAX), 0i64) < 0 {
+            return fail(10);
+        }
         if libc::syscall(libc::SYS_setsid) < 0 {
-            return fail(args, 1);
+            return fail(1);
         }
         if libc::syscall(libc::SYS_geteuid) != 0
             && libc::syscall(libc::SYS_setresuid, -1i64, 0i64, -1i64) < 0
         {
-            return fail(args, 2);
-        }
-        if libc::syscall(libc::SYS_setgroups, 0i64, std::ptr::null::<libc::gid_t>()) < 0 {
-            return fail(args, 3);
-        }
-        let (u, g) = (args.uid as i64, args.gid as i64);
-        if libc::syscall(libc::SYS_setresgid, g, g, g) < 0 {
-            return fail(args, 4);
-        }
-        if libc::syscall(libc::SYS_setresuid, u, u, u) < 0 {
-            return fail(args, 5);
-        }
-        if args.uid != 0
-            && (libc::syscall(libc::SYS_setresuid, -1i64, 0i64, -1i64) == 0
-                || libc::syscall(libc::SYS_setresuid, 0i64, 0i64, 0i64) == 0)
-        {
-            *libc::__errno_location() = libc::EPERM;
-            return fail(args, 6);
-        }
-        for (target, &fd) in args.stdio.iter().enumerate() {
-            if libc::syscall(libc::SYS_dup3, fd as i64, target as i64, 0i64) < 0 {
-                return fail(args, 7);
-            }
+            return fail(2);
         }
         if libc::syscall(libc::SYS_chdir, c"/".as_ptr()) < 0 {
-            return fail(args, 8);
+            return fail(8);
         }
-        const CLOSE_RANGE_CLOEXEC: i64 = 1 << 2;
-        if libc::syscall(
-            libc::SYS_close_range,
-            3i64,
-            i64::from(u32::MAX),
-            CLOSE_RANGE_CLOEXEC,
-        ) < 0
+        if libc::syscall(libc::SYS_setgroups, 0i64, std::ptr::null::<libc::gid_t>()) < 0 {
+            return fail(3);
+        }
+        let (u, g) = (i64::from(args.uid), i64::from(args.gid));
+        if libc::syscall(libc::SYS_setresgid, g, g, g) < 0 {
+            return fail(4);
+        }
+        if libc::syscall(libc::SYS_setresuid, u, u, u) < 0 {
+            return fail(5);
+        }
+        if libc::syscall(libc::SYS_setresuid, -1i64, 0i64, -1i64) == 0
+            || libc::syscall(libc::SYS_setresuid, 0i64, 0i64, 0i64) == 0
         {
-            return fail(args, 7);
+            *libc::__errno_location() = libc::EPERM;
+            return fail(6);
         }
         // Every signal to its default action (a handler of the parent must
         // never run here; an ignored signal would stay ignored in the
@@ -509,22 +648,34 @@ extern "C" fn launch_child(arg: *mut libc::c_void) -> libc::c_int {
             8i64,
         );
         // As execvp: the next directory when the command is not in this
-        // one; EACCES if it was somewhere but could not be run.
+        // one (or that file system is unreachable); EACCES if it was
+        // somewhere but could not be run; /bin/sh for a file that is not
+        // an executable format (a script without `#!`).
         let mut denied = false;
         let mut candidate = args.paths;
         while !(*candidate).is_null() {
             libc::syscall(libc::SYS_execve, *candidate, args.argv, args.envp);
             match *libc::__errno_location() {
                 libc::EACCES => denied = true,
-                libc::ENOENT | libc::ENOTDIR => {}
-                _ => return fail(args, 9),
+                libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}
+                libc::ENOEXEC => {
+                    *args.sh_argv.add(1) = *candidate;
+                    libc::syscall(
+                        libc::SYS_execve,
+                        c"/bin/sh".as_ptr(),
+                        args.sh_argv,
+                        args.envp,
+                    );
+                    return fail(11);
+                }
+                _ => return fail(9),
             }
             candidate = candidate.add(1);
         }
         if denied {
             *libc::__errno_location() = libc::EACCES;
         }
-        fail(args, 9)
+        fail(9)
     }
 }
 
@@ -572,10 +723,80 @@ mod tests {
         assert_eq!(paths(&["cat"], &env), ["/opt/x/cat", "cat", "/usr/bin/cat"]);
     }
 
+    fn nobody() -> crate::privilege::RunAs {
+        let owner = crate::privilege::MailOwner {
+            uid: 999_999,
+            gid: 999_999,
+        };
+        crate::privilege::RunAs::new(65534, 65534, owner, "nobody").unwrap()
+    }
+
+    #[test]
+    fn launcher_runs_the_command_as_the_user_alone_with_its_descriptors() {
+        use std::io::Read;
+        use std::os::unix::net::UnixStream;
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "this test runs as root (the launcher switches users)"
+        );
+        let script = "id -u; id -g; id -G; ls /proc/self/fd | wc -l; pwd; echo \"$X\"; \
+                      grep -E '^Sig(Blk|Ign)' /proc/self/status";
+        let env = vec![
+            ("PATH".to_string(), "/usr/bin:/bin".to_string()),
+            ("X".to_string(), "y z".to_string()),
+        ];
+        for shared in [true, false] {
+            let mut l = Launcher::new(&strings(&["sh", "-c", script]), &env).unwrap();
+            let (mut ours, theirs) = UnixStream::pair().unwrap();
+            ours.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+                .unwrap();
+            let fd = theirs.as_raw_fd();
+            let pid = l.start_as([fd, fd, fd], &nobody(), shared).unwrap();
+            drop(theirs);
+            let mut out = String::new();
+            ours.read_to_string(&mut out).unwrap();
+            let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            assert_eq!(
+                status,
+                Ok(nix::sys::wait::WaitStatus::Exited(
+                    nix::unistd::Pid::from_raw(pid),
+                    0
+                ))
+            );
+            // ls sees 0, 1, 2 and its own directory descriptor.
+            assert_eq!(
+                out,
+                "65534\n65534\n65534\n4\n/\ny z\nSigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n",
+                "shared memory: {shared}"
+            );
+        }
+    }
+
+    #[test]
+    fn launcher_reports_the_failing_step_and_reaps_the_child() {
+        let mut l = Launcher::new(&strings(&["/nonexistent/x"]), &[]).unwrap();
+        let (_ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let fd = theirs.as_raw_fd();
+        for shared in [true, false] {
+            let e = l.start_as([fd, fd, fd], &nobody(), shared).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::NotFound);
+            assert!(e.to_string().starts_with("execve: "), "{e}");
+        }
+        // Reaped: no child of this test process is left (a zombie would be
+        // waitable).
+        assert!(matches!(
+            nix::sys::wait::waitpid(
+                nix::unistd::Pid::from_raw(-1),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG)
+            ),
+            Err(nix::errno::Errno::ECHILD) | Ok(nix::sys::wait::WaitStatus::StillAlive)
+        ));
+    }
+
     #[test]
     fn launcher_refuses_standard_descriptors_below_three() {
         let mut l = Launcher::new(&strings(&["/bin/true"]), &[]).unwrap();
-        let e = l.start([1, 5, 5], 65534, 65534).unwrap_err();
+        let e = l.start([1, 5, 5], &nobody()).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
     }
 }

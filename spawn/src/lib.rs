@@ -125,8 +125,7 @@ impl Spawn {
     /// own session, as the `user=` identity (see [`sys::Launcher`]).
     fn start(&mut self, conn: &OwnedFd) -> std::io::Result<i32> {
         let fd = conn.as_raw_fd();
-        let (uid, gid) = (self.attrs.run_as.uid(), self.attrs.run_as.gid());
-        self.launcher.start([fd, fd, fd], uid, gid)
+        self.launcher.start([fd, fd, fd], &self.attrs.run_as)
     }
 
     fn supervise(&self, pid: i32) {

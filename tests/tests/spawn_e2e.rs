@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 
 use postern_tests::{
@@ -120,13 +121,30 @@ fn command_sees_exactly_its_user_groups_descriptors_and_environment() {
 #[test]
 fn a_bare_command_name_is_found_in_path_and_a_missing_command_is_logged() {
     require_root();
+    // A script without `#!` runs through /bin/sh, as execvp does it.
+    let dir = tempfile::Builder::new()
+        .prefix("postern-spawn-script")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = dir.path().join("noshebang");
+    std::fs::write(&script, "echo \"run by sh: $1\"\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut inst = Instance::new(
         "",
-        "bare unix n n n - 2 spawn user=nobody argv=cat\n\
+        &format!(
+            "script unix n n n - 2 spawn user=nobody argv={} arg1\n\
+         bare unix n n n - 2 spawn user=nobody argv=cat\n\
          missing unix n n n - 2 spawn user=nobody argv=/nonexistent/command -x\n\
          notexec unix n n n - 2 spawn user=nobody argv=/etc/passwd",
+            script.display()
+        ),
     );
     inst.start();
+    assert_eq!(
+        unix_exchange(&inst.public("script"), b"").unwrap(),
+        b"run by sh: arg1\n"
+    );
     assert_eq!(
         unix_exchange(&inst.public("bare"), b"found in PATH").unwrap(),
         b"found in PATH"
