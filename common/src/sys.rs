@@ -541,8 +541,7 @@ impl Launcher {
         let failure = unsafe { std::ptr::read_volatile(self.memory.shared) };
         if failure.step != 0 {
             // The child exited right after reporting: reap it.
-            let child = nix::unistd::Pid::from_raw(pid);
-            while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitpid(child, None) {}
+            let _ = crate::wait::reap(pid);
             let step = LAUNCH_STEPS
                 .get(failure.step as usize)
                 .copied()

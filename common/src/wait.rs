@@ -26,6 +26,17 @@ pub fn readable_by(fd: impl AsFd, deadline: Instant) -> bool {
     }
 }
 
+/// Waits for child `pid` to end and returns how it ended, going on after
+/// an interrupted wait.
+pub fn reap(pid: i32) -> nix::Result<nix::sys::wait::WaitStatus> {
+    loop {
+        match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => return other,
+        }
+    }
+}
+
 /// Whether `fd` becomes readable within `limit`.
 pub fn readable_within(fd: impl AsFd, limit: Duration) -> bool {
     readable_by(fd, Instant::now() + limit)

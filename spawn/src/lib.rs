@@ -48,11 +48,10 @@
 pub mod pipe;
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::process::Command;
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitStatus};
+use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use postern_common::command::{CommandSpec, SystemAccounts};
 use postern_common::privilege::{self, MailOwner};
@@ -152,13 +151,7 @@ impl Spawn {
                 Err(e) => log::error!("service {}: {e}", self.service),
             }
         }
-        let status = loop {
-            match waitpid(Pid::from_raw(pid), None) {
-                Err(nix::errno::Errno::EINTR) => continue,
-                other => break other,
-            }
-        };
-        match status {
+        match postern_common::wait::reap(pid) {
             Ok(WaitStatus::Exited(_, 0)) => {}
             Ok(WaitStatus::Exited(_, code)) => log::warn!(
                 "service {}: command {command} (pid {pid}) exited with status {code}",
@@ -173,20 +166,6 @@ impl Spawn {
             Err(e) => log::error!("service {}: waiting for pid {pid}: {e}", self.service),
         }
     }
-}
-
-/// Sets up `cmd` the way every command spawn and pipe run starts: its own
-/// session and process group, the `user=` identity with no supplementary
-/// groups, nothing open but descriptors 0-2.
-fn isolate(cmd: &mut Command, attrs: &CommandSpec) {
-    let (uid, gid) = (attrs.run_as.uid(), attrs.run_as.gid());
-    sys::before_exec(cmd, move || {
-        // Async-signal-safe only: see sys::before_exec.
-        nix::unistd::setsid()?;
-        privilege::drop_to(uid, gid)
-            .map_err(|_| std::io::Error::from_raw_os_error(nix::errno::Errno::EPERM as i32))?;
-        sys::cloexec_from(3)
-    });
 }
 
 /// Kills the process group a command leads, with SIGKILL, as root (the

@@ -46,11 +46,12 @@ use postern_common::command::{run_with_input, CommandSpec, PipeFlags, PipeSpec, 
 use postern_common::handoff::{
     self, DeliveryReply, DeliveryRequest, Destination, Instruction, RecipientStatus,
 };
-use postern_common::privilege::MailOwner;
+use postern_common::privilege::{self, MailOwner};
 use postern_common::server::{self, Context, Handler, Privileges, Program, Request};
+use postern_common::sys;
 use postern_conf::params;
 
-use crate::{command_environment, isolate, kill_group_as_root};
+use crate::{command_environment, kill_group_as_root};
 
 /// Runs the pipe daemon (called by `postern-pipe`'s main).
 pub fn run() -> i32 {
@@ -256,6 +257,21 @@ impl Pipe {
             })
             .collect()
     }
+}
+
+/// Sets up `cmd` the way every command pipe runs starts (spawn's go
+/// through [`sys::Launcher`], which does the same): its own
+/// session and process group, the `user=` identity with no supplementary
+/// groups, nothing open but descriptors 0-2.
+fn isolate(cmd: &mut Command, attrs: &CommandSpec) {
+    let (uid, gid) = (attrs.run_as.uid(), attrs.run_as.gid());
+    sys::before_exec(cmd, move || {
+        // Async-signal-safe only: see sys::before_exec.
+        nix::unistd::setsid()?;
+        privilege::drop_to(uid, gid)
+            .map_err(|_| std::io::Error::from_raw_os_error(nix::errno::Errno::EPERM as i32))?;
+        sys::cloexec_from(3)
+    });
 }
 
 #[cfg(test)]
