@@ -496,3 +496,20 @@ pub fn percentile_ms(sorted: &[Duration], p: f64) -> Option<f64> {
 pub fn fmt_ms(v: Option<f64>) -> String {
     v.map_or_else(|| "nan".to_string(), |v| format!("{v:.3}"))
 }
+
+/// The timing part of a benchmark client's result line, from the sorted
+/// latencies of `secs` seconds of work:
+/// `secs=… rate=… p50_ms=… p99_ms=… max_ms=…`.
+pub fn rate_summary(sorted: &[Duration], secs: f64) -> String {
+    let rate = if secs > 0.0 {
+        sorted.len() as f64 / secs
+    } else {
+        0.0
+    };
+    format!(
+        "secs={secs:.3} rate={rate:.1} p50_ms={} p99_ms={} max_ms={}",
+        fmt_ms(percentile_ms(sorted, 50.0)),
+        fmt_ms(percentile_ms(sorted, 99.0)),
+        fmt_ms(sorted.last().map(|d| d.as_secs_f64() * 1000.0)),
+    )
+}

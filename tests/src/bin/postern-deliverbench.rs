@@ -165,23 +165,9 @@ fn build_message(size: usize, id: &str, sender: &str, recipient: &str, date: u64
 // --------------------------------------------------------------------------
 // Measurements.
 
-use postern_tests::{fmt_ms, percentile_ms};
+use postern_tests::rate_summary;
 
 /// The result line's numbers: "secs=.. rate=.. p50_ms=.. p99_ms=.. max_ms=..".
-fn summary(sorted: &[Duration], secs: f64) -> String {
-    let rate = if secs > 0.0 {
-        sorted.len() as f64 / secs
-    } else {
-        0.0
-    };
-    format!(
-        "secs={secs:.3} rate={rate:.1} p50_ms={} p99_ms={} max_ms={}",
-        fmt_ms(percentile_ms(sorted, 50.0)),
-        fmt_ms(percentile_ms(sorted, 99.0)),
-        fmt_ms(sorted.last().map(|d| d.as_secs_f64() * 1000.0)),
-    )
-}
-
 /// What one thread measured.
 #[derive(Debug, Default)]
 struct Tally {
@@ -388,7 +374,7 @@ fn run_deliveries(options: Options) -> Result<bool> {
         "deliveries={} errors={} {}",
         total.latencies.len(),
         total.errors,
-        summary(&total.latencies, secs)
+        rate_summary(&total.latencies, secs)
     );
     for (reason, n) in total.first_reasons(SHOWN_REASONS) {
         eprintln!("postern-deliverbench: {n} failed: {reason}");
@@ -431,7 +417,7 @@ fn run_fsync_probe(path: PathBuf, count: u64, size: usize) -> Result<bool> {
     println!(
         "appends={} errors=0 {}",
         latencies.len(),
-        summary(&latencies, secs)
+        rate_summary(&latencies, secs)
     );
     Ok(true)
 }
@@ -476,6 +462,7 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use postern_tests::percentile_ms;
 
     fn message(size: usize) -> Vec<u8> {
         build_message(
@@ -535,7 +522,7 @@ mod tests {
         assert_eq!(percentile_ms(&values, 100.0), Some(100.0));
         assert_eq!(percentile_ms(&values[..1], 99.0), Some(1.0));
         assert_eq!(percentile_ms(&[], 50.0), None);
-        let summary = summary(&values[..4], 2.0);
+        let summary = rate_summary(&values[..4], 2.0);
         assert_eq!(
             summary,
             "secs=2.000 rate=2.0 p50_ms=2.000 p99_ms=4.000 max_ms=4.000"

@@ -293,7 +293,7 @@ fn worker(plan: &Plan) -> Tally {
     tally
 }
 
-use postern_tests::{fmt_ms, percentile_ms};
+use postern_tests::rate_summary;
 
 fn seconds(name: &str, secs: f64) -> Result<Duration> {
     Duration::try_from_secs_f64(secs)
@@ -344,14 +344,11 @@ fn run(options: Options) -> Result<bool> {
     let secs = start.elapsed().as_secs_f64();
 
     total.latencies.sort_unstable();
-    let conns = total.latencies.len();
-    let rate = if secs > 0.0 { conns as f64 / secs } else { 0.0 };
     println!(
-        "conns={conns} errors={} secs={secs:.3} rate={rate:.1} p50_ms={} p99_ms={} max_ms={}",
+        "conns={} errors={} {}",
+        total.latencies.len(),
         total.errors,
-        fmt_ms(percentile_ms(&total.latencies, 50.0)),
-        fmt_ms(percentile_ms(&total.latencies, 99.0)),
-        fmt_ms(total.latencies.last().map(|d| d.as_secs_f64() * 1000.0)),
+        rate_summary(&total.latencies, secs)
     );
     for (reason, n) in &total.reasons {
         eprintln!("postern-loadgen: {n} failed: {reason}");
@@ -377,6 +374,7 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use postern_tests::percentile_ms;
 
     #[test]
     fn payload_has_requested_length_and_differs_per_connection() {
