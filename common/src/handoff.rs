@@ -255,10 +255,9 @@ pub fn read_frame(r: &mut impl Read, first: &[u8]) -> Result<Vec<u8>, HandoffErr
     }
     let mut payload = Vec::with_capacity(len as usize);
     payload.extend_from_slice(&first[from_first..first.len().min(4 + len as usize)]);
-    let missing = len as usize - payload.len();
-    let mut rest = vec![0u8; missing];
-    r.read_exact(&mut rest)?;
-    payload.extend_from_slice(&rest);
+    let have = payload.len();
+    payload.resize(len as usize, 0);
+    r.read_exact(&mut payload[have..])?;
     Ok(payload)
 }
 
@@ -295,7 +294,10 @@ pub fn decode_reply(payload: &[u8]) -> Result<ReplyFrame, HandoffError> {
 /// Agent side: receives a request and the descriptors attached to it, one
 /// per message.
 pub fn receive_request(conn: &UnixStream) -> Result<Vec<(DeliveryRequest, OwnedFd)>, HandoffError> {
-    let mut first = vec![0u8; 64 * 1024];
+    // A request for one message fits in a few hundred bytes; the rest of a
+    // larger frame is read by `read_frame`. On the stack: a large zeroed
+    // heap buffer per request costs page faults when the heap shrinks again.
+    let mut first = [0u8; 4096];
     let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; MAX_BATCH]);
     let (n, fds) = {
         let mut iov = [IoSliceMut::new(&mut first)];

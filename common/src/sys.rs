@@ -194,6 +194,15 @@ pub fn fork_single_threaded() -> io::Result<Forked> {
     }
 }
 
+/// Ends the process at once with `code` (`_exit`): no exit handlers, no
+/// flushing of stdio buffers. For a forked child that has reported its
+/// result: the exit handlers belong to the process it was forked from.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit takes no pointer and does not return; it is
+    // async-signal-safe and valid in any process state.
+    unsafe { libc::_exit(code) }
+}
+
 /// Starts writing `file`'s dirty pages to disk without waiting
 /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`). Started for several files
 /// before the first of them is fsynced, their data goes to the device
