@@ -227,7 +227,10 @@ struct Child {
 #[derive(Debug)]
 struct Service {
     entry: ServiceEntry,
-    view: Config,
+    /// `service_throttle_time` as this service sees it (its `-o` overrides
+    /// applied). Only the values the master needs are kept, not the whole
+    /// per-service view of the configuration.
+    throttle_time: Duration,
     program: PathBuf,
     generation: u32,
     targets: Vec<BindTarget>,
@@ -447,12 +450,13 @@ impl Master {
         self.tokens.insert(status_token, Target::Status(generation));
         self.tokens.insert(listen_token, Target::Listen(generation));
         let limit = view.process_limit(entry);
+        let throttle_time = view.time(params::SERVICE_THROTTLE_TIME);
         // The first wake-up comes at once: a queue manager looks at the
         // queue as soon as the instance starts, as in Postfix.
         let next_wakeup = entry.wakeup.map(|_| Instant::now());
         Ok(Service {
             entry: entry.clone(),
-            view,
+            throttle_time,
             program,
             generation,
             targets,
@@ -597,7 +601,7 @@ impl Master {
             .iter()
             .position(|s| s.children.contains_key(&pid))
         {
-            let throttle_for = self.services[i].view.time(params::SERVICE_THROTTLE_TIME);
+            let throttle_for = self.services[i].throttle_time;
             let svc = &mut self.services[i];
             let Some(child) = svc.children.remove(&pid) else {
                 return;
@@ -767,7 +771,7 @@ impl Master {
                 }
             }
             Err(e) => {
-                let throttle_for = svc.view.time(params::SERVICE_THROTTLE_TIME);
+                let throttle_for = svc.throttle_time;
                 log::error!(
                     "service {}: cannot start {}: {e}: throttling the service for {}s",
                     svc.id(),
