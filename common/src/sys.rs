@@ -115,11 +115,14 @@ pub fn cloexec_from(first: RawFd) -> io::Result<()> {
 /// Shrinks this process's resident set to what it really uses. For every
 /// file mapping that is not writable and has no privately modified page
 /// (`Anonymous: 0 kB` in `/proc/self/smaps`: text, `.rodata`, never RELRO,
-/// whose pages hold applied relocations), turns off fault-around and
-/// readahead (`MADV_RANDOM`) and drops the pages mapped so far
-/// (`MADV_DONTNEED`). Such pages are identical to the file, so a page needed
-/// later is simply mapped again from the page cache. Returns the number of
-/// bytes advised.
+/// whose pages hold applied relocations), turns off readahead
+/// (`MADV_RANDOM`) and drops the pages mapped so far (`MADV_DONTNEED`).
+/// Such pages are identical to the file, so a page needed later is simply
+/// mapped again from the page cache. What comes back is coarser than the
+/// pages touched: `MADV_RANDOM` does not turn off the kernel's fault-around
+/// (checked on Linux 6.18: one touch maps the 16 pages around it), so code
+/// that is used at all brings its 64 KB neighbourhood with it. Returns the
+/// number of bytes advised.
 pub fn trim_text_mappings() -> io::Result<usize> {
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;
     let mut advised = 0;
