@@ -628,6 +628,66 @@ mod tests {
         ));
     }
 
+    /// A batch whose frame is much larger than the agent's first read: the
+    /// rest of the frame is read after it, the descriptors come with the
+    /// first read, and the client gets one reply per message.
+    #[test]
+    fn a_large_batch_crosses_the_socket_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let mut big = request();
+        big.recipients = (0..40)
+            .map(|i| Instruction {
+                recipient: format!("recipient-{i}-with-a-long-name@example.org"),
+                user: format!("user{i}"),
+                extension: None,
+                destination: Destination::Maildir(format!("/home/user{i}/Maildir/").into()),
+                uncertain: false,
+            })
+            .collect();
+        let requests = vec![big; 8];
+        let frame = encode(&RequestFrame {
+            version: PROTOCOL_VERSION,
+            messages: requests.clone(),
+        })
+        .unwrap();
+        assert!(frame.len() > 16 * 1024, "frame of {} bytes", frame.len());
+        let files: Vec<OwnedFd> = (0..requests.len())
+            .map(|i| {
+                let mut f = tempfile::tempfile().unwrap();
+                writeln!(f, "message {i}").unwrap();
+                OwnedFd::from(f)
+            })
+            .collect();
+        let agent = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            let received = receive_request(&conn).unwrap();
+            let replies = received
+                .iter()
+                .map(|(r, _)| DeliveryReply {
+                    statuses: r
+                        .recipients
+                        .iter()
+                        .map(|_| RecipientStatus::delivered("ok"))
+                        .collect(),
+                })
+                .collect();
+            send_reply(&conn, replies).unwrap();
+            received
+        });
+        let batch: Vec<(&DeliveryRequest, &OwnedFd)> = requests.iter().zip(&files).collect();
+        let replies = deliver_batch(&path, &batch, Duration::from_secs(10)).unwrap();
+        assert_eq!(replies.len(), requests.len());
+        let received = agent.join().unwrap();
+        assert_eq!(received.len(), requests.len());
+        for (i, ((r, fd), sent)) in received.iter().zip(&requests).enumerate() {
+            assert_eq!(r, sent);
+            let text = read_message(fd, 0, None).unwrap();
+            assert_eq!(text, format!("message {i}\n").into_bytes());
+        }
+    }
+
     #[test]
     fn random_payloads_never_panic() {
         let mut seed = 0x2545_f491_4f6c_dd1du64;
