@@ -210,7 +210,9 @@ pub fn sanitise(output: &[u8]) -> String {
         .to_string()
 }
 
-/// Maps an exit code to a status, as Postfix's pipe(8) does for sysexits.
+/// Maps an exit code to a status, as Postfix's pipe(8) does for sysexits
+/// (its `sys_exits` table: the enhanced status code of each `EX_` value;
+/// EX_OSERR and EX_TEMPFAIL defer, everything else bounces).
 pub fn status_for_exit(code: i32, program: &str, output: &str) -> RecipientStatus {
     let said = if output.is_empty() {
         String::new()
@@ -222,7 +224,10 @@ pub fn status_for_exit(code: i32, program: &str, output: &str) -> RecipientStatu
         0 => RecipientStatus::delivered(format!("delivered to program {program}")),
         71 | 75 => RecipientStatus::deferred("4.3.0", why),
         65 => RecipientStatus::bounced("5.6.0", why),
-        67 | 68 => RecipientStatus::bounced("5.1.1", why),
+        67 => RecipientStatus::bounced("5.1.1", why),
+        68 => RecipientStatus::bounced("5.1.2", why),
+        73 => RecipientStatus::bounced("5.2.0", why),
+        76 => RecipientStatus::bounced("5.5.0", why),
         77 => RecipientStatus::bounced("5.7.0", why),
         78 => RecipientStatus::bounced("5.3.5", why),
         _ => RecipientStatus::bounced("5.3.0", why),
@@ -301,8 +306,10 @@ impl Ended {
         match &self.status {
             Ok(s) => match (s.code(), s.signal()) {
                 (Some(code), _) => status_for_exit(code, program, &sanitise(&self.output)),
+                // As Postfix's pipe(8): a command that dies of a signal
+                // (the OOM killer, a crash) may well succeed next time.
                 (None, Some(sig)) => {
-                    RecipientStatus::bounced("5.3.0", format!("{what} was killed by signal {sig}"))
+                    RecipientStatus::deferred("4.3.0", format!("{what} was killed by signal {sig}"))
                 }
                 _ => RecipientStatus::deferred("4.3.0", format!("{what}: unknown exit status")),
             },
@@ -473,6 +480,34 @@ mod tests {
         assert_eq!((b.outcome, b.dsn.as_str()), (Outcome::Bounced, "5.3.0"));
         assert_eq!(b.reason, "program p exited with status 1: oops");
         assert_eq!(status_for_exit(67, "p", "").dsn, "5.1.1");
+        for (code, dsn) in [(68, "5.1.2"), (73, "5.2.0"), (76, "5.5.0"), (77, "5.7.0")] {
+            let b = status_for_exit(code, "p", "");
+            assert_eq!(
+                (b.outcome, b.dsn.as_str()),
+                (Outcome::Bounced, dsn),
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_command_killed_by_a_signal_is_deferred() {
+        use crate::handoff::Outcome;
+        use std::os::unix::process::ExitStatusExt;
+        let ended = |status: i32, timed_out| Ended {
+            status: Ok(std::process::ExitStatus::from_raw(status)),
+            output: Vec::new(),
+            timed_out,
+        };
+        let limit = Duration::from_secs(5);
+        let s = ended(9, false).delivery_status("p", "program p", limit);
+        assert_eq!((s.outcome, s.dsn.as_str()), (Outcome::Deferred, "4.3.0"));
+        assert_eq!(s.reason, "program p was killed by signal 9");
+        // Killed at the time limit: bounced, as Postfix does.
+        let s = ended(9, true).delivery_status("p", "program p", limit);
+        assert_eq!((s.outcome, s.dsn.as_str()), (Outcome::Bounced, "5.3.0"));
+        let s = ended(75 << 8, false).delivery_status("p", "program p", limit);
+        assert_eq!(s.outcome, Outcome::Deferred);
     }
 
     #[test]
