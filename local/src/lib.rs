@@ -300,7 +300,7 @@ impl Handler for Local {
         }
         // The delivery processes have reported; reap them after the reply.
         for pid in reap {
-            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            reap_reported(pid);
         }
     }
 }
@@ -452,7 +452,7 @@ fn in_child_as(
         }
         Ok(Ok(Forked::Parent(pid))) => {
             drop(write_end);
-            let status = read_status(read_end, limit).and_then(|s| {
+            let status = read_status(read_end, pid, limit).and_then(|s| {
                 if s.len() == n {
                     Ok(s)
                 } else {
@@ -492,16 +492,60 @@ fn in_child_as(
     }
 }
 
-/// Reads the child's length-prefixed report within `limit`.
-fn read_status(fd: OwnedFd, limit: Duration) -> Result<Vec<RecipientStatus>, String> {
+/// Whether the delivery process `pid` is stopped (its user can stop it: it
+/// runs with the user's ids). The stop is left to be seen again.
+fn is_stopped(pid: i32) -> bool {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+    matches!(
+        waitid(
+            Id::Pid(nix::unistd::Pid::from_raw(pid)),
+            WaitPidFlag::WSTOPPED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+        ),
+        Ok(WaitStatus::Stopped(..))
+    )
+}
+
+/// Reaps a delivery process that has reported. If its user stopped it
+/// before it could exit, it is killed (with root's rights) rather than
+/// waited for: a stopped child never exits.
+fn reap_reported(pid: i32) {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let child = nix::unistd::Pid::from_raw(pid);
+    loop {
+        match waitpid(child, Some(WaitPidFlag::WUNTRACED)) {
+            Ok(WaitStatus::Stopped(..)) => {
+                let _ = privilege::as_root(|| {
+                    nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL)
+                });
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            _ => return,
+        }
+    }
+}
+
+/// Reads the child's length-prefixed report within `limit`. A child that
+/// is found stopped (checked at least once a second) gets no more time.
+fn read_status(fd: OwnedFd, pid: i32, limit: Duration) -> Result<Vec<RecipientStatus>, String> {
     use std::io::Read;
-    let deadline = std::time::Instant::now() + limit;
+    use std::time::Instant;
+    let deadline = Instant::now() + limit;
     let mut file = std::fs::File::from(fd);
     let mut read_exact = |buf: &mut [u8]| -> Result<(), String> {
         let mut got = 0;
         while got < buf.len() {
-            if !postern_common::wait::readable_by(&file, deadline) {
-                return Err("no report within the time limit".into());
+            loop {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err("no report within the time limit".into());
+                }
+                let slice = deadline.min(now + Duration::from_secs(1));
+                if postern_common::wait::readable_by(&file, slice) {
+                    break;
+                }
+                if is_stopped(pid) {
+                    return Err("it was stopped by a signal before it reported".into());
+                }
             }
             match file.read(&mut buf[got..]) {
                 Ok(0) => return Err("it died without a report".into()),

@@ -361,6 +361,39 @@ fn hangs_are_killed_with_their_group_and_exit_codes_map_to_outcomes() {
     assert!(s.marker("fine-ran").exists());
 }
 
+/// The delivery process runs with the user's ids, so the user (here: the
+/// user's program, through its parent) can stop it. local must not wait for
+/// it until the time limit (3s + 60s here), nor hang reaping it.
+#[test]
+fn a_delivery_process_stopped_by_its_user_is_given_up_at_once() {
+    let s = Setup::new("");
+    s.install("stopper", "cat > /dev/null; kill -STOP $PPID; exit 0");
+    s.install(
+        "fine",
+        &format!("cat > /dev/null; touch {}", s.marker("fine-ran").display()),
+    );
+    let out = s.deliver(USER, &["stopper"]);
+    assert_eq!(out.code, Some(75), "{out:?}");
+    assert!(
+        out.stdout.contains("deferred (4.3.0)")
+            && out
+                .stdout
+                .contains("stopped by a signal before it reported"),
+        "{}",
+        out.stdout
+    );
+    // The stopped process was killed and reaped: no child of local is left
+    // stopped, and the service goes on.
+    let local = s.inst.children_of("local");
+    assert!(!local.is_empty());
+    assert!(eventually(WAIT, || postern_tests::proc_entries()
+        .iter()
+        .all(|p| !(local.contains(&p.ppid) && p.state == 'T'))));
+    let out = s.deliver(USER, &["fine"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(s.marker("fine-ran").exists());
+}
+
 #[test]
 fn strict_output_rule_counts_any_output_as_failure() {
     let s = Setup::new("program_output_is_failure = yes");
