@@ -567,13 +567,34 @@ fn read_status(fd: OwnedFd, pid: i32, limit: Duration) -> Result<Vec<RecipientSt
     postcard::from_bytes(&bytes).map_err(|_| "its report does not decode".to_string())
 }
 
-/// Reads `~/.postern-destinations` as the user, if it is safe to use.
+/// The largest per-user policy file read (bytes).
+const USER_POLICY_LIMIT: u64 = 64 * 1024;
+
+/// Reads `~/.postern-destinations` as the user, if it is safe to use. It is
+/// opened without following a symbolic link and without blocking (a FIFO
+/// put there cannot hold the delivery), then checked on the open file.
 fn user_policy(home: &Path, uid: u32) -> Result<Option<Policy>, RecipientStatus> {
+    use std::io::Read;
     let path = home.join(".postern-destinations");
-    let md = match std::fs::symlink_metadata(&path) {
-        Ok(m) => m,
-        Err(_) => return Ok(None),
+    let cannot = |e: &dyn std::fmt::Display| {
+        RecipientStatus::deferred("4.3.5", format!("cannot read {}: {e}", path.display()))
     };
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        // ELOOP: a symbolic link. Not a policy file: ignored like any other
+        // unsafe one.
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            log::warn!("ignoring {}: a symbolic link", path.display());
+            return Ok(None);
+        }
+        Err(e) => return Err(cannot(&e)),
+    };
+    let md = file.metadata().map_err(|e| cannot(&e))?;
     if !md.is_file() || (md.uid() != uid && md.uid() != 0) || md.mode() & 0o022 != 0 {
         log::warn!(
             "ignoring {}: not a regular file owned by the user or root, or writable by others",
@@ -581,9 +602,13 @@ fn user_policy(home: &Path, uid: u32) -> Result<Option<Policy>, RecipientStatus>
         );
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        RecipientStatus::deferred("4.3.5", format!("cannot read {}: {e}", path.display()))
-    })?;
+    if md.len() > USER_POLICY_LIMIT {
+        return Err(cannot(&format!("larger than {USER_POLICY_LIMIT} bytes")));
+    }
+    let mut text = String::new();
+    file.take(USER_POLICY_LIMIT)
+        .read_to_string(&mut text)
+        .map_err(|e| cannot(&e))?;
     policy::parse(&path.display().to_string(), &text, false)
         .map(Some)
         .map_err(|e| {

@@ -514,6 +514,13 @@ fn per_user_policy_narrows_and_widens_only_inside_home_when_allowed() {
         .stdout
         .contains("bounced (5.7.1)"));
     assert!(!Path::new("/tmp/carol-anywhere").exists());
+    // A FIFO in its place is ignored (the system policy alone applies) and
+    // does not hold the delivery: it is never read.
+    std::fs::remove_file(&user_file).unwrap();
+    nix::unistd::mkfifo(&user_file, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    nix::unistd::chown(&user_file, Some(uid.into()), Some(gid.into())).unwrap();
+    let out = deliver(&dir.join("with-a-fifo-policy"));
+    assert_eq!(out.code, Some(0), "{out:?}");
     let _ = std::fs::remove_file(&user_file);
     let _ = std::fs::remove_file(&inside_not_system);
 }
