@@ -245,11 +245,27 @@ impl Rule {
 
     /// Whether this rule allows `dest` (normalized) of `kind` for `who`.
     pub fn allows(&self, kind: Kind, dest: &Path, who: &Who<'_>) -> bool {
+        self.allows_resolved(kind, dest, who, &|p| p.to_path_buf())
+    }
+
+    /// The same, with the rule's directory first passed through `resolve`
+    /// (for an exact file: the directory it is in).
+    fn allows_resolved(
+        &self,
+        kind: Kind,
+        dest: &Path,
+        who: &Who<'_>,
+        resolve: &dyn Fn(&Path) -> PathBuf,
+    ) -> bool {
         if !self.kind.covers(kind) {
             return false;
         }
         let Some((base, shape)) = self.expand(who) else {
             return false;
+        };
+        let base = match (&shape, base.parent(), base.file_name()) {
+            (Shape::Exact, Some(dir), Some(name)) => resolve(dir).join(name),
+            _ => resolve(&base),
         };
         match shape {
             Shape::Exact => dest == base,
@@ -262,7 +278,19 @@ impl Rule {
 impl Policy {
     /// The first rule allowing `dest`.
     pub fn allowing(&self, kind: Kind, dest: &Path, who: &Who<'_>) -> Option<&Rule> {
-        self.rules.iter().find(|r| r.allows(kind, dest, who))
+        self.allowing_resolved(kind, dest, who, &|p| p.to_path_buf())
+    }
+
+    fn allowing_resolved(
+        &self,
+        kind: Kind,
+        dest: &Path,
+        who: &Who<'_>,
+        resolve: &dyn Fn(&Path) -> PathBuf,
+    ) -> Option<&Rule> {
+        self.rules
+            .iter()
+            .find(|r| r.allows_resolved(kind, dest, who, resolve))
     }
 }
 
@@ -274,17 +302,98 @@ pub fn check(
     dest: &Path,
     who: &Who<'_>,
 ) -> Result<String, String> {
+    check_resolved(system, user, kind, dest, who, &|p| p.to_path_buf())
+}
+
+/// The verdict on where a destination really is (`real`: its directory
+/// resolved through every symbolic link), against the rules with their
+/// directories and the home directory resolved through the symbolic links
+/// that root owns in directories root owns, and only those: the
+/// administrator's layout (`/var/mail -> spool/mail`, a `/home` moved
+/// elsewhere) is followed, a link a user made or placed is not, so it
+/// cannot carry a rule somewhere else.
+pub fn check_real(
+    system: &Policy,
+    user: Option<&Policy>,
+    kind: Kind,
+    real: &Path,
+    who: &Who<'_>,
+) -> Result<String, String> {
+    check_resolved(system, user, kind, real, who, &resolve_root_links)
+}
+
+/// `path` with every symbolic link along it that root owns, in a directory
+/// root owns, followed (at most 40), lexically otherwise; what cannot be
+/// looked at is kept as written.
+pub fn resolve_root_links(path: &Path) -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let mut pending: std::collections::VecDeque<std::ffi::OsString> = path
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    let mut out = PathBuf::from("/");
+    let mut links = 0;
+    while let Some(c) = pending.pop_front() {
+        if c == ".." {
+            out.pop();
+            continue;
+        }
+        let next = out.join(&c);
+        let followed = match std::fs::symlink_metadata(&next) {
+            Ok(md)
+                if md.file_type().is_symlink()
+                    && md.uid() == 0
+                    && links < 40
+                    && std::fs::metadata(&out).is_ok_and(|d| d.uid() == 0) =>
+            {
+                std::fs::read_link(&next).ok()
+            }
+            _ => None,
+        };
+        match followed {
+            Some(target) => {
+                links += 1;
+                if target.is_absolute() {
+                    out = PathBuf::from("/");
+                }
+                for t in target.components().rev() {
+                    match t {
+                        Component::Normal(n) => pending.push_front(n.to_os_string()),
+                        Component::ParentDir => pending.push_front("..".into()),
+                        _ => {}
+                    }
+                }
+            }
+            None => out = next,
+        }
+    }
+    out
+}
+
+fn check_resolved(
+    system: &Policy,
+    user: Option<&Policy>,
+    kind: Kind,
+    dest: &Path,
+    who: &Who<'_>,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<String, String> {
     let dest = normalize(dest)?;
-    let by_system = system.allowing(kind, &dest, who);
+    let by_system = system.allowing_resolved(kind, &dest, who, resolve);
     let user = match system.user_policy {
         UserPolicy::Off => None,
         _ => user,
     };
     let home_ok = normalize(who.home).is_ok_and(|h| h != Path::new("/"));
-    let inside_home = home_ok && dest.starts_with(who.home) && dest != who.home;
+    let home = resolve(who.home);
+    let inside_home = home_ok && dest.starts_with(&home) && dest != home;
     match (by_system, user) {
         (Some(rule), None) => Ok(rule.place.clone()),
-        (Some(rule), Some(u)) => match u.allowing(kind, &dest, who) {
+        (Some(rule), Some(u)) => match u.allowing_resolved(kind, &dest, who, resolve) {
             Some(_) => Ok(rule.place.clone()),
             None => Err(format!(
                 "{} is not allowed by {} (no rule there allows it)",
@@ -293,7 +402,7 @@ pub fn check(
             )),
         },
         (None, Some(u)) if system.user_policy == UserPolicy::Widen && inside_home => {
-            match u.allowing(kind, &dest, who) {
+            match u.allowing_resolved(kind, &dest, who, resolve) {
                 Some(rule) => Ok(rule.place.clone()),
                 None => Err(format!(
                     "{} is not allowed by {} or {}",
@@ -327,6 +436,61 @@ mod tests {
     }
 
     const SYSTEM: &str = "mailbox /var/mail/$user\nmailbox ~/Mail/**\nmaildir ~/Maildir/\nmailbox /var/spool/x/*\nprogram /etc/postern/programs/*\n";
+
+    /// As root (the test suite's rule): a spool directory reached through a
+    /// root-owned link in a root-owned directory, as /var/mail is on some
+    /// systems, is allowed at its real place; a link owned by a user, or
+    /// placed in a directory a user owns, is not followed.
+    #[test]
+    fn real_locations_follow_the_administrators_links_only() {
+        use std::os::unix::fs::symlink;
+        if !nix::unistd::Uid::effective().is_root() {
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let top = t.path().canonicalize().unwrap();
+        std::fs::create_dir_all(top.join("spool/mail")).unwrap();
+        symlink("spool/mail", top.join("mail")).unwrap();
+        std::fs::create_dir_all(top.join("elsewhere")).unwrap();
+        symlink(top.join("elsewhere"), top.join("users-link")).unwrap();
+        std::os::unix::fs::lchown(top.join("users-link"), Some(65534), None).unwrap();
+        std::fs::create_dir_all(top.join("home/ann")).unwrap();
+        std::os::unix::fs::chown(top.join("home/ann"), Some(65534), None).unwrap();
+        symlink(top.join("elsewhere"), top.join("home/ann/Mail")).unwrap();
+        let policy = system(&format!(
+            "mailbox {0}/mail/$user\nmailbox {0}/users-link/$user\nmailbox ~/Mail/**\n",
+            top.display()
+        ));
+        let home = top.join("home/ann");
+        let who = Who {
+            user: "ann",
+            home: &home,
+        };
+        assert_eq!(
+            resolve_root_links(&top.join("mail/ann")),
+            top.join("spool/mail/ann")
+        );
+        assert_eq!(
+            resolve_root_links(&top.join("mail/../mail/x")),
+            top.join("spool/mail/x")
+        );
+        let real = |p: &str| check_real(&policy, None, Kind::Mailbox, &top.join(p), &who);
+        assert!(real("spool/mail/ann").is_ok());
+        assert!(real("spool/mail/bob").is_err());
+        // A user's link: its real place is not where the rule points.
+        assert!(real("elsewhere/ann").is_err());
+        // A root-owned link inside a user's directory is not followed either.
+        assert!(real("elsewhere/x").is_err());
+        // Lexically, nothing changes.
+        assert!(check(
+            &policy,
+            None,
+            Kind::Mailbox,
+            &top.join("spool/mail/ann"),
+            &who
+        )
+        .is_err());
+    }
 
     #[test]
     fn rules_match_as_documented() {

@@ -642,7 +642,7 @@ fn allowed(
         {
             let real = real_parent.join(name);
             if real != normal {
-                policy::check(system, user, kind, &real, who).map_err(|why| {
+                policy::check_real(system, user, kind, &real, who).map_err(|why| {
                     refuse(format!(
                         "{why} ({} leads there through a symbolic link)",
                         dest.display()

@@ -465,6 +465,22 @@ fn destinations_outside_the_policy_bounce_and_write_nothing() {
         out.stdout
     );
     assert!(!Path::new(&format!("/tmp/postern-sneaky-{}", std::process::id())).exists());
+    // A spool directory reached through the administrator's link (root's
+    // link in root's directory, as /var/mail -> spool/mail on some
+    // systems) is where the policy's rule points: delivered.
+    let top = tempfile::tempdir().unwrap();
+    let spool = top.path().join("spool/mail");
+    std::fs::create_dir_all(&spool).unwrap();
+    std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::os::unix::fs::symlink("spool/mail", top.path().join("mail")).unwrap();
+    allow(
+        &inst,
+        &format!("mailbox {}/mail/$user", top.path().display()),
+    );
+    let via_link = top.path().join("mail").join(ANN);
+    let out = to_mailbox(&inst, ANN, via_link.to_str().unwrap(), b"Subject: x\n\nb\n");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(spool.join(ANN).is_file());
 }
 
 #[test]
