@@ -71,17 +71,43 @@ fn defer(why: String) -> RecipientStatus {
 /// Delivers `copies` to the mailbox, in order, under one lock and with one
 /// fsync; one status per copy.
 pub fn deliver_many(target: &Target<'_>, copies: &[Copy<'_>]) -> Vec<RecipientStatus> {
-    match open_checked(target) {
-        Ok(file) => {
-            let guard = match lock(&file, target.path, target.lock) {
-                Ok(g) => g,
-                Err(why) => return vec![defer(why); copies.len()],
-            };
-            let statuses = append(&file, target, copies);
+    // The mailbox is opened before it is locked: a mail reader that held
+    // the lock may meanwhile have removed the file or renamed a new one into
+    // its place. What is written must be the file that the path names once
+    // the lock is held, else the copy would go to an unlinked inode.
+    for _ in 0..3 {
+        let file = match open_checked(target) {
+            Ok(f) => f,
+            Err(status) => return vec![status; copies.len()],
+        };
+        let guard = match lock(&file, target.path, target.lock) {
+            Ok(g) => g,
+            Err(why) => return vec![defer(why); copies.len()],
+        };
+        if !still_named_by(&file, target.path) {
             drop(guard);
-            statuses
+            continue;
         }
-        Err(status) => vec![status; copies.len()],
+        let statuses = append(&file, target, copies);
+        drop(guard);
+        return statuses;
+    }
+    vec![
+        defer(format!(
+            "mailbox {} was replaced or removed while it was being locked, three times",
+            target.path.display()
+        ));
+        copies.len()
+    ]
+}
+
+/// Whether `path` (not followed) is still the open `file`, with one link.
+fn still_named_by(file: &File, path: &Path) -> bool {
+    match (file.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(open), Ok(named)) => {
+            open.dev() == named.dev() && open.ino() == named.ino() && open.nlink() == 1
+        }
+        _ => false,
     }
 }
 
@@ -382,5 +408,91 @@ fn dotlock(path: &Path, stale: Duration) -> Result<Option<PathBuf>, DotlockError
             "cannot create lock file {}: {e}",
             lock.display()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copy(body: &[u8]) -> Copy<'_> {
+        Copy {
+            body,
+            sender: "s@example.org",
+            recipient: "r@example.org",
+            arrival: 1_795_245_296,
+            queue_id: "Q1",
+            uncertain: false,
+        }
+    }
+
+    /// A mail reader holding the dotlock replaces the mailbox by rename
+    /// while the delivery waits for the lock: the message goes to the new
+    /// file, not to the orphaned one.
+    #[test]
+    fn a_mailbox_replaced_while_locked_is_opened_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("box");
+        std::fs::write(&path, b"").unwrap();
+        let old = File::open(&path).unwrap();
+        let lock_file = dir.path().join("box.lock");
+        std::fs::write(&lock_file, b"reader\n").unwrap();
+        let policy = LockPolicy {
+            methods: vec![Lock::Dotlock],
+            attempts: 200,
+            delay: Duration::from_millis(50),
+            stale: Duration::from_secs(500),
+        };
+        let uid = nix::unistd::Uid::effective().as_raw();
+        let (p, pol) = (path.clone(), policy.clone());
+        let delivery = std::thread::spawn(move || {
+            let target = Target {
+                path: &p,
+                uid,
+                strict_owner: false,
+                size_limit: 0,
+                lock: &pol,
+            };
+            deliver_many(&target, &[copy(b"Subject: x\n\nbody\n")])
+        });
+        // Once the delivery has the old file open (a second descriptor of
+        // this process names it) and waits for the dotlock, the reader
+        // renames a new mailbox into place and lets go of the lock.
+        let opened = || {
+            std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .flatten()
+                .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l == path))
+                .count()
+                >= 2
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !opened() {
+            assert!(
+                Instant::now() < deadline,
+                "the delivery never opened the mailbox"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let fresh = dir.path().join("box.new");
+        std::fs::write(&fresh, b"").unwrap();
+        std::fs::rename(&fresh, &path).unwrap();
+        std::fs::remove_file(&lock_file).unwrap();
+        let statuses = delivery.join().unwrap();
+        assert_eq!(
+            statuses[0].outcome,
+            postern_common::handoff::Outcome::Delivered,
+            "{statuses:?}"
+        );
+        assert_eq!(
+            old.metadata().unwrap().len(),
+            0,
+            "the orphaned file was written"
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.starts_with("From s@example.org ") && text.contains("\nbody\n"),
+            "{text}"
+        );
     }
 }
