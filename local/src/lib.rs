@@ -193,6 +193,13 @@ impl Handler for Local {
             return;
         };
         let policy = self.settings.system_policy();
+        // Each message's Delivered-To headers, read once (not once per
+        // recipient: a large message with many recipients would cost their
+        // product).
+        let seen: Vec<Vec<String>> = messages
+            .iter()
+            .map(|(_, body)| message::delivered_to(body))
+            .collect();
         let mut statuses: Vec<Vec<Option<RecipientStatus>>> = messages
             .iter()
             .map(|(req, _)| vec![None; req.recipients.len()])
@@ -227,7 +234,7 @@ impl Handler for Local {
                     },
                 };
                 let (p, items) = &mut groups[g];
-                match check_copy(instr, &copy_of(req, body, instr)) {
+                match check_copy(instr, &copy_of(req, body, instr), &seen[m]) {
                     Ok(()) => {
                         self.create_spool_mailbox(instr, &p.account, &p.runner);
                         items.push((m, r));
@@ -353,7 +360,11 @@ impl Local {
 
 /// The checks made before the switch to the user, per copy: the envelope
 /// addresses, mail loops.
-fn check_copy(instr: &Instruction, copy: &Copy<'_>) -> Result<(), RecipientStatus> {
+fn check_copy(
+    instr: &Instruction,
+    copy: &Copy<'_>,
+    delivered_to: &[String],
+) -> Result<(), RecipientStatus> {
     for (what, value) in [("sender", copy.sender), ("recipient", copy.recipient)] {
         if value.chars().any(|c| c.is_control()) {
             return Err(RecipientStatus::bounced(
@@ -362,7 +373,7 @@ fn check_copy(instr: &Instruction, copy: &Copy<'_>) -> Result<(), RecipientStatu
             ));
         }
     }
-    if copy.is_loop() {
+    if message::is_loop(delivered_to, copy.recipient) {
         return Err(RecipientStatus::bounced(
             "5.4.6",
             format!("mail forwarding loop for {}", instr.recipient),

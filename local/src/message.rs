@@ -42,15 +42,30 @@ fn unfolded_headers(message: &[u8]) -> Vec<String> {
     unfolded
 }
 
+/// The recipients a message's `Delivered-To:` headers name, lowercased:
+/// read once per message, each recipient is then looked up in them.
+pub fn delivered_to(message: &[u8]) -> Vec<String> {
+    unfolded_headers(message)
+        .iter()
+        .filter_map(|h| {
+            h.split_once(':')
+                .filter(|(name, _)| name.trim().eq_ignore_ascii_case("delivered-to"))
+                .map(|(_, value)| value.trim().to_ascii_lowercase())
+        })
+        .collect()
+}
+
+/// Whether `recipient` is among `delivered_to` (from [`delivered_to`]): a
+/// mail loop.
+pub fn is_loop(delivered_to: &[String], recipient: &str) -> bool {
+    let recipient = recipient.to_ascii_lowercase();
+    delivered_to.contains(&recipient)
+}
+
 impl Copy<'_> {
     /// Whether the message already carries `Delivered-To: <recipient>`: a loop.
     pub fn is_loop(&self) -> bool {
-        unfolded_headers(self.body).iter().any(|h| {
-            h.split_once(':').is_some_and(|(name, value)| {
-                name.trim().eq_ignore_ascii_case("delivered-to")
-                    && value.trim().eq_ignore_ascii_case(self.recipient)
-            })
-        })
+        is_loop(&delivered_to(self.body), self.recipient)
     }
 
     /// Whether `delivered` (a copy as local wrote it, starting at its
