@@ -597,6 +597,15 @@ fn user_policy(home: &Path, uid: u32) -> Result<Option<Policy>, RecipientStatus>
     {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        // A home the user cannot search (root's mail runs as default_privs
+        // in /root) has no per-user policy for this delivery; a file that
+        // is there but unreadable is an error (below).
+        Err(e)
+            if e.kind() == std::io::ErrorKind::PermissionDenied
+                && std::fs::symlink_metadata(&path).is_err() =>
+        {
+            return Ok(None)
+        }
         // ELOOP: a symbolic link. Not a policy file: ignored like any other
         // unsafe one.
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
