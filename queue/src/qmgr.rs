@@ -16,9 +16,12 @@
 //! one user) go in one request. Destinations take turns (round robin); at
 //! most `local_destination_concurrency_limit` (default 2) requests per
 //! destination run at once, and at most the transport's window, which
-//! starts at `initial_destination_concurrency`, grows by one per completed
-//! exchange up to `default_destination_concurrency_limit`, and halves when
-//! an exchange with the agent fails.
+//! starts at `initial_destination_concurrency` and grows by one per
+//! completed exchange up to `default_destination_concurrency_limit`. An
+//! exchange with the agent that fails halves the window of its destination
+//! only (which then grows back by one per completed exchange), as Postfix
+//! applies concurrency feedback per destination: one user whose deliveries
+//! time out slows that user's mail, not everyone's.
 //!
 //! **Retries.** A message with deferred recipients goes to `deferred`, its
 //! mtime set to the next attempt: now plus its age, at least
@@ -114,6 +117,39 @@ impl Window {
     }
 }
 
+/// The windows of the destinations whose exchanges failed, until they are
+/// back at their limit (a destination not listed may use its whole limit).
+#[derive(Debug, Default)]
+pub struct DestWindows(HashMap<String, Window>);
+
+impl DestWindows {
+    /// How many requests `dest` (concurrency limit `limit`) may have running.
+    pub fn allowed(&self, dest: &str, limit: usize) -> usize {
+        self.0.get(dest).map_or(limit, |w| w.size.min(limit))
+    }
+
+    /// After an exchange for `dest`: `ok` is whether the agent answered.
+    pub fn feedback(&mut self, dest: &str, limit: usize, ok: bool) {
+        match self.0.get_mut(dest) {
+            Some(w) => {
+                w.feedback(ok);
+                if w.size >= w.max {
+                    self.0.remove(dest);
+                }
+            }
+            None if !ok => {
+                let mut w = Window {
+                    size: limit,
+                    max: limit,
+                };
+                w.feedback(false);
+                self.0.insert(dest.to_string(), w);
+            }
+            None => {}
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Settings {
     queue: PathBuf,
@@ -191,6 +227,7 @@ pub struct Qmgr {
     limits: HashMap<String, usize>,
     in_flight: usize,
     window: Window,
+    dest_windows: DestWindows,
     tx: Sender<Event>,
     rx: Receiver<Event>,
     next_deferred_scan: Instant,
@@ -271,6 +308,7 @@ impl Qmgr {
                 size: initial.min(max),
                 max,
             },
+            dest_windows: DestWindows::default(),
             tx,
             rx,
             next_deferred_scan: Instant::now(),
@@ -548,7 +586,7 @@ impl Qmgr {
                 };
                 let busy = self.busy.get(&dest).copied().unwrap_or(0);
                 let limit = self.limits.get(&dest).copied().unwrap_or(self.s.dest_limit);
-                if busy >= limit {
+                if busy >= self.dest_windows.allowed(&dest, limit) {
                     self.ring.push_back(dest);
                     continue;
                 }
@@ -656,12 +694,21 @@ impl Qmgr {
     /// each job's outcome.
     fn complete(&mut self, jobs: Vec<Job>, result: Result<Vec<Vec<RecipientStatus>>, String>) {
         self.in_flight = self.in_flight.saturating_sub(1);
+        let ok = result.is_ok();
         if let Some(job) = jobs.first() {
             if let Some(b) = self.busy.get_mut(&job.dest) {
                 *b = b.saturating_sub(1);
             }
+            let limit = self
+                .limits
+                .get(&job.dest)
+                .copied()
+                .unwrap_or(self.s.dest_limit);
+            self.dest_windows.feedback(&job.dest, limit, ok);
         }
-        self.window.feedback(result.is_ok());
+        if ok {
+            self.window.feedback(true);
+        }
         match result {
             Ok(per_job) => {
                 for (job, statuses) in jobs.into_iter().zip(per_job) {
@@ -1148,5 +1195,27 @@ mod tests {
             w.feedback(false);
         }
         assert_eq!(w.size, 1);
+    }
+
+    #[test]
+    fn a_failed_exchange_slows_its_destination_only() {
+        let mut d = DestWindows::default();
+        assert_eq!(d.allowed("local:ann", 4), 4);
+        d.feedback("local:ann", 4, false);
+        assert_eq!(d.allowed("local:ann", 4), 2);
+        assert_eq!(d.allowed("local:bob", 4), 4);
+        d.feedback("local:ann", 4, false);
+        d.feedback("local:ann", 4, false);
+        assert_eq!(d.allowed("local:ann", 4), 1);
+        // It grows back by one per answered exchange, then is forgotten.
+        d.feedback("local:ann", 4, true);
+        assert_eq!(d.allowed("local:ann", 4), 2);
+        d.feedback("local:ann", 4, true);
+        d.feedback("local:ann", 4, true);
+        assert_eq!(d.allowed("local:ann", 4), 4);
+        assert!(d.0.is_empty());
+        // Good exchanges of a destination in good standing change nothing.
+        d.feedback("local:bob", 4, true);
+        assert!(d.0.is_empty());
     }
 }
