@@ -476,13 +476,9 @@ fn in_child_as(
             if status.is_err() {
                 // Stopped or hung (the user can signal its own processes):
                 // kill it with root's rights, before reaping, so the pid
-                // cannot have been reused.
-                let _ = privilege::as_root(|| {
-                    nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    )
-                });
+                // cannot have been reused; and the program it may be
+                // running, whose time limit it can no longer enforce.
+                let _ = privilege::as_root(|| kill_delivery_process(pid));
             }
             match status {
                 Ok(s) => {
@@ -501,6 +497,25 @@ fn in_child_as(
         Ok(Err(e)) => all(RecipientStatus::deferred("4.3.0", format!("fork: {e}"))),
         Err(e) => all(RecipientStatus::deferred("4.3.0", format!("fork: {e}"))),
     }
+}
+
+/// Kills a delivery process that failed to report, and the process group
+/// of each program it started (each leads its own). It is stopped first, so
+/// that it cannot reap a program meanwhile and let its pid be reused.
+fn kill_delivery_process(pid: i32) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let _ = kill(Pid::from_raw(pid), Signal::SIGSTOP);
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    for child in children
+        .split_whitespace()
+        .filter_map(|c| c.parse::<i32>().ok())
+    {
+        let _ = kill(Pid::from_raw(-child), Signal::SIGKILL);
+        let _ = kill(Pid::from_raw(child), Signal::SIGKILL);
+    }
+    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
 }
 
 /// Whether the delivery process `pid` is stopped (its user can stop it: it

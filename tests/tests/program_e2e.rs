@@ -392,6 +392,32 @@ fn a_delivery_process_stopped_by_its_user_is_given_up_at_once() {
     let out = s.deliver(USER, &["fine"]);
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(s.marker("fine-ran").exists());
+    // A program that stops its delivery process and goes on running: it is
+    // killed with its group when local gives the delivery process up (its
+    // own time limit would otherwise never be enforced).
+    s.install(
+        "stop-and-stay",
+        &format!(
+            "cat > /dev/null; sleep 300 & echo $! > {}; kill -STOP $PPID; wait",
+            s.marker("stay.pid").display()
+        ),
+    );
+    let out = s.deliver(USER, &["stop-and-stay"]);
+    assert!(
+        out.stdout
+            .contains("stopped by a signal before it reported"),
+        "{}",
+        out.stdout
+    );
+    let pid: u32 = std::fs::read_to_string(s.marker("stay.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(eventually(WAIT, || std::fs::read_to_string(format!(
+        "/proc/{pid}/stat"
+    ))
+    .map_or(true, |st| st.contains(") Z "))));
 }
 
 #[test]
