@@ -325,12 +325,10 @@ impl Ended {
 pub fn collect_output(out: std::os::fd::OwnedFd, pid: i32, limit: Duration) -> (Vec<u8>, bool) {
     let deadline = Instant::now() + limit;
     let Ok(pidfd) = sys::pidfd_open(pid) else {
-        // Without a pidfd, fall back to reading until end-of-file.
-        return match crate::wait::read_to_end_within(out, limit, usize::MAX) {
-            Ok(mut bytes) => {
-                bytes.truncate(OUTPUT_LIMIT);
-                (bytes, false)
-            }
+        // Without a pidfd (Linux before 5.3), fall back to reading until
+        // end-of-file, keeping OUTPUT_LIMIT bytes of it.
+        return match crate::wait::drain_within(out, limit, OUTPUT_LIMIT) {
+            Ok(bytes) => (bytes, false),
             Err(_) => (Vec::new(), true),
         };
     };

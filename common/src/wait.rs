@@ -42,8 +42,19 @@ pub fn readable_within(fd: impl AsFd, limit: Duration) -> bool {
     readable_by(fd, Instant::now() + limit)
 }
 
-/// Reads `fd` to end-of-file within `limit`, keeping at most `max` bytes.
+/// Reads `fd` to end-of-file within `limit`; more than `max` bytes is an
+/// error.
 pub fn read_to_end_within(fd: OwnedFd, limit: Duration, max: usize) -> Result<Vec<u8>, String> {
+    read_within(fd, limit, max, false)
+}
+
+/// Reads `fd` to end-of-file within `limit`, keeping the first `keep` bytes
+/// and discarding the rest (the writer is not blocked by a full pipe).
+pub fn drain_within(fd: OwnedFd, limit: Duration, keep: usize) -> Result<Vec<u8>, String> {
+    read_within(fd, limit, keep, true)
+}
+
+fn read_within(fd: OwnedFd, limit: Duration, max: usize, drain: bool) -> Result<Vec<u8>, String> {
     let deadline = Instant::now() + limit;
     let mut file = std::fs::File::from(fd);
     let mut out = Vec::new();
@@ -55,6 +66,10 @@ pub fn read_to_end_within(fd: OwnedFd, limit: Duration, max: usize) -> Result<Ve
         match file.read(&mut buf) {
             Ok(0) => return Ok(out),
             Ok(n) if out.len() + n <= max => out.extend_from_slice(&buf[..n]),
+            Ok(n) if drain => {
+                let room = max - out.len().min(max);
+                out.extend_from_slice(&buf[..n.min(room)]);
+            }
             Ok(_) => return Err(format!("more than {max} bytes")),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e.to_string()),
@@ -92,6 +107,18 @@ mod tests {
         assert!(read_to_end_within(r, Duration::from_secs(5), 100)
             .unwrap_err()
             .contains("more than 100"));
+        // Draining keeps the first bytes and reads the rest to the end.
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let writer = std::thread::spawn(move || {
+            let mut w = std::fs::File::from(w);
+            for i in 0..64u8 {
+                w.write_all(&[i; 4096]).unwrap();
+            }
+        });
+        let kept = drain_within(r, Duration::from_secs(10), 5000).unwrap();
+        writer.join().unwrap();
+        assert_eq!(kept.len(), 5000);
+        assert!(kept[..4096].iter().all(|b| *b == 0) && kept[4096..].iter().all(|b| *b == 1));
     }
 
     #[test]
