@@ -11,7 +11,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::sys::socket::{
@@ -257,7 +256,13 @@ pub fn remove(target: &BindTarget) {
 }
 
 /// Sends a wakeup (`W`) to an endpoint, as the master's wakeup timer does.
-pub fn wake(target: &BindTarget) -> std::io::Result<()> {
+/// `held` is the master's own descriptor of the endpoint. A fifo is written
+/// through it, never opened again by path: the path is in a directory the
+/// mail owner controls, and root must not open what may have been put
+/// there. A unix socket is connected to without blocking (a full backlog is
+/// an error, not a hang of the master) and with the mail owner's
+/// file-system rights.
+pub fn wake(target: &BindTarget, held: &OwnedFd, owner: (u32, u32)) -> std::io::Result<()> {
     use std::io::Write;
     match target {
         BindTarget::Tcp(addr) => {
@@ -266,16 +271,86 @@ pub fn wake(target: &BindTarget) -> std::io::Result<()> {
             s.write_all(b"W")
         }
         BindTarget::Unix(p) => {
-            let mut s = std::os::unix::net::UnixStream::connect(p)?;
-            s.set_nonblocking(true)?;
-            s.write_all(b"W")
+            use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+            let s = as_owner(owner, 0, || -> std::io::Result<OwnedFd> {
+                let s = socket(
+                    AddressFamily::Unix,
+                    SockType::Stream,
+                    SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+                    None,
+                )?;
+                connect(s.as_raw_fd(), &UnixAddr::new(p.as_path())?)?;
+                Ok(s)
+            })?;
+            nix::unistd::write(&s, b"W")?;
+            Ok(())
         }
-        BindTarget::Fifo(p) => {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
-                .open(p)?;
-            f.write_all(b"W")
+        BindTarget::Fifo(_) => {
+            nix::unistd::write(held, b"W")?;
+            Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wakeup of a fifo goes through the master's own descriptor: a
+    /// link put in the fifo's place (its directory belongs to the mail
+    /// owner) leads nowhere.
+    #[test]
+    fn a_fifo_is_woken_through_the_held_descriptor_not_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("qmgr");
+        nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o622)).unwrap();
+        let raw = nix::fcntl::open(
+            &fifo,
+            nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NONBLOCK,
+            Mode::empty(),
+        )
+        .unwrap();
+        let held = postern_common::sys::own_new_fd(raw);
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious\n").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        std::fs::rename(&link, &fifo).unwrap();
+        let me = (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        );
+        wake(&BindTarget::Fifo(fifo), &held, me).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious\n");
+        let mut buf = [0u8; 8];
+        assert_eq!(nix::unistd::read(held.as_raw_fd(), &mut buf).unwrap(), 1);
+        assert_eq!(&buf[..1], b"W");
+    }
+
+    /// A unix endpoint whose backlog is full is an error at once, not a
+    /// master blocked in connect.
+    #[test]
+    fn a_unix_endpoint_with_a_full_backlog_does_not_block_the_wakeup() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("svc");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let held: OwnedFd = listener.into();
+        nix::sys::socket::listen(&held, nix::sys::socket::Backlog::new(0).unwrap()).unwrap();
+        let me = (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        );
+        // Fill the backlog (nobody accepts), then wake until it refuses;
+        // in a thread, so that a wakeup that blocks fails the test.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let refused =
+                (0..64).any(|_| wake(&BindTarget::Unix(path.clone()), &held, me).is_err());
+            let _ = tx.send(refused);
+        });
+        let refused = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("a wakeup blocked");
+        assert!(refused, "the backlog never filled");
     }
 }

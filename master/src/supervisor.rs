@@ -790,8 +790,8 @@ impl Master {
                 if due <= now {
                     svc.next_wakeup = Some(now + w.interval);
                     if !w.only_if_used || svc.used {
-                        for t in &svc.targets {
-                            if let Err(e) = endpoint::wake(t) {
+                        for (t, held) in svc.targets.iter().zip(&svc.listeners) {
+                            if let Err(e) = endpoint::wake(t, held, self.owner) {
                                 log::warn!("service {}: wakeup of {t}: {e}", svc.entry.id());
                             }
                         }
