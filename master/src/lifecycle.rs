@@ -56,7 +56,7 @@ impl ChildInfo {
             },
             (_, ChildState::Taken) => ChildInfo {
                 phase: Phase::Busy,
-                uses: self.uses + 1,
+                uses: self.uses.saturating_add(1),
                 ..self
             },
         }

@@ -135,12 +135,20 @@ pub fn main() -> i32 {
             return sysexits::EX_USAGE;
         }
     };
+    // Whatever descriptor the master inherited (from a shell, a unit, a
+    // script) must not reach its children, some of which run as the mail
+    // owner: every one above 2 is close-on-exec from here on (the ready
+    // descriptor is the master's own business too).
+    let inherited = sys::cloexec_from(3);
     let mut ready = Ready(
         opts.ready_fd
             .and_then(|fd| sys::adopt_inherited(fd).ok())
             .map(std::fs::File::from),
     );
     postern_common::log::init("postern", "master", postern_common::log::Sink::Stderr);
+    if let Err(e) = inherited {
+        log::warn!("cannot mark inherited descriptors close-on-exec: {e}");
+    }
     let code = match start(&opts) {
         Ok(mut master) => {
             ready.say("ready");

@@ -430,3 +430,43 @@ fn endpoints_belong_to_the_mail_owner_and_an_untrusted_pid_file_is_not_signalled
     nix::unistd::chown(&master_dir, Some(0.into()), Some(0.into())).unwrap();
     assert_eq!(inst.stop(false).code, Some(0));
 }
+
+/// A descriptor the master inherited without close-on-exec (a careless
+/// caller's) does not reach its children, which may run as the mail owner.
+#[test]
+fn descriptors_the_master_inherits_do_not_reach_its_children() {
+    use std::os::fd::AsRawFd;
+    let marker = tempfile::NamedTempFile::new().unwrap();
+    let file = std::fs::File::open(marker.path()).unwrap();
+    // dup2 gives the copy no close-on-exec flag: `postern start` and the
+    // master inherit it, as from a shell or a unit.
+    const LEAKED: i32 = 217;
+    nix::unistd::dup2(file.as_raw_fd(), LEAKED).unwrap();
+    let mut inst = Instance::new(
+        "",
+        "leakcheck unix n n n - 2 spawn user=nobody argv=/bin/cat",
+    );
+    inst.start();
+    nix::unistd::close(LEAKED).unwrap();
+    assert_eq!(
+        unix_exchange(&inst.public("leakcheck"), b"ping").unwrap(),
+        b"ping"
+    );
+    let children = inst.children_of("leakcheck");
+    assert!(!children.is_empty());
+    let target = marker.path().to_path_buf();
+    for child in children {
+        for fd in std::fs::read_dir(format!("/proc/{child}/fd"))
+            .unwrap()
+            .flatten()
+        {
+            assert_ne!(
+                std::fs::read_link(fd.path()).ok(),
+                Some(target.clone()),
+                "child {child} has the master's inherited descriptor {:?}",
+                fd.file_name()
+            );
+        }
+    }
+    inst.stop(false);
+}
