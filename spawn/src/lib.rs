@@ -139,17 +139,20 @@ impl Spawn {
                 false
             }
         };
-        if timed_out {
-            // The command leads its own process group (setsid): kill all of it.
-            // It runs as another user, so the kill needs root.
-            match kill_group_as_root(pid) {
-                Ok(()) => log::warn!(
-                    "service {}: command {command} (pid {pid}) exceeded the time limit of {}s: killed its process group",
-                    self.service,
-                    self.time_limit.as_secs()
-                ),
-                Err(e) => log::error!("service {}: {e}", self.service),
-            }
+        // The command leads its own process group (setsid): at the limit all
+        // of it is killed, and when the command itself has ended, whatever
+        // it left running in its group too (a `job &` would otherwise
+        // outlive every limit), as pipe does. The command is not reaped yet,
+        // so its pid and group number cannot have been reused. It runs as
+        // another user, so the kill needs root.
+        match kill_group_as_root(pid) {
+            Ok(()) if timed_out => log::warn!(
+                "service {}: command {command} (pid {pid}) exceeded the time limit of {}s: killed its process group",
+                self.service,
+                self.time_limit.as_secs()
+            ),
+            Ok(()) => {}
+            Err(e) => log::error!("service {}: {e}", self.service),
         }
         match postern_common::wait::reap(pid) {
             Ok(WaitStatus::Exited(_, 0)) => {}

@@ -258,6 +258,23 @@ fn time_limit_kills_the_command_and_its_grandchild() {
     let _ = s2.write_all(b"x");
 }
 
+/// A command that exits leaving a job in its process group: the job does
+/// not outlive the command (else no time limit would ever reach it).
+#[test]
+fn what_a_command_leaves_in_its_group_is_killed_when_it_exits() {
+    require_root();
+    let mut inst = Instance::new(
+        "",
+        "leaver unix n n n - 2 spawn user=nobody argv=/bin/sh -c { sleep 300 >/dev/null 2>&1 & echo $! }",
+    );
+    inst.start();
+    let out = unix_exchange(&inst.public("leaver"), b"").unwrap();
+    let job: u32 = String::from_utf8_lossy(&out).trim().parse().unwrap();
+    assert!(eventually(WAIT, || {
+        std::fs::read_to_string(format!("/proc/{job}/stat")).map_or(true, |s| s.contains(") Z "))
+    }));
+}
+
 #[test]
 fn forbidden_users_are_refused_named_by_check_and_do_not_affect_other_services() {
     require_root();
