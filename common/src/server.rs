@@ -486,19 +486,47 @@ fn enter_privileges(ctx: &Context, privileges: Privileges) -> Result<(), String>
     }
 }
 
-/// Reports a state to the master; false when the master is gone.
+/// How long a status record may wait for room in the channel (the master
+/// is busy, or another child floods it) before the master counts as gone.
+const REPORT_WAIT: Duration = Duration::from_secs(30);
+
+/// Reports a state to the master; false when the master is gone. A full
+/// channel is waited for (at most [`REPORT_WAIT`]), not taken for a master
+/// that went away: a lost `Taken` would make the master count a busy child
+/// as idle, a lost `Available` would end an idle child for nothing.
 fn report(status: &OwnedFd, generation: u32, state: ChildState) -> bool {
+    use nix::errno::Errno;
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let record = StatusRecord {
         pid: std::process::id(),
         generation,
         state,
-    };
-    send(
-        status.as_raw_fd(),
-        &record.encode(),
-        MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
-    )
-    .is_ok()
+    }
+    .encode();
+    let deadline = std::time::Instant::now() + REPORT_WAIT;
+    loop {
+        match send(
+            status.as_raw_fd(),
+            &record,
+            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(_) => return true,
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return false;
+                }
+                let ms = u16::try_from(left.as_millis().min(1000)).unwrap_or(1000);
+                let mut fds = [PollFd::new(status.as_fd(), PollFlags::POLLOUT)];
+                match poll(&mut fds, PollTimeout::from(ms)) {
+                    Ok(_) | Err(Errno::EINTR) => {}
+                    Err(_) => return false,
+                }
+            }
+            Err(_) => return false,
+        }
+    }
 }
 
 /// True when the status channel is at end-of-file (the master let go of us).
@@ -633,5 +661,67 @@ fn take_request(kind: ServiceType, listener: &OwnedFd) -> Option<Request> {
                 None
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::socket::{socketpair, AddressFamily, SockType};
+
+    fn channel() -> (OwnedFd, OwnedFd) {
+        socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap()
+    }
+
+    /// A full status channel is waited for, not taken for a master gone;
+    /// a closed one is.
+    #[test]
+    fn a_full_channel_delays_a_report_and_a_closed_one_ends_it() {
+        let (master, child) = channel();
+        // Fill the channel: nobody reads.
+        let mut queued = 0;
+        while send(
+            child.as_raw_fd(),
+            &[0u8; 12],
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+        )
+        .is_ok()
+        {
+            queued += 1;
+        }
+        assert!(queued > 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reporter = std::thread::spawn(move || {
+            tx.send(nix::unistd::gettid().as_raw()).unwrap();
+            let ok = report(&child, 7, ChildState::Taken);
+            (ok, child)
+        });
+        let tid = rx.recv().unwrap();
+        // Once the reporter sleeps (waiting for room), make room.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let stat =
+                std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
+            if stat.rsplit(") ").next().is_some_and(|r| r.starts_with('S')) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the reporter never waited"
+            );
+            std::thread::yield_now();
+        }
+        let mut buf = [0u8; 64];
+        nix::sys::socket::recv(master.as_raw_fd(), &mut buf, MsgFlags::empty()).unwrap();
+        let (ok, child) = reporter.join().unwrap();
+        assert!(ok, "the report was given up while the master was there");
+        drop(master);
+        assert!(!report(&child, 7, ChildState::Available));
     }
 }
