@@ -356,6 +356,11 @@ fn start<T>(
         Ok(c) => c,
         Err(e) => return Err(crate::log::fatal(sysexits::EX_CONFIG, e)),
     };
+    // The watchdog covers startup too (an account lookup that hangs, a
+    // setup that blocks): until the first status record the master counts
+    // this child as about to serve, so a child stuck here would hold its
+    // service for good. SIGALRM's default action ends the process.
+    nix::unistd::alarm::set(watchdog_secs(config.time(params::DAEMON_TIMEOUT)));
     let sink = crate::log::open_sink(
         args.stderr,
         config.text(params::MAILLOG_FILE),
@@ -426,7 +431,13 @@ fn start<T>(
     if let Err(e) = sys::trim_text_mappings() {
         log::warn!("cannot trim the resident set: {e}");
     }
+    nix::unistd::alarm::cancel();
     Ok((ctx, endpoints, handler))
+}
+
+/// `alarm`'s argument for a watchdog of `d` (at least one second).
+fn watchdog_secs(d: Duration) -> u32 {
+    u32::try_from(d.as_secs()).unwrap_or(u32::MAX).max(1)
 }
 
 /// A child reads main.cf only: master.cf is the master's business (it may be
@@ -620,7 +631,7 @@ fn serve<H: Handler>(
                 set_ipc_timeout(conn, config.time(params::IPC_TIMEOUT));
             }
             report(&endpoints.status, generation, ChildState::Taken);
-            nix::unistd::alarm::set(u32::try_from(watchdog.as_secs()).unwrap_or(u32::MAX).max(1));
+            nix::unistd::alarm::set(watchdog_secs(watchdog));
             handler.handle(ctx, request);
             nix::unistd::alarm::cancel();
             uses += 1;
