@@ -922,7 +922,14 @@ impl Master {
 
     /// Moves a service's children to the retired set and closes everything
     /// of it but (when `keep` is true) its endpoints, which are returned.
-    fn retire(&mut self, svc: Service, keep: bool) -> Vec<(BindTarget, OwnedFd)> {
+    /// Retires a service: its children finish and leave. The endpoints for
+    /// which `keep` holds are handed back open (for the new configuration),
+    /// the others closed and removed.
+    fn retire(
+        &mut self,
+        svc: Service,
+        keep: impl Fn(&BindTarget) -> bool,
+    ) -> Vec<(BindTarget, OwnedFd)> {
         let id = svc.id();
         for pid in svc.children.keys() {
             self.retired.insert(*pid, id.clone());
@@ -943,17 +950,16 @@ impl Master {
         }
         // Dropping `svc.status` and `status_child` closes the channel: idle
         // children see end-of-file and leave; busy ones after their request.
-        let pairs: Vec<(BindTarget, OwnedFd)> =
-            svc.targets.into_iter().zip(svc.listeners).collect();
-        if keep {
-            pairs
-        } else {
-            for (t, fd) in pairs {
-                drop(fd);
-                endpoint::remove(&t);
-            }
-            Vec::new()
+        let (kept, closed): (Vec<_>, Vec<_>) = svc
+            .targets
+            .into_iter()
+            .zip(svc.listeners)
+            .partition(|(t, _)| keep(t));
+        for (t, fd) in closed {
+            drop(fd);
+            endpoint::remove(&t);
         }
+        kept
     }
 
     fn reload(&mut self) {
@@ -973,21 +979,36 @@ impl Master {
             log::error!("reload failed: the configuration has errors; the running configuration stays in force");
             return;
         };
-        // Keep every open endpoint that the new configuration still wants.
-        let wanted: Vec<(ServiceEntry, Vec<BindTarget>)> = startable(&config)
-            .into_iter()
-            .filter_map(|e| {
-                let view = config.for_service(e).ok()?;
-                let t = endpoint::targets(&view, e).ok()?;
-                Some((e.clone(), t))
-            })
-            .collect();
+        // Every service's endpoints under the new configuration; a service
+        // whose endpoints cannot be worked out (a host name that does not
+        // resolve now) fails the reload as a whole, rather than disappear.
+        let mut wanted: Vec<(ServiceEntry, Vec<BindTarget>)> = Vec::new();
+        let mut failed = false;
+        for e in startable(&config) {
+            let targets = config
+                .for_service(e)
+                .map_err(|err| err.to_string())
+                .and_then(|view| endpoint::targets(&view, e));
+            match targets {
+                Ok(t) => wanted.push((e.clone(), t)),
+                Err(err) => {
+                    log::error!("reload: service {}: {err}", e.id());
+                    failed = true;
+                }
+            }
+        }
+        if failed {
+            log::error!("reload failed: the running configuration stays in force");
+            return;
+        }
+        // Keep every open endpoint that the new configuration still wants
+        // (each one: a service that loses one of its addresses keeps the
+        // others open, so they need no new bind while old children hold them).
         let wanted_targets: Vec<&BindTarget> = wanted.iter().flat_map(|(_, t)| t.iter()).collect();
         let old = std::mem::take(&mut self.services);
         let mut kept: HashMap<BindTarget, OwnedFd> = HashMap::new();
         for svc in old {
-            let keep = svc.targets.iter().all(|t| wanted_targets.contains(&t));
-            for (t, fd) in self.retire(svc, keep) {
+            for (t, fd) in self.retire(svc, |t| wanted_targets.contains(&t)) {
                 kept.insert(t, fd);
             }
         }
@@ -1033,7 +1054,7 @@ impl Master {
             grace.as_secs()
         );
         for svc in std::mem::take(&mut self.services) {
-            self.retire(svc, false);
+            self.retire(svc, |_| false);
         }
     }
 

@@ -470,3 +470,62 @@ fn descriptors_the_master_inherits_do_not_reach_its_children() {
     }
     inst.stop(false);
 }
+
+/// A reload that takes one of a service's addresses away (inet_protocols
+/// all -> ipv4) keeps the others open: a busy child still holds the old
+/// listeners, so closing and binding 127.0.0.1 again would fail and leave
+/// the service down.
+#[test]
+fn a_reload_that_drops_one_address_keeps_the_others_serving() {
+    let port = free_port();
+    let mut inst = Instance::new(
+        "inet_protocols = all",
+        &format!(
+            "{port} inet n n n - 4 spawn user=nobody argv=/bin/sh -c {{ read line; echo \"got $line\" }}"
+        ),
+    );
+    inst.start();
+    // A request in progress: its child holds both listeners.
+    let mut busy = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    busy.set_read_timeout(Some(WAIT)).unwrap();
+    assert!(eventually(WAIT, || !inst
+        .children_of(&port.to_string())
+        .is_empty()));
+    inst.append_main("inet_protocols = ipv4");
+    assert_eq!(inst.postern(&["reload"]).code, Some(0));
+    inst.wait_log("reload: done", 1);
+    assert!(
+        !inst.log().contains("service not started"),
+        "{}",
+        inst.log()
+    );
+    assert_eq!(tcp_exchange(port, b"after\n").unwrap(), b"got after\n");
+    busy.write_all(b"before\n").unwrap();
+    let mut answer = String::new();
+    BufReader::new(&busy).read_line(&mut answer).unwrap();
+    assert_eq!(answer, "got before\n");
+}
+
+/// A reload whose new configuration names an address that cannot be
+/// worked out (a host name that does not resolve) fails as a whole: the
+/// running services go on serving, and the log says why.
+#[test]
+fn a_reload_with_an_unresolvable_address_keeps_the_running_services() {
+    let mut inst = Instance::new("", "echo unix n n n - 2 spawn user=nobody argv=/bin/cat");
+    inst.start();
+    let port = free_port();
+    inst.append_master(&format!(
+        "no-such-host.invalid:{port} inet n n n - 2 spawn user=nobody argv=/bin/cat"
+    ));
+    inst.sighup();
+    inst.wait_log("reload failed: the running configuration stays in force", 1);
+    assert!(
+        inst.log().contains("no-such-host.invalid"),
+        "{}",
+        inst.log()
+    );
+    assert_eq!(
+        unix_exchange(&inst.public("echo"), b"still").unwrap(),
+        b"still"
+    );
+}
