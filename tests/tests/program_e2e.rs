@@ -68,6 +68,19 @@ fn write_script(path: &Path, body: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
+/// Whether the process whose pid a program wrote to `marker` ends (is gone
+/// or a zombie) within the usual deadline.
+fn ends_eventually(marker: &Path) -> bool {
+    let pid: u32 = std::fs::read_to_string(marker)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    eventually(WAIT, || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |st| st.contains(") Z "))
+    })
+}
+
 /// The recording program: identity, directory, exact environment, input.
 fn recorder(marker: &Path) -> String {
     format!(
@@ -329,15 +342,7 @@ fn hangs_are_killed_with_their_group_and_exit_codes_map_to_outcomes() {
         "{}",
         out.stdout
     );
-    let pid: u32 = std::fs::read_to_string(s.marker("hang.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(eventually(WAIT, || std::fs::read_to_string(format!(
-        "/proc/{pid}/stat"
-    ))
-    .map_or(true, |st| st.contains(") Z "))));
+    assert!(ends_eventually(&s.marker("hang.pid")));
     let out = s.deliver(USER, &["later"]);
     assert_eq!(out.code, Some(75), "{out:?}");
     assert!(
@@ -409,15 +414,7 @@ fn a_delivery_process_stopped_by_its_user_is_given_up_at_once() {
         "{}",
         out.stdout
     );
-    let pid: u32 = std::fs::read_to_string(s.marker("stay.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(eventually(WAIT, || std::fs::read_to_string(format!(
-        "/proc/{pid}/stat"
-    ))
-    .map_or(true, |st| st.contains(") Z "))));
+    assert!(ends_eventually(&s.marker("stay.pid")));
 }
 
 #[test]
