@@ -472,7 +472,7 @@ mod tests {
                 Instant::now() < deadline,
                 "the delivery never opened the mailbox"
             );
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::yield_now();
         }
         let fresh = dir.path().join("box.new");
         std::fs::write(&fresh, b"").unwrap();
