@@ -5,7 +5,8 @@
 //! for every daemon:
 //!
 //! 1. parses the arguments the master passes ([`ChildArgs`]);
-//! 2. reads main.cf with the service's `-o` overrides, opens the log;
+//! 2. reads main.cf with the service's `-o` overrides, arms the
+//!    `daemon_timeout` watchdog for the rest of startup, opens the log;
 //! 3. adopts the status channel and listening endpoints at their fixed
 //!    descriptor numbers ([`crate::status`]);
 //! 4. runs the daemon's setup (a failure here is a startup failure: exit 78,

@@ -255,6 +255,11 @@ fn int_param(config: &Config, name: &str, default: usize) -> usize {
 }
 
 impl Qmgr {
+    /// The concurrency limit of destination `dest`.
+    fn dest_limit(&self, dest: &str) -> usize {
+        self.limits.get(dest).copied().unwrap_or(self.s.dest_limit)
+    }
+
     fn setup(ctx: &Context) -> Result<Qmgr, String> {
         let c = &ctx.config;
         let queue = PathBuf::from(c.text(params::QUEUE_DIRECTORY));
@@ -585,8 +590,7 @@ impl Qmgr {
                     break;
                 };
                 let busy = self.busy.get(&dest).copied().unwrap_or(0);
-                let limit = self.limits.get(&dest).copied().unwrap_or(self.s.dest_limit);
-                if busy >= self.dest_windows.allowed(&dest, limit) {
+                if busy >= self.dest_windows.allowed(&dest, self.dest_limit(&dest)) {
                     self.ring.push_back(dest);
                     continue;
                 }
@@ -699,11 +703,7 @@ impl Qmgr {
             if let Some(b) = self.busy.get_mut(&job.dest) {
                 *b = b.saturating_sub(1);
             }
-            let limit = self
-                .limits
-                .get(&job.dest)
-                .copied()
-                .unwrap_or(self.s.dest_limit);
+            let limit = self.dest_limit(&job.dest);
             self.dest_windows.feedback(&job.dest, limit, ok);
         }
         if ok {
