@@ -22,7 +22,15 @@
 //! oversize frame, a wrong number of descriptors, or a reply with the wrong
 //! number of messages or statuses is never success: [`deliver_batch`] turns
 //! it into an error, which the caller counts as a deferral (4.3.0) of every
-//! recipient.
+//! recipient whose outcome is unknown.
+//!
+//! **Uncertain outcomes.** Whatever is not known for certain is never
+//! reported as a plain deferral: a failed exchange, and a status marked
+//! `uncertain` (an agent's delivery process that died, was stopped or was
+//! given up once it had begun). The queue manager keeps such deliveries in
+//! flight, and the retry carries [`Instruction::uncertain`]: the agent looks
+//! for the earlier copy (mbox, Maildir) before it writes another. Programs
+//! cannot be asked, so program deliveries are at least once.
 
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -36,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use crate::sys;
 
 /// The protocol version carried in every payload.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// The most messages one request frame may carry.
 pub const MAX_BATCH: usize = 64;
 /// The largest frame either side accepts (payload bytes).
@@ -132,6 +140,12 @@ pub struct RecipientStatus {
     pub reason: String,
     /// The postmaster should hear of this (program delivery failures).
     pub notify_postmaster: bool,
+    /// The outcome is not known for certain: a copy may have been written
+    /// (a delivery process died, was stopped or given up after it began).
+    /// Always deferred; the queue manager records the delivery as in
+    /// flight, so that the retry is marked [`Instruction::uncertain`] and
+    /// looks for the earlier copy before it writes again.
+    pub uncertain: bool,
 }
 
 impl RecipientStatus {
@@ -142,6 +156,7 @@ impl RecipientStatus {
             dsn: "2.0.0".into(),
             reason: reason.into(),
             notify_postmaster: false,
+            uncertain: false,
         }
     }
     /// Deferred with `dsn` (4.x.y).
@@ -151,6 +166,7 @@ impl RecipientStatus {
             dsn: dsn.into(),
             reason: reason.into(),
             notify_postmaster: false,
+            uncertain: false,
         }
     }
     /// Bounced with `dsn` (5.x.y).
@@ -160,6 +176,15 @@ impl RecipientStatus {
             dsn: dsn.into(),
             reason: reason.into(),
             notify_postmaster: false,
+            uncertain: false,
+        }
+    }
+    /// Deferred (4.3.0) without knowing whether a copy was written (the
+    /// `uncertain` field).
+    pub fn unknown(reason: impl Into<String>) -> Self {
+        RecipientStatus {
+            uncertain: true,
+            ..RecipientStatus::deferred("4.3.0", reason)
         }
     }
     /// The same, marked for the postmaster's attention.

@@ -96,6 +96,8 @@ params! {
         "The longest pause between two attempts to lock a mailbox.";
     DESTINATION_POLICY "destination_policy" Kind::Text, "$config_directory/destinations",
         "The allowed-destinations policy file that local checks every instruction against (postern's own).";
+    DUPLICATE_FILTER_LIMIT "duplicate_filter_limit" Kind::Int { min: 0 }, "1000",
+        "Most recipients (at submission) and deliveries (after alias and .forward expansion) remembered per message to drop duplicates; 0: none.";
     EXPORT_ENVIRONMENT "export_environment" Kind::List, "TZ MAIL_CONFIG LANG",
         "Environment variables passed on to external commands (name, or name=value).";
     HOME_MAILBOX "home_mailbox" Kind::Text, "",

@@ -11,8 +11,9 @@
 //! message, as this user, to this mbox / Maildir / program — with the
 //! message files attached (see `postern_common::handoff`; one request may
 //! carry several messages). For each user of the request local forks, the
-//! child becomes the user for good (root's mail runs as `default_privs`; the
-//! mail owner is refused), checks each destination against the
+//! child becomes the user for good (root's mail runs as `default_privs`,
+//! with root's mailbox opened by root and handed over; the mail owner is
+//! refused), checks each destination against the
 //! allowed-destinations policy (`postern_common::destinations`, independent
 //! of the routing configuration) and the per-user policy, checks
 //! permissions, delivers ([`mbox`], [`maildir`], [`program`]; the copies for
@@ -265,9 +266,18 @@ impl Handler for Local {
                     })
                     .sum();
                 let limit = self.settings.time_limit * programs + Duration::from_secs(60);
+                let for_root = self.open_root_mailboxes(&work, system, &p.account);
                 let results = in_child_as(p.run_as, limit, &mut reap, work.len(), || {
-                    deliver_as_user(&work, system, &p.account, &p.runner, &self.settings)
+                    let ctx = UserContext {
+                        system,
+                        account: &p.account,
+                        runner: &p.runner,
+                        settings: &self.settings,
+                        root_mailboxes: &for_root,
+                    };
+                    deliver_as_user(&work, &ctx)
                 });
+                drop(for_root);
                 for (&(m, r), status) in items.iter().zip(results) {
                     statuses[m][r] = Some(status);
                 }
@@ -383,6 +393,55 @@ fn check_copy(
 }
 
 impl Local {
+    /// Root's mailboxes among `work`, opened by root before the delivery
+    /// process (which runs as `default_privs`) starts: after the system
+    /// policy allows the path, each is created owned by root (0600) or
+    /// checked to be root's, and its descriptor goes to the delivery
+    /// process. Root's mail is thus never readable by `default_privs`,
+    /// and no delivery process runs as root. Empty for other users.
+    fn open_root_mailboxes(
+        &self,
+        work: &[(&Instruction, Copy<'_>)],
+        system: &Policy,
+        account: &Account,
+    ) -> Vec<(PathBuf, Result<std::fs::File, RecipientStatus>)> {
+        let mut opened: Vec<(PathBuf, Result<std::fs::File, RecipientStatus>)> = Vec::new();
+        if account.uid != 0 {
+            return opened;
+        }
+        let who = Who {
+            user: &account.name,
+            home: &account.home,
+        };
+        for (instr, _) in work {
+            let Destination::Mailbox(path) = &instr.destination else {
+                continue;
+            };
+            if opened.iter().any(|(p, _)| p == path) {
+                continue;
+            }
+            // Root's own policy file is not consulted (default_privs,
+            // which would read it, cannot search root's home).
+            let file = allowed(system, None, Kind::Mailbox, path, &who).and_then(|()| {
+                let target = mbox::Target {
+                    path,
+                    uid: 0,
+                    strict_owner: true,
+                    size_limit: self.settings.size_limit,
+                    lock: &self.settings.lock,
+                };
+                privilege::as_root(|| mbox::open_for_root(&target)).unwrap_or_else(|e| {
+                    Err(RecipientStatus::deferred(
+                        "4.3.0",
+                        format!("cannot open root's mailbox {}: {e}", path.display()),
+                    ))
+                })
+            });
+            opened.push((path.clone(), file));
+        }
+        opened
+    }
+
     /// The user's mailbox in `mail_spool_directory`, which users usually may
     /// not create themselves, is created by root (empty, 0600, owned by the
     /// user), as Postfix's local does. Only that exact path: everything else
@@ -391,7 +450,8 @@ impl Local {
         let Destination::Mailbox(path) = &instr.destination else {
             return;
         };
-        if *path != self.settings.spool.join(&account.name) {
+        // Root's is created by root for root (open_root_mailboxes).
+        if *path != self.settings.spool.join(&account.name) || account.uid == 0 {
             return;
         }
         if std::fs::symlink_metadata(path).is_ok() {
@@ -487,10 +547,10 @@ fn in_child_as(
                 }
                 Err(why) => {
                     let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-                    all(RecipientStatus::deferred(
-                        "4.3.0",
-                        format!("delivery process {pid} failed: {why}"),
-                    ))
+                    // It may have written some copies before it failed.
+                    all(RecipientStatus::unknown(format!(
+                        "delivery process {pid} failed: {why}"
+                    )))
                 }
             }
         }
@@ -689,15 +749,31 @@ fn allowed(
     Ok(())
 }
 
+/// What a delivery process knows besides its deliveries.
+#[derive(Clone, Copy)]
+struct UserContext<'a> {
+    system: &'a Policy,
+    account: &'a Account,
+    /// Who the process runs as (`default_privs` for root).
+    runner: &'a Account,
+    settings: &'a Settings,
+    /// Root's mailboxes, opened by root ([`Local::open_root_mailboxes`]).
+    root_mailboxes: &'a [(PathBuf, Result<std::fs::File, RecipientStatus>)],
+}
+
 /// Everything after the switch to the user: the per-user policy, then each
 /// delivery; the copies for one mailbox or Maildir are delivered together.
 fn deliver_as_user(
     work: &[(&Instruction, Copy<'_>)],
-    system: &Policy,
-    account: &Account,
-    runner: &Account,
-    settings: &Settings,
+    ctx: &UserContext<'_>,
 ) -> Vec<RecipientStatus> {
+    let UserContext {
+        system,
+        account,
+        runner,
+        settings,
+        root_mailboxes,
+    } = *ctx;
     let who = Who {
         user: &account.name,
         home: &account.home,
@@ -738,6 +814,26 @@ fn deliver_as_user(
             Ok(()) => {
                 let copies: Vec<Copy<'_>> = same.iter().map(|&j| work[j].1).collect();
                 match kind {
+                    Kind::Mailbox if account.uid == 0 => {
+                        let target = mbox::Target {
+                            path,
+                            uid: 0,
+                            strict_owner: true,
+                            size_limit: settings.size_limit,
+                            lock: &settings.lock,
+                        };
+                        match root_mailboxes.iter().find(|(p, _)| p == path) {
+                            Some((_, Ok(file))) => mbox::deliver_opened(file, &target, &copies),
+                            Some((_, Err(status))) => vec![status.clone(); copies.len()],
+                            None => vec![
+                                RecipientStatus::deferred(
+                                    "4.3.0",
+                                    format!("root's mailbox {} was not opened", path.display()),
+                                );
+                                copies.len()
+                            ],
+                        }
+                    }
                     Kind::Mailbox => {
                         let target = mbox::Target {
                             path,

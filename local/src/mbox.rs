@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use postern_common::handoff::RecipientStatus;
 
-use crate::message::Copy;
+use crate::message::{Copy, Earlier};
 
 /// Locking methods, from `mailbox_delivery_lock`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +99,66 @@ pub fn deliver_many(target: &Target<'_>, copies: &[Copy<'_>]) -> Vec<RecipientSt
         ));
         copies.len()
     ]
+}
+
+/// Delivers `copies` to a mailbox that root opened and checked
+/// ([`open_for_root`]) and handed to this process, which runs as
+/// `default_privs` and could not open it: as [`deliver_many`], except that
+/// a mailbox replaced while it was being locked is not opened again here
+/// (the delivery is deferred, and the next attempt opens it afresh).
+pub fn deliver_opened(
+    file: &File,
+    target: &Target<'_>,
+    copies: &[Copy<'_>],
+) -> Vec<RecipientStatus> {
+    let guard = match lock(file, target.path, target.lock) {
+        Ok(g) => g,
+        Err(why) => return vec![defer(why); copies.len()],
+    };
+    if !still_named_by(file, target.path) {
+        drop(guard);
+        let why = format!(
+            "mailbox {} was replaced or removed while it was being locked",
+            target.path.display()
+        );
+        return vec![defer(why); copies.len()];
+    }
+    let statuses = append(file, target, copies);
+    drop(guard);
+    statuses
+}
+
+/// Opens root's mailbox for a delivery that will run as `default_privs`:
+/// called as root. The mailbox is created, when missing, owned by root
+/// with mode 0600; whatever is there must be a regular file with one link
+/// owned by root (a file that someone else placed at that name is refused).
+pub fn open_for_root(target: &Target<'_>) -> Result<File, RecipientStatus> {
+    let created = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(target.path);
+    match created {
+        Ok(f) => {
+            // Created with root's uid and this process's group: root's.
+            if let Err(e) = std::os::unix::fs::fchown(&f, Some(0), Some(0)) {
+                return Err(defer(format!(
+                    "cannot give mailbox {} to root: {e}",
+                    target.path.display()
+                )));
+            }
+            log::info!("created mailbox {} for root", target.path.display());
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(_) => {} // open_checked below says what is wrong
+    }
+    open_checked(&Target {
+        uid: 0,
+        strict_owner: true,
+        ..target.clone()
+    })
 }
 
 /// Whether `path` (not followed) is still the open `file`, with one link.
@@ -199,12 +259,38 @@ fn append(file: &File, target: &Target<'_>, copies: &[Copy<'_>]) -> Vec<Recipien
         }
     }
     let mut statuses: Vec<Option<RecipientStatus>> = vec![None; copies.len()];
+    let mut original = original;
+    for (i, copy) in copies.iter().enumerate().filter(|(_, c)| c.uncertain) {
+        match copy.in_mbox(&existing) {
+            Earlier::Whole => {
+                statuses[i] = Some(RecipientStatus::delivered(format!(
+                    "already delivered to mailbox {shown} by an earlier attempt"
+                )))
+            }
+            // A killed attempt's unfinished write: cut it away (the lock
+            // is held) and write the copy whole below.
+            Earlier::Truncated { at } => {
+                if let Err(e) = file.set_len(at).and_then(|()| file.sync_data()) {
+                    let why = format!(
+                        "cannot remove an unfinished earlier copy from mailbox {shown}: {e}"
+                    );
+                    return vec![defer(why); copies.len()];
+                }
+                log::warn!(
+                    "removed an unfinished copy of {} for {} from mailbox {shown} ({} bytes at offset {at})",
+                    copy.queue_id,
+                    copy.recipient,
+                    original - at
+                );
+                existing.truncate(at as usize);
+                original = at;
+            }
+            Earlier::None => {}
+        }
+    }
     let mut end = original;
     for (i, copy) in copies.iter().enumerate() {
-        if copy.uncertain && copy.in_mbox(&existing) {
-            statuses[i] = Some(RecipientStatus::delivered(format!(
-                "already delivered to mailbox {shown} by an earlier attempt"
-            )));
+        if statuses[i].is_some() {
             continue;
         }
         let bytes = copy.mbox();

@@ -21,6 +21,21 @@ pub struct Copy<'a> {
     pub uncertain: bool,
 }
 
+/// What an mbox holds of a copy an earlier attempt may have written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Earlier {
+    /// Nothing of it.
+    None,
+    /// The copy, whole (or changed by a mail reader since).
+    Whole,
+    /// The start of the copy, cut short, at this offset up to the end of
+    /// the file.
+    Truncated {
+        /// Where the unfinished copy starts.
+        at: u64,
+    },
+}
+
 /// The unfolded header lines of `message` (up to the first empty line).
 fn unfolded_headers(message: &[u8]) -> Vec<String> {
     let end = message
@@ -101,8 +116,17 @@ impl Copy<'_> {
         to_us && ours
     }
 
-    /// Whether the mbox text `mailbox` already holds this copy.
-    pub fn in_mbox(&self, mailbox: &[u8]) -> bool {
+    /// What the mbox text `mailbox` holds of this copy.
+    ///
+    /// A copy whose envelope headers name this delivery counts as written,
+    /// even if a mail reader has since changed it (a `Status:` header). The
+    /// exception is the last message of the file when it is a strict prefix
+    /// of this copy (at least its `From ` line): a write that a killed
+    /// delivery process left unfinished, which must be cut away and written
+    /// again, never counted as delivered.
+    pub fn in_mbox(&self, mailbox: &[u8]) -> Earlier {
+        let whole = self.mbox();
+        let from_line = whole.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
         let mut at = 0usize;
         while at < mailbox.len() {
             let rest = &mailbox[at..];
@@ -112,15 +136,23 @@ impl Copy<'_> {
                 .position(|w| w == b"\nFrom ")
                 .map_or(rest.len(), |i| i + 2);
             let message = &rest[..next];
+            let last = at + next == mailbox.len();
+            if last
+                && message.len() >= from_line
+                && message.len() < whole.len()
+                && whole.starts_with(message)
+            {
+                return Earlier::Truncated { at: at as u64 };
+            }
             // Skip the "From " line itself.
             if let Some(nl) = message.iter().position(|&b| b == b'\n') {
                 if self.is_same_delivery(&message[nl + 1..]) {
-                    return true;
+                    return Earlier::Whole;
                 }
             }
             at += next;
         }
-        false
+        Earlier::None
     }
 
     /// `Return-Path:` and `Delivered-To:` lines.
@@ -186,22 +218,55 @@ mod tests {
     fn earlier_copies_are_recognised() {
         let c = copy(b"Received: by h (postern)\n\tid Q1; Sat\nSubject: x\n\nbody\n");
         let mbox = c.mbox();
-        assert!(c.in_mbox(&mbox));
+        assert_eq!(c.in_mbox(&mbox), Earlier::Whole);
         let mut two = copy(b"Subject: other\n\nFrom x\n").mbox();
         two.extend_from_slice(&mbox);
-        assert!(c.in_mbox(&two));
-        assert!(!c.in_mbox(&copy(b"Subject: other\n\n").mbox()));
+        assert_eq!(c.in_mbox(&two), Earlier::Whole);
+        assert_eq!(
+            c.in_mbox(&copy(b"Subject: other\n\n").mbox()),
+            Earlier::None
+        );
+        assert_eq!(c.in_mbox(b""), Earlier::None);
         let other_rcpt = Copy {
             recipient: "carol@example.org",
             ..c
         };
-        assert!(!other_rcpt.in_mbox(&mbox));
+        assert_eq!(other_rcpt.in_mbox(&mbox), Earlier::None);
         let other_id = Copy {
             queue_id: "Q2",
             ..c
         };
-        assert!(!other_id.in_mbox(&mbox));
+        assert_eq!(other_id.in_mbox(&mbox), Earlier::None);
         assert!(c.is_same_delivery(&c.plain()));
+        // A reader that added a Status: header does not make it a new copy.
+        let text = String::from_utf8(mbox.clone()).unwrap();
+        let read = text.replace("Subject: x\n", "Subject: x\nStatus: RO\n");
+        assert_eq!(c.in_mbox(read.as_bytes()), Earlier::Whole);
+    }
+
+    #[test]
+    fn an_unfinished_copy_at_the_end_is_never_delivered() {
+        let c = copy(b"Received: by h (postern)\n\tid Q1; Sat\nSubject: x\n\nbody\nmore\n");
+        let whole = c.mbox();
+        let mut before = copy(b"Subject: other\n\nx\n").mbox();
+        let start = before.len() as u64;
+        let from_line = whole.iter().position(|&b| b == b'\n').unwrap() + 1;
+        // Cut anywhere from the end of its From line to one byte short.
+        for cut in from_line..whole.len() {
+            let mut text = before.clone();
+            text.extend_from_slice(&whole[..cut]);
+            assert_eq!(
+                c.in_mbox(&text),
+                Earlier::Truncated { at: start },
+                "cut at {cut}"
+            );
+        }
+        // Once another message follows it, it is not the last: the headers
+        // decide (here: complete enough to name the delivery).
+        before.extend_from_slice(&whole[..whole.len() - 3]);
+        before.extend_from_slice(b"\n\n");
+        before.extend_from_slice(&copy(b"Subject: later\n\n").mbox());
+        assert_eq!(c.in_mbox(&before), Earlier::Whole);
     }
 
     #[test]

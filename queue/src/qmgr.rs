@@ -166,6 +166,8 @@ struct Settings {
     notice_recipient: String,
     owner_uid: u32,
     exchange_timeout: Duration,
+    /// Deliveries remembered per message by the duplicate filter.
+    duplicate_filter_limit: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -278,6 +280,8 @@ impl Qmgr {
             notice_recipient: c.text(params::BOUNCE_NOTICE_RECIPIENT).to_string(),
             owner_uid: ctx.mail_owner.uid,
             exchange_timeout: c.time(params::IPC_TIMEOUT),
+            duplicate_filter_limit: usize::try_from(c.int(params::DUPLICATE_FILTER_LIMIT))
+                .unwrap_or(0),
         };
         if s.batch_limit > handoff::MAX_BATCH {
             log::warn!(
@@ -487,11 +491,31 @@ impl Qmgr {
             .pending()
             .map(|(i, r)| (i, r.address.clone()))
             .collect();
+        // The duplicate filter: a delivery that an earlier recipient of the
+        // message already makes (the same key for the same final address,
+        // as when two aliases name one user) is made once. At most
+        // duplicate_filter_limit deliveries are remembered.
+        let mut made: HashMap<(String, String), usize> = HashMap::new();
         for (idx, address) in pending {
             let mut seen = HashSet::new();
             for d in self.router.resolve(&address) {
                 if !seen.insert(d.key.clone()) {
                     continue;
+                }
+                if let Some(recipient) = d.route.recipient() {
+                    let made_for = (d.key.clone(), recipient.to_string());
+                    if let Some(&first) = made.get(&made_for) {
+                        if first != idx {
+                            log::info!(
+                                "{id}: <{address}>: the delivery to {} is already made for <{}>: not repeated",
+                                recipient,
+                                msg.qf.recipients[first].address
+                            );
+                            continue;
+                        }
+                    } else if made.len() < self.s.duplicate_filter_limit {
+                        made.insert(made_for, idx);
+                    }
                 }
                 msg.keys[idx].push(d.key.clone());
                 if msg.qf.is_final(idx, &d.key) {
@@ -773,7 +797,7 @@ impl Qmgr {
                 ),
             };
             let recorded = recorded.and_then(|()| {
-                if unknown {
+                if unknown || st.uncertain {
                     msg.updater.in_flight(&mut msg.qf, item.rcpt, &item.key)
                 } else {
                     Ok(())

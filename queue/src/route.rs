@@ -69,6 +69,17 @@ pub enum Route {
     },
 }
 
+impl Route {
+    /// The final address a delivery is made to (`None` for a bounce or a
+    /// deferral, which deliver nothing).
+    pub fn recipient(&self) -> Option<&str> {
+        match self {
+            Route::Local(instr) | Route::Transport { instr, .. } => Some(&instr.recipient),
+            Route::Bounce { .. } | Route::Defer { .. } => None,
+        }
+    }
+}
+
 /// One delivery of a recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {

@@ -711,3 +711,73 @@ fn a_symlinked_maildir_and_control_characters_in_addresses_are_refused() {
     );
     assert!(!mbox.exists());
 }
+
+#[test]
+fn roots_mailbox_is_roots_and_default_privs_never_opens_it() {
+    let inst = local_instance("", "");
+    // A spool like /var/mail: sticky and writable by everyone, so that
+    // default_privs could place a file of its own at root's name.
+    let spool = inst.dir.path().join("rootspool");
+    std::fs::create_dir(&spool).unwrap();
+    std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    allow(&inst, &format!("mailbox {}/$user", spool.display()));
+    let mbox = spool.join("root");
+    let out = to_mailbox(
+        &inst,
+        "root",
+        mbox.to_str().unwrap(),
+        b"Subject: r1\n\nfor root\n",
+    );
+    assert_eq!(out.code, Some(0), "{out:?}\n{}", inst.log());
+    let md = std::fs::metadata(&mbox).unwrap();
+    assert_eq!(
+        (md.uid(), md.gid(), md.mode() & 0o777),
+        (0, 0, 0o600),
+        "root's mailbox is root's, 0600"
+    );
+    // Written by a process that runs as default_privs, which cannot open it.
+    let out = run(Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "cat"])
+        .arg(&mbox));
+    assert_ne!(out.code, Some(0), "nobody reads root's mailbox: {out:?}");
+    let out = to_mailbox(
+        &inst,
+        "root",
+        mbox.to_str().unwrap(),
+        b"Subject: r2\n\nagain\n",
+    );
+    assert_eq!(out.code, Some(0), "{out:?}\n{}", inst.log());
+    let text = std::fs::read_to_string(&mbox).unwrap();
+    assert!(
+        text.contains("Subject: r1") && text.contains("Subject: r2"),
+        "{text}"
+    );
+    // A file default_privs put at root's name first is never used.
+    let spool2 = inst.dir.path().join("rootspool2");
+    std::fs::create_dir(&spool2).unwrap();
+    std::fs::set_permissions(&spool2, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    allow(&inst, &format!("mailbox {}/$user", spool2.display()));
+    let planted = spool2.join("root");
+    let out = run(Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "touch",
+        ])
+        .arg(&planted));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let out = to_mailbox(
+        &inst,
+        "root",
+        planted.to_str().unwrap(),
+        b"Subject: r3\n\nno\n",
+    );
+    assert_ne!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout.contains("owned by uid") && out.stdout.contains("refused"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(std::fs::metadata(&planted).unwrap().len(), 0);
+}
