@@ -241,17 +241,16 @@ fn queue_tag(queue_id: &str) -> String {
 /// whose headers show it is `copy`.
 fn earlier_copy(root: &OwnedFd, sub: &str, tag: &str, copy: &Copy<'_>) -> Option<String> {
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let dir = nix::dir::Dir::openat(Some(root.as_raw_fd()), sub, flags, Mode::empty()).ok()?;
-    let dirfd = dir.as_raw_fd();
+    let mut dir = nix::dir::Dir::openat(Some(root.as_raw_fd()), sub, flags, Mode::empty()).ok()?;
     let want = format!("{tag}.");
-    let names: Vec<String> = {
-        let mut dir = dir;
-        dir.iter()
-            .filter_map(Result::ok)
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.contains(&want))
-            .collect()
-    };
+    let names: Vec<String> = dir
+        .iter()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(&want))
+        .collect();
+    // `dir` stays open (and with it this descriptor) while the files are read.
+    let dirfd = dir.as_raw_fd();
     names.into_iter().find(|name| {
         let Ok(fd) = openat(
             Some(dirfd),

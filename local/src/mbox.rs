@@ -458,6 +458,30 @@ enum DotlockError {
     Other(String),
 }
 
+/// The pid written in the lock file `lock` (a regular file, read without
+/// following a link or blocking, at most 32 bytes), if the process it
+/// names does not exist. An empty or foreign lock, or a live process (or
+/// one this user may not signal), gives `None`: only stale_lock_time ends
+/// such a lock.
+fn dead_maker(lock: &Path) -> Option<i32> {
+    use std::io::Read;
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(lock)
+        .ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    f.take(32).read_to_string(&mut text).ok()?;
+    let pid: i32 = text.trim().parse().ok().filter(|&p| p > 1)?;
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Err(nix::errno::Errno::ESRCH) => Some(pid),
+        _ => None,
+    }
+}
+
 fn dotlock(path: &Path, stale: Duration) -> Result<Option<PathBuf>, DotlockError> {
     let mut name = path.as_os_str().to_os_string();
     name.push(".lock");
@@ -470,18 +494,33 @@ fn dotlock(path: &Path, stale: Duration) -> Result<Option<PathBuf>, DotlockError
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&lock)
     };
-    match create() {
-        Ok(_) => Ok(Some(lock)),
+    // The lock holds its maker's pid (as liblockfile writes it), so that
+    // the lock of a delivery process killed with SIGKILL is known for what
+    // it is at once instead of after stale_lock_time.
+    let create_ours = || {
+        create().map(|mut f| {
+            let _ = writeln!(f, "{}", std::process::id());
+        })
+    };
+    match create_ours() {
+        Ok(()) => Ok(Some(lock)),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             let old = std::fs::symlink_metadata(&lock)
                 .ok()
                 .and_then(|m| m.modified().ok())
                 .and_then(|t| SystemTime::now().duration_since(t).ok())
                 .is_some_and(|age| age > stale);
-            if old && std::fs::remove_file(&lock).is_ok() {
-                log::warn!("removed stale lock file {}", lock.display());
-                return match create() {
-                    Ok(_) => Ok(Some(lock)),
+            let dead = dead_maker(&lock);
+            if (old || dead.is_some()) && std::fs::remove_file(&lock).is_ok() {
+                match dead {
+                    Some(pid) => log::warn!(
+                        "removed lock file {} of process {pid}, which no longer exists",
+                        lock.display()
+                    ),
+                    None => log::warn!("removed stale lock file {}", lock.display()),
+                }
+                return match create_ours() {
+                    Ok(()) => Ok(Some(lock)),
                     Err(_) => Ok(None),
                 };
             }
@@ -510,6 +549,27 @@ mod tests {
             queue_id: "Q1",
             uncertain: false,
         }
+    }
+
+    /// A dotlock left by a process that no longer exists is taken over at
+    /// once; one of a live process, or one without a pid, is respected.
+    #[test]
+    fn the_dotlock_of_a_dead_process_is_removed_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("box");
+        let lock_file = dir.path().join("box.lock");
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let dead = gone.id();
+        gone.wait().unwrap();
+        let hour = Duration::from_secs(3600);
+        std::fs::write(&lock_file, format!("{}\n", std::process::id())).unwrap();
+        assert!(matches!(dotlock(&path, hour), Ok(None)), "a live holder");
+        std::fs::write(&lock_file, b"").unwrap();
+        assert!(matches!(dotlock(&path, hour), Ok(None)), "no pid");
+        std::fs::write(&lock_file, format!("{dead}\n")).unwrap();
+        assert!(matches!(dotlock(&path, hour), Ok(Some(_))), "a dead holder");
+        let ours = std::fs::read_to_string(&lock_file).unwrap();
+        assert_eq!(ours.trim(), std::process::id().to_string());
     }
 
     /// A mail reader holding the dotlock replaces the mailbox by rename

@@ -432,6 +432,16 @@ print(",".join(sorted(m["Subject"] + "=" + m.get_payload().strip() for m in md))
         replies.statuses[0].reason.contains("already delivered"),
         "{replies:?}"
     );
+    // The same for the Maildir.
+    let mut again = request(ANN, Destination::Maildir(ann_maildir.clone()));
+    again.queue_id = "BATCH1".into();
+    again.recipients[0].uncertain = true;
+    let fd = message_fd(bodies[1].as_bytes());
+    let replies = handoff::deliver(&inst.local_socket(), &again, &fd, WAIT).unwrap();
+    assert!(
+        replies.statuses[0].reason.contains("already delivered"),
+        "{replies:?}"
+    );
 }
 
 #[test]
