@@ -421,7 +421,7 @@ fn kill_9_anywhere_loses_duplicates_and_truncates_nothing() {
             .collect::<Vec<usize>>()
     };
     // Everything queued arrives (retries included) and the queue empties.
-    let settled = eventually(Duration::from_secs(120), || {
+    let settled = eventually(Duration::from_secs(120 + n_per as u64 / 10), || {
         let mb = tally_mbox(&mbox_path);
         let md = tally_dir(&maildir, false);
         let pr = tally_dir(std::slice::from_ref(&out_dir), true);
