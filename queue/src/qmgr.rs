@@ -36,7 +36,15 @@
 //! in `active` and retries only what is not final; a delivery that was in
 //! flight is marked uncertain, and local then looks for the earlier copy
 //! before writing (so a kill -9 at any moment neither loses nor, for
-//! mailboxes and Maildirs, duplicates a message).
+//! mailboxes and Maildirs, duplicates a message). A deferral whose outcome
+//! is not known (a failed exchange, or a status local marks `uncertain`: a
+//! delivery process that died or was given up) leaves the delivery in
+//! flight too.
+//!
+//! **Duplicates.** Deliveries that two recipients of one message expand
+//! to (the same key and final address: two aliases for one user, a
+//! `.forward` naming another local user) are made once, for the first;
+//! `duplicate_filter_limit` bounds what is remembered per message.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
