@@ -405,7 +405,20 @@ impl Qmgr {
         self.incoming_waiting |= !self.incoming.is_empty() || taken == LOAD_BATCH;
     }
 
+    /// Removes what dead writers left in `incoming` (see
+    /// [`queuefile::remove_stale_temporaries`]).
+    fn remove_stale_temporaries(&self) {
+        let dir = self.dir(queuefile::INCOMING);
+        for name in queuefile::remove_stale_temporaries(&dir, queuefile::STALE_TEMPORARY_AGE) {
+            log::info!(
+                "removed {}: a temporary whose writer is gone (nothing of it was queued)",
+                dir.join(name).display()
+            );
+        }
+    }
+
     fn scan_deferred(&mut self, all: bool) {
+        self.remove_stale_temporaries();
         self.reload_router_if_changed();
         let now = SystemTime::now();
         let dir = self.dir(queuefile::DEFERRED);
