@@ -203,28 +203,53 @@ impl<R: BufRead> Input<R> {
     }
 }
 
-/// The body after the header block, read lazily.
+/// How much input a reader holds already (what can be read without
+/// waiting).
+trait Buffered {
+    fn buffered(&self) -> usize;
+}
+
+impl<T: Read> Buffered for BufReader<T> {
+    fn buffered(&self) -> usize {
+        self.buffer().len()
+    }
+}
+
+impl Buffered for &[u8] {
+    fn buffered(&self) -> usize {
+        self.len()
+    }
+}
+
+/// The body after the header block, read lazily: each read returns as
+/// many lines as fit and are at hand (it waits for input only when it has
+/// nothing to return), so that the message goes out in large pieces
+/// without holding back what a slow writer already gave.
 struct Body<R> {
     input: Input<R>,
     pending: Vec<u8>,
     at: usize,
 }
 
-impl<R: BufRead> Read for Body<R> {
+impl<R: BufRead + Buffered> Read for Body<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.at >= self.pending.len() {
+        let mut n = 0;
+        loop {
+            let k = (buf.len() - n).min(self.pending.len() - self.at);
+            buf[n..n + k].copy_from_slice(&self.pending[self.at..self.at + k]);
+            self.at += k;
+            n += k;
+            if n == buf.len() || (n > 0 && self.input.inner.buffered() == 0) {
+                return Ok(n);
+            }
             match self.input.line()? {
                 Some(l) => {
                     self.pending = l;
                     self.at = 0;
                 }
-                None => return Ok(0),
+                None => return Ok(n),
             }
         }
-        let n = buf.len().min(self.pending.len() - self.at);
-        buf[..n].copy_from_slice(&self.pending[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
     }
 }
 
@@ -449,6 +474,20 @@ mod tests {
         assert_eq!(i.line().unwrap().unwrap(), b"a\n");
         assert_eq!(i.line().unwrap().unwrap(), b"b\n");
         assert!(i.line().unwrap().is_none());
+        let mut body = Body {
+            input: Input {
+                inner: &data[..],
+                ignore_dots: true,
+                done: false,
+            },
+            pending: Vec::new(),
+            at: 0,
+        };
+        // What is at hand comes in one read.
+        let mut buf = [0u8; 64];
+        assert_eq!(body.read(&mut buf).unwrap(), 12);
+        assert_eq!(&buf[..12], b"a\nb\n.\nafter\n");
+        assert_eq!(body.read(&mut buf).unwrap(), 0);
         let mut body = Body {
             input: Input {
                 inner: &data[..],

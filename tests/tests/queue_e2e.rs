@@ -893,6 +893,16 @@ impl Mail {
     }
 }
 
+/// A header line, then 100 KiB or more of body lines of `line`.
+fn long_text(header: &str, line: &str) -> Vec<u8> {
+    let mut text = format!("{header}\n\n");
+    while text.len() < 100 * 1024 {
+        text.push_str(line);
+        text.push('\n');
+    }
+    text.into_bytes()
+}
+
 #[test]
 fn a_sendmail_killed_mid_message_queues_nothing_and_leaves_no_temporary() {
     let m = Mail::new("", "");
@@ -900,8 +910,9 @@ fn a_sendmail_killed_mid_message_queues_nothing_and_leaves_no_temporary() {
     {
         use std::io::Write;
         let stdin = sendmail.0.stdin.as_mut().unwrap();
+        // More than a client's buffer holds: the first half reaches submit.
         stdin
-            .write_all(b"Subject: half\n\nthe first half of the body\n")
+            .write_all(&long_text("Subject: half", "the first half of the body"))
             .unwrap();
         stdin.flush().unwrap();
     }
@@ -1027,7 +1038,9 @@ fn sendmail_waits_for_a_slow_submit_to_decide_and_does_not_say_75() {
     {
         use std::io::Write;
         let stdin = sendmail.0.stdin.as_mut().unwrap();
-        stdin.write_all(b"Subject: slow\n\nslow body\n").unwrap();
+        stdin
+            .write_all(&long_text("Subject: slow", "slow body"))
+            .unwrap();
         stdin.flush().unwrap();
     }
     m.wait_receiving("slow body");
