@@ -255,8 +255,20 @@ impl Writer {
         fs2::FileExt::unlock(&self.file)?;
         let target = self.dir.join(&self.id);
         rename_no_replace(&self.tmp, &target)?;
+        if let Err(e) = sync_dir(&self.dir) {
+            // Not durable: take it back unless the queue manager already
+            // has (then it is queued, and saying otherwise would have the
+            // sender send it twice).
+            if std::fs::rename(&target, &self.tmp).is_ok() {
+                return Err(e); // Drop removes the temporary
+            }
+            log::warn!(
+                "{}: cannot fsync {}: {e}; the queue manager has the message already",
+                self.id,
+                self.dir.display()
+            );
+        }
         self.done = true;
-        sync_dir(&self.dir)?;
         Ok(self.id.clone())
     }
 
