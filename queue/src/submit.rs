@@ -455,6 +455,17 @@ impl Handler for Submit {
         };
         let result = match read_request(&conn) {
             Ok(req) => self.store(&conn, &req, uid),
+            Err(HandoffError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Err(Failure::Aborted(format!(
+                    "no request for {}s",
+                    self.input_timeout.as_secs()
+                )))
+            }
             Err(e) => {
                 log::warn!("bad submission from pid {pid} (uid {uid}): {e}; nothing queued");
                 Err(Failure::Refused(refuse(

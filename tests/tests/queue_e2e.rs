@@ -1096,3 +1096,44 @@ fn a_recipient_named_10000_times_gets_one_copy() {
     m.inst
         .wait_log("nrcpt=1 (9999 repeated recipients dropped)", 1);
 }
+
+#[test]
+fn an_idle_submission_is_cut_after_submit_input_timeout() {
+    use std::io::Read;
+    let m = Mail::new("submit_input_timeout = 1s\n", "");
+    // Connected, and silent: submit gives up on it after a second.
+    let mut idle = std::os::unix::net::UnixStream::connect(m.inst.public("submit")).unwrap();
+    idle.set_read_timeout(Some(WAIT)).unwrap();
+    let mut reply = Vec::new();
+    let _ = idle.read_to_end(&mut reply);
+    let text = String::from_utf8_lossy(&reply);
+    assert!(
+        text.contains("4.3.0 ") || text.contains("no request for 1s"),
+        "{text:?}"
+    );
+    m.inst.wait_log(
+        "aborted before the end of the message: no request for 1s",
+        1,
+    );
+    // One that stops in the middle of the message is cut too, and nothing
+    // of it is queued.
+    let mut sendmail = m.start_sendmail(&[DAN]);
+    {
+        use std::io::Write;
+        let stdin = sendmail.0.stdin.as_mut().unwrap();
+        stdin
+            .write_all(&long_text("Subject: stalled", "stalled"))
+            .unwrap();
+        stdin.flush().unwrap();
+    }
+    m.wait_receiving("stalled");
+    sendmail.signal(nix::sys::signal::Signal::SIGSTOP);
+    m.inst
+        .wait_log("aborted before the end of the message: no input for 1s", 1);
+    assert!(m.temporaries().is_empty(), "{:?}", m.temporaries());
+    assert!(m.queue_is_empty(), "{}", m.queue(&["list"]).stdout);
+    sendmail.signal(nix::sys::signal::Signal::SIGCONT);
+    drop(sendmail.0.stdin.take());
+    let status = sendmail.exit_within(WAIT);
+    assert_eq!(status.and_then(|s| s.code()), Some(75), "{status:?}");
+}
