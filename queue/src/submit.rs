@@ -7,7 +7,9 @@
 //! in the handoff protocol; both payloads start with the version.
 //!
 //! 1. The client sends one [`SubmitRequest`] frame (the envelope).
-//! 2. The service answers one [`SubmitReply`]: [`Answer::Ready`], or
+//! 2. The service answers one [`SubmitReply`]: [`Answer::Ready`] (with its
+//!    `submit_input_timeout`, so the client knows how often to keep the
+//!    connection alive), or
 //!    [`Answer::Refused`] and it closes. It may refuse before it reads the
 //!    request (too many submissions in progress from that uid: 4.7.0).
 //! 3. The client sends the message as chunks: a 4-byte big-endian length,
@@ -102,8 +104,12 @@ pub struct Refusal {
 /// What the service says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Answer {
-    /// The envelope is accepted: send the message.
-    Ready,
+    /// The envelope is accepted: send the message, at least one chunk (a
+    /// keepalive at worst) every `input_timeout_ms`.
+    Ready {
+        /// The service's `submit_input_timeout`, in milliseconds.
+        input_timeout_ms: u64,
+    },
     /// The message is queued under this id.
     Queued(String),
     /// Not queued, and why.
@@ -308,7 +314,8 @@ impl Submit {
     fn store(&self, conn: &UnixStream, req: &SubmitRequest, uid: u32) -> Result<String, Failure> {
         let sender = self.envelope(req, uid)?;
         let recipients = unique_recipients(&req.recipients, self.duplicate_limit);
-        send_reply(conn, Answer::Ready)
+        let input_timeout_ms = u64::try_from(self.input_timeout.as_millis()).unwrap_or(u64::MAX);
+        send_reply(conn, Answer::Ready { input_timeout_ms })
             .map_err(|e| Failure::Aborted(format!("cannot say ready: {e}")))?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -533,8 +540,8 @@ pub struct Timing {
     /// How long to wait for the service to take the submission and each
     /// part of it, up to the end of the message (`submit_timeout`).
     pub submit_timeout: Duration,
-    /// How often to tell the service that input is still awaited (a
-    /// fraction of its `submit_input_timeout`).
+    /// How often at most to tell the service that input is still awaited
+    /// (also a third of the `submit_input_timeout` its Ready answer names).
     pub keepalive: Duration,
 }
 
@@ -623,8 +630,11 @@ pub fn submit(
     if let Err(e) = w.write_all(&frame) {
         return Err(not_queued(&conn, format!("cannot send the envelope: {e}")));
     }
+    let mut keepalive = timing.keepalive;
     match read_reply(&conn) {
-        Ok(Answer::Ready) => {}
+        Ok(Answer::Ready { input_timeout_ms }) => {
+            keepalive = keepalive.min(Duration::from_millis(input_timeout_ms) / 3);
+        }
         Ok(Answer::Refused(r)) => return Err(SubmitError::Refused(r)),
         Ok(Answer::Queued(_)) => {
             return Err(SubmitError::NotQueued(
@@ -646,7 +656,7 @@ pub fn submit(
             "cannot start reading the message: {e}"
         )));
     }
-    let keepalive = timing.keepalive.max(Duration::from_millis(100));
+    let keepalive = keepalive.max(Duration::from_millis(100));
     let failed = |e: std::io::Error| SubmitError::Input(format!("cannot read the message: {e}"));
     let gone = || SubmitError::Input("cannot read the message: the reading thread ended".into());
     let mut pending: Vec<u8> = Vec::new();
@@ -698,7 +708,7 @@ pub fn submit(
     match read_reply(&conn) {
         Ok(Answer::Queued(id)) => Ok(id),
         Ok(Answer::Refused(r)) => Err(SubmitError::Refused(r)),
-        Ok(Answer::Ready) => Err(SubmitError::Unknown(
+        Ok(Answer::Ready { .. }) => Err(SubmitError::Unknown(
             "the submit service answered out of turn".into(),
         )),
         Err(e) => Err(SubmitError::Unknown(format!(
@@ -748,7 +758,9 @@ mod tests {
     #[test]
     fn replies_round_trip_and_bad_frames_are_errors() {
         for answer in [
-            Answer::Ready,
+            Answer::Ready {
+                input_timeout_ms: 10_000,
+            },
             Answer::Queued("ABC".into()),
             Answer::Refused(refuse("4.7.0", "busy")),
         ] {
