@@ -97,7 +97,7 @@ params! {
     DESTINATION_POLICY "destination_policy" Kind::Text, "$config_directory/destinations",
         "The allowed-destinations policy file that local checks every instruction against (postern's own).";
     DUPLICATE_FILTER_LIMIT "duplicate_filter_limit" Kind::Int { min: 0 }, "1000",
-        "Most recipients (at submission) and deliveries (after alias and .forward expansion) remembered per message to drop duplicates; 0: none.";
+        "Most recipients (at submission; compared ignoring ASCII case) and deliveries (after alias and .forward expansion) remembered per message to drop repeats; 0: no limit.";
     EXPORT_ENVIRONMENT "export_environment" Kind::List, "TZ MAIL_CONFIG LANG",
         "Environment variables passed on to external commands (name, or name=value).";
     HOME_MAILBOX "home_mailbox" Kind::Text, "",
@@ -158,8 +158,12 @@ params! {
         "A mailbox dotlock file older than this is removed as stale.";
     STRICT_MAILBOX_OWNERSHIP "strict_mailbox_ownership" Kind::Bool, "yes",
         "Refuse to deliver to a mailbox file that is not owned by the recipient.";
+    SUBMIT_CLIENT_CONNECTION_COUNT_LIMIT "submit_client_connection_count_limit" Kind::Int { min: 0 }, "10",
+        "The most submissions one uid may have in progress at once; more are refused at once with 4.7.0 (root and mail_owner are exempt; 0: no limit; postern's own, after Postfix's smtpd_client_connection_count_limit).";
+    SUBMIT_INPUT_TIMEOUT "submit_input_timeout" Kind::Time { unit: 's' }, "10s",
+        "How long submit waits for each read of a submission's input before it gives up on the connection (postern's own).";
     SUBMIT_TIMEOUT "submit_timeout" Kind::Time { unit: 's' }, "60s",
-        "How long postern sendmail waits for the submit service (postern's own).";
+        "How long postern sendmail waits for the submit service to take the message and each part of it; never for the answer after the end of the message (postern's own).";
     SYSLOG_FACILITY "syslog_facility" Kind::Choice(SYSLOG_FACILITIES), "mail",
         "Syslog facility of postern's log lines.";
     SYSLOG_NAME "syslog_name" Kind::Text, "postern",

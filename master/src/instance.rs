@@ -8,6 +8,7 @@
 //!     public/                 mail_owner 0755   unix endpoints for anyone
 //!     incoming/ active/ deferred/ hold/ corrupt/
 //!                             mail_owner 0700   the queue (see postern-queue)
+//!     slots/                  mail_owner 0700   submit's per-uid slot locks
 //! data_directory/             root      0755
 //!     master/                 root      0700
 //!         master.pid          the pid, locked (fs2) while the master runs
@@ -82,7 +83,8 @@ pub fn ensure_directories(config: &Config, owner: &Account) -> Result<Vec<PathBu
     let queue = Path::new(config.text(params::QUEUE_DIRECTORY));
     let data = Path::new(config.text(params::DATA_DIRECTORY));
     let paths = Paths::of(config);
-    let queues = ["incoming", "active", "deferred", "hold", "corrupt"].map(|q| queue.join(q));
+    let queues =
+        ["incoming", "active", "deferred", "hold", "corrupt", "slots"].map(|q| queue.join(q));
     let mut plan: Vec<(&Path, u32, u32, u32)> = Vec::new();
     let (private, public) = (queue.join("private"), queue.join("public"));
     plan.push((queue, 0, 0, 0o755));

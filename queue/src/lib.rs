@@ -22,7 +22,9 @@
 //! `-`), never as root; the queue directories are the mail owner's, mode
 //! 0700. No set-gid program is needed: submission goes over a socket and
 //! the submitting uid comes from the kernel. Untrusted input: the submit
-//! request and message (checked, size-limited), queue files (a bad one goes
+//! request and message (checked, size-limited, each read bounded by
+//! `submit_input_timeout`, at most `submit_client_connection_count_limit`
+//! at once per uid; nothing is queued without its end-of-message chunk), queue files (a bad one goes
 //! to `corrupt`), aliases, `.forward` and transport files (problems logged
 //! with `file:line`; an unsafe `.forward` is not used). local verifies every
 //! instruction qmgr gives it against its own destination policy.
@@ -37,7 +39,9 @@
 //! `default_destination_concurrency_limit` [20],
 //! `local_destination_concurrency_limit` [2], `local_delivery_batch_limit`
 //! [32], `qmgr_message_active_limit`
-//! [20000], `bounce_notice_recipient` [postmaster], `submit_timeout` [60s].
+//! [20000], `bounce_notice_recipient` [postmaster], `submit_timeout` [60s],
+//! `submit_input_timeout` [10s], `submit_client_connection_count_limit`
+//! [10], `duplicate_filter_limit` [1000].
 //!
 //! **Exit status**: the daemons as every postern child (0, 64 usage, 75
 //! temporary, 78 configuration); sendmail and queue as documented in

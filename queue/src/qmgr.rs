@@ -44,7 +44,8 @@
 //! **Duplicates.** Deliveries that two recipients of one message expand
 //! to (the same key and final address: two aliases for one user, a
 //! `.forward` naming another local user) are made once, for the first;
-//! `duplicate_filter_limit` bounds what is remembered per message.
+//! `duplicate_filter_limit` bounds what is remembered per message (0: no
+//! limit).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
@@ -417,7 +418,20 @@ impl Qmgr {
         self.incoming_waiting |= !self.incoming.is_empty() || taken == LOAD_BATCH;
     }
 
+    /// Removes what dead writers left in `incoming` (see
+    /// [`queuefile::remove_stale_temporaries`]).
+    fn remove_stale_temporaries(&self) {
+        let dir = self.dir(queuefile::INCOMING);
+        for name in queuefile::remove_stale_temporaries(&dir, queuefile::STALE_TEMPORARY_AGE) {
+            log::info!(
+                "removed {}: a temporary whose writer is gone (nothing of it was queued)",
+                dir.join(name).display()
+            );
+        }
+    }
+
     fn scan_deferred(&mut self, all: bool) {
+        self.remove_stale_temporaries();
         self.reload_router_if_changed();
         let now = SystemTime::now();
         let dir = self.dir(queuefile::DEFERRED);
@@ -521,7 +535,9 @@ impl Qmgr {
                             );
                             continue;
                         }
-                    } else if made.len() < self.s.duplicate_filter_limit {
+                    } else if self.s.duplicate_filter_limit == 0
+                        || made.len() < self.s.duplicate_filter_limit
+                    {
                         made.insert(made_for, idx);
                     }
                 }

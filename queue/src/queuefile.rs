@@ -31,7 +31,12 @@
 //!
 //! **Durability.** submit writes the file as `tmp.<id>` in `incoming`,
 //! fsyncs it, renames it to `<id>` (never over an existing file) and fsyncs
-//! the directory before it acknowledges the message. The queue manager's
+//! the directory before it acknowledges the message. While it writes, the
+//! writer holds an exclusive `flock` on the temporary; a writer that fails
+//! removes it, and one that died (killed, machine crash) leaves a temporary
+//! nobody holds: [`remove_stale_temporaries`] (run by the queue manager at
+//! start and at every deferred-queue run) removes those that are unlocked
+//! and older than [`STALE_TEMPORARY_AGE`]. The queue manager's
 //! records are written without fsync: they survive the death of any process
 //! (the kernel has them); after a machine crash a delivery recorded in the
 //! lost part may be repeated, never lost.
@@ -61,6 +66,12 @@ pub const HOLD: &str = "hold";
 pub const CORRUPT: &str = "corrupt";
 /// Every queue directory.
 pub const QUEUES: [&str; 5] = [INCOMING, ACTIVE, DEFERRED, HOLD, CORRUPT];
+
+/// Prefix of a queue file being written.
+pub const TEMPORARY_PREFIX: &str = "tmp.";
+/// How old an unlocked temporary must be before it counts as stale (the
+/// age only covers the instant between a writer's create and its lock).
+pub const STALE_TEMPORARY_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The width of the size field, so it can be written after the message.
 const SIZE_WIDTH: usize = 20;
@@ -172,7 +183,7 @@ pub struct Writer {
 impl Writer {
     /// Creates `dir/tmp.<id>` (mode 0600) and writes the envelope.
     pub fn create(dir: &Path, id: &str, envelope: &Envelope) -> io::Result<Writer> {
-        let tmp = dir.join(format!("tmp.{id}"));
+        let tmp = dir.join(format!("{TEMPORARY_PREFIX}{id}"));
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -180,6 +191,8 @@ impl Writer {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&tmp)?;
+        // Held until just before the rename: the mark of a live writer.
+        let locked = fs2::FileExt::try_lock_exclusive(&file);
         let head = format!(
             "{MAGIC} {VERSION}\nid {id}\narrival {}\nsender {}\nuid {}\nclass {}\nsize ",
             envelope.arrival,
@@ -200,6 +213,7 @@ impl Writer {
             size: 0,
             done: false,
         };
+        locked?;
         written?;
         Ok(w)
     }
@@ -236,10 +250,25 @@ impl Writer {
         let size = format!("{:0SIZE_WIDTH$}", self.size);
         self.file.write_all_at(size.as_bytes(), self.size_at)?;
         self.file.sync_all()?;
+        // Unlocked before the rename so that the queue manager can lock
+        // the queue file at once; the fresh mtime keeps it from looking stale.
+        fs2::FileExt::unlock(&self.file)?;
         let target = self.dir.join(&self.id);
         rename_no_replace(&self.tmp, &target)?;
+        if let Err(e) = sync_dir(&self.dir) {
+            // Not durable: take it back unless the queue manager already
+            // has (then it is queued, and saying otherwise would have the
+            // sender send it twice).
+            if std::fs::rename(&target, &self.tmp).is_ok() {
+                return Err(e); // Drop removes the temporary
+            }
+            log::warn!(
+                "{}: cannot fsync {}: {e}; the queue manager has the message already",
+                self.id,
+                self.dir.display()
+            );
+        }
         self.done = true;
-        sync_dir(&self.dir)?;
         Ok(self.id.clone())
     }
 
@@ -258,6 +287,55 @@ impl Drop for Writer {
             let _ = std::fs::remove_file(&self.tmp);
         }
     }
+}
+
+/// Removes the temporaries in `dir` whose writer is gone: not locked by
+/// anyone and older than `min_age`. Returns the names removed; problems are
+/// logged with the file's path.
+pub fn remove_stale_temporaries(dir: &Path, min_age: std::time::Duration) -> Vec<String> {
+    let mut removed = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) => {
+            log::warn!("cannot read {}: {e}", dir.display());
+            return removed;
+        }
+    };
+    let now = SystemTime::now();
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.strip_prefix(TEMPORARY_PREFIX).is_some_and(is_queue_id) {
+            continue;
+        }
+        let path = entry.path();
+        let file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                log::warn!("cannot open the temporary {}: {e}", path.display());
+                continue;
+            }
+        };
+        let young = file
+            .metadata()
+            .and_then(|m| m.modified())
+            .map_or(true, |t| {
+                now.duration_since(t).unwrap_or_default() < min_age
+            });
+        if young || fs2::FileExt::try_lock_exclusive(&file).is_err() {
+            continue; // a writer at work
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed.push(name),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!("cannot remove the stale temporary {}: {e}", path.display()),
+        }
+    }
+    removed
 }
 
 /// Renames without replacing an existing file.
@@ -681,6 +759,25 @@ mod tests {
             uid: 1000,
             class: Class::Normal,
         }
+    }
+
+    #[test]
+    fn stale_temporaries_go_and_live_writers_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = Writer::create(dir.path(), &new_queue_id(), &envelope()).unwrap();
+        let dead = dir.path().join("tmp.DEAD1");
+        std::fs::write(&dead, "postern-queue 1\n").unwrap();
+        let other = dir.path().join("notes");
+        std::fs::write(&other, "x").unwrap();
+        // Too young: kept.
+        assert!(remove_stale_temporaries(dir.path(), STALE_TEMPORARY_AGE).is_empty());
+        // Old enough: the unlocked one goes, the locked one stays.
+        let removed = remove_stale_temporaries(dir.path(), std::time::Duration::ZERO);
+        assert_eq!(removed, vec!["tmp.DEAD1".to_string()]);
+        assert!(!dead.exists() && other.exists());
+        assert!(dir.path().join(format!("tmp.{}", live.id())).exists());
+        drop(live);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

@@ -17,9 +17,25 @@
 //! `MAIL_CONFIG`, else `/etc/postern` (when it has a main.cf), else the
 //! embedded default configuration.
 //!
-//! Exit status: 0 when queued; 75 (EX_TEMPFAIL) when the service could not
-//! take it now; 65 (EX_DATAERR) or 64 (EX_USAGE) for a refusal; the reason
-//! on standard error.
+//! Exit status (the reason on standard error):
+//!
+//! - 0: queued (the queue id is durable in `incoming`);
+//! - 75 (EX_TEMPFAIL): `message not queued: 4.x.y ...` — not queued, and it
+//!   will not be (it failed before the end of the message was sent, or the
+//!   service refused it for now); try again;
+//! - 65 (EX_DATAERR): `message not queued: 5.x.y ...` — refused;
+//! - 64 (EX_USAGE): a bad command line or no recipients;
+//! - 74 (EX_IOERR): the message could not be read from standard input (not
+//!   queued);
+//! - 70 (EX_SOFTWARE): `message may have been queued: ...` — the end of the
+//!   message was sent but the answer never came (the service died or the
+//!   connection broke); check `postern queue list` before sending it again;
+//! - 78 (EX_CONFIG): the configuration cannot be read.
+//!
+//! After the end of the message is sent sendmail waits for the answer
+//! without a deadline of its own (`submit_timeout` bounds only the waits
+//! before it), so it never gives up on a message the service goes on to
+//! queue.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -30,7 +46,7 @@ use postern_conf::embedded::Layout;
 use postern_conf::{params, Config, ServicesFile, Source, DEFAULT_CONFIG_DIR};
 
 use crate::headers;
-use crate::submit::{self, SubmitRequest, SUBMIT_VERSION};
+use crate::submit::{self, SubmitError, SubmitRequest, Timing, SUBMIT_VERSION};
 use postern_common::log::rfc5322_date;
 
 /// The parsed command line.
@@ -187,28 +203,53 @@ impl<R: BufRead> Input<R> {
     }
 }
 
-/// The body after the header block, read lazily.
+/// How much input a reader holds already (what can be read without
+/// waiting).
+trait Buffered {
+    fn buffered(&self) -> usize;
+}
+
+impl<T: Read> Buffered for BufReader<T> {
+    fn buffered(&self) -> usize {
+        self.buffer().len()
+    }
+}
+
+impl Buffered for &[u8] {
+    fn buffered(&self) -> usize {
+        self.len()
+    }
+}
+
+/// The body after the header block, read lazily: each read returns as
+/// many lines as fit and are at hand (it waits for input only when it has
+/// nothing to return), so that the message goes out in large pieces
+/// without holding back what a slow writer already gave.
 struct Body<R> {
     input: Input<R>,
     pending: Vec<u8>,
     at: usize,
 }
 
-impl<R: BufRead> Read for Body<R> {
+impl<R: BufRead + Buffered> Read for Body<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.at >= self.pending.len() {
+        let mut n = 0;
+        loop {
+            let k = (buf.len() - n).min(self.pending.len() - self.at);
+            buf[n..n + k].copy_from_slice(&self.pending[self.at..self.at + k]);
+            self.at += k;
+            n += k;
+            if n == buf.len() || (n > 0 && self.input.inner.buffered() == 0) {
+                return Ok(n);
+            }
             match self.input.line()? {
                 Some(l) => {
                     self.pending = l;
                     self.at = 0;
                 }
-                None => return Ok(0),
+                None => return Ok(n),
             }
         }
-        let n = buf.len().min(self.pending.len() - self.at);
-        buf[..n].copy_from_slice(&self.pending[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
     }
 }
 
@@ -235,7 +276,7 @@ pub fn main(args: &[String]) -> i32 {
             return sysexits::EX_CONFIG;
         }
     };
-    let stdin = std::io::stdin().lock();
+    let stdin = std::io::stdin();
     let mut input = Input {
         inner: BufReader::with_capacity(64 * 1024, stdin),
         ignore_dots: o.ignore_dots,
@@ -355,27 +396,40 @@ pub fn main(args: &[String]) -> i32 {
         pending: Vec::new(),
         at: 0,
     };
-    let mut message = std::io::Cursor::new(head).chain(body);
+    let message = Box::new(std::io::Cursor::new(head).chain(body));
     let request = SubmitRequest {
         version: SUBMIT_VERSION,
         sender,
         recipients,
     };
     let socket = Path::new(config.text(params::QUEUE_DIRECTORY)).join("public/submit");
-    match submit::submit(
-        &socket,
-        &request,
-        &mut message,
-        config.time(params::SUBMIT_TIMEOUT),
-    ) {
+    let timing = Timing {
+        submit_timeout: config.time(params::SUBMIT_TIMEOUT),
+        keepalive: config.time(params::SUBMIT_INPUT_TIMEOUT) / 3,
+    };
+    match submit::submit(&socket, &request, message, timing) {
         Ok(_id) => sysexits::EX_OK,
-        Err(r) => {
+        Err(SubmitError::Refused(r)) => {
             eprintln!("postern-sendmail: message not queued: {} {}", r.dsn, r.text);
             if r.dsn.starts_with('4') {
                 sysexits::EX_TEMPFAIL
             } else {
                 sysexits::EX_DATAERR
             }
+        }
+        Err(SubmitError::NotQueued(why)) => {
+            eprintln!("postern-sendmail: message not queued: 4.3.0 {why}");
+            sysexits::EX_TEMPFAIL
+        }
+        Err(SubmitError::Input(why)) => {
+            eprintln!("postern-sendmail: message not queued: {why}");
+            sysexits::EX_IOERR
+        }
+        Err(SubmitError::Unknown(why)) => {
+            eprintln!(
+                "postern-sendmail: message may have been queued: {why}; check `postern queue list` before sending it again"
+            );
+            sysexits::EX_SOFTWARE
         }
     }
 }
@@ -420,6 +474,20 @@ mod tests {
         assert_eq!(i.line().unwrap().unwrap(), b"a\n");
         assert_eq!(i.line().unwrap().unwrap(), b"b\n");
         assert!(i.line().unwrap().is_none());
+        let mut body = Body {
+            input: Input {
+                inner: &data[..],
+                ignore_dots: true,
+                done: false,
+            },
+            pending: Vec::new(),
+            at: 0,
+        };
+        // What is at hand comes in one read.
+        let mut buf = [0u8; 64];
+        assert_eq!(body.read(&mut buf).unwrap(), 12);
+        assert_eq!(&buf[..12], b"a\nb\n.\nafter\n");
+        assert_eq!(body.read(&mut buf).unwrap(), 0);
         let mut body = Body {
             input: Input {
                 inner: &data[..],

@@ -810,3 +810,335 @@ fn garbage_on_the_submit_socket_is_refused_and_nothing_is_queued() {
     assert_eq!(out.code, Some(0), "{out:?}");
     m.wait_messages(DAN, 1);
 }
+
+/// A child process this test started, killed (and reaped) on drop.
+struct Started(std::process::Child);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Started {
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), sig).unwrap();
+    }
+
+    /// Waits for the exit within `limit`; its code, or `None` if it is still running.
+    fn exit_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let mut status = None;
+        eventually(limit, || {
+            status = self.0.try_wait().unwrap();
+            status.is_some()
+        });
+        status
+    }
+}
+
+impl Mail {
+    /// `postern sendmail args` with a pipe for its standard input.
+    fn start_sendmail(&self, args: &[&str]) -> Started {
+        Started(
+            Command::new(bin("postern"))
+                .arg("-c")
+                .arg(self.inst.etc())
+                .arg("sendmail")
+                .args(args)
+                .env_remove("POSTERN_CONFIG")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    fn incoming(&self) -> PathBuf {
+        self.inst.etc().join("queue/incoming")
+    }
+
+    /// The temporaries (`tmp.*`) in incoming.
+    fn temporaries(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.incoming())
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("tmp."))
+            .map(|e| e.path())
+            .collect()
+    }
+
+    /// Waits until submit is writing a temporary that contains `text`.
+    fn wait_receiving(&self, text: &str) {
+        let ok = eventually(WAIT, || {
+            self.temporaries().iter().any(|p| {
+                std::fs::read_to_string(p)
+                    .unwrap_or_default()
+                    .contains(text)
+            })
+        });
+        assert!(
+            ok,
+            "submit never received {text:?}; log:\n{}",
+            self.inst.log()
+        );
+    }
+
+    fn queue_is_empty(&self) -> bool {
+        self.queue(&["list"]).stdout.contains("-- 0 messages")
+    }
+
+    fn signal_submit(&self, sig: nix::sys::signal::Signal) -> usize {
+        let pids = self.inst.children_of("submit");
+        for pid in &pids {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), sig).unwrap();
+        }
+        pids.len()
+    }
+}
+
+/// A header line, then 100 KiB or more of body lines of `line`.
+fn long_text(header: &str, line: &str) -> Vec<u8> {
+    let mut text = format!("{header}\n\n");
+    while text.len() < 100 * 1024 {
+        text.push_str(line);
+        text.push('\n');
+    }
+    text.into_bytes()
+}
+
+#[test]
+fn a_sendmail_killed_mid_message_queues_nothing_and_leaves_no_temporary() {
+    let m = Mail::new("", "");
+    let mut sendmail = m.start_sendmail(&[DAN]);
+    {
+        use std::io::Write;
+        let stdin = sendmail.0.stdin.as_mut().unwrap();
+        // More than a client's buffer holds: the first half reaches submit.
+        stdin
+            .write_all(&long_text("Subject: half", "the first half of the body"))
+            .unwrap();
+        stdin.flush().unwrap();
+    }
+    m.wait_receiving("the first half of the body");
+    sendmail.signal(nix::sys::signal::Signal::SIGKILL);
+    m.inst.wait_log(
+        "aborted before the end of the message: the connection ended",
+        1,
+    );
+    assert!(m.temporaries().is_empty(), "{:?}", m.temporaries());
+    assert!(m.queue_is_empty(), "{}", m.queue(&["list"]).stdout);
+    // A message after it is delivered alone.
+    let out = m.sendmail(&[DAN], b"Subject: whole\n\nall of it\n");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    m.wait_messages(DAN, 1);
+    let mbox = m.mbox(DAN);
+    assert!(!mbox.contains("first half"), "{mbox}");
+    assert_eq!(count_messages(&mbox), 1, "{mbox}");
+}
+
+/// Opens `n` connections to the socket and collects the refusals; prints
+/// `connected N`, then `refused K`, then waits for its standard input to
+/// close (holding the connections that were not refused).
+const FLOODER: &str = r#"
+import select, socket, sys, time
+path, n, limit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+socks = []
+for i in range(n):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(20)
+    s.connect(path)
+    socks.append(s)
+print("connected", len(socks), flush=True)
+refused, pending, deadline = 0, set(socks), time.time() + 30
+while pending and refused < n - limit and time.time() < deadline:
+    ready, _, _ = select.select(list(pending), [], [], 0.5)
+    for s in ready:
+        if b"4.7.0" in s.recv(4096):
+            refused += 1
+        pending.discard(s)
+print("refused", refused, flush=True)
+sys.stdin.read()
+"#;
+
+#[test]
+fn one_users_idle_connections_do_not_hold_up_anothers_mail() {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    const FLOOD: usize = 60;
+    const LIMIT: usize = 2;
+    // Four submit processes; the flood's held connections are not cut by
+    // the input timeout during the test.
+    let m = Mail::with_master(
+        &format!(
+            "submit_client_connection_count_limit = {LIMIT}\nsubmit_input_timeout = 300s\nsubmit_timeout = 30s\n"
+        ),
+        "",
+        "local unix - n n - - local\nsubmit unix n - n - 4 submit\nqmgr fifo n - n 300 1 qmgr\n",
+    );
+    let (eve_uid, eve_gid, _) = test_account(EVE, "/bin/bash");
+    let (fay_uid, fay_gid, _) = test_account(FAY, "/bin/bash");
+    let mut flooder = Started(
+        Command::new("python3")
+            .arg("-c")
+            .arg(FLOODER)
+            .arg(m.inst.public("submit"))
+            .arg(FLOOD.to_string())
+            .arg(LIMIT.to_string())
+            .uid(eve_uid)
+            .gid(eve_gid)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = std::io::BufReader::new(flooder.0.stdout.take().unwrap()).lines();
+    let connected = lines.next().unwrap().unwrap();
+    assert_eq!(connected, format!("connected {FLOOD}"));
+    // While the flood is being refused, another user's mail goes through.
+    let started = std::time::Instant::now();
+    let out = run_with_input(
+        Command::new(bin("postern"))
+            .arg("-c")
+            .arg(m.inst.etc())
+            .arg("sendmail")
+            .arg(DAN)
+            .env_remove("POSTERN_CONFIG")
+            .uid(fay_uid)
+            .gid(fay_gid),
+        b"Subject: from fay\n\nduring the flood\n",
+    );
+    let took = started.elapsed();
+    assert_eq!(out.code, Some(0), "{out:?}\nlog:\n{}", m.inst.log());
+    assert!(
+        took < Duration::from_secs(10),
+        "fay's sendmail took {took:?}"
+    );
+    eprintln!("fay's sendmail during the flood took {took:?}");
+    m.wait_messages(DAN, 1);
+    let refused = lines.next().unwrap().unwrap();
+    assert_eq!(
+        refused,
+        format!("refused {}", FLOOD - LIMIT),
+        "log:\n{}",
+        m.inst.log()
+    );
+    m.inst.wait_log(
+        &format!("refused a submission from uid {eve_uid} pid"),
+        FLOOD - LIMIT,
+    );
+    drop(flooder);
+}
+
+#[test]
+fn sendmail_waits_for_a_slow_submit_to_decide_and_does_not_say_75() {
+    // submit_timeout bounds the waits before the end of the message only.
+    let m = Mail::with_master(
+        "submit_timeout = 1s\n",
+        "",
+        "local unix - n n - - local\nsubmit unix n - n - 1 submit\nqmgr fifo n - n 300 1 qmgr\n",
+    );
+    let mut sendmail = m.start_sendmail(&[DAN]);
+    {
+        use std::io::Write;
+        let stdin = sendmail.0.stdin.as_mut().unwrap();
+        stdin
+            .write_all(&long_text("Subject: slow", "slow body"))
+            .unwrap();
+        stdin.flush().unwrap();
+    }
+    m.wait_receiving("slow body");
+    assert_eq!(m.signal_submit(nix::sys::signal::Signal::SIGSTOP), 1);
+    // The end of the message goes out; the stopped submit cannot answer.
+    drop(sendmail.0.stdin.take());
+    // Well past submit_timeout, sendmail is still waiting for the decision.
+    let early = sendmail.exit_within(Duration::from_secs(4));
+    m.signal_submit(nix::sys::signal::Signal::SIGCONT);
+    assert!(early.is_none(), "sendmail gave up: {early:?}");
+    let status = sendmail.exit_within(WAIT);
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{status:?}");
+    m.wait_messages(DAN, 1);
+    assert!(m.mbox(DAN).contains("slow body"));
+}
+
+#[test]
+fn exit_75_means_the_message_is_never_queued() {
+    let m = Mail::with_master(
+        "submit_timeout = 1s\n",
+        "",
+        "local unix - n n - - local\nsubmit unix n - n - 1 submit\nqmgr fifo n - n 300 1 qmgr\n",
+    );
+    // A first message, so that the one submit process exists (idle).
+    let out = m.sendmail(&[DAN], b"Subject: first\n\nfirst\n");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    m.wait_messages(DAN, 1);
+    assert_eq!(m.signal_submit(nix::sys::signal::Signal::SIGSTOP), 1);
+    let out = m.sendmail(&[DAN], b"Subject: never\n\nnever\n");
+    m.signal_submit(nix::sys::signal::Signal::SIGCONT);
+    assert_eq!(out.code, Some(75), "{out:?}");
+    assert!(out.stderr.contains("message not queued"), "{out:?}");
+    // submit takes the connection later: it must not queue it.
+    m.inst.wait_log("aborted before the end of the message", 1);
+    assert!(m.temporaries().is_empty(), "{:?}", m.temporaries());
+    assert!(m.queue_is_empty(), "{}", m.queue(&["list"]).stdout);
+    // The next message is delivered, and "never" never is.
+    let out = m.sendmail(&[DAN], b"Subject: second\n\nsecond\n");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    m.wait_messages(DAN, 2);
+    assert!(!m.mbox(DAN).contains("never"), "{}", m.mbox(DAN));
+}
+
+#[test]
+fn a_recipient_named_10000_times_gets_one_copy() {
+    let m = Mail::new("", "");
+    let args = vec![DAN; 10_000];
+    let out = m.sendmail(&args, b"Subject: once\n\nonly once\n");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    m.wait_messages(DAN, 1);
+    assert!(eventually(WAIT, || m.queue_is_empty()));
+    assert_eq!(count_messages(&m.mbox(DAN)), 1);
+    m.inst
+        .wait_log("nrcpt=1 (9999 repeated recipients dropped)", 1);
+}
+
+#[test]
+fn an_idle_submission_is_cut_after_submit_input_timeout() {
+    use std::io::Read;
+    let m = Mail::new("submit_input_timeout = 1s\n", "");
+    // Connected, and silent: submit gives up on it after a second.
+    let mut idle = std::os::unix::net::UnixStream::connect(m.inst.public("submit")).unwrap();
+    idle.set_read_timeout(Some(WAIT)).unwrap();
+    let mut reply = Vec::new();
+    let _ = idle.read_to_end(&mut reply);
+    let text = String::from_utf8_lossy(&reply);
+    assert!(
+        text.contains("4.3.0 ") || text.contains("no request for 1s"),
+        "{text:?}"
+    );
+    m.inst.wait_log(
+        "aborted before the end of the message: no request for 1s",
+        1,
+    );
+    // One that stops in the middle of the message is cut too, and nothing
+    // of it is queued.
+    let mut sendmail = m.start_sendmail(&[DAN]);
+    {
+        use std::io::Write;
+        let stdin = sendmail.0.stdin.as_mut().unwrap();
+        stdin
+            .write_all(&long_text("Subject: stalled", "stalled"))
+            .unwrap();
+        stdin.flush().unwrap();
+    }
+    m.wait_receiving("stalled");
+    sendmail.signal(nix::sys::signal::Signal::SIGSTOP);
+    m.inst
+        .wait_log("aborted before the end of the message: no input for 1s", 1);
+    assert!(m.temporaries().is_empty(), "{:?}", m.temporaries());
+    assert!(m.queue_is_empty(), "{}", m.queue(&["list"]).stdout);
+    sendmail.signal(nix::sys::signal::Signal::SIGCONT);
+    drop(sendmail.0.stdin.take());
+    let status = sendmail.exit_within(WAIT);
+    assert_eq!(status.and_then(|s| s.code()), Some(75), "{status:?}");
+}
