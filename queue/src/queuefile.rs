@@ -69,9 +69,12 @@ pub const QUEUES: [&str; 5] = [INCOMING, ACTIVE, DEFERRED, HOLD, CORRUPT];
 
 /// Prefix of a queue file being written.
 pub const TEMPORARY_PREFIX: &str = "tmp.";
-/// How old an unlocked temporary must be before it counts as stale (the
-/// age only covers the instant between a writer's create and its lock).
-pub const STALE_TEMPORARY_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+/// How old an unlocked temporary must be before it counts as stale. The
+/// age only covers the instant between a writer's create and its lock; a
+/// writer delayed longer than this loses its temporary and with it the
+/// rename that would queue the message, so it reports "not queued" (never
+/// a message half-queued).
+pub const STALE_TEMPORARY_AGE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The width of the size field, so it can be written after the message.
 const SIZE_WIDTH: usize = 20;
