@@ -626,7 +626,7 @@ impl Master {
                 ExitVerdict::Throttle => {
                     if svc.throttled_until.is_none() {
                         log::warn!(
-                            "service {}: process {} pid {pid} {how} before completing a request: throttling the service for {}s (see the process's own log line for the reason)",
+                            "service {}: process {} pid {pid} {how} before taking its first request: throttling the service for {}s (see the process's own log line for the reason)",
                             svc.id(),
                             svc.program.display(),
                             throttle_for.as_secs()

@@ -334,7 +334,7 @@ fn forbidden_users_are_refused_named_by_check_and_do_not_affect_other_services()
         "fatal: service rootgroup: user=nobody:root: gid 0 (root's group) is not allowed",
         1,
     );
-    inst.wait_log("before completing a request: throttling the service", 3);
+    inst.wait_log("before taking its first request: throttling the service", 3);
     assert_eq!(
         unix_exchange(&inst.public("echo"), b"unaffected").unwrap(),
         b"unaffected"
