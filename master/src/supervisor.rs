@@ -25,13 +25,15 @@
 //! status records from children (decoded strictly; records for a pid that is
 //! not a child of that service are logged and ignored), and requests on the
 //! control socket (root only: mode 0600 in a root-only directory, and the
-//! peer's uid checked).
+//! peer's uid checked; each connection is non-blocking, served from the
+//! event loop with its own buffers and closed at a short deadline, so an
+//! idle or slow client never delays the loop: see [`crate::control_client`]).
 //!
 //! **Exit status**: 0 after a stop; 1 when the instance is already running;
 //! 71 on a system error; 77 when not root; 78 on a configuration error.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -52,6 +54,7 @@ use postern_conf::{params, Config, ServiceEntry, ServicesFile, Source};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
+use crate::control_client::{self, Client};
 use crate::endpoint::{self, BindTarget};
 use crate::instance::{self, LockError, Paths, PidLock};
 use crate::lifecycle::{self, ChildInfo, ExitVerdict, Phase, ServiceLoad};
@@ -321,6 +324,8 @@ struct Master {
     poll: Poll,
     signals: Signals,
     control: Option<UnixListener>,
+    /// Control connections being served, by token.
+    control_clients: HashMap<Token, Client>,
     paths: Paths,
     _lock: PidLock,
     services: Vec<Service>,
@@ -369,6 +374,7 @@ impl Master {
             poll,
             signals,
             control: Some(control),
+            control_clients: HashMap::new(),
             paths,
             _lock: lock,
             services: Vec::new(),
@@ -540,7 +546,7 @@ impl Master {
                     t => match self.tokens.get(&t).copied() {
                         Some(Target::Status(g)) => self.on_status(g),
                         Some(Target::Listen(g)) => self.on_connection(g),
-                        None => {}
+                        None => self.on_control_client(t),
                     },
                 }
             }
@@ -558,6 +564,9 @@ impl Master {
     fn next_timeout(&self) -> Option<Duration> {
         let now = Instant::now();
         let mut next: Option<Instant> = self.stop.as_ref().map(|s| s.deadline);
+        for c in self.control_clients.values() {
+            next = Some(next.map_or(c.deadline, |n| n.min(c.deadline)));
+        }
         for s in &self.services {
             for t in [s.throttled_until, s.next_wakeup].into_iter().flatten() {
                 next = Some(next.map_or(t, |n| n.min(t)));
@@ -792,6 +801,21 @@ impl Master {
     }
 
     fn on_timers(&mut self, now: Instant) {
+        let expired: Vec<Token> = self
+            .control_clients
+            .iter()
+            .filter(|(_, c)| c.deadline <= now)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in expired {
+            if let Some(mut c) = self.control_clients.remove(&t) {
+                let _ = self.poll.registry().deregister(c.stream());
+                log::info!(
+                    "control socket: closed a connection without a complete exchange after {}s",
+                    control_client::DEADLINE.as_secs()
+                );
+            }
+        }
         for i in 0..self.services.len() {
             let svc = &mut self.services[i];
             if let (Some(due), Some(w)) = (svc.next_wakeup, svc.entry.wakeup) {
@@ -810,6 +834,8 @@ impl Master {
         }
     }
 
+    /// Accepts control connections (never waiting for one to speak): each
+    /// is checked for root, made non-blocking and registered on the loop.
     fn on_control(&mut self) {
         loop {
             let Some(listener) = &self.control else {
@@ -818,12 +844,12 @@ impl Master {
             let (stream, _) = match listener.accept() {
                 Ok(s) => s,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     log::warn!("control socket accept: {e}");
                     return;
                 }
             };
-            let stream: std::os::unix::net::UnixStream = OwnedFd::from(stream).into();
             let peer =
                 nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials);
             match peer {
@@ -841,17 +867,37 @@ impl Master {
                     continue;
                 }
             }
-            let _ = stream.set_nonblocking(false);
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-            let mut line = String::new();
-            let mut reader = BufReader::new(std::io::Read::take(&stream, 256));
-            let _ = reader.read_line(&mut line);
-            let reply = match line.trim() {
-                "status" => self.status_text(),
-                other => format!("error: unknown request '{}'\n", other.escape_default()),
-            };
-            let _ = (&stream).write_all(reply.as_bytes());
+            if self.control_clients.len() >= control_client::MAX_CLIENTS {
+                log::warn!(
+                    "control socket: {} connections already open: closed a new one",
+                    control_client::MAX_CLIENTS
+                );
+                continue;
+            }
+            let token = self.token();
+            let mut client = Client::new(stream, Instant::now());
+            if let Err(e) = self.poll.registry().register(
+                client.stream(),
+                token,
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                log::warn!("control socket: cannot watch a connection: {e}");
+                continue;
+            }
+            self.control_clients.insert(token, client);
+        }
+    }
+
+    /// Moves one control connection on as far as it goes without waiting.
+    fn on_control_client(&mut self, token: Token) {
+        let Some(mut client) = self.control_clients.remove(&token) else {
+            return;
+        };
+        let done = client.progress(|request| control_client::reply(request, || self.status_text()));
+        if done {
+            let _ = self.poll.registry().deregister(client.stream());
+        } else {
+            self.control_clients.insert(token, client);
         }
     }
 
@@ -1067,6 +1113,9 @@ impl Master {
         }
         sweep_descendants();
         self.retired.clear();
+        for (_, mut c) in self.control_clients.drain() {
+            let _ = self.poll.registry().deregister(c.stream());
+        }
         if let Some(c) = self.control.take() {
             drop(c);
             let _ = std::fs::remove_file(&self.paths.control);

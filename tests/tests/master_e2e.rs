@@ -529,3 +529,50 @@ fn a_reload_with_an_unresolvable_address_keeps_the_running_services() {
         b"still"
     );
 }
+
+/// Idle clients of the control socket never hold the master up: with many
+/// of them connected and silent, `postern status` and a spawn service still
+/// answer at once; a client sending garbage gets an error and is closed.
+#[test]
+fn idle_control_clients_do_not_stall_the_master() {
+    const IDLE: usize = 16;
+    let mut inst = Instance::new("", "echo unix n n n - 4 spawn user=nobody argv=/bin/cat");
+    inst.start();
+    let control = inst.etc().join("data/master/master.control");
+    let idle: Vec<UnixStream> = (0..IDLE)
+        .map(|_| UnixStream::connect(&control).unwrap())
+        .collect();
+    // Served one after the other with a 2 s wait each, these would take
+    // more than half a minute; without waiting, a moment.
+    let began = std::time::Instant::now();
+    let status = inst.status();
+    assert!(status.contains("master: pid"), "{status}");
+    assert_eq!(
+        unix_exchange(&inst.public("echo"), b"still served").unwrap(),
+        b"still served"
+    );
+    let took = began.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "status and a spawn exchange took {took:?} with {IDLE} idle control clients\n{}",
+        inst.log()
+    );
+    // Each idle client is closed at the master's deadline, by the master.
+    for s in &idle {
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let mut rest = Vec::new();
+        assert_eq!((&*s).read_to_end(&mut rest).unwrap(), 0);
+    }
+    // Garbage: an error line, then end-of-file.
+    for junk in [&b"hello\n"[..], &[b'x'; 1000][..], b"\xff\x00status\n"] {
+        let mut s = UnixStream::connect(&control).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let _ = s.write_all(junk);
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        assert!(reply.starts_with("error: "), "{junk:?}: {reply}");
+    }
+    let log = inst.log();
+    assert!(!log.contains("stall"), "{log}");
+    assert!(inst.status().contains("echo"), "still answering");
+}
