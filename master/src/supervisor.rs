@@ -12,8 +12,10 @@
 //! watches a service's endpoints only while the service has no idle child, is
 //! under its process limit and is not throttled (see [`crate::lifecycle`]).
 //!
-//! Signals: SIGHUP reloads (an invalid configuration is logged and the running
-//! one kept; endpoints of services that remain stay open, so no connection is
+//! Signals: SIGHUP reloads (an invalid configuration, or one that someone
+//! other than root could have changed — main.cf, master.cf, the daemon
+//! programs or a directory above them, see [`check::trust`] — is logged and
+//! the running one kept; endpoints of services that remain stay open, so no connection is
 //! refused); SIGTERM stops (endpoints closed, idle children leave at once,
 //! busy ones get `shutdown_timeout` to finish, then every descendant's process
 //! group is killed); SIGINT and SIGQUIT abort (the same, without the grace
@@ -54,6 +56,7 @@ use postern_conf::{params, Config, ServiceEntry, ServicesFile, Source};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
+use crate::check;
 use crate::control_client::{self, Client};
 use crate::endpoint::{self, BindTarget};
 use crate::instance::{self, LockError, Paths, PidLock};
@@ -198,6 +201,7 @@ fn start(opts: &Options) -> Result<Master, Fatal> {
             "postern-master must run as root".into(),
         ));
     }
+    refuse_untrusted(&config, "not starting").map_err(|why| (sysexits::EX_CONFIG, why))?;
     let owner = mail_owner(&config).map_err(|e| (sysexits::EX_CONFIG, e))?;
     instance::ensure_directories(&config, &owner).map_err(|e| (sysexits::EX_CANTCREAT, e))?;
     let paths = Paths::of(&config);
@@ -212,6 +216,20 @@ fn start(opts: &Options) -> Result<Master, Fatal> {
     nix::sys::prctl::set_child_subreaper(true)
         .map_err(|e| (sysexits::EX_OSERR, format!("PR_SET_CHILD_SUBREAPER: {e}")))?;
     Master::new(opts, config, &owner, paths, lock)
+}
+
+/// Logs every reason `config` cannot be trusted (files or daemon programs
+/// that someone other than root could change: [`check::trust`]) and
+/// returns the first, prefixed with `what`.
+fn refuse_untrusted(config: &Config, what: &str) -> Result<(), String> {
+    let problems = check::trust(config);
+    for d in &problems {
+        log::error!("{what}: {d}");
+    }
+    match problems.first() {
+        None => Ok(()),
+        Some(d) => Err(format!("{what}: {d}")),
+    }
 }
 
 fn mail_owner(config: &Config) -> Result<Account, String> {
@@ -1025,6 +1043,10 @@ impl Master {
             log::error!("reload failed: the configuration has errors; the running configuration stays in force");
             return;
         };
+        if let Err(why) = refuse_untrusted(&config, "reload refused") {
+            log::error!("{why}; the running configuration stays in force");
+            return;
+        }
         // Every service's endpoints under the new configuration; a service
         // whose endpoints cannot be worked out (a host name that does not
         // resolve now) fails the reload as a whole, rather than disappear.
