@@ -115,9 +115,9 @@ pub fn root_controlled(dir: &Path) -> Result<(), String> {
 ///
 /// - `path` itself and every directory above it, up to `/`, are owned by
 ///   root;
-/// - `path` and the directory holding it are not writable by group or
-///   others;
-/// - a directory further up may be group- or other-writable only with the
+/// - `path` itself is not writable by group or others (for a directory:
+///   sticky or not, since others could add entries to it);
+/// - a directory above it may be group- or other-writable only with the
 ///   sticky bit (as `/tmp`): there no one but root can remove or rename
 ///   root's entry, and that entry is checked as owned by root;
 /// - a symbolic link on the way must be owned by root (it sits in a
@@ -159,9 +159,9 @@ fn root_only_chain(path: &Path) -> Result<(), String> {
         }
         let symlink = md.file_type().is_symlink();
         let sticky_dir = md.is_dir() && mode & 0o1000 != 0;
-        // The path and the directory that holds it: no write by others at
-        // all. Further up: a sticky directory keeps root's entry in place.
-        if !symlink && mode & 0o022 != 0 && (depth < 2 || !sticky_dir) {
+        // The path itself: no write by others at all. Above it: a sticky
+        // directory keeps root's entry (checked next) in place.
+        if !symlink && mode & 0o022 != 0 && (depth == 0 || !sticky_dir) {
             let who = if mode & 0o002 != 0 {
                 "everyone"
             } else {
@@ -227,14 +227,14 @@ mod tests {
         );
         chown(top.path(), Some(0), None).unwrap();
 
-        // Sticky and writable: refused for the directory holding the file,
-        // accepted further up (as /tmp itself).
+        // Sticky and writable: refused for the path itself (others could add
+        // entries), accepted above it (as /tmp), where root's entry stays.
         mode(&etc, 0o1777);
-        assert!(root_only_path(&main).unwrap_err().contains("mode 1777"));
-        mode(&etc, 0o755);
-        mode(top.path(), 0o1777);
+        assert!(root_only_path(&etc).unwrap_err().contains("mode 1777"));
         root_only_path(&main).unwrap();
-        mode(top.path(), 0o755);
+        mode(&etc, 0o777);
+        assert!(root_only_path(&main).unwrap_err().contains("mode 0777"));
+        mode(&etc, 0o755);
 
         // A root-owned link is followed, and where it leads is checked too.
         let link = top.path().join("link");
