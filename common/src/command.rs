@@ -248,16 +248,21 @@ pub struct Ended {
 /// Runs `cmd` — program, arguments, environment, directory and pre-exec
 /// setup (its own session, nothing but 0-2 open, identity) already given —
 /// with `input` on standard input and standard output and error collected,
-/// for at most `limit`; then `kill_group(pid)` ends whatever the command
-/// left in its process group. `Err` when it could not be started.
+/// for at most `limit`; then, at the limit or as soon as the command has
+/// exited, `end(pid)` ends the command and everything it started, wherever
+/// it went (normally [`crate::descendants::end_command`], with the rights
+/// it needs): this process is made a child subreaper first, so nothing the
+/// command starts outlives its time limit. `Err` when it could not be
+/// started.
 pub fn run_with_input(
     cmd: &mut std::process::Command,
     input: Vec<u8>,
     limit: Duration,
-    kill_group: impl FnOnce(i32),
+    end: impl FnOnce(i32),
 ) -> std::io::Result<Ended> {
     use std::io::Write;
     use std::process::Stdio;
+    crate::descendants::become_subreaper().map_err(std::io::Error::other)?;
     let (out_read, out_write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
     let out_write2 = out_write.try_clone()?;
@@ -279,7 +284,7 @@ pub fn run_with_input(
         }
     });
     let (output, timed_out) = collect_output(out_read, pid, limit);
-    kill_group(pid);
+    end(pid);
     Ok(Ended {
         status: child.wait(),
         output,

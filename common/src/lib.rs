@@ -18,6 +18,7 @@
 pub mod account;
 pub mod aliases;
 pub mod command;
+pub mod descendants;
 pub mod destinations;
 pub mod handoff;
 pub mod log;

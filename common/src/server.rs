@@ -314,6 +314,18 @@ impl Channel {
             ChildState::Available,
         )
     }
+    /// Tells the master this process has done one run (a queue scan, a
+    /// trigger): `Taken` then `Available`, so that the master counts it as
+    /// a use and knows the process got past its startup. False when the
+    /// master is gone.
+    pub fn ran(&self) -> bool {
+        report(&self.endpoints.status, self.generation, ChildState::Taken)
+            && report(
+                &self.endpoints.status,
+                self.generation,
+                ChildState::Available,
+            )
+    }
     /// Takes a request from listener `i`: trigger bytes or a connection.
     pub fn take(&self, kind: ServiceType, i: usize) -> Option<Request> {
         take_request(kind, self.endpoints.listeners.get(i)?)

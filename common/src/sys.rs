@@ -3,7 +3,8 @@
 //! This is the only module of the workspace where `unsafe` is allowed. Each
 //! block says why it is sound. What lives here: running code between `fork`
 //! and `exec` of a [`Command`] (`pre_exec`), starting a command with a
-//! vfork-style clone ([`Launcher`]), `pidfd_open`, and `close_range`.
+//! vfork-style clone ([`Launcher`]), `pidfd_open`, `pidfd_send_signal` and
+//! `close_range`.
 
 #![allow(unsafe_code)]
 
@@ -40,6 +41,28 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     }
     // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Sends SIGKILL to the process `pidfd` refers to (`pidfd_send_signal`,
+/// Linux ≥ 5.1): unlike `kill`, it cannot reach another process that was
+/// given the same pid after this one ended.
+pub fn pidfd_kill(pidfd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: pidfd_send_signal takes a descriptor the caller keeps open, a
+    // signal number, a null siginfo pointer (allowed: the kernel fills in
+    // one as for kill) and flags 0.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Closes every descriptor from `first` up (async-signal-safe).

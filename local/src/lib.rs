@@ -559,22 +559,16 @@ fn in_child_as(
     }
 }
 
-/// Kills a delivery process that failed to report, and the process group
-/// of each program it started (each leads its own). It is stopped first, so
-/// that it cannot reap a program meanwhile and let its pid be reused.
+/// Kills a delivery process that failed to report, and every process below
+/// it (the programs it started and all they started). It is stopped first,
+/// so that it cannot reap a program meanwhile and let its pid be reused.
 fn kill_delivery_process(pid: i32) {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
     let _ = kill(Pid::from_raw(pid), Signal::SIGSTOP);
-    let children =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    for child in children
-        .split_whitespace()
-        .filter_map(|c| c.parse::<i32>().ok())
-    {
-        let _ = kill(Pid::from_raw(-child), Signal::SIGKILL);
-        let _ = kill(Pid::from_raw(child), Signal::SIGKILL);
-    }
+    // Every descendant, in the program's group or not: the stopped
+    // delivery process (a subreaper while it runs a program) holds them.
+    postern_common::descendants::kill_below_stopped(pid);
     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
 }
 

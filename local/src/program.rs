@@ -193,14 +193,14 @@ pub fn run(r: &Run<'_>) -> RecipientStatus {
         sys::cloexec_from(3)
     });
     // The program runs as this (already switched) process's user: the
-    // kill needs no privilege. Whatever it left in its group goes with it.
-    let kill_group = |pid: i32| {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(-pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+    // kill needs no privilege. Whatever it started goes with it, in its
+    // group or not (this process is its subreaper).
+    let end = |pid: i32| {
+        if let Err(e) = postern_common::descendants::end_command(pid) {
+            log::warn!("program {program}: {e}");
+        }
     };
-    let ended = match run_with_input(&mut cmd, r.input.to_vec(), r.limit, kill_group) {
+    let ended = match run_with_input(&mut cmd, r.input.to_vec(), r.limit, end) {
         Ok(e) => e,
         Err(e) => {
             let permanent = matches!(

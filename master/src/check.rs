@@ -15,6 +15,7 @@ use std::path::Path;
 use postern_common::account::{self, Account};
 use postern_common::command::{CommandSpec, SystemAccounts};
 use postern_common::privilege::MailOwner;
+use postern_common::trusted;
 use postern_conf::params::{self, MAIL_OWNER};
 use postern_conf::{Config, Diagnostic, Endpoint, ServiceType, Source};
 
@@ -25,7 +26,7 @@ pub fn check(config: &Config) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     let owner = check_accounts(config, &mut out);
     check_directories(config, &mut out);
-    check_config_files(config, &mut out);
+    out.extend(trust(config));
     check_inet_interfaces(config, &mut out);
     check_services(config, owner.as_ref(), &mut out);
     check_local(config, &mut out);
@@ -230,38 +231,52 @@ fn check_directories(config: &Config, out: &mut Vec<Diagnostic>) {
     }
 }
 
-fn check_config_files(config: &Config, out: &mut Vec<Diagnostic>) {
-    let Source::Dir(dir) = &config.source else {
-        return;
-    };
-    for file in ["main.cf", "master.cf"] {
-        let path = dir.join(file);
-        let shown = path.display().to_string();
-        let Ok(md) = std::fs::metadata(&path) else {
-            continue;
-        };
-        if md.mode() & 0o002 != 0 {
-            out.push(Diagnostic::error(
-                &shown,
-                None,
-                "writable by everyone: anyone could make the master run commands as any user"
-                    .to_string(),
-            ));
-        } else if md.mode() & 0o020 != 0 {
-            out.push(Diagnostic::warning(
-                &shown,
-                None,
-                "writable by its group".to_string(),
-            ));
+/// main.cf, master.cf and the daemon programs: the master, as root, takes
+/// its instructions from them, so root alone may be able to change them
+/// and every directory above them ([`trusted::root_only_path`] states the
+/// rule). `postern start`, `postern reload` and the master itself (at
+/// startup and on SIGHUP) refuse a configuration with any of these errors.
+pub fn trust(config: &Config) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    if let Source::Dir(dir) = &config.source {
+        for file in ["main.cf", "master.cf"] {
+            let path = dir.join(file);
+            let shown = path.display().to_string();
+            if let Err(why) = trusted::root_only_path(&path) {
+                out.push(Diagnostic::error(
+                    &shown,
+                    None,
+                    format!("not trusted: {why}; the master runs as root and would take its instructions from it (make it and every directory above it owned by root and not writable by group or others)"),
+                ));
+            }
         }
-        if md.uid() != 0 && account::running_as_root() {
-            out.push(Diagnostic::warning(
-                &shown,
-                None,
-                format!("owned by uid {}, not root", md.uid()),
+    }
+    let daemons = config.daemon_directory();
+    let mut programs: Vec<&str> = vec!["postern-master"];
+    for s in &config.master.services {
+        if let Some(p) = programs::find(&s.command) {
+            if !programs.contains(&p.executable) {
+                programs.push(p.executable);
+            }
+        }
+    }
+    let paths = std::iter::once(daemons.clone())
+        .chain(programs.iter().map(|p| daemons.join(p)))
+        // Missing programs are start's to report; only what exists is run.
+        .filter(|p| p.symlink_metadata().is_ok());
+    for path in paths {
+        if let Err(why) = trusted::root_only_path(&path) {
+            out.push(error(
+                config,
+                params::DAEMON_DIRECTORY,
+                format!(
+                    "daemon program or directory {} is not trusted: {why}; the master runs what is there as root",
+                    path.display()
+                ),
             ));
         }
     }
+    out
 }
 
 fn check_inet_interfaces(config: &Config, out: &mut Vec<Diagnostic>) {

@@ -36,6 +36,7 @@
 pub mod check;
 pub mod cli;
 pub mod control;
+pub mod control_client;
 pub mod deliver;
 pub mod destinations;
 pub mod endpoint;

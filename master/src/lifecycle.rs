@@ -1,10 +1,12 @@
 //! Child and service lifecycles as pure functions, tested without I/O.
 //!
 //! A child is `Starting` from fork until its first status record, then
-//! alternates `Idle` ⇄ `Busy`. It has `served` a request once it reports
-//! `Available` after `Taken` (or exits successfully after `Taken`). A child
-//! that exits with a failure before it has served one request is a startup
-//! failure, and throttles its service. A service listens on its endpoints
+//! alternates `Idle` ⇄ `Busy`; each `Taken` is one use (for a trigger
+//! service such as qmgr, one run). A child that exits with a failure before
+//! it has taken its first request is a startup failure, and throttles its
+//! service; one that fails after (a crash, a SIGKILL, during a request or
+//! between two) is logged and replaced at once, as Postfix's master does
+//! (it throttles only when a failed child's use count is 0). A service listens on its endpoints
 //! only while it has no idle or starting child, is under its process limit,
 //! is not throttled and the master is not stopping.
 
@@ -79,16 +81,16 @@ impl Default for ChildInfo {
 pub enum ExitVerdict {
     /// Normal end of life.
     Normal,
-    /// Failed after serving: logged, nothing more.
+    /// Failed after taking a request: logged, nothing more.
     Failed,
-    /// Failed before completing a request: throttle the service.
+    /// Failed before taking its first request: throttle the service.
     Throttle,
 }
 
-/// Judges an exit: `success` is exit status 0.
+/// Judges an exit: `success` is exit status 0. Only a child that never
+/// took a request (`uses == 0`) is a startup failure.
 pub fn on_exit(child: &ChildInfo, success: bool) -> ExitVerdict {
-    let served = child.served || (success && child.phase == Phase::Busy);
-    match (success, served) {
+    match (success, child.uses > 0) {
         (true, _) => ExitVerdict::Normal,
         (false, true) => ExitVerdict::Failed,
         (false, false) => ExitVerdict::Throttle,
@@ -165,13 +167,20 @@ mod tests {
         let idle = starting.report(Available);
         let busy_first = idle.report(Taken);
         let served = busy_first.report(Available);
-        // Failing before any completed request throttles.
+        // Failing before the first request throttles: at startup, or
+        // once ready but before anything was taken.
         assert_eq!(on_exit(&starting, false), ExitVerdict::Throttle);
         assert_eq!(on_exit(&idle, false), ExitVerdict::Throttle);
-        assert_eq!(on_exit(&busy_first, false), ExitVerdict::Throttle);
-        // Failing after one does not.
+        // Dying (SIGKILL, a crash) during or after a request does not: the
+        // child got past its startup.
+        assert_eq!(on_exit(&busy_first, false), ExitVerdict::Failed);
         assert_eq!(on_exit(&served, false), ExitVerdict::Failed);
         assert_eq!(on_exit(&served.report(Taken), false), ExitVerdict::Failed);
+        // A trigger service's run (qmgr reports Taken then Available for
+        // each) counts the same: killed while idle after one run, no throttle.
+        let ran = idle.report(Taken).report(Available);
+        assert_eq!(ran.uses, 1);
+        assert_eq!(on_exit(&ran, false), ExitVerdict::Failed);
         // Success is normal, whatever the phase (max_idle, max_use).
         assert_eq!(on_exit(&starting, true), ExitVerdict::Normal);
         assert_eq!(on_exit(&busy_first, true), ExitVerdict::Normal);

@@ -12,8 +12,10 @@
 //! watches a service's endpoints only while the service has no idle child, is
 //! under its process limit and is not throttled (see [`crate::lifecycle`]).
 //!
-//! Signals: SIGHUP reloads (an invalid configuration is logged and the running
-//! one kept; endpoints of services that remain stay open, so no connection is
+//! Signals: SIGHUP reloads (an invalid configuration, or one that someone
+//! other than root could have changed — main.cf, master.cf, the daemon
+//! programs or a directory above them, see [`check::trust`] — is logged and
+//! the running one kept; endpoints of services that remain stay open, so no connection is
 //! refused); SIGTERM stops (endpoints closed, idle children leave at once,
 //! busy ones get `shutdown_timeout` to finish, then every descendant's process
 //! group is killed); SIGINT and SIGQUIT abort (the same, without the grace
@@ -25,13 +27,15 @@
 //! status records from children (decoded strictly; records for a pid that is
 //! not a child of that service are logged and ignored), and requests on the
 //! control socket (root only: mode 0600 in a root-only directory, and the
-//! peer's uid checked).
+//! peer's uid checked; each connection is non-blocking, served from the
+//! event loop with its own buffers and closed at a short deadline, so an
+//! idle or slow client never delays the loop: see [`crate::control_client`]).
 //!
 //! **Exit status**: 0 after a stop; 1 when the instance is already running;
 //! 71 on a system error; 77 when not root; 78 on a configuration error.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -52,6 +56,8 @@ use postern_conf::{params, Config, ServiceEntry, ServicesFile, Source};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
+use crate::check;
+use crate::control_client::{self, Client};
 use crate::endpoint::{self, BindTarget};
 use crate::instance::{self, LockError, Paths, PidLock};
 use crate::lifecycle::{self, ChildInfo, ExitVerdict, Phase, ServiceLoad};
@@ -195,6 +201,7 @@ fn start(opts: &Options) -> Result<Master, Fatal> {
             "postern-master must run as root".into(),
         ));
     }
+    refuse_untrusted(&config, "not starting").map_err(|why| (sysexits::EX_CONFIG, why))?;
     let owner = mail_owner(&config).map_err(|e| (sysexits::EX_CONFIG, e))?;
     instance::ensure_directories(&config, &owner).map_err(|e| (sysexits::EX_CANTCREAT, e))?;
     let paths = Paths::of(&config);
@@ -209,6 +216,20 @@ fn start(opts: &Options) -> Result<Master, Fatal> {
     nix::sys::prctl::set_child_subreaper(true)
         .map_err(|e| (sysexits::EX_OSERR, format!("PR_SET_CHILD_SUBREAPER: {e}")))?;
     Master::new(opts, config, &owner, paths, lock)
+}
+
+/// Logs every reason `config` cannot be trusted (files or daemon programs
+/// that someone other than root could change: [`check::trust`]) and
+/// returns the first, prefixed with `what`.
+fn refuse_untrusted(config: &Config, what: &str) -> Result<(), String> {
+    let problems = check::trust(config);
+    for d in &problems {
+        log::error!("{what}: {d}");
+    }
+    match problems.first() {
+        None => Ok(()),
+        Some(d) => Err(format!("{what}: {d}")),
+    }
 }
 
 fn mail_owner(config: &Config) -> Result<Account, String> {
@@ -321,6 +342,8 @@ struct Master {
     poll: Poll,
     signals: Signals,
     control: Option<UnixListener>,
+    /// Control connections being served, by token.
+    control_clients: HashMap<Token, Client>,
     paths: Paths,
     _lock: PidLock,
     services: Vec<Service>,
@@ -369,6 +392,7 @@ impl Master {
             poll,
             signals,
             control: Some(control),
+            control_clients: HashMap::new(),
             paths,
             _lock: lock,
             services: Vec::new(),
@@ -540,7 +564,7 @@ impl Master {
                     t => match self.tokens.get(&t).copied() {
                         Some(Target::Status(g)) => self.on_status(g),
                         Some(Target::Listen(g)) => self.on_connection(g),
-                        None => {}
+                        None => self.on_control_client(t),
                     },
                 }
             }
@@ -558,6 +582,9 @@ impl Master {
     fn next_timeout(&self) -> Option<Duration> {
         let now = Instant::now();
         let mut next: Option<Instant> = self.stop.as_ref().map(|s| s.deadline);
+        for c in self.control_clients.values() {
+            next = Some(next.map_or(c.deadline, |n| n.min(c.deadline)));
+        }
         for s in &self.services {
             for t in [s.throttled_until, s.next_wakeup].into_iter().flatten() {
                 next = Some(next.map_or(t, |n| n.min(t)));
@@ -626,7 +653,7 @@ impl Master {
                 ExitVerdict::Throttle => {
                     if svc.throttled_until.is_none() {
                         log::warn!(
-                            "service {}: process {} pid {pid} {how} before completing a request: throttling the service for {}s (see the process's own log line for the reason)",
+                            "service {}: process {} pid {pid} {how} before taking its first request: throttling the service for {}s (see the process's own log line for the reason)",
                             svc.id(),
                             svc.program.display(),
                             throttle_for.as_secs()
@@ -792,6 +819,21 @@ impl Master {
     }
 
     fn on_timers(&mut self, now: Instant) {
+        let expired: Vec<Token> = self
+            .control_clients
+            .iter()
+            .filter(|(_, c)| c.deadline <= now)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in expired {
+            if let Some(mut c) = self.control_clients.remove(&t) {
+                let _ = self.poll.registry().deregister(c.stream());
+                log::info!(
+                    "control socket: closed a connection without a complete exchange after {}s",
+                    control_client::DEADLINE.as_secs()
+                );
+            }
+        }
         for i in 0..self.services.len() {
             let svc = &mut self.services[i];
             if let (Some(due), Some(w)) = (svc.next_wakeup, svc.entry.wakeup) {
@@ -810,6 +852,8 @@ impl Master {
         }
     }
 
+    /// Accepts control connections (never waiting for one to speak): each
+    /// is checked for root, made non-blocking and registered on the loop.
     fn on_control(&mut self) {
         loop {
             let Some(listener) = &self.control else {
@@ -818,12 +862,12 @@ impl Master {
             let (stream, _) = match listener.accept() {
                 Ok(s) => s,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     log::warn!("control socket accept: {e}");
                     return;
                 }
             };
-            let stream: std::os::unix::net::UnixStream = OwnedFd::from(stream).into();
             let peer =
                 nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials);
             match peer {
@@ -841,17 +885,37 @@ impl Master {
                     continue;
                 }
             }
-            let _ = stream.set_nonblocking(false);
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-            let mut line = String::new();
-            let mut reader = BufReader::new(std::io::Read::take(&stream, 256));
-            let _ = reader.read_line(&mut line);
-            let reply = match line.trim() {
-                "status" => self.status_text(),
-                other => format!("error: unknown request '{}'\n", other.escape_default()),
-            };
-            let _ = (&stream).write_all(reply.as_bytes());
+            if self.control_clients.len() >= control_client::MAX_CLIENTS {
+                log::warn!(
+                    "control socket: {} connections already open: closed a new one",
+                    control_client::MAX_CLIENTS
+                );
+                continue;
+            }
+            let token = self.token();
+            let mut client = Client::new(stream, Instant::now());
+            if let Err(e) = self.poll.registry().register(
+                client.stream(),
+                token,
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                log::warn!("control socket: cannot watch a connection: {e}");
+                continue;
+            }
+            self.control_clients.insert(token, client);
+        }
+    }
+
+    /// Moves one control connection on as far as it goes without waiting.
+    fn on_control_client(&mut self, token: Token) {
+        let Some(mut client) = self.control_clients.remove(&token) else {
+            return;
+        };
+        let done = client.progress(|request| control_client::reply(request, || self.status_text()));
+        if done {
+            let _ = self.poll.registry().deregister(client.stream());
+        } else {
+            self.control_clients.insert(token, client);
         }
     }
 
@@ -979,6 +1043,10 @@ impl Master {
             log::error!("reload failed: the configuration has errors; the running configuration stays in force");
             return;
         };
+        if let Err(why) = refuse_untrusted(&config, "reload refused") {
+            log::error!("{why}; the running configuration stays in force");
+            return;
+        }
         // Every service's endpoints under the new configuration; a service
         // whose endpoints cannot be worked out (a host name that does not
         // resolve now) fails the reload as a whole, rather than disappear.
@@ -1067,6 +1135,9 @@ impl Master {
         }
         sweep_descendants();
         self.retired.clear();
+        for (_, mut c) in self.control_clients.drain() {
+            let _ = self.poll.registry().deregister(c.stream());
+        }
         if let Some(c) = self.control.take() {
             drop(c);
             let _ = std::fs::remove_file(&self.paths.control);

@@ -1052,7 +1052,7 @@ fn read_headers(path: &Path, qf: &QueueFile) -> std::io::Result<Vec<u8>> {
 }
 
 /// Turns fifo bytes and the master's end-of-file into events.
-fn watch(channel: Channel, kind: ServiceType, tx: Sender<Event>) {
+fn watch(channel: std::sync::Arc<Channel>, kind: ServiceType, tx: Sender<Event>) {
     loop {
         let status = channel.status().as_fd();
         let mut fds = vec![PollFd::new(status, PollFlags::POLLIN)];
@@ -1091,6 +1091,8 @@ fn watch(channel: Channel, kind: ServiceType, tx: Sender<Event>) {
                 if tx.send(Event::Trigger(bytes)).is_err() {
                     return;
                 }
+                // Each trigger is one run: the master counts it as a use.
+                channel.ran();
             }
         }
     }
@@ -1103,9 +1105,11 @@ impl Daemon for Qmgr {
         }
         let kind = ctx.args.kind;
         let tx = self.tx.clone();
+        let channel = std::sync::Arc::new(channel);
+        let watched = std::sync::Arc::clone(&channel);
         if let Err(e) = std::thread::Builder::new()
             .name("trigger".into())
-            .spawn(move || watch(channel, kind, tx))
+            .spawn(move || watch(watched, kind, tx))
         {
             return postern_common::log::fatal(
                 postern_common::sysexits::EX_OSERR,
@@ -1130,6 +1134,9 @@ impl Daemon for Qmgr {
         }
         self.scan_incoming();
         self.scan_deferred(false);
+        // The first run is done: from here on a death of this process is
+        // not a startup failure (the master does not throttle qmgr for it).
+        channel.ran();
         let mut gone: Option<Instant> = None;
         loop {
             if gone.is_none() {

@@ -17,10 +17,15 @@
 //! `export_environment` plus `PATH=/usr/bin:/bin`; its working directory is
 //! `/`. The command leads its own session and process group. When it runs
 //! longer than `<service>_time_limit` (default `command_time_limit`), spawn
-//! kills its whole process group with SIGKILL, grandchildren included, using
-//! root privileges so that the kill actually works (Postfix 3.7's spawn sends
-//! it with the mail owner's effective uid, and it fails). Exits with a
-//! failure status and deaths by signal are logged.
+//! kills its whole process group with SIGKILL, using root privileges so that
+//! the kill actually works (Postfix 3.7's spawn sends it with the mail
+//! owner's effective uid, and it fails), and with it every descendant of the
+//! command, including those that left its group or session (`setsid`):
+//! spawn is a child subreaper, so they stay below it
+//! ([`postern_common::descendants`]). When the command exits before the
+//! limit, whatever it started is ended the same way, so the client sees its
+//! connection closed by the limit at the latest. Exits with a failure
+//! status and deaths by signal are logged.
 //!
 //! The command is started with a vfork-style clone ([`sys::Launcher`]): the
 //! new process shares spawn's memory only until its exec, with spawn
@@ -50,9 +55,7 @@ pub mod pipe;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::WaitStatus;
-use nix::unistd::Pid;
 use postern_common::command::{CommandSpec, SystemAccounts};
 use postern_common::privilege::{self, MailOwner};
 use postern_common::server::{self, Context, Handler, Privileges, Program, Request};
@@ -108,6 +111,9 @@ pub fn command_environment(
 
 impl Spawn {
     fn new(ctx: &Context, attrs: CommandSpec) -> Result<Self, String> {
+        // Whatever a command starts is re-parented to this process, not to
+        // init, when its parent exits: no descendant escapes the limit.
+        postern_common::descendants::become_subreaper()?;
         let export = ctx.config.list(params::EXPORT_ENVIRONMENT);
         let env = command_environment(&export, |n| std::env::var(n).ok());
         let launcher = sys::Launcher::new(&attrs.argv, &env)
@@ -140,18 +146,19 @@ impl Spawn {
             }
         };
         // The command leads its own process group (setsid): at the limit all
-        // of it is killed, and when the command itself has ended, whatever
-        // it left running in its group too (a `job &` would otherwise
-        // outlive every limit), as pipe does. The command is not reaped yet,
-        // so its pid and group number cannot have been reused. It runs as
-        // another user, so the kill needs root.
-        match kill_group_as_root(pid) {
-            Ok(()) if timed_out => log::warn!(
-                "service {}: command {command} (pid {pid}) exceeded the time limit of {}s: killed its process group",
+        // of it is killed, and every descendant, in the group or not (this
+        // process is a subreaper); when the command itself has ended,
+        // whatever it left running too (a `job &` or a `setsid job &` would
+        // otherwise outlive every limit), as pipe does. The command is not
+        // reaped yet, so its pid and group number cannot have been reused.
+        // It runs as another user, so the kill needs root.
+        match end_command_as_root(pid) {
+            Ok(others) if timed_out => log::warn!(
+                "service {}: command {command} (pid {pid}) exceeded the time limit of {}s: killed its process group and {others} other descendant(s)",
                 self.service,
                 self.time_limit.as_secs()
             ),
-            Ok(()) => {}
+            Ok(_) => {}
             Err(e) => log::error!("service {}: {e}", self.service),
         }
         match postern_common::wait::reap(pid) {
@@ -171,15 +178,13 @@ impl Spawn {
     }
 }
 
-/// Kills the process group a command leads, with SIGKILL, as root (the
-/// command runs as another user, so the mail owner's kill would fail). A
-/// group that is already gone is not an error.
-fn kill_group_as_root(pid: i32) -> Result<(), String> {
-    match privilege::as_root(|| kill(Pid::from_raw(-pid), Signal::SIGKILL)) {
-        Ok(Ok(())) | Ok(Err(nix::errno::Errno::ESRCH)) => Ok(()),
-        Ok(Err(e)) => Err(format!("cannot kill process group {pid}: {e}")),
-        Err(e) => Err(format!("cannot kill process group {pid}: {e}")),
-    }
+/// Ends a command (not reaped yet) and everything it started, its process
+/// group and every other descendant ([`postern_common::descendants::end_command`]),
+/// as root (the command runs as another user, so the mail owner's kill
+/// would fail). Returns how many processes other than the command died.
+fn end_command_as_root(pid: i32) -> Result<usize, String> {
+    privilege::as_root(|| postern_common::descendants::end_command(pid))
+        .map_err(|e| format!("cannot kill the command {pid}: {e}"))?
 }
 
 impl Handler for Spawn {

@@ -51,7 +51,7 @@ use postern_common::server::{self, Context, Handler, Privileges, Program, Reques
 use postern_common::sys;
 use postern_conf::params;
 
-use crate::{command_environment, kill_group_as_root};
+use crate::{command_environment, end_command_as_root};
 
 /// Runs the pipe daemon (called by `postern-pipe`'s main).
 pub fn run() -> i32 {
@@ -191,15 +191,16 @@ impl Pipe {
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir("/");
         isolate(&mut cmd, &self.attrs);
-        // The command leads its own group; what it left running goes with it.
+        // The command leads its own group; what it left running goes with
+        // it, in its group or not (this process is its subreaper).
         let service = &self.service;
-        let kill_group = |pid: i32| {
-            if let Err(e) = kill_group_as_root(pid) {
+        let end = |pid: i32| {
+            if let Err(e) = end_command_as_root(pid) {
                 log::error!("service {service}: {e}");
             }
         };
         let input = input(&self.flags, req, instr, body);
-        match run_with_input(&mut cmd, input, self.time_limit, kill_group) {
+        match run_with_input(&mut cmd, input, self.time_limit, end) {
             Ok(ended) => {
                 ended.delivery_status(&program, &format!("command {program}"), self.time_limit)
             }

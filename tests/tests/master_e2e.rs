@@ -529,3 +529,134 @@ fn a_reload_with_an_unresolvable_address_keeps_the_running_services() {
         b"still"
     );
 }
+
+/// Idle clients of the control socket never hold the master up: with many
+/// of them connected and silent, `postern status` and a spawn service still
+/// answer at once; a client sending garbage gets an error and is closed.
+#[test]
+fn idle_control_clients_do_not_stall_the_master() {
+    const IDLE: usize = 16;
+    let mut inst = Instance::new("", "echo unix n n n - 4 spawn user=nobody argv=/bin/cat");
+    inst.start();
+    let control = inst.etc().join("data/master/master.control");
+    let idle: Vec<UnixStream> = (0..IDLE)
+        .map(|_| UnixStream::connect(&control).unwrap())
+        .collect();
+    // Served one after the other with a 2 s wait each, these would take
+    // more than half a minute; without waiting, a moment.
+    let began = std::time::Instant::now();
+    let status = inst.status();
+    assert!(status.contains("master: pid"), "{status}");
+    assert_eq!(
+        unix_exchange(&inst.public("echo"), b"still served").unwrap(),
+        b"still served"
+    );
+    let took = began.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "status and a spawn exchange took {took:?} with {IDLE} idle control clients\n{}",
+        inst.log()
+    );
+    // Each idle client is closed at the master's deadline, by the master.
+    for s in &idle {
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let mut rest = Vec::new();
+        assert_eq!((&*s).read_to_end(&mut rest).unwrap(), 0);
+    }
+    // Garbage: an error line, then end-of-file.
+    for junk in [&b"hello\n"[..], &[b'x'; 1000][..], b"\xff\x00status\n"] {
+        let mut s = UnixStream::connect(&control).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let _ = s.write_all(junk);
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        assert!(reply.starts_with("error: "), "{junk:?}: {reply}");
+    }
+    let log = inst.log();
+    assert!(!log.contains("stall"), "{log}");
+    assert!(inst.status().contains("echo"), "still answering");
+}
+
+/// The account that owns what the configuration must not trust.
+const MALLORY: &str = "pm-mallory";
+
+/// A configuration directory inside a directory a user owns: `check` says
+/// why, and `start` refuses, naming the directory and the reason.
+#[test]
+fn a_configuration_a_user_controls_is_refused() {
+    let (uid, _, _) = postern_tests::test_account(MALLORY, "/bin/sh");
+    let mut inst = Instance::new("", "echo unix n n n - 2 spawn user=nobody argv=/bin/cat");
+    let top = inst.dir.path().to_path_buf();
+    std::os::unix::fs::chown(&top, Some(uid), None).unwrap();
+    let why = format!("{} is owned by uid {uid}, not root", top.display());
+    let check = inst.postern(&["check"]);
+    assert_eq!(check.code, Some(1), "{check:?}");
+    assert!(check.stderr.contains(&why), "{}", check.stderr);
+    let start = inst.postern(&["start"]);
+    assert_eq!(start.code, Some(78), "{start:?}");
+    assert!(
+        start.stderr.contains(&why) && start.stderr.contains("main.cf"),
+        "{}",
+        start.stderr
+    );
+    std::os::unix::fs::chown(&top, Some(0), None).unwrap();
+    // Once root's again, it starts.
+    inst.start();
+}
+
+/// A reload (by `postern reload` or SIGHUP) of a main.cf the user was
+/// given is refused, and the running configuration keeps serving.
+#[test]
+fn a_reload_of_a_file_a_user_owns_is_refused_and_the_old_configuration_runs_on() {
+    let (uid, _, _) = postern_tests::test_account(MALLORY, "/bin/sh");
+    let mut inst = Instance::new("", "echo unix n n n - 2 spawn user=nobody argv=/bin/cat");
+    inst.start();
+    inst.append_master("late unix n n n - 2 spawn user=nobody argv=/bin/cat");
+    let main = inst.etc().join("main.cf");
+    std::os::unix::fs::chown(&main, Some(uid), None).unwrap();
+    let out = inst.postern(&["reload"]);
+    assert_eq!(out.code, Some(78), "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "{} is owned by uid {uid}, not root",
+            main.display()
+        )),
+        "{}",
+        out.stderr
+    );
+    // SIGHUP straight to the master: refused there too.
+    inst.sighup();
+    inst.wait_log("reload refused:", 1);
+    assert!(
+        inst.log()
+            .contains("the running configuration stays in force"),
+        "{}",
+        inst.log()
+    );
+    let status = inst.status();
+    assert!(!status.contains("late"), "{status}");
+    assert_eq!(unix_exchange(&inst.public("echo"), b"old").unwrap(), b"old");
+    // Root's again: the reload goes through.
+    std::os::unix::fs::chown(&main, Some(0), None).unwrap();
+    let out = inst.postern(&["reload"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(eventually(WAIT, || inst.status().contains("late")));
+}
+
+/// daemon_directory in a directory others can write: refused by check and
+/// start, named with the reason.
+#[test]
+fn a_daemon_directory_others_can_write_is_refused() {
+    let inst = Instance::new("", "echo unix n n n - 2 spawn user=nobody argv=/bin/cat");
+    let daemons = inst.dir.path().join("daemons");
+    std::fs::create_dir(&daemons).unwrap();
+    std::fs::set_permissions(&daemons, std::fs::Permissions::from_mode(0o777)).unwrap();
+    inst.append_main(&format!("daemon_directory = {}\n", daemons.display()));
+    let why = format!("{} is writable by everyone (mode 0777)", daemons.display());
+    let check = inst.postern(&["check"]);
+    assert_eq!(check.code, Some(1), "{check:?}");
+    assert!(check.stderr.contains(&why), "{}", check.stderr);
+    let start = inst.postern(&["start"]);
+    assert_eq!(start.code, Some(78), "{start:?}");
+    assert!(start.stderr.contains(&why), "{}", start.stderr);
+}

@@ -428,3 +428,35 @@ fn strict_output_rule_counts_any_output_as_failure() {
         out.stdout
     );
 }
+
+/// Background work a program leaves, even in a session of its own
+/// (`setsid`), does not outlive the program's time limit: it is killed when
+/// the program exits, and at the limit when the program runs that long.
+#[test]
+fn a_programs_setsid_descendants_do_not_outlive_it() {
+    let s = Setup::new("");
+    s.install(
+        "escape",
+        &format!(
+            "cat > /dev/null; setsid sleep 300 </dev/null >/dev/null 2>&1 & echo $! > {}; exit 0",
+            s.marker("escape.pid").display()
+        ),
+    );
+    s.install(
+        "escape-and-hang",
+        &format!(
+            "cat > /dev/null; setsid sleep 300 </dev/null >/dev/null 2>&1 & echo $! > {}; sleep 300",
+            s.marker("hang.pid").display()
+        ),
+    );
+    let out = s.deliver(USER, &["escape"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(ends_eventually(&s.marker("escape.pid")));
+    let out = s.deliver(USER, &["escape-and-hang"]);
+    assert!(
+        out.stdout.contains("exceeded the time limit of 3s"),
+        "{}",
+        out.stdout
+    );
+    assert!(ends_eventually(&s.marker("hang.pid")));
+}

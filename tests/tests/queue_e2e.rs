@@ -133,6 +133,60 @@ fn count_messages(mbox: &str) -> usize {
     mbox.lines().filter(|l| l.starts_with("From ")).count()
 }
 
+/// The uses `postern status` shows for the first child of `service`.
+fn status_uses(status: &str, service: &str) -> Option<u32> {
+    let mut lines = status
+        .lines()
+        .skip_while(|l| !l.starts_with(&format!("{service} ")));
+    lines.next()?;
+    let child = lines.next()?;
+    child
+        .split(", ")
+        .find_map(|part| part.strip_suffix(" use(s)"))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// A child that has served (submit, local) or run (qmgr) and is then killed
+/// is not a startup failure: nothing is throttled, the next message goes
+/// through at once, and `postern status` counts qmgr's runs as uses.
+#[test]
+fn killing_children_that_served_does_not_throttle_their_services() {
+    let m = Mail::new("", "");
+    let out = m.sendmail(&[DAN], b"Subject: before\n\nx\n");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    m.wait_messages(DAN, 1);
+    let ok = eventually(WAIT, || m.queue(&["list"]).stdout.contains("-- 0 messages"));
+    assert!(ok, "{:?}", m.queue(&["list"]));
+    let status = m.inst.status();
+    assert!(
+        status_uses(&status, "qmgr").is_some_and(|n| n >= 1),
+        "qmgr's runs are not counted as uses:\n{status}"
+    );
+    let mut killed = 0;
+    for service in ["submit", "local", "qmgr"] {
+        let pids = m.inst.children_of(service);
+        assert!(!pids.is_empty(), "no {service} child:\n{status}");
+        for pid in pids {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
+            killed += 1;
+        }
+    }
+    m.inst.wait_log("killed by signal 9", killed);
+    // Served promptly: a throttle (service_throttle_time, 60s) would hold
+    // the message past WAIT.
+    let out = m.sendmail(&[DAN], b"Subject: after\n\nx\n");
+    assert_eq!(out.code, Some(0), "{out:?}\n{}", m.inst.log());
+    m.wait_messages(DAN, 2);
+    let log = m.inst.log();
+    assert!(!log.contains("throttling"), "{log}");
+    let status = m.inst.status();
+    assert!(!status.contains("throttled"), "{status}");
+}
+
 #[test]
 fn sendmail_to_a_local_user_lands_in_the_mailbox_with_headers() {
     let m = Mail::new("", "");

@@ -334,7 +334,7 @@ fn forbidden_users_are_refused_named_by_check_and_do_not_affect_other_services()
         "fatal: service rootgroup: user=nobody:root: gid 0 (root's group) is not allowed",
         1,
     );
-    inst.wait_log("before completing a request: throttling the service", 3);
+    inst.wait_log("before taking its first request: throttling the service", 3);
     assert_eq!(
         unix_exchange(&inst.public("echo"), b"unaffected").unwrap(),
         b"unaffected"
@@ -415,4 +415,57 @@ fn maxproc_limits_children_and_the_extra_client_waits_its_turn() {
     assert_eq!(exchange(&mut c, "c"), "got c\n");
     assert_eq!(exchange(&mut b, "b"), "got b\n");
     assert!(inst.children_of("limited").len() <= 2);
+}
+
+/// Whether a `sleep MARKER` is alive (not a zombie). (The spawn child's own
+/// command line holds the marker too, inside its master.cf arguments.)
+fn alive_with(marker: &str) -> bool {
+    proc_entries().iter().any(|p| {
+        p.state != 'Z'
+            && p.cmdline.first().is_some_and(|a| a.ends_with("sleep"))
+            && p.cmdline.get(1).is_some_and(|a| a == marker)
+    })
+}
+
+/// A descendant that leaves the command's session (`setsid`) is still
+/// reached by the time limit, and by the end of the command: the client
+/// sees end-of-file, and no such process survives.
+#[test]
+fn a_descendant_that_calls_setsid_does_not_escape_the_limit() {
+    require_root();
+    let id = std::process::id();
+    // Unique arguments to find the escapees by (`sleep 1000.PID1`, ...).
+    let stays = format!("1000.{id}1");
+    let leaves = format!("1000.{id}2");
+    let mut inst = Instance::new(
+        "stays_time_limit = 2s\nleaves_time_limit = 2s",
+        &format!(
+            "stays unix n n n - 2 spawn user=nobody argv=/bin/sh -c {{ setsid sleep {stays} & echo started; sleep 300 }}\n\
+             leaves unix n n n - 2 spawn user=nobody argv=/bin/sh -c {{ setsid sleep {leaves} & echo started }}"
+        ),
+    );
+    inst.start();
+    for (service, marker) in [("stays", &stays), ("leaves", &leaves)] {
+        let s = UnixStream::connect(inst.public(service)).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let mut reader = BufReader::new(s);
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert_eq!(line, "started\n", "{service}");
+        // The escapee holds the connection open until it is killed: at the
+        // 2 s limit for `stays`, when the shell exits for `leaves`. WAIT is
+        // the test's generous deadline (a read timeout fails the test).
+        let began = std::time::Instant::now();
+        let mut rest = Vec::new();
+        reader
+            .read_to_end(&mut rest)
+            .unwrap_or_else(|e| panic!("{service}: no end-of-file: {e}\n{}", inst.log()));
+        assert!(began.elapsed() < WAIT, "{service}");
+        assert!(
+            eventually(WAIT, || !alive_with(marker)),
+            "{service}: sleep {marker} survived\n{}",
+            inst.log()
+        );
+    }
+    inst.wait_log("exceeded the time limit of 2s: killed its process group", 1);
 }
