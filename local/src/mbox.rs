@@ -478,8 +478,21 @@ fn dead_maker(lock: &Path) -> Option<i32> {
     let pid: i32 = text.trim().parse().ok().filter(|&p| p > 1)?;
     match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
         Err(nix::errno::Errno::ESRCH) => Some(pid),
+        // A zombie (dead, its parent has not reaped it yet) holds nothing.
+        _ if is_zombie(pid) => Some(pid),
         _ => None,
     }
+}
+
+/// Whether `pid` has exited and waits to be reaped (`/proc/PID/stat`
+/// state `Z`; the command name may hold anything, so the state is read
+/// after its last `)`).
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            == Some("Z")
+    })
 }
 
 fn dotlock(path: &Path, stale: Duration) -> Result<Option<PathBuf>, DotlockError> {
@@ -568,6 +581,20 @@ mod tests {
         assert!(matches!(dotlock(&path, hour), Ok(None)), "no pid");
         std::fs::write(&lock_file, format!("{dead}\n")).unwrap();
         assert!(matches!(dotlock(&path, hour), Ok(Some(_))), "a dead holder");
+        // A holder that has exited but is not reaped yet: dead too.
+        let mut zombie = std::process::Command::new("true").spawn().unwrap();
+        let zpid = zombie.id();
+        let exited = (0..1000).any(|_| {
+            std::thread::sleep(Duration::from_millis(5));
+            is_zombie(zpid as i32)
+        });
+        assert!(exited, "true never exited");
+        std::fs::write(&lock_file, format!("{zpid}\n")).unwrap();
+        assert!(
+            matches!(dotlock(&path, hour), Ok(Some(_))),
+            "a zombie holder"
+        );
+        zombie.wait().unwrap();
         let ours = std::fs::read_to_string(&lock_file).unwrap();
         assert_eq!(ours.trim(), std::process::id().to_string());
     }

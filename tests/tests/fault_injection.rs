@@ -69,10 +69,18 @@ fn seed() -> u64 {
         })
 }
 
+/// This run's tag (its seed, in hex), in every subject: copies that an
+/// earlier run's leftovers deliver into the same accounts are not counted.
+static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn tag() -> &'static str {
+    TAG.get().map_or("untagged", String::as_str)
+}
+
 /// The message numbered `n`: a subject that names it, a body long enough
 /// that a write can be cut short, and a last line that proves it whole.
 fn message(n: usize) -> Vec<u8> {
-    let mut m = format!("Subject: fault {n}\n\nstart {n}\n").into_bytes();
+    let mut m = format!("Subject: fault {} {n}\n\nstart {n}\n", tag()).into_bytes();
     for line in 0..(20 + n % 40) {
         m.extend_from_slice(format!("line {line} of message {n} {}\n", "x".repeat(60)).as_bytes());
     }
@@ -83,7 +91,7 @@ fn message(n: usize) -> Vec<u8> {
 /// A message big enough that half of it fills the pipe to `sendmail`: it
 /// has then been reading (and sending) when it is killed.
 fn big_message(n: usize) -> Vec<u8> {
-    let mut m = format!("Subject: fault {n}\n\nstart {n}\n").into_bytes();
+    let mut m = format!("Subject: fault {} {n}\n\nstart {n}\n", tag()).into_bytes();
     while m.len() < 256 * 1024 {
         m.extend_from_slice(format!("filler of message {n} {}\n", "y".repeat(70)).as_bytes());
     }
@@ -94,12 +102,16 @@ fn big_message(n: usize) -> Vec<u8> {
 /// What one copy found at a destination says: its number, and whether it
 /// is whole.
 fn judge(copy: &str) -> Option<(usize, bool)> {
-    let n: usize = copy
+    let (run, n) = copy
         .lines()
         .find_map(|l| l.strip_prefix("Subject: fault "))?
         .trim()
-        .parse()
-        .ok()?;
+        .split_once(' ')?;
+    // A copy of another run (a process an earlier run left) is not ours.
+    if run != tag() {
+        return None;
+    }
+    let n: usize = n.parse().ok()?;
     let whole = copy.contains(&format!("\nend {n}\n"));
     Some((n, whole))
 }
@@ -250,6 +262,7 @@ struct Kills {
 fn kill_9_anywhere_loses_duplicates_and_truncates_nothing() {
     let seed = seed();
     eprintln!("fault injection seed: {seed} (replay: POSTERN_FAULT_SEED={seed})");
+    TAG.set(format!("{seed:x}")).unwrap();
     let n_per = per_destination();
     for u in USERS {
         let (_, _, home) = test_account(u, "/bin/bash");
