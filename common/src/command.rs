@@ -248,12 +248,15 @@ pub struct Ended {
 /// Runs `cmd` — program, arguments, environment, directory and pre-exec
 /// setup (its own session, nothing but 0-2 open, identity) already given —
 /// with `input` on standard input and standard output and error collected,
-/// for at most `limit`; then, at the limit or as soon as the command has
-/// exited, `end(pid)` ends the command and everything it started, wherever
-/// it went (normally [`crate::descendants::end_command`], with the rights
-/// it needs): this process is made a child subreaper first, so nothing the
-/// command starts outlives its time limit. `Err` when it could not be
-/// started.
+/// for at most `limit`. At the limit, `end(pid)` ends the command and
+/// everything it started, wherever it went (normally
+/// [`crate::descendants::end_command`], with the rights it needs): this
+/// process is made a child subreaper first, so nothing the command starts
+/// escapes. A command that exits in time may leave work running, as in
+/// Postfix: it is not killed then, but its deadline is noted, and the
+/// caller, once it has reported, calls
+/// [`crate::descendants::finish_background`], which waits for it up to that
+/// deadline and kills what is left. `Err` when it could not be started.
 pub fn run_with_input(
     cmd: &mut std::process::Command,
     input: Vec<u8>,
@@ -263,6 +266,7 @@ pub fn run_with_input(
     use std::io::Write;
     use std::process::Stdio;
     crate::descendants::become_subreaper().map_err(std::io::Error::other)?;
+    let deadline = Instant::now() + limit;
     let (out_read, out_write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
     let out_write2 = out_write.try_clone()?;
@@ -284,7 +288,11 @@ pub fn run_with_input(
         }
     });
     let (output, timed_out) = collect_output(out_read, pid, limit);
-    end(pid);
+    if timed_out {
+        end(pid);
+    } else {
+        crate::descendants::allow_background_until(deadline);
+    }
     Ok(Ended {
         status: child.wait(),
         output,

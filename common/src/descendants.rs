@@ -24,8 +24,21 @@
 //!
 //! Every child of the calling process is taken to be part of the command:
 //! callers run one command at a time.
+//!
+//! **Background work.** A delivery command (local's programs, pipe) that
+//! exits within its time limit may leave work running — procmail's `c`
+//! flag forks a copy that finishes delivering after procmail exits. As in
+//! Postfix, that is not killed when the command exits: the caller reports
+//! the delivery status at once, notes the command's deadline
+//! ([`allow_background_until`]), and once it has reported waits for what
+//! is left below it ([`finish_background`]) up to the earliest deadline
+//! noted, then kills whatever remains. Nothing outlives the time limit of
+//! the command that started it (a later command's leftovers may be cut at
+//! an earlier command's deadline: never later than their own).
 
 use std::collections::{HashMap, HashSet};
+use std::os::fd::AsFd;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -231,6 +244,74 @@ pub fn end_command(pid: i32) -> Result<usize, String> {
         Err(e) => return Err(format!("cannot kill process group {pid}: {e}")),
     }
     end_all(Some(pid))
+}
+
+/// The earliest deadline of a command that exited leaving work below this
+/// process (`None`: none did).
+static BACKGROUND_DEADLINE: Mutex<Option<Instant>> = Mutex::new(None);
+
+/// Notes that a command which exited in time may leave descendants running
+/// until `deadline` (its start plus its time limit); the earliest note wins.
+pub fn allow_background_until(deadline: Instant) {
+    let mut d = BACKGROUND_DEADLINE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    *d = Some(d.map_or(deadline, |old| old.min(deadline)));
+}
+
+/// Waits for every process below this one to end (reaping them), up to the
+/// deadline [`allow_background_until`] noted, then calls `end` (normally
+/// [`end_all`]`(None)`, with the rights it needs) on whatever is left.
+/// Returns at once when nothing was noted. Call it after the delivery
+/// status has been reported: it may wait up to the whole time limit.
+/// Returns how many processes `end` killed.
+pub fn finish_background(end: impl FnOnce() -> Result<usize, String>) -> Result<usize, String> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let deadline = BACKGROUND_DEADLINE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    let Some(deadline) = deadline else {
+        return Ok(0);
+    };
+    let me = std::process::id() as i32;
+    loop {
+        // Reap what has ended; a child's death re-parents its own children
+        // to us (the subreaper), found by the next scan.
+        while let Ok(status) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            if matches!(status, nix::sys::wait::WaitStatus::StillAlive) {
+                break;
+            }
+        }
+        let table = processes();
+        let children: Vec<i32> = below(me, &table)
+            .into_iter()
+            .filter(|p| table.get(p).is_some_and(|e| e.ppid == me))
+            .collect();
+        if children.is_empty() {
+            return Ok(0);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return end();
+        }
+        let pidfds: Vec<_> = children
+            .iter()
+            .filter_map(|&p| crate::sys::pidfd_open(p).ok())
+            .collect();
+        if pidfds.is_empty() {
+            // Without pidfds: nothing to wait on but the deadline.
+            std::thread::sleep(left);
+            continue;
+        }
+        let mut fds: Vec<PollFd<'_>> = pidfds
+            .iter()
+            .map(|f| PollFd::new(f.as_fd(), PollFlags::POLLIN))
+            .collect();
+        let timeout =
+            PollTimeout::try_from(left.min(Duration::from_secs(3600))).unwrap_or(PollTimeout::MAX);
+        let _ = poll(&mut fds, timeout);
+    }
 }
 
 #[cfg(test)]

@@ -44,7 +44,8 @@ use serde::{Deserialize, Serialize};
 use crate::sys;
 
 /// The protocol version carried in every payload.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// Version 5 added [`Instruction::original_recipient`].
+pub const PROTOCOL_VERSION: u16 = 5;
 /// The most messages one request frame may carry.
 pub const MAX_BATCH: usize = 64;
 /// The largest frame either side accepts (payload bytes).
@@ -85,6 +86,10 @@ impl std::fmt::Display for Destination {
 pub struct Instruction {
     /// The recipient address (for `Delivered-To:` and `$RECIPIENT`).
     pub recipient: String,
+    /// The recipient address as it was given to postern, before alias and
+    /// `.forward` expansion (the queue file's recipient; for `X-Original-To:`
+    /// and `$ORIGINAL_RECIPIENT`, as Postfix's local(8)). `None`: unknown.
+    pub original_recipient: Option<String>,
     /// The account the delivery runs as.
     pub user: String,
     /// The address extension (after `recipient_delimiter`), if any.
@@ -562,6 +567,7 @@ mod tests {
             recipients: vec![
                 Instruction {
                     recipient: "bob@example.org".into(),
+                    original_recipient: None,
                     user: "bob".into(),
                     extension: Some("lists".into()),
                     destination: Destination::Mailbox("/var/mail/bob".into()),
@@ -569,6 +575,7 @@ mod tests {
                 },
                 Instruction {
                     recipient: "bob@example.org".into(),
+                    original_recipient: None,
                     user: "bob".into(),
                     extension: None,
                     destination: Destination::Programs(vec!["/usr/bin/procmail -a x".into()]),
@@ -665,6 +672,7 @@ mod tests {
         big.recipients = (0..40)
             .map(|i| Instruction {
                 recipient: format!("recipient-{i}-with-a-long-name@example.org"),
+                original_recipient: None,
                 user: format!("user{i}"),
                 extension: None,
                 destination: Destination::Maildir(format!("/home/user{i}/Maildir/").into()),

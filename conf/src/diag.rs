@@ -3,13 +3,16 @@
 //! Parsers never stop at the first problem: they collect a [`Diagnostic`] for
 //! each one, so that an administrator sees every mistake in a file at once.
 //! A diagnostic names the file and, where there is one, the line, in the form
-//! `FILE:LINE: message` (errors) or `FILE:LINE: warning: message` (warnings).
+//! `FILE:LINE: message` (errors), `FILE:LINE: warning: message` (warnings)
+//! or `FILE:LINE: note: message` (what a valid configuration will do).
 
 use std::fmt;
 
 /// How bad a problem is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
+    /// Information only (what the configuration will do).
+    Note,
     /// Worth saying, but the configuration is usable.
     Warning,
     /// The configuration cannot be used as it is.
@@ -50,6 +53,16 @@ impl Diagnostic {
         }
     }
 
+    /// A note at `file:line`: not a problem, what the configuration does.
+    pub fn note(file: &str, line: Option<usize>, message: impl Into<String>) -> Self {
+        Diagnostic {
+            file: file.to_string(),
+            line,
+            severity: Severity::Note,
+            message: message.into(),
+        }
+    }
+
     /// True for errors.
     pub fn is_error(&self) -> bool {
         self.severity == Severity::Error
@@ -63,6 +76,7 @@ impl fmt::Display for Diagnostic {
             write!(f, ":{line}")?;
         }
         match self.severity {
+            Severity::Note => write!(f, ": note: {}", self.message),
             Severity::Warning => write!(f, ": warning: {}", self.message),
             Severity::Error => write!(f, ": {}", self.message),
         }

@@ -98,6 +98,8 @@ params! {
         "The allowed-destinations policy file that local checks every instruction against (postern's own).";
     DUPLICATE_FILTER_LIMIT "duplicate_filter_limit" Kind::Int { min: 0 }, "1000",
         "Most recipients (at submission; compared ignoring ASCII case) and deliveries (after alias and .forward expansion) remembered per message to drop repeats; 0: no limit.";
+    ENABLE_ORIGINAL_RECIPIENT "enable_original_recipient" Kind::Bool, "yes",
+        "Whether local gives a program the recipient as given to postern (X-Original-To: header, $ORIGINAL_RECIPIENT).";
     EXPORT_ENVIRONMENT "export_environment" Kind::List, "TZ MAIL_CONFIG LANG",
         "Environment variables passed on to external commands (name, or name=value).";
     HOME_MAILBOX "home_mailbox" Kind::Text, "",

@@ -38,6 +38,7 @@
 //! `stale_lock_time` (500s), `strict_mailbox_ownership` (yes),
 //! `program_directory` ($config_directory/programs),
 //! `program_output_is_failure` (no), `command_time_limit` (1000s),
+//! `enable_original_recipient` (yes),
 //! `default_privs` (nobody).
 //!
 //! **Exit status**: as every child: 0 normally, 78 on a configuration error.
@@ -80,6 +81,7 @@ pub fn run() -> i32 {
             Ok(Local {
                 settings: Settings::from_config(&ctx.config),
                 owner: MailOwner::from(&ctx.mail_owner),
+                reported: Vec::new(),
             })
         },
     )
@@ -106,6 +108,8 @@ pub struct Settings {
     pub default_privs: String,
     /// `mail_spool_directory`.
     pub spool: PathBuf,
+    /// `enable_original_recipient`.
+    pub original_recipient: bool,
 }
 
 impl Settings {
@@ -139,6 +143,7 @@ impl Settings {
             output_is_failure: c.bool(params::PROGRAM_OUTPUT_IS_FAILURE),
             time_limit: c.time(params::COMMAND_TIME_LIMIT),
             default_privs: c.text(params::DEFAULT_PRIVS).to_string(),
+            original_recipient: c.bool(params::ENABLE_ORIGINAL_RECIPIENT),
         }
     }
 
@@ -161,6 +166,19 @@ impl Settings {
 struct Local {
     settings: Settings,
     owner: MailOwner,
+    /// Delivery processes that have reported but may not have exited yet
+    /// (they wait for what their programs left running, up to the time
+    /// limit): reaped without blocking between requests, and waited for
+    /// when the agent exits.
+    reported: Vec<i32>,
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        for pid in std::mem::take(&mut self.reported) {
+            reap_reported(pid);
+        }
+    }
 }
 
 /// A delivery that passed the checks made before the switch: the account
@@ -189,6 +207,7 @@ impl Handler for Local {
             log::warn!("local serves stream connections only; trigger ignored");
             return;
         };
+        self.reported.retain(|&pid| !try_reap_reported(pid));
         let conn = UnixStream::from(fd);
         let Some(messages) = handoff::accept_request(&conn, self.owner.uid) else {
             return;
@@ -315,10 +334,11 @@ impl Handler for Local {
             let ids: Vec<&str> = messages.iter().map(|(r, _)| r.queue_id.as_str()).collect();
             log::warn!("queue ids {}: cannot send the reply: {e}", ids.join(" "));
         }
-        // The delivery processes have reported; reap them after the reply.
-        for pid in reap {
-            reap_reported(pid);
-        }
+        // The delivery processes have reported; reap those that have
+        // exited, without waiting for the others (each ends by its
+        // programs' time limit).
+        self.reported.extend(reap);
+        self.reported.retain(|&pid| !try_reap_reported(pid));
     }
 }
 
@@ -517,6 +537,13 @@ fn in_child_as(
             let mut w = std::fs::File::from(write_end);
             let _ = std::io::Write::write_all(&mut w, &framed);
             drop(w);
+            // Reported: now what the programs left running may finish, up
+            // to their time limit (the agent does not wait for this).
+            if let Err(e) = postern_common::descendants::finish_background(|| {
+                postern_common::descendants::end_all(None)
+            }) {
+                log::warn!("delivery process: background work of a program: {e}");
+            }
             // Nothing is buffered (the log writes whole lines) and the exit
             // handlers belong to the agent: leave without running them.
             sys::exit_now(0)
@@ -594,13 +621,28 @@ fn reap_reported(pid: i32) {
     loop {
         match waitpid(child, Some(WaitPidFlag::WUNTRACED)) {
             Ok(WaitStatus::Stopped(..)) => {
-                let _ = privilege::as_root(|| {
-                    nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL)
-                });
+                let _ = privilege::as_root(|| kill_delivery_process(pid));
             }
             Err(nix::errno::Errno::EINTR) => {}
             _ => return,
         }
+    }
+}
+
+/// Reaps a delivery process that has reported, if it has exited (true:
+/// gone). One that its user stopped is killed with everything below it
+/// (a stopped process would never end what its programs left running).
+fn try_reap_reported(pid: i32) -> bool {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let child = nix::unistd::Pid::from_raw(pid);
+    match waitpid(child, Some(WaitPidFlag::WUNTRACED | WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::EINTR) => false,
+        Ok(WaitStatus::Stopped(..)) => {
+            let _ = privilege::as_root(|| kill_delivery_process(pid));
+            let _ = waitpid(child, None);
+            true
+        }
+        _ => true,
     }
 }
 
@@ -884,19 +926,35 @@ fn deliver_programs(
     } else {
         PathBuf::from("/tmp")
     };
-    let env = program_env(instr, copy, account);
-    let input = copy.plain();
+    let original = instr
+        .original_recipient
+        .as_deref()
+        .filter(|_| settings.original_recipient);
+    let env = program_env(instr, copy, account, original);
+    let input = copy.for_program(original);
     let mut last = RecipientStatus::bounced("5.3.0", "no program given");
     for line in commands {
-        let mut argv = match program::split_command(line) {
-            Ok(a) => a,
-            Err(e) => return RecipientStatus::bounced("5.3.0", e).for_postmaster(),
+        let parsed = match program::parse_command(line) {
+            Ok(c) => c,
+            Err(why) => {
+                log::warn!("{}: user {}: {why}", copy.queue_id, account.name);
+                return RecipientStatus::bounced("5.3.0", why).for_postmaster();
+            }
         };
+        let mut argv = parsed.argv;
         let exe = match program::resolve(&mode, &argv[0]) {
             Ok(p) => p,
             Err(status) => return status,
         };
-        if let Err(s) = allowed(system, user, Kind::Program, &exe, who) {
+        // The policy allows the trusted directory's entry (a link there
+        // runs the file it leads to, already checked by the trusted rules).
+        let named = match &mode {
+            program::Mode::Secure(dir) => {
+                dir.join(Path::new(&argv[0]).file_name().unwrap_or_default())
+            }
+            _ => exe.clone(),
+        };
+        if let Err(s) = allowed(system, user, Kind::Program, &named, who) {
             return s.for_postmaster();
         }
         argv[0] = exe.display().to_string();
@@ -907,6 +965,7 @@ fn deliver_programs(
             input: &input,
             limit: settings.time_limit,
             output_is_failure: settings.output_is_failure,
+            failure_is_75: parsed.failure_is_75,
         };
         last = program::run(&run);
         if last.outcome != handoff::Outcome::Delivered {
@@ -916,30 +975,57 @@ fn deliver_programs(
     last
 }
 
-/// The program environment: TZ, AGENT and the delivery variables only.
-fn program_env(instr: &Instruction, copy: &Copy<'_>, account: &Account) -> Vec<(String, String)> {
-    let local_part = instr
+/// The search path a program gets, as Postfix's local(8) resets it.
+pub const PROGRAM_PATH: &str = "/usr/bin:/bin";
+
+/// The characters a delivery variable keeps; every other becomes `_`
+/// (Postfix's default `command_expansion_filter`): a program that hands a
+/// variable to a shell cannot be made to run anything by an address.
+const EXPANSION_FILTER: &str =
+    "1234567890!@%-_=+:,./abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+
+fn filtered(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| if EXPANSION_FILTER.contains(c) { c } else { '_' })
+        .collect()
+}
+
+/// The program environment, as Postfix's local(8) documents it: `SHELL`,
+/// `HOME`, `USER` and `LOGNAME` (the account), `LOCAL` (the recipient's
+/// whole local part, extension included), `EXTENSION`, `DOMAIN`,
+/// `RECIPIENT`, `ORIGINAL_RECIPIENT` (when known and
+/// `enable_original_recipient`), `SENDER`, a fixed `PATH`, and `TZ` and
+/// `AGENT`; nothing else. Values pass through the expansion filter.
+fn program_env(
+    instr: &Instruction,
+    copy: &Copy<'_>,
+    account: &Account,
+    original: Option<&str>,
+) -> Vec<(String, String)> {
+    let (local_part, domain) = instr
         .recipient
         .rsplit_once('@')
-        .map_or(instr.recipient.as_str(), |(l, _)| l);
-    let local_part = match &instr.extension {
-        Some(ext) => local_part
-            .strip_suffix(ext.as_str())
-            .map_or(local_part, |l| l.trim_end_matches(['+', '-'])),
-        None => local_part,
-    };
-    let mut env = vec![
-        ("AGENT".to_string(), "postern-local".to_string()),
-        ("SENDER".to_string(), copy.sender.to_string()),
-        ("RECIPIENT".to_string(), instr.recipient.clone()),
-        ("USER".to_string(), account.name.clone()),
-        ("HOME".to_string(), account.home.display().to_string()),
-        ("LOCAL".to_string(), local_part.to_string()),
-        (
-            "EXTENSION".to_string(),
-            instr.extension.clone().unwrap_or_default(),
-        ),
-    ];
+        .unwrap_or((instr.recipient.as_str(), ""));
+    let mut env: Vec<(String, String)> = [
+        ("SHELL", account.shell.display().to_string()),
+        ("HOME", account.home.display().to_string()),
+        ("USER", account.name.clone()),
+        ("LOGNAME", account.name.clone()),
+        ("LOCAL", local_part.to_string()),
+        ("EXTENSION", instr.extension.clone().unwrap_or_default()),
+        ("DOMAIN", domain.to_string()),
+        ("RECIPIENT", instr.recipient.clone()),
+        ("SENDER", copy.sender.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), filtered(&v)))
+    .collect();
+    if let Some(original) = original {
+        env.push(("ORIGINAL_RECIPIENT".to_string(), filtered(original)));
+    }
+    env.push(("PATH".to_string(), PROGRAM_PATH.to_string()));
+    env.push(("AGENT".to_string(), "postern-local".to_string()));
     if let Ok(tz) = std::env::var("TZ") {
         env.push(("TZ".to_string(), tz));
     }

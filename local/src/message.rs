@@ -1,6 +1,8 @@
 //! One recipient's copy of a message: the envelope lines local adds
-//! (`Return-Path:`, `Delivered-To:`), the mbox `From ` line and quoting, and
-//! the mail-loop check on existing `Delivered-To:` headers.
+//! (`Return-Path:`, `Delivered-To:`), the mbox `From ` line and quoting, the
+//! copy a program gets (as Postfix's local(8) gives it: `From ` line,
+//! `Return-Path:`, `X-Original-To:`, `Delivered-To:`, no quoting), and the
+//! mail-loop check on existing `Delivered-To:` headers.
 
 use postern_common::log::asctime;
 
@@ -164,16 +166,22 @@ impl Copy<'_> {
         .into_bytes()
     }
 
-    /// The copy in mbox format: `From ` line, envelope headers, the message
-    /// with `From ` lines quoted, and an empty line.
-    pub fn mbox(&self) -> Vec<u8> {
+    /// The mbox `From sender  date` line (`MAILER-DAEMON` for the null
+    /// sender; the arrival time).
+    fn envelope_from_line(&self) -> String {
         let sender = if self.sender.is_empty() {
             "MAILER-DAEMON"
         } else {
             self.sender
         };
+        format!("From {sender}  {}\n", asctime(self.arrival))
+    }
+
+    /// The copy in mbox format: `From ` line, envelope headers, the message
+    /// with `From ` lines quoted, and an empty line.
+    pub fn mbox(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.body.len() + 256);
-        out.extend_from_slice(format!("From {sender}  {}\n", asctime(self.arrival)).as_bytes());
+        out.extend_from_slice(self.envelope_from_line().as_bytes());
         out.extend_from_slice(&self.envelope_headers());
         let mut at_line_start = true;
         for (i, &b) in self.body.iter().enumerate() {
@@ -190,8 +198,27 @@ impl Copy<'_> {
         out
     }
 
-    /// The copy for a Maildir file or a program: envelope headers and the
-    /// message, unchanged.
+    /// The copy for a program, as Postfix's local(8) gives one to a command
+    /// (procmail and other mbox writers rely on the `From ` line): the
+    /// `From sender  date` line, `Return-Path: <sender>`, `X-Original-To:
+    /// original` (when the original recipient is known), `Delivered-To:
+    /// recipient`, then the message unchanged: no `>From ` quoting and no
+    /// empty line appended (the program, which writes the mailbox, does
+    /// what its format needs).
+    pub fn for_program(&self, original: Option<&str>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.body.len() + 256);
+        out.extend_from_slice(self.envelope_from_line().as_bytes());
+        out.extend_from_slice(format!("Return-Path: <{}>\n", self.sender).as_bytes());
+        if let Some(original) = original {
+            out.extend_from_slice(format!("X-Original-To: {original}\n").as_bytes());
+        }
+        out.extend_from_slice(format!("Delivered-To: {}\n", self.recipient).as_bytes());
+        out.extend_from_slice(self.body);
+        out
+    }
+
+    /// The copy for a Maildir file: envelope headers and the message,
+    /// unchanged.
     pub fn plain(&self) -> Vec<u8> {
         let mut out = self.envelope_headers();
         out.extend_from_slice(self.body);
@@ -285,6 +312,26 @@ mod tests {
         assert!(String::from_utf8(null.mbox())
             .unwrap()
             .starts_with("From MAILER-DAEMON  "));
+    }
+
+    #[test]
+    fn a_program_gets_the_envelope_postfix_gives_it() {
+        let c = copy(b"Subject: x\n\nFrom here\nbody");
+        let text = String::from_utf8(c.for_program(Some("list@example.org"))).unwrap();
+        assert_eq!(
+            text,
+            "From ann@example.org  Sat Nov 21 07:14:56 2026\nReturn-Path: <ann@example.org>\n\
+             X-Original-To: list@example.org\nDelivered-To: bob@example.org\n\
+             Subject: x\n\nFrom here\nbody"
+        );
+        let null = Copy {
+            sender: "",
+            ..copy(b"x\n")
+        };
+        assert_eq!(
+            String::from_utf8(null.for_program(None)).unwrap(),
+            "From MAILER-DAEMON  Sat Nov 21 07:14:56 2026\nReturn-Path: <>\nDelivered-To: bob@example.org\nx\n"
+        );
     }
 
     #[test]

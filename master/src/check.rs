@@ -76,6 +76,34 @@ fn check_local(config: &Config, out: &mut Vec<Diagnostic>) {
     if let Some(note) = note {
         out.push(warning(config, params::PROGRAM_DIRECTORY, note));
     }
+    // What deliveries will do with each program of the trusted directory
+    // (the same rule local applies: trusted::program_entry).
+    if let Mode::Secure(dir) = trusted::mode(Path::new(dir)) {
+        let (file, line) = place(config, params::PROGRAM_DIRECTORY);
+        for (name, verdict) in trusted::program_entries(&dir) {
+            out.push(match verdict {
+                Ok(exe) if exe == dir.join(&name) => Diagnostic::note(
+                    &file,
+                    line,
+                    format!("trusted program {name}: deliveries run {}", exe.display()),
+                ),
+                Ok(exe) => Diagnostic::note(
+                    &file,
+                    line,
+                    format!(
+                        "trusted program {name}: deliveries run {} (a symbolic link in {})",
+                        exe.display(),
+                        dir.display()
+                    ),
+                ),
+                Err(why) => Diagnostic::warning(
+                    &file,
+                    line,
+                    format!("trusted program {name}: refused, deliveries to it bounce: {why}"),
+                ),
+            });
+        }
+    }
 }
 
 /// Where main.cf sets `name` (its line), or just the file when it is a default.

@@ -142,7 +142,17 @@ pub fn main() -> i32 {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<i32> {
+fn run(mut cli: Cli) -> anyhow::Result<i32> {
+    // Before anything else: the configuration directory, and every path
+    // derived from it (program_directory, queue_directory, ...), must not
+    // depend on the directory the command was started from.
+    cli.config_dir = match absolute_config_dir(cli.config_dir.take()) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("postern: fatal: {e}");
+            return Ok(sysexits::EX_CONFIG);
+        }
+    };
     match cli.command {
         Command::Init {
             self_contained,
@@ -258,6 +268,25 @@ fn exec_queue_tool(tool: &str, dir: Option<PathBuf>, args: Vec<String>) -> i32 {
     sysexits::EX_UNAVAILABLE
 }
 
+/// `-c DIR`, else `$POSTERN_CONFIG`, made absolute: canonicalised when it
+/// exists (so a symbolic link or `..` leads to one fixed place), else joined
+/// to the current directory (the command reports it missing later, by name).
+pub fn absolute_config_dir(explicit: Option<PathBuf>) -> Result<Option<PathBuf>, String> {
+    let Some(dir) = explicit.or_else(|| {
+        std::env::var_os("POSTERN_CONFIG")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    }) else {
+        return Ok(None);
+    };
+    match std::fs::canonicalize(&dir) {
+        Ok(real) => Ok(Some(real)),
+        Err(_) => std::path::absolute(&dir)
+            .map(Some)
+            .map_err(|e| format!("cannot make {} absolute: {e}", dir.display())),
+    }
+}
+
 /// Chooses the configuration: `-c`, `$POSTERN_CONFIG`, /etc/postern, embedded.
 pub fn source(explicit: Option<PathBuf>) -> Source {
     if let Some(dir) = explicit.or_else(|| std::env::var_os("POSTERN_CONFIG").map(PathBuf::from)) {
@@ -300,7 +329,10 @@ fn run_check(source: &Source) -> i32 {
         eprintln!("{d}");
     }
     let errors = diags.iter().filter(|d| d.is_error()).count();
-    let warnings = diags.len() - errors;
+    let warnings = diags
+        .iter()
+        .filter(|d| d.severity == postern_conf::Severity::Warning)
+        .count();
     if errors > 0 {
         eprintln!("postern: {errors} error(s), {warnings} warning(s): the configuration cannot be used as it is");
         1

@@ -71,6 +71,8 @@ pub fn run(config: &Config, opts: Options) -> i32 {
         message_offset: 0,
         message_size: None,
         recipients: vec![Instruction {
+            // Given here, as to Postfix: it is also the original recipient.
+            original_recipient: Some(recipient.clone()),
             recipient,
             user: opts.user.clone(),
             extension: None,

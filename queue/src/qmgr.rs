@@ -596,6 +596,9 @@ impl Qmgr {
                     }
                 };
                 instr.uncertain = uncertain;
+                // The queue file's recipient, before alias and .forward
+                // expansion: the agent's X-Original-To: and $ORIGINAL_RECIPIENT.
+                instr.original_recipient = Some(address.clone());
                 let item = Item {
                     rcpt: idx,
                     key,
@@ -1210,6 +1213,7 @@ mod tests {
                     key: String::new(),
                     instr: Instruction {
                         recipient: "ann@localhost".into(),
+                        original_recipient: None,
                         user: "ann".into(),
                         extension: None,
                         destination,

@@ -390,6 +390,7 @@ impl Router {
                         service: name,
                         instr: Instruction {
                             recipient: address.to_string(),
+                            original_recipient: None,
                             user: local,
                             extension,
                             destination: Destination::Transport { nexthop },
@@ -474,6 +475,7 @@ impl Router {
     ) {
         let instr = |destination: Destination| Instruction {
             recipient: recipient.to_string(),
+            original_recipient: None,
             user: as_user.to_string(),
             extension: extension.clone(),
             destination,
@@ -608,6 +610,7 @@ impl Router {
         };
         out.push(Delivery::local(Instruction {
             recipient: recipient.to_string(),
+            original_recipient: None,
             user: account.name.clone(),
             extension,
             destination,

@@ -118,7 +118,16 @@ pub fn input(
         out.extend_from_slice(format!("Return-Path: <{}>\n", req.sender).as_bytes());
     }
     if flags.original_to {
-        out.extend_from_slice(format!("X-Original-To: {}\n", instr.recipient).as_bytes());
+        out.extend_from_slice(
+            format!(
+                "X-Original-To: {}\n",
+                instr
+                    .original_recipient
+                    .as_deref()
+                    .unwrap_or(&instr.recipient)
+            )
+            .as_bytes(),
+        );
     }
     if flags.delivered_to {
         out.extend_from_slice(format!("Delivered-To: {}\n", instr.recipient).as_bytes());
@@ -235,6 +244,21 @@ impl Handler for Pipe {
         if let Err(e) = handoff::send_reply(&conn, replies) {
             log::warn!("service {}: cannot send the reply: {e}", self.service);
         }
+        drop(conn);
+        // Reported: what the commands left running may finish, up to their
+        // time limit; then it is killed (as root: it runs as user=).
+        let ended = postern_common::descendants::finish_background(|| {
+            privilege::as_root(|| postern_common::descendants::end_all(None))
+                .map_err(|e| format!("cannot kill: {e}"))?
+        });
+        match ended {
+            Ok(0) => {}
+            Ok(n) => log::info!(
+                "service {}: killed {n} process(es) a command left running at its time limit",
+                self.service
+            ),
+            Err(e) => log::error!("service {}: {e}", self.service),
+        }
     }
 }
 
@@ -291,6 +315,7 @@ mod tests {
         };
         let instr = Instruction {
             recipient: "list+owner@lists.test".into(),
+            original_recipient: None,
             user: "list".into(),
             extension: Some("owner".into()),
             destination: Destination::Transport {
@@ -311,6 +336,7 @@ mod tests {
         // boundary) leaves the local part whole, never panics.
         let odd = Instruction {
             recipient: "é@x".into(),
+            original_recipient: None,
             extension: Some("\u{301}xyz".into()),
             ..instr.clone()
         };

@@ -181,6 +181,7 @@ fn request(user: &str, destination: Destination) -> DeliveryRequest {
         message_size: None,
         recipients: vec![Instruction {
             recipient: format!("{user}@example.org"),
+            original_recipient: None,
             user: user.into(),
             extension: None,
             destination,

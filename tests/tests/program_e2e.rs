@@ -139,29 +139,50 @@ fn secure_mode_runs_only_the_trusted_program_as_the_user_with_the_allowed_enviro
         .skip(2)
         .filter_map(|l| l.split_once('=').map(|(n, _)| n))
         .collect();
+    // Postfix local(8)'s environment, nothing else.
     let allowed: BTreeSet<&str> = [
         "TZ",
         "AGENT",
         "SENDER",
         "RECIPIENT",
+        "ORIGINAL_RECIPIENT",
         "USER",
+        "LOGNAME",
         "HOME",
+        "SHELL",
         "LOCAL",
         "EXTENSION",
+        "DOMAIN",
+        "PATH",
     ]
     .into();
     assert!(names.is_subset(&allowed), "environment {names:?}");
     for want in [
         "SENDER=sender@example.org",
         "RECIPIENT=prog+ext@example.org",
+        "ORIGINAL_RECIPIENT=prog+ext@example.org",
         &format!("USER={USER}"),
+        &format!("LOGNAME={USER}"),
+        &format!("HOME=/home/{USER}"),
+        "SHELL=/bin/bash",
+        "LOCAL=prog+ext",
+        "DOMAIN=example.org",
+        "PATH=/usr/bin:/bin",
         "AGENT=postern-local",
     ] {
         assert!(env_part.lines().any(|l| l == want), "{want} in {env_part}");
     }
+    // The envelope Postfix's local(8) gives a command: From_ line,
+    // Return-Path:, X-Original-To:, Delivered-To:, no quoting.
+    let (from_line, rest) = input.split_once('\n').unwrap();
     assert!(
-        input
-            .starts_with("Return-Path: <sender@example.org>\nDelivered-To: prog+ext@example.org\n"),
+        from_line.starts_with("From sender@example.org  "),
+        "{input}"
+    );
+    assert!(
+        rest.starts_with(
+            "Return-Path: <sender@example.org>\nX-Original-To: prog+ext@example.org\nDelivered-To: prog+ext@example.org\n"
+        ),
         "{input}"
     );
     assert!(input.ends_with("\nthe body\n"), "{input}");
@@ -195,6 +216,7 @@ fn handoff_program(
         message_size: None,
         recipients: vec![Instruction {
             recipient: format!("{user}@example.org"),
+            original_recipient: None,
             user: user.into(),
             extension: None,
             destination: Destination::Programs(vec![command.into()]),
@@ -430,11 +452,19 @@ fn strict_output_rule_counts_any_output_as_failure() {
 }
 
 /// Background work a program leaves, even in a session of its own
-/// (`setsid`), does not outlive the program's time limit: it is killed when
-/// the program exits, and at the limit when the program runs that long.
+/// (`setsid`), may finish after the program exits (the status is reported
+/// at once), but does not outlive the program's time limit: it is killed
+/// then, whether the program exited or still runs.
 #[test]
-fn a_programs_setsid_descendants_do_not_outlive_it() {
+fn a_programs_background_work_finishes_but_not_past_its_time_limit() {
     let s = Setup::new("");
+    s.install(
+        "later",
+        &format!(
+            "cat > /dev/null; {{ sleep 2; touch {}; }} </dev/null >/dev/null 2>&1 & exit 0",
+            s.marker("later-done").display()
+        ),
+    );
     s.install(
         "escape",
         &format!(
@@ -449,8 +479,19 @@ fn a_programs_setsid_descendants_do_not_outlive_it() {
             s.marker("hang.pid").display()
         ),
     );
+    let out = s.deliver(USER, &["later"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    // Reported before the background work finished; it finishes after.
+    assert!(!s.marker("later-done").exists(), "the report waited");
+    assert!(
+        eventually(WAIT, || s.marker("later-done").exists()),
+        "the background work was killed when the program exited:\n{}",
+        s.inst.log()
+    );
+    let started = std::time::Instant::now();
     let out = s.deliver(USER, &["escape"]);
     assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
     assert!(ends_eventually(&s.marker("escape.pid")));
     let out = s.deliver(USER, &["escape-and-hang"]);
     assert!(
@@ -459,4 +500,153 @@ fn a_programs_setsid_descendants_do_not_outlive_it() {
         out.stdout
     );
     assert!(ends_eventually(&s.marker("hang.pid")));
+}
+
+/// Links in the trusted directory: one root owns, to a root-only
+/// executable, runs; a link a user owns, or to a file a user can change,
+/// bounces naming why; `postern check` says which is which.
+#[test]
+fn links_in_the_trusted_directory() {
+    use std::os::unix::fs::symlink;
+    let s = Setup::new("");
+    let (uid, _) = ids_of(USER);
+    let bin = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let good = bin.path().join("good");
+    write_script(
+        &good,
+        &format!("cat > /dev/null; touch {}", s.marker("good-ran").display()),
+    );
+    let writable = bin.path().join("writable");
+    write_script(
+        &writable,
+        &format!(
+            "cat > /dev/null; touch {}",
+            s.marker("writable-ran").display()
+        ),
+    );
+    std::fs::set_permissions(&writable, std::fs::Permissions::from_mode(0o777)).unwrap();
+    symlink(&good, s.programs().join("good")).unwrap();
+    symlink(&good, s.programs().join("users")).unwrap();
+    std::os::unix::fs::lchown(s.programs().join("users"), Some(uid), None).unwrap();
+    symlink(&writable, s.programs().join("writable")).unwrap();
+    let out = s.deliver(USER, &["good"]);
+    assert_eq!(out.code, Some(0), "{out:?}\n{}", s.inst.log());
+    assert!(s.marker("good-ran").exists());
+    std::fs::remove_file(s.marker("good-ran")).unwrap();
+    let out = s.deliver(USER, &["users"]);
+    assert!(
+        out.stdout.contains("bounced (5.3.0)")
+            && out
+                .stdout
+                .contains(&format!("is a symbolic link owned by uid {uid}, not root")),
+        "{}",
+        out.stdout
+    );
+    let out = s.deliver(USER, &["writable"]);
+    assert!(
+        out.stdout.contains("bounced (5.3.0)")
+            && out
+                .stdout
+                .contains("writable by group or others (mode 0777)"),
+        "{}",
+        out.stdout
+    );
+    assert!(!s.marker("good-ran").exists() && !s.marker("writable-ran").exists());
+    let check = s.inst.postern(&["check"]);
+    let text = check.stderr;
+    assert!(
+        text.contains(&format!(
+            "note: trusted program good: deliveries run {}",
+            good.display()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("warning: trusted program users: refused, deliveries to it bounce")
+            && text.contains("warning: trusted program writable: refused"),
+        "{text}"
+    );
+}
+
+/// The classic procmail lines of a .forward are taken as smrsh takes them,
+/// without a shell; other shell syntax bounces, naming what was refused.
+#[test]
+fn smrsh_forms_run_without_a_shell_and_other_shell_syntax_is_refused() {
+    let s = Setup::new("");
+    s.install(
+        "args",
+        &format!(
+            "cat > /dev/null; echo \"$@\" > {}",
+            s.marker("args.out").display()
+        ),
+    );
+    s.install("fail", "cat > /dev/null; echo no; exit 1");
+    let out = s.deliver(
+        USER,
+        &["IFS=' ' && exec /usr/bin/args -f- 'a b' || exit 75 #pt-prog"],
+    );
+    assert_eq!(out.code, Some(0), "{out:?}\n{}", s.inst.log());
+    assert_eq!(
+        std::fs::read_to_string(s.marker("args.out")).unwrap(),
+        "-f- a b\n"
+    );
+    // "|| exit 75": the failure defers.
+    let out = s.deliver(USER, &["exec /usr/bin/fail || exit 75"]);
+    assert_eq!(out.code, Some(75), "{out:?}");
+    assert!(out.stdout.contains("deferred (4.3.0)"), "{}", out.stdout);
+    let out = s.deliver(USER, &["fail"]);
+    assert!(out.stdout.contains("bounced (5.3.0)"), "{}", out.stdout);
+    let out = s.deliver(USER, &["args; touch /tmp/x"]);
+    assert!(
+        out.stdout.contains("bounced (5.3.0)") && out.stdout.contains("shell metacharacter ';'"),
+        "{}",
+        out.stdout
+    );
+    s.inst.wait_log("refused: shell metacharacter ';'", 1);
+}
+
+/// A relative configuration directory (`postern -c etc start`, from the
+/// instance's parent directory) still finds the trusted directory.
+#[test]
+fn a_relative_configuration_directory_delivers_to_programs() {
+    test_account(USER, "/bin/bash");
+    let mut inst = Instance::new("command_time_limit = 3s\n", "local unix - n n - - local");
+    let markers = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(markers.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let marker = markers.path().join("ran");
+    write_script(
+        &inst.etc().join("programs").join("record"),
+        &format!("cat > /dev/null; touch {}", marker.display()),
+    );
+    let out = postern_tests::run(
+        std::process::Command::new(postern_tests::bin("postern"))
+            .args(["-c", "etc", "start"])
+            .current_dir(inst.dir.path())
+            .env_remove("POSTERN_CONFIG"),
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    inst.master_pid = out
+        .stdout
+        .split("master pid ")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|s| s.parse().ok());
+    assert!(inst.master_pid.is_some(), "{out:?}");
+    let check = postern_tests::run(
+        std::process::Command::new(postern_tests::bin("postern"))
+            .args(["-c", "etc", "check"])
+            .current_dir(inst.dir.path())
+            .env_remove("POSTERN_CONFIG"),
+    );
+    assert!(
+        check.stderr.contains("note: trusted program record"),
+        "{check:?}"
+    );
+    let out = inst.deliver(
+        &["-f", "s@example.org", "--user", USER, "--program", "record"],
+        b"Subject: x\n\nbody\n",
+    );
+    assert_eq!(out.code, Some(0), "{out:?}\n{}", inst.log());
+    assert!(marker.exists());
 }

@@ -248,6 +248,7 @@ impl Plan {
             message_size: None,
             recipients: vec![Instruction {
                 recipient: self.recipient.clone(),
+                original_recipient: None,
                 user: self.user.clone(),
                 extension: None,
                 destination: self.destination.clone(),
