@@ -286,8 +286,12 @@ pub fn main(args: &[String]) -> i32 {
     // a header, which starts the body).
     let mut header_lines: Vec<Vec<u8>> = Vec::new();
     let mut first_body_line: Option<Vec<u8>> = None;
+    let mut first = true;
     loop {
         match input.line() {
+            // An mbox `From ` line before the headers (`git format-patch`
+            // output) is not part of the message: Postfix drops it too.
+            Ok(Some(l)) if std::mem::take(&mut first) && l.starts_with(b"From ") => {}
             Ok(Some(l)) => {
                 let is_header = l.starts_with(b" ")
                     || l.starts_with(b"\t")
