@@ -70,8 +70,6 @@ const INET_PROTOCOL_NAMES: &[&str] = &["all", "ipv4", "ipv6"];
 params! {
     ALIAS_MAPS "alias_maps" Kind::List, "hash:/etc/aliases",
         "Alias files (a 'type:' prefix such as hash: is accepted and ignored: postern reads the text file).";
-    AUTHORIZED_FLUSH_USERS "authorized_flush_users" Kind::List, "static:anyone",
-        "Who may flush the queue with sendmail -q: static:anyone, or a list of user names (root and the mail owner always may).";
     AUTHORIZED_MAILQ_USERS "authorized_mailq_users" Kind::List, "static:anyone",
         "Who may list the queue with mailq or sendmail -bp: static:anyone, or a list of user names (root and the mail owner always may).";
     BOUNCE_NOTICE_RECIPIENT "bounce_notice_recipient" Kind::Text, "postmaster",

@@ -57,4 +57,6 @@ pub mod qmgr;
 pub mod queuefile;
 pub mod route;
 pub mod sendmail;
+pub mod showq;
+pub mod smtp_session;
 pub mod submit;

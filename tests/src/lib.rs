@@ -168,6 +168,7 @@ impl Instance {
             "postern-qmgr",
             "postern-sendmail",
             "postern-queue",
+            "postern-showq",
         ] {
             bin(daemon);
         }

@@ -150,3 +150,281 @@ fn syslog_name_and_the_maillog_follow_the_configuration() {
         m.inst.log()
     );
 }
+
+/// Links named `name` (sendmail, mailq, newaliases) to postern-sendmail,
+/// in the instance's directory, as Debian links them.
+fn link(m: &Mail, name: &str) -> PathBuf {
+    let dir = m.inst.dir.path().join("bin");
+    let _ = std::fs::create_dir(&dir);
+    let path = dir.join(name);
+    if !path.exists() {
+        std::os::unix::fs::symlink(bin("postern-sendmail"), &path).unwrap();
+    }
+    path
+}
+
+/// Runs `program` as the test user `user`.
+fn run_as(m: &Mail, user: &str, program: &PathBuf, args: &[&str]) -> Outcome {
+    let (uid, gid, _) = test_account(user, "/bin/bash");
+    run_with_input(
+        std::os::unix::process::CommandExt::gid(
+            std::os::unix::process::CommandExt::uid(
+                Command::new(program)
+                    .arg("-C")
+                    .arg(m.inst.etc())
+                    .args(args)
+                    .env_remove("POSTERN_CONFIG")
+                    .env_remove("MAIL_CONFIG"),
+                uid,
+            ),
+            gid,
+        ),
+        b"",
+    )
+}
+
+/// A transport_maps file that sends `@defer.test` to a transport that is
+/// not there (deferred, retried) — a message that stays in the queue.
+const DEFERRING: &str = "defer.test nosuchtransport:\n";
+
+fn with_deferring_transport() -> Mail {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("transport");
+    std::fs::write(&file, DEFERRING).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Kept for the life of the test process (the instance reads it).
+    let file = dir.keep().join("transport");
+    Mail::new(&format!("transport_maps = {}\n", file.display()))
+}
+
+/// `mailq` and `newaliases` (links to postern-sendmail) behave by their
+/// names; mailq works for an ordinary user, through the showq service, in
+/// Postfix's layout.
+#[test]
+fn mailq_and_newaliases_by_their_names() {
+    let mut m = with_deferring_transport();
+    let mailq = link(&m, "mailq");
+    let newaliases = link(&m, "newaliases");
+    let out = run_as(&m, ANN, &mailq, &[]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), "Mail queue is empty\n"),
+        "{out:?}\n{}",
+        m.inst.log()
+    );
+    let out = m.sendmail(
+        &["-f", &format!("{ANN}@localhost"), "someone@defer.test"],
+        b"Subject: stays\n\nx\n",
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    m.inst.wait_log("status=deferred", 1);
+    let out = run_as(&m, BOB, &mailq, &[]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines[0], "-Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------",
+        "{}",
+        out.stdout
+    );
+    let entry: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(
+        entry.last(),
+        Some(&format!("{ANN}@localhost").as_str()),
+        "{}",
+        out.stdout
+    );
+    assert!(entry[1].parse::<u64>().is_ok(), "{}", out.stdout);
+    assert!(
+        lines.contains(&format!("{:41}someone@defer.test", "").as_str()),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("(4."),
+        "no deferral reason: {}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.ends_with("\n-- 0 Kbytes in 1 Request.\n"),
+        "{}",
+        out.stdout
+    );
+    // sendmail -bp is the same listing.
+    let out2 = run_as(&m, ANN, &bin("postern-sendmail"), &["-bp"]);
+    assert_eq!(out2.stdout, out.stdout);
+    // Not authorized: refused (77), by the service.
+    m.inst.stop(false);
+    m.inst
+        .append_main(&format!("authorized_mailq_users = {BOB}\n"));
+    m.inst.start();
+    let out = run_as(&m, ANN, &mailq, &[]);
+    assert_eq!(out.code, Some(77), "{out:?}");
+    assert!(out.stderr.contains("authorized_mailq_users"), "{out:?}");
+    assert_eq!(run_as(&m, BOB, &mailq, &[]).code, Some(0));
+    // newaliases says what postern does with the alias files.
+    let out = run_as(&m, ANN, &newaliases, &[]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout.contains("reads the alias files directly"),
+        "{out:?}"
+    );
+    let out = m.sendmail(&["-bi"], b"");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    // -q: the deferred message is retried at once.
+    let before = m.inst.log().matches("status=deferred").count();
+    let out = run_as(&m, ANN, &link(&m, "sendmail"), &["-q"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    m.inst
+        .wait_log("flush: retrying every deferred message now", 1);
+    m.inst.wait_log("status=deferred", before + 1);
+    // What is not supported is refused.
+    for args in [&["-bd"][..], &["-bv", "x"], &["-qRsite"], &["-Z"]] {
+        let out = m.sendmail(args, b"");
+        assert_eq!(out.code, Some(64), "{args:?}: {out:?}");
+        assert!(out.stderr.contains("usage:"), "{out:?}");
+    }
+}
+
+/// Runs `postern-sendmail -bs` under swaks --pipe.
+fn swaks(m: &Mail, args: &[&str]) -> Outcome {
+    let pipe = format!(
+        "{} -C {} -bs",
+        bin("postern-sendmail").display(),
+        m.inst.etc().display()
+    );
+    run_with_input(
+        Command::new("swaks").args(["--pipe", &pipe]).args(args),
+        b"",
+    )
+}
+
+/// `swaks --pipe 'sendmail -bs'`: an SMTP session on standard input and
+/// output queues each message, the 250 after DATA naming its queue id.
+#[test]
+fn an_smtp_session_on_standard_input() {
+    let m = Mail::new("");
+    let out = swaks(
+        &m,
+        &[
+            "--from",
+            &format!("{ANN}@localhost"),
+            "--to",
+            BOB,
+            "--header",
+            "Subject: over smtp",
+            "--body",
+            "line one\n.starts with a dot\n",
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{out:?}\n{}", m.inst.log());
+    assert!(
+        out.stdout.contains("<-  250 2.0.0 Ok: queued as "),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("<-  221 2.0.0 Bye"), "{}", out.stdout);
+    m.wait_messages(BOB, 1);
+    let mbox = m.mbox(BOB);
+    assert!(mbox.contains("\nSubject: over smtp\n"), "{mbox}");
+    assert!(
+        mbox.contains(&format!("\nReturn-Path: <{ANN}@localhost>\n")),
+        "{mbox}"
+    );
+    assert!(mbox.contains("\nline one\n.starts with a dot\n"), "{mbox}");
+    // Two recipients.
+    let out = swaks(
+        &m,
+        &[
+            "--from",
+            &format!("{BOB}@localhost"),
+            "--to",
+            &format!("{ANN},{BOB}@localhost"),
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    m.wait_messages(ANN, 1);
+    m.wait_messages(BOB, 2);
+    // RSET drops the transaction; the next one goes through.
+    let session = format!(
+        "HELO me\r\nMAIL FROM:<{ANN}@localhost>\r\nRCPT TO:<nobody-pc>\r\nRSET\r\nDATA\r\n\
+         MAIL FROM:<{ANN}@localhost>\r\nRCPT TO:<{ANN}>\r\nDATA\r\nSubject: after rset\r\n\r\n..x\r\n.\r\nQUIT\r\n"
+    );
+    let out = m.sendmail(&["-bs"], session.as_bytes());
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let codes: Vec<&str> = out.stdout.lines().map(|l| &l[..3]).collect();
+    assert_eq!(
+        codes,
+        ["220", "250", "250", "250", "250", "503", "250", "250", "354", "250", "221"],
+        "{}",
+        out.stdout
+    );
+    m.wait_messages(ANN, 2);
+    let mbox = m.mbox(ANN);
+    let last = &mbox[mbox.rfind("\nFrom ").unwrap()..];
+    assert!(last.contains("\nSubject: after rset\n"), "{mbox}");
+    assert!(last.ends_with(">\n\n.x\n\n"), "{mbox}");
+    assert!(!m.inst.log().contains("nobody-pc"), "{}", m.inst.log());
+}
+
+/// The number pflogsumm prints before `what` in its Grand Totals.
+fn total(report: &str, what: &str) -> u64 {
+    report
+        .lines()
+        .find_map(|l| {
+            let l = l.trim();
+            let (n, rest) = l.split_once(' ')?;
+            (rest.trim() == what || rest.trim().starts_with(&format!("{what}  ")))
+                .then(|| n.parse().ok())
+                .flatten()
+        })
+        .unwrap_or_else(|| panic!("no {what:?} in:\n{report}"))
+}
+
+/// pflogsumm counts what postern logs: messages received, delivered,
+/// deferred and bounced; and `delay=` counts from the arrival.
+#[test]
+fn pflogsumm_counts_the_message_lifecycle() {
+    let m = with_deferring_transport();
+    let sender = format!("{ANN}@localhost");
+    for to in [BOB, "someone@defer.test", "nosuchuser-pc"] {
+        let out = m.sendmail(&["-f", &sender, to], b"Subject: counted\n\nx\n");
+        assert_eq!(out.code, Some(0), "{out:?}");
+    }
+    m.wait_messages(BOB, 1);
+    // The bounce comes back to Ann.
+    m.wait_messages(ANN, 1);
+    m.inst.wait_log("sender non-delivery notification: ", 1);
+    // Deferred twice (delay= grows from the arrival).
+    m.inst.wait_log("status=deferred", 2);
+    let log = m.inst.log();
+    for needle in [
+        "postern/pickup[",
+        "postern/cleanup[",
+        ": message-id=<",
+        "(queue active)",
+        "postern/local[",
+        "postern/bounce[",
+        ": removed",
+        ", delays=",
+    ] {
+        assert!(log.contains(needle), "no {needle:?} in:\n{log}");
+    }
+    let delays: Vec<f64> = log
+        .lines()
+        .filter(|l| l.contains("status=deferred"))
+        .filter_map(|l| l.split("delay=").nth(1)?.split(',').next()?.parse().ok())
+        .collect();
+    assert!(delays.len() >= 2 && delays[1] >= 1.0, "{delays:?}\n{log}");
+    let maillog = m.inst.dir.path().join("maillog");
+    let out = postern_tests::run(
+        Command::new("pflogsumm")
+            .arg("--syslog-name=postern")
+            .arg(&maillog),
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let report = out.stdout;
+    assert_eq!(total(&report, "received"), 3, "{report}\n{log}");
+    assert_eq!(total(&report, "delivered"), 2, "{report}\n{log}");
+    assert_eq!(total(&report, "deferred"), 1, "{report}\n{log}");
+    assert_eq!(total(&report, "bounced"), 1, "{report}\n{log}");
+}
