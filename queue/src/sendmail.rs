@@ -1,18 +1,29 @@
-//! `postern-sendmail` (also `postern sendmail`): the sendmail(1) command
+//! `postern-sendmail` (also `postern sendmail`, and `sendmail`, `mailq`,
+//! `newaliases` when linked under those names): the sendmail(1) command
 //! line, for programs and people that submit mail that way.
 //!
 //! ```text
 //! postern sendmail [-t] [-i|-oi] [-f sender] [-F full name] [-C dir] [recipient ...] < message
+//! postern sendmail -bs | -bp | -bi | -q
 //! ```
 //!
-//! `-f`/`-r` set the envelope sender (`-f ''` or `-f '<>'` the null
-//! sender); `-F` the full name of a `From:` header added when the message
-//! has none; `-t` takes the recipients from `To:`, `Cc:` and `Bcc:` (added
-//! to those on the command line) and removes `Bcc:`; without `-i`, a line
-//! with a single `.` ends the message. Line ends are normalised to LF.
-//! Missing `From:`, `Date:` and `Message-ID:` headers are added. Other sendmail options
-//! (`-o...`, `-v`, `-N`, `-B`, `-bm`, `-L`, `-X`...) are accepted and
-//! ignored; `-bp` lists the queue like mailq. The message goes to the submit
+//! The mode follows the name called (`mailq`: `-bp`, `newaliases`: `-bi`,
+//! anything else: `-bm`), then the options. `-bm`: `-f`/`-r` set the
+//! envelope sender (`-f ''` or `-f '<>'` the null sender); `-F` the full
+//! name of a `From:` header added when the message has none; `-t` takes
+//! the recipients from `To:`, `Cc:` and `Bcc:` (added to those on the
+//! command line) and removes `Bcc:`; without `-i`, a line with a single `.`
+//! ends the message. An mbox `From ` line before the headers is dropped.
+//! Line ends are normalised to LF. Missing `From:`, `Date:` and
+//! `Message-ID:` headers are added. `-bs`: an SMTP session on standard
+//! input and output ([`crate::smtp_session`]). `-bp`: the queue in
+//! Postfix's mailq layout, from the showq service ([`crate::showq`]).
+//! `-bi`/`-I`: says that postern reads the alias files directly (nothing
+//! to rebuild). `-q`: the queue manager retries every deferred message now.
+//! `-Am`, `-Ac`, `-O opt=val`, `-oX...`, `-N`, `-R`, `-V`, `-B`, `-L`, `-X`,
+//! `-h`, `-v`, `-n`, `-U`, `-G`, `-m`, `-e` and `-q<interval>` are
+//! accepted and ignored; `-bd`, `-bv`, `-qR...` and other options are
+//! refused (64). The message goes to the submit
 //! service of the instance named by `-C`/`-c DIR`, `$POSTERN_CONFIG` or
 //! `MAIL_CONFIG`, else `/etc/postern` (when it has a main.cf), else the
 //! embedded default configuration.
@@ -30,7 +41,10 @@
 //! - 70 (EX_SOFTWARE): `message may have been queued: ...` — the end of the
 //!   message was sent but the answer never came (the service died or the
 //!   connection broke); check `postern queue list` before sending it again;
-//! - 78 (EX_CONFIG): the configuration cannot be read.
+//! - 78 (EX_CONFIG): the configuration cannot be read;
+//! - 69 (EX_UNAVAILABLE): `-bp` without an answering showq service (and
+//!   not root or the mail owner), `-q` without a queue manager;
+//! - 77 (EX_NOPERM): `-bp` refused by `authorized_mailq_users`.
 //!
 //! After the end of the message is sent sendmail waits for the answer
 //! without a deadline of its own (`submit_timeout` bounds only the waits
