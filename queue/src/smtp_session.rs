@@ -117,10 +117,15 @@ enum Next {
 /// its parameters; `keyword` is `FROM:` or `TO:`.
 fn path_and_params<'l>(rest: &'l str, keyword: &str) -> Option<(&'l str, Vec<&'l str>)> {
     let rest = rest.trim_start();
-    if rest.len() < keyword.len() || !rest[..keyword.len()].eq_ignore_ascii_case(keyword) {
+    // `get`: the input is untrusted text, and the keyword's length need not
+    // fall on a character boundary of it.
+    if !rest
+        .get(..keyword.len())
+        .is_some_and(|k| k.eq_ignore_ascii_case(keyword))
+    {
         return None;
     }
-    let rest = rest[keyword.len()..].trim_start();
+    let rest = rest.get(keyword.len()..)?.trim_start();
     let (address, params) = if let Some(inner) = rest.strip_prefix('<') {
         let end = inner.find('>')?;
         (&inner[..end], &inner[end + 1..])
@@ -498,6 +503,43 @@ mod tests {
         // The end of the input in mid-message queues nothing.
         let (_, got) = session(b"MAIL FROM:<a>\r\nRCPT TO:<b>\r\nDATA\r\nhalf", 0);
         assert!(got.is_empty());
+    }
+
+    #[test]
+    fn multibyte_text_where_a_keyword_is_expected() {
+        let (replies, got) = session(
+            "MAIL FROMé:<a>\r\nMAIL FRéM:<a>\r\nMAIL é\r\nRCPT TOé\r\n".as_bytes(),
+            0,
+        );
+        assert_eq!(
+            codes(&replies),
+            ["220", "501", "501", "501", "503"],
+            "{replies}"
+        );
+        assert!(got.is_empty());
+    }
+
+    use proptest::prelude::*;
+
+    proptest::proptest! {
+        /// No input makes a session panic.
+        #[test]
+        fn never_panics(script in proptest::collection::vec(
+            proptest::prop_oneof![
+                proptest::sample::select(vec![
+                    "MAIL FROM:<a@b>\r\n", "RCPT TO:<c>\r\n", "DATA\r\n", ".\r\n", "RSET\r\n",
+                    "EHLO x\r\n", "MAIL FROM:<>\r\n", "RCPT TO:é<\r\n", "..\r\n", "MAIL FROM:<a> SIZE=x\r\n",
+                ]).prop_map(|s| s.as_bytes().to_vec()),
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+            ],
+            0..30,
+        )) {
+            let script: Vec<u8> = script.concat();
+            let mut out = Vec::new();
+            let mut submitter = |_: &SubmitRequest, _: Vec<u8>| Ok("ID".to_string());
+            let code = serve("h", 64, &mut submitter, &mut &script[..], &mut out);
+            proptest::prop_assert_eq!(code, 0);
+        }
     }
 
     #[test]
