@@ -8,6 +8,20 @@
 //! processes never interleave within a line), or syslog over `/dev/log`
 //! (falling back to standard error when there is no syslog socket). The
 //! `log` crate is the facade: code logs with `log::info!` and friends.
+//!
+//! A line in `maillog_file` is `<RFC 3339 UTC time> <host> <tag>[pid]: text`
+//! (the host is the short system host name, as syslog writes it), so that
+//! log readers such as pflogsumm parse the file as they parse a syslog file.
+//!
+//! A line about the message lifecycle may name the Postfix program that
+//! would have logged it, so that Postfix log readers (pflogsumm, Logwatch,
+//! mailgraph) count it: logging with one of the targets in
+//! [`POSTFIX_NAMES`] (`log::info!(target: log::AS_PICKUP, ...)`) tags the
+//! line `<syslog_name>/<target>` instead of `<syslog_name>/<program>`.
+//!
+//! [`init`] may be called again (the skeleton calls it once with the
+//! defaults, then with the configuration; the master after each reload):
+//! each call replaces both the tag and the sink.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -28,8 +42,42 @@ pub enum Sink {
 }
 
 struct Logger {
-    tag: String,
-    sink: Mutex<Sink>,
+    state: Mutex<State>,
+}
+
+struct State {
+    /// `syslog_name`.
+    syslog_name: String,
+    /// This program's name.
+    program: String,
+    /// The short host name, for `maillog_file` lines.
+    host: String,
+    sink: Sink,
+}
+
+/// Target for a line Postfix's pickup would log (`ID: uid=N from=<...>`).
+pub const AS_PICKUP: &str = "pickup";
+/// Target for a line Postfix's cleanup would log (`ID: message-id=<...>`).
+pub const AS_CLEANUP: &str = "cleanup";
+/// Target for a line Postfix's queue manager would log.
+pub const AS_QMGR: &str = "qmgr";
+/// Target for a delivery line of the local delivery agent.
+pub const AS_LOCAL: &str = "local";
+/// Target for a delivery line of a command transport.
+pub const AS_PIPE: &str = "pipe";
+/// Target for a line Postfix's bounce daemon would log.
+pub const AS_BOUNCE: &str = "bounce";
+/// The targets that name the Postfix program of a line.
+pub const POSTFIX_NAMES: &[&str] = &[AS_PICKUP, AS_CLEANUP, AS_QMGR, AS_LOCAL, AS_PIPE, AS_BOUNCE];
+
+/// The short host name (up to the first dot), or `localhost`.
+fn short_hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .and_then(|h| h.split('.').next().map(str::to_string))
+        .filter(|h| !h.is_empty() && !h.chars().any(|c| c.is_whitespace() || c.is_control()))
+        .unwrap_or_else(|| "localhost".to_string())
 }
 
 /// Syslog facility numbers by name.
@@ -70,18 +118,24 @@ pub fn open_sink(foreground: bool, maillog_file: &str, facility: &str) -> std::i
 }
 
 /// Installs the logger for this process: lines tagged `syslog_name/program`.
-/// Later calls only replace the sink (after a reload changed the configuration).
+/// Later calls replace the tag and the sink (the configuration was read, or
+/// a reload changed it).
 pub fn init(syslog_name: &str, program: &str, sink: Sink) {
-    let tag = format!("{syslog_name}/{program}");
     if let Some(existing) = LOGGER.get() {
-        if let Ok(mut s) = existing.sink.lock() {
-            *s = sink;
+        if let Ok(mut s) = existing.state.lock() {
+            s.syslog_name = syslog_name.to_string();
+            s.program = program.to_string();
+            s.sink = sink;
         }
         return;
     }
     let logger = LOGGER.get_or_init(|| Logger {
-        tag,
-        sink: Mutex::new(sink),
+        state: Mutex::new(State {
+            syslog_name: syslog_name.to_string(),
+            program: program.to_string(),
+            host: short_hostname(),
+            sink,
+        }),
     });
     if log::set_logger(logger).is_ok() {
         log::set_max_level(log::LevelFilter::Info);
@@ -165,16 +219,26 @@ impl log::Log for Logger {
         } else {
             level_prefix(record.level())
         };
-        let text = format!("{}[{pid}]: {prefix}{}", self.tag, record.args());
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        let state = &mut *state;
+        let program = POSTFIX_NAMES
+            .iter()
+            .find(|n| **n == record.target())
+            .copied()
+            .unwrap_or(&state.program);
+        let text = format!(
+            "{}/{program}[{pid}]: {prefix}{}",
+            state.syslog_name,
+            record.args()
+        );
         // One line, no control characters from the message.
         let text: String = text
             .chars()
             .map(|c| if c.is_control() { '?' } else { c })
             .collect();
-        let Ok(mut sink) = self.sink.lock() else {
-            return;
-        };
-        match &mut *sink {
+        match &mut state.sink {
             Sink::Stderr => {
                 let _ = writeln!(std::io::stderr().lock(), "{text}");
             }
@@ -182,7 +246,7 @@ impl log::Log for Logger {
                 let secs = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs());
-                let line = format!("{} {text}\n", utc_timestamp(secs));
+                let line = format!("{} {} {text}\n", utc_timestamp(secs), state.host);
                 let _ = f.write_all(line.as_bytes());
             }
             Sink::Syslog(sock, facility) => {

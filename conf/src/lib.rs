@@ -35,6 +35,7 @@
 pub mod diag;
 pub mod embedded;
 pub mod expand;
+pub mod host;
 pub mod logical;
 pub mod maincf;
 pub mod mastercf;
@@ -160,6 +161,17 @@ impl Layers<'_> {
         if let Some(spec) = params::spec(name) {
             let default = match (name, self.source) {
                 (params::CONFIG_DIRECTORY, Source::Dir(dir)) => dir.display().to_string(),
+                (params::MYHOSTNAME, _) => host::myhostname_default(
+                    host::system_hostname(),
+                    self.main.get(params::MYDOMAIN).map(|e| e.value.as_str()),
+                ),
+                (params::MYDOMAIN, _) => match self.main.get(params::MYHOSTNAME) {
+                    Some(e) => host::mydomain_default(&e.value),
+                    None => host::mydomain_default(&host::myhostname_default(
+                        host::system_hostname(),
+                        None,
+                    )),
+                },
                 _ => spec.default.to_string(),
             };
             return Some((spec.kind, default));
@@ -440,6 +452,12 @@ impl Config {
             Some(Value::Time(d)) => *d,
             _ => self.time(params::COMMAND_TIME_LIMIT),
         }
+    }
+
+    /// The default (unexpanded) of a known parameter, as this configuration
+    /// derives it (`myhostname` and `mydomain` from the host's name).
+    pub fn default_text(&self, name: &str) -> Option<String> {
+        self.layers().known(name).map(|(_, d)| d)
     }
 
     /// The raw (unexpanded) value of any parameter: override, main.cf, default.

@@ -70,6 +70,8 @@ const INET_PROTOCOL_NAMES: &[&str] = &["all", "ipv4", "ipv6"];
 params! {
     ALIAS_MAPS "alias_maps" Kind::List, "hash:/etc/aliases",
         "Alias files (a 'type:' prefix such as hash: is accepted and ignored: postern reads the text file).";
+    AUTHORIZED_MAILQ_USERS "authorized_mailq_users" Kind::List, "static:anyone",
+        "Who may list the queue with mailq or sendmail -bp: static:anyone, or a list of user names (root and the mail owner always may).";
     BOUNCE_NOTICE_RECIPIENT "bounce_notice_recipient" Kind::Text, "postmaster",
         "Who hears of program-delivery failures and of bounces that could not be returned.";
     COMMAND_TIME_LIMIT "command_time_limit" Kind::Time { unit: 's' }, "1000s",
@@ -136,10 +138,12 @@ params! {
         "The largest message submission accepts, in bytes (0: no limit).";
     MINIMAL_BACKOFF_TIME "minimal_backoff_time" Kind::Time { unit: 's' }, "300s",
         "The shortest wait before retrying a deferred message.";
-    MYDESTINATION "mydestination" Kind::List, "$myhostname, localhost",
+    MYDESTINATION "mydestination" Kind::List, "$myhostname, localhost.$mydomain, localhost",
         "Domains delivered by the local transport (an address without a domain is local too).";
-    MYHOSTNAME "myhostname" Kind::Text, "localhost",
-        "This machine's name in Received: headers, default sender addresses and bounces (postern's default; Postfix asks the system).";
+    MYDOMAIN "mydomain" Kind::Text, "",
+        "This machine's domain; the default is $myhostname minus its first label, or localdomain (derived when the configuration is read, as Postfix does).";
+    MYHOSTNAME "myhostname" Kind::Text, "",
+        "This machine's fully qualified name in Received: headers, default sender addresses and bounces; the default is the system host name, with .$mydomain (or .localdomain) appended when it has no dot (derived when the configuration is read, as Postfix does).";
     PROGRAM_DIRECTORY "program_directory" Kind::Text, "$config_directory/programs",
         "The trusted program directory of program delivery, with its flag files (postern's own).";
     PROGRAM_OUTPUT_IS_FAILURE "program_output_is_failure" Kind::Bool, "no",

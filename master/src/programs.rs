@@ -39,6 +39,11 @@ pub const PROVIDED: &[Program] = &[Program {
     doc: "takes messages from postern sendmail and stores them durably in the incoming queue",
     privileged: false,
 }, Program {
+    name: "showq",
+    executable: "postern-showq",
+    doc: "lists the queue for mailq (sendmail -bp) to the users authorized_mailq_users allows",
+    privileged: false,
+}, Program {
     name: "qmgr",
     executable: "postern-qmgr",
     doc: "routes queued messages, hands them to local, retries deferred mail and sends bounces",

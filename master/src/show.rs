@@ -31,7 +31,10 @@ pub fn parameters(config: &Config, which: Which) -> BTreeMap<String, String> {
     match which {
         Which::Defaults => {
             for p in params::PARAMS {
-                out.insert(p.name.to_string(), p.default.to_string());
+                let default = config
+                    .default_text(p.name)
+                    .unwrap_or_else(|| p.default.to_string());
+                out.insert(p.name.to_string(), default);
             }
         }
         Which::NonDefault => {

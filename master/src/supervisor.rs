@@ -1091,6 +1091,22 @@ impl Master {
             endpoint::remove(&t);
         }
         self.config = config;
+        // The master's own log lines follow the new syslog_name,
+        // maillog_file and syslog_facility from here on (its children read
+        // them when they start).
+        match postern_common::log::open_sink(
+            self.foreground,
+            self.config.text(params::MAILLOG_FILE),
+            self.config.text(params::SYSLOG_FACILITY),
+        ) {
+            Ok(s) => {
+                postern_common::log::init(self.config.text(params::SYSLOG_NAME), "master", s);
+            }
+            Err(e) => log::warn!(
+                "reload: cannot open maillog_file {}: {e}; logging where it did",
+                self.config.text(params::MAILLOG_FILE)
+            ),
+        }
         let now = Instant::now();
         for i in 0..self.services.len() {
             self.refresh(i, now);

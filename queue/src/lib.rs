@@ -1,11 +1,13 @@
 //! # postern-queue
 //!
-//! **Name**: postern-submit, postern-qmgr, postern-sendmail, postern-queue —
-//! postern's mail queue.
+//! **Name**: postern-submit, postern-qmgr, postern-showq, postern-sendmail
+//! (also called as `mailq` and `newaliases`), postern-queue — postern's
+//! mail queue.
 //!
 //! **Synopsis**: `postern-submit` and `postern-qmgr` are started by
 //! postern-master (master.cf: `submit unix n - n - - submit`, `qmgr fifo n -
-//! n 300 1 qmgr`); `postern sendmail [options] recipient... < message`;
+//! n 300 1 qmgr`, `showq unix n - n - - showq`); `postern sendmail
+//! [options] recipient... < message`, `sendmail -bs`, `mailq`, `newaliases`;
 //! `postern queue list | show | delete | hold | release | flush`.
 //!
 //! **Description**: submit takes a message from `postern sendmail` over the
@@ -16,12 +18,16 @@
 //! hands the deliveries to the local service with the message file
 //! attached, records every outcome in the queue file, retries deferred
 //! messages with growing intervals and sends delivery status notifications
-//! ([`bounce`]). [`admin`] is the administrator's tool.
+//! ([`bounce`]). showq ([`showq`]) lists the queue for `mailq` to the users
+//! `authorized_mailq_users` allows; `sendmail -bs` ([`smtp_session`]) speaks
+//! SMTP on standard input/output. [`admin`] is the administrator's tool.
 //!
-//! **Security**: submit and qmgr run as the mail owner (master.cf unpriv
+//! **Security**: submit, qmgr and showq run as the mail owner (master.cf unpriv
 //! `-`), never as root; the queue directories are the mail owner's, mode
 //! 0700. No set-gid program is needed: submission goes over a socket and
-//! the submitting uid comes from the kernel. Untrusted input: the submit
+//! the submitting uid comes from the kernel (as does the uid showq checks
+//! against `authorized_mailq_users`). Untrusted input: an SMTP session of
+//! `sendmail -bs` (bounded lines, `message_size_limit`, an error limit), the submit
 //! request and message (checked, size-limited, each read bounded by
 //! `submit_input_timeout`, at most `submit_client_connection_count_limit`
 //! at once per uid; nothing is queued without its end-of-message chunk), queue files (a bad one goes
@@ -30,8 +36,10 @@
 //! instruction qmgr gives it against its own destination policy.
 //!
 //! **Configuration** (main.cf; defaults in brackets): `message_size_limit`
-//! [10240000], `myhostname` [localhost], `mydestination` [$myhostname,
-//! localhost], `alias_maps` [hash:/etc/aliases], `recipient_delimiter` [],
+//! [10240000], `myhostname` [the host name, fully qualified with
+//! `.$mydomain` or `.localdomain` when bare], `mydomain` [$myhostname minus
+//! its first label], `mydestination` [$myhostname, localhost.$mydomain,
+//! localhost], `authorized_mailq_users` [static:anyone], `alias_maps` [hash:/etc/aliases], `recipient_delimiter` [],
 //! `home_mailbox` [], `mail_spool_directory` [/var/mail], `transport_maps`
 //! [], `default_transport` [error:...], `minimal_backoff_time` [300s],
 //! `maximal_backoff_time` [4000s], `queue_run_delay` [300s],
@@ -57,4 +65,6 @@ pub mod qmgr;
 pub mod queuefile;
 pub mod route;
 pub mod sendmail;
+pub mod showq;
+pub mod smtp_session;
 pub mod submit;

@@ -193,6 +193,8 @@ struct Job {
     /// The agent's socket.
     socket: PathBuf,
     items: Vec<Item>,
+    /// When it was handed to the agent.
+    handed: Option<Instant>,
 }
 
 impl Job {
@@ -222,7 +224,48 @@ struct Msg {
     path: PathBuf,
     outstanding: usize,
     keys: Vec<Vec<String>>,
+    /// When this attempt took it into the active queue.
     started: Instant,
+    /// The same, as seconds since the epoch (for `delays=`).
+    started_at: f64,
+}
+
+/// Seconds since the epoch, with fractions.
+fn now_f64() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// A delay as Postfix logs it: whole seconds from 10 s, else at most two
+/// decimals, `0` below 0.01 s.
+fn fmt_delay(secs: f64) -> String {
+    let secs = secs.max(0.0);
+    if secs >= 10.0 {
+        format!("{secs:.0}")
+    } else if secs >= 0.01 {
+        let t = format!("{secs:.2}");
+        t.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        "0".to_string()
+    }
+}
+
+/// `delay=T, delays=a/b/c/d` as Postfix logs them: `T` from the message's
+/// arrival (across deferrals) to now; `a` before this attempt took the
+/// message into the active queue, `b` in the active queue until it was
+/// handed to the agent, `c` (connection setup) 0, `d` in the agent.
+fn delay_fields(arrival: u64, started_at: f64, in_active: Duration, in_agent: Duration) -> String {
+    let now = now_f64();
+    #[allow(clippy::cast_precision_loss)]
+    let arrival = arrival as f64;
+    format!(
+        "delay={}, delays={}/{}/0/{}",
+        fmt_delay(now - arrival),
+        fmt_delay(started_at - arrival),
+        fmt_delay(in_active.as_secs_f64()),
+        fmt_delay(in_agent.as_secs_f64())
+    )
 }
 
 /// The queue manager's state.
@@ -505,6 +548,7 @@ impl Qmgr {
             path,
             outstanding: 0,
             started: Instant::now(),
+            started_at: now_f64(),
         };
         // (destination, agent socket, concurrency limit, items)
         let mut jobs: Vec<(String, PathBuf, usize, Vec<Item>)> = Vec::new();
@@ -574,7 +618,8 @@ impl Qmgr {
                     }
                     Route::Bounce { dsn, reason } => {
                         log::info!(
-                            "{id}: to=<{address}>, relay=none, status=bounced ({dsn} {reason})"
+                            "{id}: to=<{address}>, relay=none, {}, dsn={dsn}, status=bounced ({reason})",
+                            delay_fields(msg.qf.envelope.arrival, msg.started_at, msg.started.elapsed(), Duration::ZERO)
                         );
                         if let Err(e) =
                             msg.updater
@@ -586,7 +631,8 @@ impl Qmgr {
                     }
                     Route::Defer { dsn, reason } => {
                         log::info!(
-                            "{id}: to=<{address}>, relay=none, status=deferred ({dsn} {reason})"
+                            "{id}: to=<{address}>, relay=none, {}, dsn={dsn}, status=deferred ({reason})",
+                            delay_fields(msg.qf.envelope.arrival, msg.started_at, msg.started.elapsed(), Duration::ZERO)
                         );
                         if let Err(e) = msg.updater.deferred(&mut msg.qf, idx, &key, &dsn, &reason)
                         {
@@ -628,6 +674,7 @@ impl Qmgr {
                 dest,
                 socket,
                 items,
+                handed: None,
             });
         }
     }
@@ -682,10 +729,11 @@ impl Qmgr {
     /// Starts one exchange with the agent for `jobs` (one destination).
     fn start(&mut self, jobs: Vec<Job>) {
         let mut batch: Vec<(Job, DeliveryRequest, OwnedFd)> = Vec::new();
-        for job in jobs {
+        for mut job in jobs {
             let Some(msg) = self.active.get_mut(&job.id) else {
                 continue;
             };
+            job.handed = Some(Instant::now());
             for item in &job.items {
                 if let Err(e) = msg.updater.in_flight(&mut msg.qf, item.rcpt, &item.key) {
                     log::warn!("{}: cannot record a delivery in flight: {e}", job.id);
@@ -789,8 +837,20 @@ impl Qmgr {
                 .map(|_| RecipientStatus::deferred("4.3.0", why.clone()))
                 .collect()
         });
-        let delay = msg.started.elapsed().as_secs_f64();
+        let handed = job.handed.unwrap_or(msg.started);
+        let delays = delay_fields(
+            msg.qf.envelope.arrival,
+            msg.started_at,
+            handed.saturating_duration_since(msg.started),
+            handed.elapsed(),
+        );
         let relay = job.dest.split(':').next().unwrap_or("local");
+        // Postfix's local or pipe delivery agent would log this line.
+        let agent = if relay == "local" {
+            postern_common::log::AS_LOCAL
+        } else {
+            postern_common::log::AS_PIPE
+        };
         for (item, st) in job.items.iter().zip(statuses) {
             let orig = &msg.qf.recipients[item.rcpt].address;
             let word = match st.outcome {
@@ -804,7 +864,8 @@ impl Qmgr {
                 format!(", orig_to=<{orig}>")
             };
             log::info!(
-                "{}: to=<{}>{orig_note}, relay={relay}, delay={delay:.2}, dsn={}, status={word} ({})",
+                target: agent,
+                "{}: to=<{}>{orig_note}, relay={relay}, {delays}, dsn={}, status={word} ({})",
                 job.id,
                 item.instr.recipient,
                 st.dsn,
@@ -980,12 +1041,12 @@ impl Qmgr {
                     Audience::Sender,
                     Class::Bounce,
                 )?;
-                log::info!("{id}: sender non-delivery notification: {new}");
+                log::info!(target: postern_common::log::AS_BOUNCE, "{id}: sender non-delivery notification: {new}");
                 if postmaster_copy {
                     let to = self.s.notice_recipient.clone();
                     let new =
                         self.queue_notice(&report, &to, Audience::Postmaster, Class::DoubleBounce)?;
-                    log::info!("{id}: postmaster notification: {new}");
+                    log::info!(target: postern_common::log::AS_BOUNCE, "{id}: postmaster notification: {new}");
                 }
             }
             (Class::DoubleBounce, _) => {
@@ -996,7 +1057,7 @@ impl Qmgr {
                 let to = self.s.notice_recipient.clone();
                 let new =
                     self.queue_notice(&report, &to, Audience::Postmaster, Class::DoubleBounce)?;
-                log::info!("{id}: undeliverable notification; postmaster notified: {new}");
+                log::info!(target: postern_common::log::AS_BOUNCE, "{id}: undeliverable notification; postmaster notified: {new}");
             }
         }
         self.incoming_waiting = true;
@@ -1201,11 +1262,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn delays_as_postfix_writes_them() {
+        assert_eq!(fmt_delay(0.004), "0");
+        assert_eq!(fmt_delay(-1.0), "0");
+        assert_eq!(fmt_delay(0.5), "0.5");
+        assert_eq!(fmt_delay(1.234), "1.23");
+        assert_eq!(fmt_delay(2.0), "2");
+        assert_eq!(fmt_delay(3601.4), "3601");
+        let arrival = now_secs() - 100;
+        #[allow(clippy::cast_precision_loss)]
+        let f = delay_fields(
+            arrival,
+            arrival as f64 + 90.0,
+            Duration::from_millis(20),
+            Duration::from_secs(1),
+        );
+        assert!(f.starts_with("delay=10"), "{f}");
+        assert!(f.ends_with(", delays=90/0.02/0/1"), "{f}");
+    }
+
+    #[test]
     fn only_mailbox_and_maildir_jobs_go_together() {
         let job = |dests: Vec<handoff::Destination>| Job {
             id: "Q".into(),
             dest: "local:ann".into(),
             socket: PathBuf::new(),
+            handed: None,
             items: dests
                 .into_iter()
                 .map(|destination| Item {

@@ -1,18 +1,29 @@
-//! `postern-sendmail` (also `postern sendmail`): the sendmail(1) command
+//! `postern-sendmail` (also `postern sendmail`, and `sendmail`, `mailq`,
+//! `newaliases` when linked under those names): the sendmail(1) command
 //! line, for programs and people that submit mail that way.
 //!
 //! ```text
 //! postern sendmail [-t] [-i|-oi] [-f sender] [-F full name] [-C dir] [recipient ...] < message
+//! postern sendmail -bs | -bp | -bi | -q
 //! ```
 //!
-//! `-f`/`-r` set the envelope sender (`-f ''` or `-f '<>'` the null
-//! sender); `-F` the full name of a `From:` header added when the message
-//! has none; `-t` takes the recipients from `To:`, `Cc:` and `Bcc:` (added
-//! to those on the command line) and removes `Bcc:`; without `-i`, a line
-//! with a single `.` ends the message. Line ends are normalised to LF.
-//! Missing `From:`, `Date:` and `Message-ID:` headers are added. Other sendmail options
-//! (`-o...`, `-v`, `-N`, `-B`, `-bm`, `-L`, `-X`...) are accepted and
-//! ignored; `-bp` lists the queue like mailq. The message goes to the submit
+//! The mode follows the name called (`mailq`: `-bp`, `newaliases`: `-bi`,
+//! anything else: `-bm`), then the options. `-bm`: `-f`/`-r` set the
+//! envelope sender (`-f ''` or `-f '<>'` the null sender); `-F` the full
+//! name of a `From:` header added when the message has none; `-t` takes
+//! the recipients from `To:`, `Cc:` and `Bcc:` (added to those on the
+//! command line) and removes `Bcc:`; without `-i`, a line with a single `.`
+//! ends the message. An mbox `From ` line before the headers is dropped.
+//! Line ends are normalised to LF. Missing `From:`, `Date:` and
+//! `Message-ID:` headers are added. `-bs`: an SMTP session on standard
+//! input and output ([`crate::smtp_session`]). `-bp`: the queue in
+//! Postfix's mailq layout, from the showq service ([`crate::showq`]).
+//! `-bi`/`-I`: says that postern reads the alias files directly (nothing
+//! to rebuild). `-q`: the queue manager retries every deferred message now.
+//! `-Am`, `-Ac`, `-O opt=val`, `-oX...`, `-N`, `-R`, `-V`, `-B`, `-L`, `-X`,
+//! `-h`, `-v`, `-n`, `-U`, `-G`, `-m`, `-e` and `-q<interval>` are
+//! accepted and ignored; `-bd`, `-bv`, `-qR...` and other options are
+//! refused (64). The message goes to the submit
 //! service of the instance named by `-C`/`-c DIR`, `$POSTERN_CONFIG` or
 //! `MAIL_CONFIG`, else `/etc/postern` (when it has a main.cf), else the
 //! embedded default configuration.
@@ -30,7 +41,10 @@
 //! - 70 (EX_SOFTWARE): `message may have been queued: ...` — the end of the
 //!   message was sent but the answer never came (the service died or the
 //!   connection broke); check `postern queue list` before sending it again;
-//! - 78 (EX_CONFIG): the configuration cannot be read.
+//! - 78 (EX_CONFIG): the configuration cannot be read;
+//! - 69 (EX_UNAVAILABLE): `-bp` without an answering showq service (and
+//!   not root or the mail owner), `-q` without a queue manager;
+//! - 77 (EX_NOPERM): `-bp` refused by `authorized_mailq_users`.
 //!
 //! After the end of the message is sent sendmail waits for the answer
 //! without a deadline of its own (`submit_timeout` bounds only the waits
@@ -49,9 +63,40 @@ use crate::headers;
 use crate::submit::{self, SubmitError, SubmitRequest, Timing, SUBMIT_VERSION};
 use postern_common::log::rfc5322_date;
 
+/// What the command does.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `-bm` (the default): read a message and queue it.
+    #[default]
+    Deliver,
+    /// `-bp` (the name `mailq`): list the queue.
+    ListQueue,
+    /// `-bi`/`-I` (the name `newaliases`): say what postern does with the
+    /// alias files (it reads them directly: nothing to rebuild).
+    Aliases,
+    /// `-q`: ask the queue manager to retry every deferred message now.
+    Flush,
+    /// `-bs`: an SMTP session on standard input and output.
+    Smtp,
+}
+
+impl Mode {
+    /// The mode the program's name selects (`mailq`, `newaliases`; anything
+    /// else is sendmail).
+    pub fn by_name(name: &str) -> Mode {
+        match name {
+            "mailq" => Mode::ListQueue,
+            "newaliases" => Mode::Aliases,
+            _ => Mode::Deliver,
+        }
+    }
+}
+
 /// The parsed command line.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Options {
+    /// What to do.
+    pub mode: Mode,
     /// `-f`/`-r`.
     pub sender: Option<String>,
     /// `-F`.
@@ -60,8 +105,6 @@ pub struct Options {
     pub extract: bool,
     /// `-i`/`-oi`.
     pub ignore_dots: bool,
-    /// `-bp`: list the queue instead.
-    pub list_queue: bool,
     /// `-C`/`-c`.
     pub config_dir: Option<PathBuf>,
     /// `--queue-directory`/`--data-directory` (the embedded configuration,
@@ -73,7 +116,15 @@ pub struct Options {
 
 /// Parses sendmail(1) arguments (without the program name).
 pub fn parse_args(args: &[String]) -> Result<Options, String> {
-    let mut o = Options::default();
+    parse_args_as(Mode::Deliver, args)
+}
+
+/// Parses sendmail(1) arguments for a program whose name selected `mode`.
+pub fn parse_args_as(mode: Mode, args: &[String]) -> Result<Options, String> {
+    let mut o = Options {
+        mode,
+        ..Options::default()
+    };
     let mut i = 0;
     let mut queue_dir = None;
     let mut data_dir = None;
@@ -121,17 +172,47 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
             "i" if rest.is_empty() => o.ignore_dots = true,
             "o" if rest == "i" => o.ignore_dots = true,
             "o" => {
-                // -oXvalue: sendmail options; -o alone takes the next word.
+                // -oXvalue: sendmail options, ignored; -o alone takes the
+                // next word.
                 if rest.is_empty() {
                     value(c, rest)?;
                 }
             }
-            "b" => match rest {
-                "p" => o.list_queue = true,
-                "m" | "" => {}
-                other => return Err(format!("-b{other} is not supported")),
+            "b" => {
+                o.mode = match rest {
+                    "m" => Mode::Deliver,
+                    "p" => Mode::ListQueue,
+                    "i" => Mode::Aliases,
+                    "s" => Mode::Smtp,
+                    "d" => return Err(
+                        "-bd (daemon mode) is not supported: start postern with `postern start`"
+                            .into(),
+                    ),
+                    other => return Err(format!("-b{other} is not supported")),
+                }
+            }
+            "I" if rest.is_empty() => o.mode = Mode::Aliases,
+            "q" => match rest.chars().next() {
+                None => o.mode = Mode::Flush,
+                // -q30m: a queue run interval; qmgr runs on its own.
+                Some(d) if d.is_ascii_digit() => {}
+                Some(_) => {
+                    return Err(format!(
+                        "-q{rest} is not supported (postern flushes the whole queue: use -q)"
+                    ))
+                }
             },
-            "N" | "B" | "R" | "V" | "L" | "X" | "h" | "q" => {
+            "A" => match value(c, rest)?.as_str() {
+                "m" | "c" => {}
+                other => return Err(format!("-A{other}: use -Am or -Ac")),
+            },
+            "O" => {
+                let v = value(c, rest)?;
+                if !v.contains('=') {
+                    return Err(format!("-O {v}: expected option=value"));
+                }
+            }
+            "N" | "B" | "R" | "V" | "L" | "X" | "h" => {
                 value(c, rest)?;
             }
             "v" | "n" | "U" | "G" | "m" | "e" => {}
@@ -255,20 +336,29 @@ impl<R: BufRead + Buffered> Read for Body<R> {
 
 /// Runs `postern-sendmail` with `args`; returns the exit status.
 pub fn main(args: &[String]) -> i32 {
-    let o = match parse_args(args) {
+    main_as("sendmail", args)
+}
+
+/// The name a program was called by (the last part of `argv[0]`).
+pub fn called_as(argv0: &str) -> &str {
+    argv0.rsplit('/').next().unwrap_or(argv0)
+}
+
+/// Runs the sendmail command called by `name` (`sendmail`, `mailq`,
+/// `newaliases`; `postern-sendmail` is sendmail) with `args`; returns the
+/// exit status.
+pub fn main_as(name: &str, args: &[String]) -> i32 {
+    let o = match parse_args_as(Mode::by_name(name), args) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("postern-sendmail: {e}");
             eprintln!(
-                "usage: postern sendmail [-t] [-i] [-f sender] [-F name] [-C dir] recipient ..."
+                "usage: postern sendmail [-t] [-i] [-f sender] [-F name] [-C dir] recipient ... | -bs | -bp | -bi | -q"
             );
             return sysexits::EX_USAGE;
         }
     };
     let source = source(&o);
-    if o.list_queue {
-        return crate::admin::main(&source, &["list".to_string()]);
-    }
     let config = match Config::load_main_only(&source, &ServicesFile::system()).into_result() {
         Ok(c) => c,
         Err(e) => {
@@ -276,70 +366,153 @@ pub fn main(args: &[String]) -> i32 {
             return sysexits::EX_CONFIG;
         }
     };
-    let stdin = std::io::stdin();
-    let mut input = Input {
-        inner: BufReader::with_capacity(64 * 1024, stdin),
-        ignore_dots: o.ignore_dots,
-        done: false,
-    };
-    // The header block: up to the first empty line (or a line that is not
-    // a header, which starts the body).
-    let mut header_lines: Vec<Vec<u8>> = Vec::new();
-    let mut first_body_line: Option<Vec<u8>> = None;
-    loop {
-        match input.line() {
-            Ok(Some(l)) => {
-                let is_header = l.starts_with(b" ")
-                    || l.starts_with(b"\t")
-                    || l.iter()
-                        .position(|&b| b == b':')
-                        .is_some_and(|p| p > 0 && !l[..p].iter().any(|b| b.is_ascii_whitespace()));
-                if l == b"\n" || !is_header || (header_lines.is_empty() && l.starts_with(b" ")) {
-                    first_body_line = Some(l);
-                    break;
-                }
-                header_lines.push(l);
-            }
-            Ok(None) => break,
-            Err(e) => {
-                eprintln!("postern-sendmail: cannot read the message: {e}");
-                return sysexits::EX_IOERR;
-            }
+    match o.mode {
+        Mode::Deliver => enqueue(&o, &config),
+        Mode::ListQueue => list_queue(&config),
+        Mode::Aliases => aliases(&config),
+        Mode::Flush => flush(&config),
+        Mode::Smtp => {
+            let stdin = std::io::stdin();
+            let mut input = BufReader::with_capacity(64 * 1024, stdin.lock());
+            let mut output = std::io::stdout().lock();
+            crate::smtp_session::run(&config, &mut input, &mut output)
         }
     }
+}
+
+/// The mail owner's uid, if the account exists.
+fn mail_owner_uid(config: &Config) -> Option<u32> {
+    account::user_by_name(config.text(params::MAIL_OWNER))
+        .ok()
+        .flatten()
+        .map(|a| a.uid)
+}
+
+/// `-bp`/`mailq`: the queue, in Postfix's layout, from the showq service
+/// (root and the mail owner read the queue directly when it does not
+/// answer).
+fn list_queue(config: &Config) -> i32 {
+    let queue = Path::new(config.text(params::QUEUE_DIRECTORY));
+    let uid = nix::unistd::Uid::effective().as_raw();
+    let items = match crate::showq::request(
+        &queue.join(crate::showq::SOCKET),
+        crate::showq::TIMEOUT,
+    ) {
+        Ok(items) => items,
+        Err(e) if uid == 0 || Some(uid) == mail_owner_uid(config) => {
+            match crate::showq::read_directly(queue) {
+                Ok(items) => items,
+                Err(e2) => {
+                    eprintln!("postern-sendmail: fatal: cannot list the queue: {e}; {e2}");
+                    return sysexits::EX_UNAVAILABLE;
+                }
+            }
+        }
+        Err(e) => {
+            let code = if e.starts_with("permission denied") {
+                sysexits::EX_NOPERM
+            } else {
+                sysexits::EX_UNAVAILABLE
+            };
+            eprintln!(
+                "postern-sendmail: fatal: queue report unavailable: {e} (is the showq service in master.cf and the instance running?)"
+            );
+            return code;
+        }
+    };
+    print!("{}", crate::showq::format(&items));
+    sysexits::EX_OK
+}
+
+/// `-bi`/`-I`/`newaliases`: postern reads the alias files as text each
+/// time it routes mail; there is no database to rebuild. Says so, and
+/// which files are read (warning about those missing).
+fn aliases(config: &Config) -> i32 {
+    let files: Vec<String> = config
+        .list(params::ALIAS_MAPS)
+        .iter()
+        .map(|m| m.split_once(':').map_or(m.as_str(), |(_, f)| f).to_string())
+        .collect();
+    println!(
+        "postern reads the alias files directly (alias_maps: {}); there is no database to rebuild: edits apply to the next message routed",
+        if files.is_empty() { "none".to_string() } else { files.join(", ") }
+    );
+    for f in &files {
+        if !Path::new(f).exists() {
+            eprintln!("postern-sendmail: warning: {f} does not exist");
+        }
+    }
+    sysexits::EX_OK
+}
+
+/// `-q`: asks the queue manager to retry every deferred message now, as
+/// `postern queue flush` (anyone may, as with Postfix's default
+/// `authorized_flush_users`; the queue manager's fifo is public).
+fn flush(config: &Config) -> i32 {
+    let queue = Path::new(config.text(params::QUEUE_DIRECTORY));
+    match crate::qmgr::poke(queue, b"F") {
+        Ok(()) => sysexits::EX_OK,
+        Err(e) => {
+            eprintln!(
+                "postern-sendmail: fatal: cannot reach the queue manager at {}: {e} (is the instance running?)",
+                queue.join(crate::qmgr::TRIGGER).display()
+            );
+            sysexits::EX_UNAVAILABLE
+        }
+    }
+}
+
+/// Whether `l` (a line with its `\n`) is a header line (or a
+/// continuation), the first of the block when `first`.
+fn is_header_line(l: &[u8], first: bool) -> bool {
+    if l.starts_with(b" ") || l.starts_with(b"\t") {
+        return !first;
+    }
+    l.iter()
+        .position(|&b| b == b':')
+        .is_some_and(|p| p > 0 && !l[..p].iter().any(|b| b.is_ascii_whitespace()))
+}
+
+/// What the header block of a message becomes, and who `-t` finds in it.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The header block as queued (without the empty line after it).
+    pub head: Vec<u8>,
+    /// Recipients from `To:`, `Cc:`, `Bcc:` (when asked).
+    pub extracted: Vec<String>,
+}
+
+/// Prepares the header block `header_lines`: `Bcc:` removed when
+/// `extract` (whose recipients are returned), `From:`, `Date:` and
+/// `Message-ID:` added when missing (`From:` from `sender`, else the
+/// submitting user at `myhostname`, with `full_name`).
+pub fn prepare_headers(
+    header_lines: &[Vec<u8>],
+    extract: bool,
+    sender: Option<&str>,
+    full_name: Option<&str>,
+    myhostname: &str,
+) -> Prepared {
     let block = String::from_utf8_lossy(&header_lines.concat()).into_owned();
     let fields = headers::fields(&block);
     let has = |name: &str| fields.iter().any(|f| f.name.eq_ignore_ascii_case(name));
-    let mut recipients = o.recipients.clone();
-    if o.extract {
+    let mut extracted = Vec::new();
+    if extract {
         for f in &fields {
             if ["to", "cc", "bcc"]
                 .iter()
                 .any(|n| f.name.eq_ignore_ascii_case(n))
             {
-                recipients.extend(headers::addresses(&f.value));
+                extracted.extend(headers::addresses(&f.value));
             }
         }
     }
-    if recipients.is_empty() {
-        eprintln!("postern-sendmail: no recipients (name them, or use -t with To:/Cc:/Bcc:)");
-        return sysexits::EX_USAGE;
-    }
-    let sender = o.sender.as_ref().map(|s| {
-        let s = s.trim();
-        let s = s
-            .strip_prefix('<')
-            .and_then(|s| s.strip_suffix('>'))
-            .unwrap_or(s);
-        s.to_string()
-    });
-    // The header block as sent: Bcc removed with -t, From/Date added.
     let mut head = Vec::new();
     let mut skipping = false;
-    for l in &header_lines {
+    for l in header_lines {
         let continuation = l.starts_with(b" ") || l.starts_with(b"\t");
         if !continuation {
-            skipping = o.extract && l.len() >= 4 && l[..4].eq_ignore_ascii_case(b"bcc:");
+            skipping = extract && l.len() >= 4 && l[..4].eq_ignore_ascii_case(b"bcc:");
         }
         if !skipping {
             head.extend_from_slice(l);
@@ -354,11 +527,11 @@ pub fn main(args: &[String]) -> i32 {
             .ok()
             .flatten()
             .map_or_else(|| format!("uid{uid}"), |a| a.name);
-        let address = match &sender {
-            Some(s) if !s.is_empty() => s.clone(),
-            _ => format!("{login}@{}", config.text(params::MYHOSTNAME)),
+        let address = match sender {
+            Some(s) if !s.is_empty() => s.to_string(),
+            _ => format!("{login}@{myhostname}"),
         };
-        let line = match &o.full_name {
+        let line = match full_name {
             Some(n) => format!(
                 "From: \"{}\" <{address}>\n",
                 n.replace(['"', '\n', '\r'], "")
@@ -376,13 +549,109 @@ pub fn main(args: &[String]) -> i32 {
             .map_or(0, |d| d.subsec_nanos());
         head.extend_from_slice(
             format!(
-                "Message-ID: <{now}.{nanos:09}.{}@{}>\n",
-                std::process::id(),
-                config.text(params::MYHOSTNAME)
+                "Message-ID: <{now}.{nanos:09}.{}@{myhostname}>\n",
+                std::process::id()
             )
             .as_bytes(),
         );
     }
+    Prepared { head, extracted }
+}
+
+/// Splits `message` (lines ending in `\n`) into its header lines and the
+/// rest (from the first line that is not a header), dropping a leading
+/// mbox `From ` line.
+pub fn split_message(message: &[u8]) -> (Vec<Vec<u8>>, &[u8]) {
+    let mut at = 0;
+    let mut lines = Vec::new();
+    while at < message.len() {
+        let end = message[at..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(message.len(), |p| at + p + 1);
+        let l = &message[at..end];
+        if at == 0 && l.starts_with(b"From ") {
+            at = end;
+            continue;
+        }
+        if !is_header_line(l, lines.is_empty()) {
+            break;
+        }
+        lines.push(l.to_vec());
+        at = end;
+    }
+    (lines, &message[at..])
+}
+
+/// The envelope sender of `-f`: angle brackets and white space removed.
+fn envelope_sender(o: &Options) -> Option<String> {
+    o.sender.as_ref().map(|s| {
+        let s = s.trim();
+        let s = s
+            .strip_prefix('<')
+            .and_then(|s| s.strip_suffix('>'))
+            .unwrap_or(s);
+        s.to_string()
+    })
+}
+
+/// The submit socket and timing of `config`.
+pub fn submit_target(config: &Config) -> (PathBuf, Timing) {
+    let socket = Path::new(config.text(params::QUEUE_DIRECTORY)).join("public/submit");
+    let timing = Timing {
+        submit_timeout: config.time(params::SUBMIT_TIMEOUT),
+        keepalive: config.time(params::SUBMIT_INPUT_TIMEOUT) / 3,
+    };
+    (socket, timing)
+}
+
+/// `-bm`: reads the message from standard input and queues it.
+fn enqueue(o: &Options, config: &Config) -> i32 {
+    let stdin = std::io::stdin();
+    let mut input = Input {
+        inner: BufReader::with_capacity(64 * 1024, stdin),
+        ignore_dots: o.ignore_dots,
+        done: false,
+    };
+    // The header block: up to the first empty line (or a line that is not
+    // a header, which starts the body).
+    let mut header_lines: Vec<Vec<u8>> = Vec::new();
+    let mut first_body_line: Option<Vec<u8>> = None;
+    let mut first = true;
+    loop {
+        match input.line() {
+            // An mbox `From ` line before the headers (`git format-patch`
+            // output) is not part of the message: Postfix drops it too.
+            Ok(Some(l)) if std::mem::take(&mut first) && l.starts_with(b"From ") => {}
+            Ok(Some(l)) => {
+                if l == b"\n" || !is_header_line(&l, header_lines.is_empty()) {
+                    first_body_line = Some(l);
+                    break;
+                }
+                header_lines.push(l);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                eprintln!("postern-sendmail: cannot read the message: {e}");
+                return sysexits::EX_IOERR;
+            }
+        }
+    }
+    let sender = envelope_sender(o);
+    let prepared = prepare_headers(
+        &header_lines,
+        o.extract,
+        sender.as_deref(),
+        o.full_name.as_deref(),
+        config.text(params::MYHOSTNAME),
+    );
+    let mut recipients = o.recipients.clone();
+    recipients.extend(prepared.extracted);
+    if recipients.is_empty() {
+        eprintln!("postern-sendmail: no recipients (name them, or use -t with To:/Cc:/Bcc:)");
+        return sysexits::EX_USAGE;
+    }
+    let mut head = prepared.head;
     match &first_body_line {
         Some(l) if l == b"\n" => head.extend_from_slice(l),
         Some(l) => {
@@ -402,11 +671,7 @@ pub fn main(args: &[String]) -> i32 {
         sender,
         recipients,
     };
-    let socket = Path::new(config.text(params::QUEUE_DIRECTORY)).join("public/submit");
-    let timing = Timing {
-        submit_timeout: config.time(params::SUBMIT_TIMEOUT),
-        keepalive: config.time(params::SUBMIT_INPUT_TIMEOUT) / 3,
-    };
+    let (socket, timing) = submit_target(config);
     match submit::submit(&socket, &request, message, timing) {
         Ok(_id) => sysexits::EX_OK,
         Err(SubmitError::Refused(r)) => {
@@ -459,8 +724,64 @@ mod tests {
         assert!(parse_args(&args(&["-f"])).is_err());
         assert!(parse_args(&args(&["-Z"])).is_err());
         assert!(parse_args(&args(&["-é"])).is_err());
-        assert!(parse_args(&args(&["-bs"])).is_err());
+        assert!(parse_args(&args(&["-bd"])).is_err());
+        assert!(parse_args(&args(&["-bv"])).is_err());
+        assert!(parse_args(&args(&["-qRsite"])).is_err());
+        assert!(parse_args(&args(&["-Ax"])).is_err());
+        assert!(parse_args(&args(&["-O", "novalue"])).is_err());
+        let mode = |a: &[&str]| parse_args(&args(a)).unwrap().mode;
+        assert_eq!(mode(&["-bs"]), Mode::Smtp);
+        assert_eq!(mode(&["-bi"]), Mode::Aliases);
+        assert_eq!(mode(&["-I"]), Mode::Aliases);
+        assert_eq!(mode(&["-bp"]), Mode::ListQueue);
+        assert_eq!(mode(&["-q"]), Mode::Flush);
+        // -q30m: an interval, ignored; -q takes no following word.
+        let o = parse_args(&args(&[
+            "-q30m", "-Am", "-Ac", "-O", "a=b", "-Ob=c", "-N", "never", "-R", "hdrs", "-V",
+            "envid", "-oem", "bob",
+        ]))
+        .unwrap();
+        assert_eq!(
+            (o.mode, o.recipients),
+            (Mode::Deliver, vec!["bob".to_string()])
+        );
+        assert_eq!(
+            parse_args_as(Mode::by_name("mailq"), &[]).unwrap().mode,
+            Mode::ListQueue
+        );
+        assert_eq!(
+            parse_args_as(Mode::by_name("newaliases"), &[])
+                .unwrap()
+                .mode,
+            Mode::Aliases
+        );
+        assert_eq!(
+            Mode::by_name(called_as("/usr/sbin/sendmail")),
+            Mode::Deliver
+        );
+        assert_eq!(Mode::by_name(called_as("/usr/bin/mailq")), Mode::ListQueue);
         assert!(parse_args(&args(&["--queue-directory", "/q"])).is_err());
+    }
+
+    #[test]
+    fn headers_are_split_and_completed() {
+        let (lines, rest) = split_message(
+            b"From x Mon Sep 17 00:00:00 2001\nTo: a,\n b\nBcc: c\nSubject: s\n\nbody\n",
+        );
+        assert_eq!(lines.len(), 4);
+        assert_eq!(rest, b"\nbody\n");
+        let p = prepare_headers(&lines, true, Some("s@x"), None, "h.example");
+        let head = String::from_utf8(p.head).unwrap();
+        assert!(
+            head.starts_with("To: a,\n b\nSubject: s\nFrom: s@x\nDate: "),
+            "{head}"
+        );
+        assert!(head.contains("@h.example>\n"), "{head}");
+        assert_eq!(p.extracted, vec!["a", "b", "c"]);
+        let (lines, rest) = split_message(b" not a header\n");
+        assert!(lines.is_empty());
+        assert_eq!(rest, b" not a header\n");
+        assert_eq!(split_message(b"").1, b"");
     }
 
     #[test]

@@ -340,6 +340,7 @@ impl Submit {
             .write_message(received.as_bytes())
             .map_err(store_error)?;
         let mut buf = vec![0u8; MAX_CHUNK as usize];
+        let mut head = HeadScan::default();
         let mut reader = conn;
         let incomplete = |e: std::io::Error| match e.kind() {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
@@ -379,13 +380,19 @@ impl Submit {
                     ),
                 )));
             }
+            head.feed(chunk);
             writer.write_message(chunk).map_err(store_error)?;
         }
         let size = writer.size();
         let id = writer.finish(&recipients).map_err(store_error)?;
         let repeats = req.recipients.len() - recipients.len();
+        // The lines Postfix's pickup and cleanup would log, for log readers.
+        log::info!(target: postern_common::log::AS_PICKUP, "{id}: uid={uid} from=<{sender}>");
+        if let Some(mid) = head.message_id() {
+            log::info!(target: postern_common::log::AS_CLEANUP, "{id}: message-id={mid}");
+        }
         log::info!(
-            "{id}: uid={uid}, from=<{sender}>, size={size}, nrcpt={}{}",
+            "{id}: size={size}, nrcpt={}{}",
             recipients.len(),
             if repeats > 0 {
                 format!(" ({repeats} repeated recipients dropped)")
@@ -409,6 +416,51 @@ impl Submit {
                 );
             }
         }
+    }
+}
+
+/// The start of a message, kept up to the end of its header block (at most
+/// [`HeadScan::LIMIT`] bytes) to find its `Message-ID:`.
+#[derive(Debug, Default)]
+struct HeadScan {
+    bytes: Vec<u8>,
+    done: bool,
+}
+
+impl HeadScan {
+    /// The most header bytes kept.
+    const LIMIT: usize = 64 * 1024;
+
+    fn feed(&mut self, chunk: &[u8]) {
+        if self.done {
+            return;
+        }
+        let room = Self::LIMIT - self.bytes.len();
+        let from = self.bytes.len().saturating_sub(1);
+        self.bytes
+            .extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if self.bytes.first() == Some(&b'\n') {
+            // No header block at all.
+            self.bytes.clear();
+            self.done = true;
+        } else if let Some(p) = self.bytes[from..].windows(2).position(|w| w == b"\n\n") {
+            self.bytes.truncate(from + p + 1);
+            self.done = true;
+        } else if self.bytes.len() >= Self::LIMIT {
+            self.done = true;
+        }
+    }
+
+    /// The `Message-ID:` value (at most 200 characters), if the header
+    /// block has one.
+    fn message_id(&self) -> Option<String> {
+        let block = String::from_utf8_lossy(&self.bytes);
+        crate::headers::fields(&block)
+            .into_iter()
+            .find(|f| f.name.eq_ignore_ascii_case("message-id"))
+            .map(|f| f.value.split_whitespace().collect::<Vec<_>>().join(" "))
+            .filter(|v| !v.is_empty())
+            .map(|v| v.chars().take(200).collect())
     }
 }
 
@@ -737,6 +789,21 @@ fn read_message(mut message: Box<dyn Read + Send>, tx: &mpsc::SyncSender<Input>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_message_id_is_found_in_the_header_block() {
+        let mut h = HeadScan::default();
+        h.feed(b"Received: x\nSubject: a\nMessage-");
+        h.feed(b"ID:\n <abc@example.org>\n\nMessage-ID: <body@x>\n");
+        assert_eq!(h.message_id().as_deref(), Some("<abc@example.org>"));
+        let mut h = HeadScan::default();
+        h.feed(b"Subject: a\n\nMessage-ID: <body@x>\n");
+        assert_eq!(h.message_id(), None);
+        let mut h = HeadScan::default();
+        h.feed(&vec![b'x'; 100_000]);
+        assert_eq!(h.message_id(), None);
+        assert!(h.bytes.len() <= HeadScan::LIMIT);
+    }
 
     #[test]
     fn repeated_recipients_are_kept_once() {

@@ -154,7 +154,7 @@ pub struct Instance {
 
 impl Instance {
     /// `postern init --self-contained`, then `main_extra` appended to
-    /// main.cf (after `maillog_file`) and `master_extra` to master.cf. The
+    /// main.cf (after `maillog_file` and `myhostname = localhost`) and `master_extra` to master.cf. The
     /// default master.cf's demo service is removed (it has a fixed port).
     pub fn new(main_extra: &str, master_extra: &str) -> Self {
         become_subreaper();
@@ -168,6 +168,7 @@ impl Instance {
             "postern-qmgr",
             "postern-sendmail",
             "postern-queue",
+            "postern-showq",
         ] {
             bin(daemon);
         }
@@ -184,8 +185,10 @@ impl Instance {
             .arg("--self-contained")
             .arg(&etc));
         assert_eq!(out.code, Some(0), "postern init: {out:?}");
+        // myhostname is pinned so that what tests expect of addresses and
+        // headers does not depend on the machine's name.
         let main = format!(
-            "{}\nmaillog_file = {}\n{main_extra}\n",
+            "{}\nmaillog_file = {}\nmyhostname = localhost\n{main_extra}\n",
             std::fs::read_to_string(etc.join("main.cf")).expect("main.cf"),
             dir.path().join("maillog").display()
         );

@@ -205,6 +205,45 @@ fn config_prints_like_postconf() {
     );
 }
 
+/// `myhostname` and `mydomain` default to what the machine calls itself
+/// (as Postfix derives them), not `localhost`; `mydestination` names them.
+#[test]
+fn myhostname_and_mydomain_come_from_the_host_name() {
+    let dir = instance();
+    let c = etc(&dir);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_ascii_lowercase();
+    let fqdn = if host.contains('.') {
+        host.clone()
+    } else {
+        format!("{host}.localdomain")
+    };
+    let domain = fqdn.split_once('.').unwrap().1.to_string();
+    for which in ["-d", "-x"] {
+        let out = postern(&["-c", &c, "config", which, "myhostname", "mydomain"]);
+        assert_eq!(
+            out.stdout,
+            format!("myhostname = {fqdn}\nmydomain = {domain}\n"),
+            "{which}: {out:?}"
+        );
+    }
+    assert!(fqdn.starts_with(&host) && fqdn != "localhost");
+    let out = postern(&["-c", &c, "config", "-x", "mydestination"]);
+    assert_eq!(
+        out.stdout,
+        format!("mydestination = {fqdn}, localhost.{domain}, localhost\n")
+    );
+    // A bare host name takes main.cf's mydomain; mydomain follows a set myhostname.
+    append(
+        dir.path().join("etc/main.cf"),
+        "myhostname = mx.example.org\n",
+    );
+    let out = postern(&["-c", &c, "config", "-x", "mydomain"]);
+    assert_eq!(out.stdout, "mydomain = example.org\n");
+}
+
 /// Postfix's own stock files, where Debian's postfix package puts them
 /// (.ci/run installs it).
 fn stock_postfix_dirs() -> Vec<tempfile::TempDir> {
