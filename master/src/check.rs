@@ -29,6 +29,7 @@ pub fn check(config: &Config) -> Vec<Diagnostic> {
     out.extend(trust(config));
     check_inet_interfaces(config, &mut out);
     check_services(config, owner.as_ref(), &mut out);
+    check_mail_flow(config, &mut out);
     check_local(config, &mut out);
     out
 }
@@ -363,6 +364,20 @@ fn check_services(config: &Config, owner: Option<&Account>, out: &mut Vec<Diagno
         }
         if let Some(program) = programs::find(&s.command) {
             check_provided(config, s, program, owner, out);
+        } else if let Some(meant) = programs::find(&s.name) {
+            // The service is named for a program postern provides, and
+            // runs something else: a typo that would stop mail.
+            out.push(Diagnostic::error(
+                file,
+                Some(s.line),
+                format!(
+                    "service {} runs '{}', which postern does not provide: did you mean '{}' ({})?",
+                    s.id(),
+                    s.command,
+                    meant.name,
+                    meant.doc
+                ),
+            ));
         } else {
             out.push(Diagnostic::warning(
                 file,
@@ -374,6 +389,44 @@ fn check_services(config: &Config, owner: Option<&Account>, out: &mut Vec<Diagno
                 ),
             ));
         }
+    }
+}
+
+/// The queue needs both ends: a configuration with a submit service or a
+/// queue manager and not the other cannot move mail (messages would stay
+/// in `incoming`, or `postern sendmail` would have nowhere to go). Without
+/// either, the instance runs other services only (spawn, local for
+/// `postern deliver`), which is fine.
+fn check_mail_flow(config: &Config, out: &mut Vec<Diagnostic>) {
+    let runs = |program: &str| {
+        config
+            .master
+            .services
+            .iter()
+            .any(|s| s.command == program && programs::find(&s.command).is_some())
+    };
+    let (submit, qmgr, local) = (runs("submit"), runs("qmgr"), runs("local"));
+    let file = &config.master.file;
+    if submit && !qmgr {
+        out.push(Diagnostic::error(
+            file,
+            None,
+            "no queue manager: submitted mail would stay in the incoming queue; add the line 'qmgr fifo n - n 300 1 qmgr'".to_string(),
+        ));
+    }
+    if qmgr && !submit {
+        out.push(Diagnostic::error(
+            file,
+            None,
+            "no submit service: postern sendmail has nothing to hand messages to; add the line 'submit unix n - n - - submit'".to_string(),
+        ));
+    }
+    if qmgr && !local {
+        out.push(Diagnostic::warning(
+            file,
+            None,
+            "no local service: mail for local users is deferred until there is one; add the line 'local unix - n n - - local'".to_string(),
+        ));
     }
 }
 

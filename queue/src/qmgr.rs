@@ -84,16 +84,50 @@ fn now_secs() -> u64 {
 /// The queue manager's trigger fifo, relative to `queue_directory`.
 pub const TRIGGER: &str = "public/qmgr";
 
-/// Writes `what` to the queue manager's fifo (`I` new mail, `F` flush)
-/// without blocking; a full fifo already holds a wake-up and counts as
-/// success. An error means no queue manager is listening.
+/// Writes `what` to the queue manager's trigger endpoint (`I` new mail,
+/// `F` flush) without blocking: a fifo (`qmgr fifo ...` in master.cf), or
+/// a unix socket (`qmgr unix ...`, as in Postfix's stock master.cf), where
+/// the trigger is one short connection. A full fifo already holds a
+/// wake-up and counts as success. An error means no queue manager is
+/// listening.
 pub fn poke(queue_directory: &Path, what: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut fifo = std::fs::OpenOptions::new()
+    let path = queue_directory.join(TRIGGER);
+    let mut fifo = match std::fs::OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(queue_directory.join(TRIGGER))?;
+        .open(&path)
+    {
+        Ok(f) => f,
+        // ENXIO: a socket (or a fifo without a reader).
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+            use std::os::unix::fs::FileTypeExt;
+            if !std::fs::symlink_metadata(&path)?.file_type().is_socket() {
+                return Err(e);
+            }
+            // Never waiting: a full backlog already holds wake-ups.
+            use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+            let s = socket(
+                AddressFamily::Unix,
+                SockType::Stream,
+                SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+                None,
+            )?;
+            return match connect(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                &UnixAddr::new(path.as_path())?,
+            ) {
+                Ok(()) => match nix::unistd::write(&s, what) {
+                    Ok(_) | Err(nix::errno::Errno::EAGAIN) => Ok(()),
+                    Err(e) => Err(e.into()),
+                },
+                Err(nix::errno::Errno::EAGAIN) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+        }
+        Err(e) => return Err(e),
+    };
     match fifo.write_all(what) {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
         r => r,

@@ -266,13 +266,21 @@ fn stock_postfix_dirs() -> Vec<tempfile::TempDir> {
 }
 
 #[test]
-fn postfix_stock_configuration_parses_without_error() {
+fn postfix_stock_configuration_parses_and_is_refused_for_want_of_submit_only() {
     for dir in stock_postfix_dirs() {
         let c = dir.path().display().to_string();
         let out = postern(&["-c", &c, "check"]);
-        assert_eq!(out.code, Some(0), "{out:?}");
+        // It parses; what stops it is that mail could not move: Postfix's
+        // master.cf has a queue manager and no submit service.
+        assert_eq!(out.code, Some(1), "{out:?}");
         for line in out.stderr.lines().filter(|l| !l.starts_with("postern: ")) {
-            assert!(line.contains(": warning: "), "not a warning: {line}");
+            assert!(
+                line.contains(": warning: ")
+                    || line.contains(": note: ")
+                    || line.contains("no submit service")
+                        && line.contains("add the line 'submit unix n - n - - submit'"),
+                "not a warning: {line}"
+            );
         }
         assert!(
             out.stderr
@@ -442,4 +450,61 @@ fn destinations_suggests_what_aliases_and_forward_files_need() {
     );
     // Addresses need nothing.
     assert!(!out.stdout.contains("(postmaster)"), "{}", out.stdout);
+}
+
+#[test]
+fn a_configuration_that_cannot_move_mail_is_an_error_with_the_fix_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = dir.path().join("etc");
+    let out = postern(&["init", "--self-contained", c.to_str().unwrap()]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let master = c.join("master.cf");
+    let stock = std::fs::read_to_string(&master).unwrap();
+    let edit = |from: &str, to: &str| {
+        let text: String = stock
+            .lines()
+            .map(|l| {
+                if l.starts_with(from) {
+                    to.to_string()
+                } else {
+                    l.to_string()
+                }
+            })
+            .map(|l| l + "\n")
+            .collect();
+        std::fs::write(&master, text).unwrap();
+    };
+    let check = || postern(&["-c", c.to_str().unwrap(), "check"]);
+    // As written by init: it moves mail.
+    let out = check();
+    assert_eq!(out.code, Some(0), "{out:?}");
+    // No queue manager.
+    edit("qmgr ", "# qmgr removed");
+    let out = check();
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("no queue manager")
+            && out.stderr.contains("'qmgr fifo n - n 300 1 qmgr'"),
+        "{}",
+        out.stderr
+    );
+    // No submit service.
+    edit("submit ", "# submit removed");
+    let out = check();
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("no submit service"), "{}", out.stderr);
+    // A misspelled daemon where the service is named for one postern has.
+    edit("submit ", "submit unix n - n - - submitt");
+    let out = check();
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("runs 'submitt', which postern does not provide: did you mean 'submit'"),
+        "{}",
+        out.stderr
+    );
+    // Postfix's way of writing the queue manager's line is accepted.
+    edit("qmgr ", "qmgr unix n - n 300 1 qmgr");
+    let out = check();
+    assert_eq!(out.code, Some(0), "{out:?}");
 }

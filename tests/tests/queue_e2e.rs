@@ -1196,3 +1196,20 @@ fn an_idle_submission_is_cut_after_submit_input_timeout() {
     let status = sendmail.exit_within(WAIT);
     assert_eq!(status.and_then(|s| s.code()), Some(75), "{status:?}");
 }
+
+#[test]
+fn a_queue_manager_on_a_unix_socket_as_postfix_writes_it_is_woken() {
+    // Postfix's stock master.cf: `qmgr unix n - n 300 1 qmgr`; submit's
+    // wake-up is then one short connection.
+    let m = Mail::with_master(
+        "",
+        "",
+        "local unix - n n - - local\nsubmit unix n - n - - submit\nqmgr unix n - n 300 1 qmgr\n",
+    );
+    for n in 0..3 {
+        let out = m.sendmail(&[DAN], format!("Subject: unix qmgr {n}\n\nx\n").as_bytes());
+        assert_eq!(out.code, Some(0), "{out:?}");
+        m.wait_messages(DAN, n + 1);
+    }
+    assert!(!m.inst.log().contains("cannot wake"), "{}", m.inst.log());
+}
