@@ -79,10 +79,20 @@ enum Command {
     Stop,
     /// Stop the instance at once, killing requests in progress.
     Abort,
-    /// Re-read main.cf and master.cf without refusing a connection.
-    Reload,
-    /// Show the master and every service, with its children.
-    Status,
+    /// Re-read main.cf and master.cf without refusing a connection, and
+    /// recycle the services whose configuration changed (or SERVICE alone).
+    Reload {
+        /// Recycle only this service (NAME or NAME/TYPE), under the running
+        /// configuration.
+        service: Option<String>,
+    },
+    /// Show the master, every service with its children, and the queue.
+    /// Exit 0 healthy, 1 degraded, 3 not running.
+    Status {
+        /// One JSON document instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Hand one message (standard input) to the local delivery agent.
     Deliver {
         /// Envelope sender.
@@ -157,8 +167,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Stop => Ok(crate::control::stop(&source(cli.config_dir), false)),
         Command::Abort => Ok(crate::control::stop(&source(cli.config_dir), true)),
-        Command::Reload => Ok(crate::control::reload(&source(cli.config_dir))),
-        Command::Status => Ok(crate::control::status(&source(cli.config_dir))),
+        Command::Reload { service } => Ok(crate::control::reload(
+            &source(cli.config_dir),
+            service.as_deref(),
+        )),
+        Command::Status { json } => Ok(crate::control::status(&source(cli.config_dir), json)),
         Command::Deliver {
             sender,
             user,
