@@ -112,6 +112,8 @@ params! {
         "Time limit for reading or writing one exchange on a connection.";
     LOCAL_DELIVERY_BATCH_LIMIT "local_delivery_batch_limit" Kind::Int { min: 1 }, "32",
         "Most messages for one local user the queue manager hands to local in one exchange (at most 64; 1: one per exchange).";
+    LOCAL_DESTINATION_CONCURRENCY_LIMIT "local_destination_concurrency_limit" Kind::Int { min: 1 }, "2",
+        "The most deliveries in parallel to one local user (Postfix's default, 2).";
     MAIL_OWNER "mail_owner" Kind::Text, "postern",
         "Unprivileged account that owns the queue and runs unprivileged services (Postfix's default is postfix).";
     MAIL_SPOOL_DIRECTORY "mail_spool_directory" Kind::Text, "/var/mail",
@@ -180,7 +182,11 @@ pub const SERVICE_SUFFIXES: &[(&str, Kind, &str)] = &[
         Kind::Time { unit: 's' },
         "$command_time_limit",
     ),
-    ("_destination_concurrency_limit", Kind::Int { min: 0 }, "20"),
+    (
+        "_destination_concurrency_limit",
+        Kind::Int { min: 0 },
+        "$default_destination_concurrency_limit",
+    ),
     ("_destination_recipient_limit", Kind::Int { min: 0 }, "50"),
 ];
 

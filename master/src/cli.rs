@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
-use postern_common::{account, sysexits};
+use postern_common::sysexits;
 use postern_conf::embedded::{Layout, MASTER_CF};
 use postern_conf::{Config, Diagnostic, ServicesFile, Source};
 
@@ -280,13 +280,9 @@ pub fn source(explicit: Option<PathBuf>) -> Source {
     if check::has_main_cf(default) {
         return Source::Dir(default.to_path_buf());
     }
-    Source::Embedded(user_layout())
-}
-
-fn user_layout() -> Layout {
-    let uid = nix::unistd::Uid::effective().as_raw();
-    let home = std::env::var_os("HOME").map(PathBuf::from);
-    Layout::for_user(account::running_as_root(), home.as_deref(), uid)
+    // Everyone addresses the same instance, root or not (as sendmail
+    // does): the system layout.
+    Source::Embedded(Layout::system())
 }
 
 pub fn describe(source: &Source) -> String {
@@ -306,8 +302,17 @@ pub fn load(source: &Source) -> (Option<Config>, Vec<Diagnostic>) {
 fn run_check(source: &Source) -> i32 {
     eprintln!("postern: checking the {}", describe(source));
     let (config, mut diags) = load(source);
-    if let Some(config) = &config {
-        diags.extend(check::check(config));
+    match &config {
+        Some(config) => diags.extend(check::check(config)),
+        // master.cf has errors: main.cf alone still shows the accounts,
+        // directories and trust problems, so that every error is reported
+        // at once rather than one file's hiding the other's.
+        None => {
+            let main_only = Config::load_main_only(source, &ServicesFile::system());
+            if let Some(config) = &main_only.config {
+                diags.extend(check::check(config));
+            }
+        }
     }
     for d in &diags {
         eprintln!("{d}");
@@ -383,12 +388,64 @@ fn run_config(
     status
 }
 
+/// The default master.cf's demo port.
+const DEMO_PORT: u16 = 10026;
+
+/// The default master.cf with its demo service moved to a port free now
+/// (or commented out when none can be found), and what was done.
+fn demo_on_free_port() -> (String, Option<String>) {
+    let default = format!("127.0.0.1:{DEMO_PORT} ");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port());
+    let mut out = String::new();
+    let mut note = None;
+    for line in MASTER_CF.lines() {
+        if line.starts_with(&default) {
+            match &port {
+                Ok(p) => {
+                    out.push_str(&line.replacen(&default, &format!("127.0.0.1:{p} "), 1));
+                    note = Some(format!(
+                        "demo service on 127.0.0.1:{p} (free now; the default instance uses {DEMO_PORT})"
+                    ));
+                }
+                Err(e) => {
+                    out.push_str(&format!("#{line}"));
+                    note = Some(format!(
+                        "demo service commented out: no free port found ({e})"
+                    ));
+                }
+            }
+        } else if line.starts_with('#') && line.contains(&format!("127.0.0.1 {DEMO_PORT}")) {
+            if let Ok(p) = &port {
+                out.push_str(
+                    &line.replace(&format!("127.0.0.1 {DEMO_PORT}"), &format!("127.0.0.1 {p}")),
+                );
+            } else {
+                out.push_str(line);
+            }
+        } else if line.starts_with('#') && line.contains(&format!("127.0.0.1:{DEMO_PORT}")) {
+            if let Ok(p) = &port {
+                out.push_str(
+                    &line.replace(&format!("127.0.0.1:{DEMO_PORT}"), &format!("127.0.0.1:{p}")),
+                );
+            } else {
+                out.push_str(line);
+            }
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    (out, note)
+}
+
 fn init(dir: &Path, self_contained: bool, force: bool) -> i32 {
     let layout = if self_contained {
         let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
         Layout::inside(&absolute)
     } else {
-        user_layout()
+        Layout::system()
     };
     if let Err(e) = std::fs::create_dir_all(dir) {
         eprintln!("postern: fatal: cannot create {}: {e}", dir.display());
@@ -397,9 +454,16 @@ fn init(dir: &Path, self_contained: bool, force: bool) -> i32 {
     let program_dir = std::path::absolute(dir)
         .unwrap_or_else(|_| dir.to_path_buf())
         .join("programs");
+    // A self-contained instance runs beside the default one: its demo
+    // service gets a port free now instead of the default's 10026.
+    let (master_cf, demo_note) = if self_contained {
+        demo_on_free_port()
+    } else {
+        (MASTER_CF.to_string(), None)
+    };
     let files = [
         ("main.cf", layout.main_cf()),
-        ("master.cf", MASTER_CF.to_string()),
+        ("master.cf", master_cf),
         (
             "destinations",
             postern_conf::embedded::destinations(&program_dir),
@@ -428,6 +492,9 @@ fn init(dir: &Path, self_contained: bool, force: bool) -> i32 {
             return sysexits::EX_CANTCREAT;
         }
         println!("postern: wrote {}", path.display());
+    }
+    if let Some(note) = demo_note {
+        println!("postern: {note}");
     }
     // The trusted program directory starts empty: program delivery stays
     // off until an administrator puts a program there.

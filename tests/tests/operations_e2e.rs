@@ -345,3 +345,78 @@ fn the_systemd_unit_verifies() {
     assert_eq!(out.code, Some(0), "systemd-analyze verify: {out:?}");
     assert!(out.stderr.trim().is_empty(), "{out:?}");
 }
+
+/// `postern check` reports main.cf's problems even when master.cf has a
+/// syntax error, and every parameter a daemon reads has one default.
+#[test]
+fn check_reports_every_error_at_once_and_defaults_are_declared_once() {
+    let inst = Instance::new(
+        "mail_owner = no-such-owner-here",
+        "broken unix n n n - ten spawn",
+    );
+    let out = inst.postern(&["check"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("master.cf:"), "{out:?}");
+    assert!(out.stderr.contains("no-such-owner-here"), "{out:?}");
+    let out = postern_tests::postern(&["config", "-d", "local_destination_concurrency_limit"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout.trim(), "local_destination_concurrency_limit = 2");
+}
+
+/// Every command addresses the same instance by default, root or not, and
+/// one that needs root says so.
+#[test]
+fn an_ordinary_user_addresses_the_same_instance_and_is_told_to_be_root() {
+    use std::os::unix::fs::PermissionsExt;
+    require_root();
+    let inst = Instance::new("", "");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let postern = dir.path().join("postern");
+    std::fs::copy(bin("postern"), &postern).unwrap();
+    std::fs::set_permissions(&postern, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let as_nobody = |args: &[&str]| {
+        postern_tests::run(
+            Command::new("setpriv")
+                .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+                .arg(&postern)
+                .args(args)
+                .env("HOME", dir.path())
+                .env_remove("POSTERN_CONFIG"),
+        )
+    };
+    let mine = as_nobody(&["config", "-h", "queue_directory"]);
+    let roots = postern_tests::postern(&["config", "-h", "queue_directory"]);
+    assert_eq!(mine.code, Some(0), "{mine:?}");
+    assert_eq!(mine.stdout, roots.stdout, "{mine:?} {roots:?}");
+    for cmd in ["status", "stop", "reload"] {
+        let etc = inst.etc().display().to_string();
+        let out = as_nobody(&["-c", &etc, cmd]);
+        assert_eq!(out.code, Some(77), "{cmd}: {out:?}");
+        assert!(
+            out.stderr.contains("permission denied: run as root"),
+            "{cmd}: {out:?}"
+        );
+    }
+}
+
+/// `init --self-contained` moves the demo service off the default's port.
+#[test]
+fn a_self_contained_init_picks_a_free_demo_port_and_says_which() {
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc");
+    let out = postern_tests::postern(&["init", "--self-contained", &etc.display().to_string()]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let master = std::fs::read_to_string(etc.join("master.cf")).unwrap();
+    assert!(!master.contains("10026"), "{master}");
+    let port = out
+        .stdout
+        .split("demo service on 127.0.0.1:")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .unwrap_or_else(|| panic!("{out:?}"));
+    assert!(
+        master.contains(&format!("127.0.0.1:{port} inet")),
+        "{master}"
+    );
+}
