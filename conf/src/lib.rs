@@ -476,15 +476,32 @@ impl Config {
         if !set.is_empty() {
             return PathBuf::from(set);
         }
-        std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(Path::to_path_buf))
-            .unwrap_or_else(|| PathBuf::from("."))
+        installed_daemon_directory()
     }
 
     /// The process limit of `entry` (`None` = unlimited).
     pub fn process_limit(&self, entry: &ServiceEntry) -> Option<u32> {
         let default = u32::try_from(self.int(params::DEFAULT_PROCESS_LIMIT)).unwrap_or(u32::MAX);
         entry.process_limit(default)
+    }
+}
+
+/// Where the daemons are when `daemon_directory` is empty: the directory of
+/// the running program when it holds `postern-master` (a build tree, or a
+/// daemon itself), else `../libexec/postern` from it (an install: `postern`
+/// in `PREFIX/sbin`, the daemons in `PREFIX/libexec/postern`, so any
+/// `PREFIX` works without a setting).
+pub fn installed_daemon_directory() -> PathBuf {
+    let here = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."));
+    if here.join("postern-master").is_file() {
+        return here;
+    }
+    let libexec = here.join("../libexec/postern");
+    match std::fs::canonicalize(&libexec) {
+        Ok(dir) if dir.join("postern-master").is_file() => dir,
+        _ => here,
     }
 }

@@ -77,7 +77,7 @@ params! {
     CONFIG_DIRECTORY "config_directory" Kind::Text, "/etc/postern",
         "Directory holding main.cf, master.cf and the destination policy (postern's own; Postfix uses /etc/postfix).";
     DAEMON_DIRECTORY "daemon_directory" Kind::Text, "",
-        "Directory of the postern-* daemon programs; empty means the directory of the postern command itself.";
+        "Directory of the postern-* daemon programs; empty means the directory of the running program when it holds postern-master (a build tree), else ../libexec/postern from it (an install).";
     DAEMON_TIMEOUT "daemon_timeout" Kind::Time { unit: 's' }, "18000s",
         "How long a child may spend on one request before its watchdog terminates it.";
     DATA_DIRECTORY "data_directory" Kind::Text, "/var/lib/postern",

@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use postern_common::sysexits;
 use postern_conf::embedded::{Layout, MASTER_CF};
 use postern_conf::{Config, Diagnostic, ServicesFile, Source};
@@ -31,6 +31,12 @@ enum Command {
     /// Validate main.cf, master.cf, the directories and accounts they name.
     Check,
     /// Submit a message, sendmail(1)-style: postern sendmail [-t] [-i] [-f sender] recipient... < message
+    ///
+    /// Options: -f/-r SENDER (-f '<>' for the null sender), -F 'Full Name',
+    /// -t (recipients from To:/Cc:/Bcc:), -i/-oi (a lone '.' does not end
+    /// the message), -bp (list the queue). Exit 0 queued, 75 not queued
+    /// (try again), 65 refused, 64 usage, 74 cannot read the message, 70
+    /// may have been queued, 78 configuration.
     #[command(disable_help_flag = true)]
     Sendmail {
         /// sendmail(1) options and recipients.
@@ -38,6 +44,13 @@ enum Command {
         args: Vec<String>,
     },
     /// The queue: list, show ID, delete ID..., hold ID..., release ID..., flush.
+    ///
+    /// As root or the mail owner: 'list' every message with its queue,
+    /// size, arrival, sender, pending recipients and last delay reason;
+    /// 'show ID' its envelope, deliveries and message; 'hold' and 'release'
+    /// move messages out of the way and back (ID... or ALL); 'delete'
+    /// removes them (not while active); 'flush' retries every deferred
+    /// message now.
     #[command(disable_help_flag = true)]
     Queue {
         /// The queue command and its arguments.
@@ -116,6 +129,13 @@ enum Command {
     },
     /// Print the destination policy lines the aliases and .forward files need.
     Destinations,
+    /// Write the man pages (man1/, man5/) under DIR, generated from these
+    /// definitions (used by scripts/install and the package).
+    #[command(hide = true)]
+    Man {
+        /// The man directory, e.g. /usr/share/man.
+        dir: PathBuf,
+    },
     /// Write the default main.cf and master.cf into DIR for editing.
     Init {
         /// Keep the queue and state inside DIR (DIR/queue, DIR/data).
@@ -152,8 +172,47 @@ pub fn main() -> i32 {
     }
 }
 
+/// Prints the long help of subcommand `name` (for the pass-through
+/// commands, whose options are their tool's own).
+fn subcommand_help(name: &str) -> i32 {
+    let mut cmd = Cli::command();
+    cmd.build();
+    match cmd.find_subcommand_mut(name) {
+        Some(sub) => {
+            let _ = sub.print_long_help();
+            sysexits::EX_OK
+        }
+        None => sysexits::EX_SOFTWARE,
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
+        Command::Sendmail { ref args } | Command::Queue { ref args }
+            if args.first().is_some_and(|a| a == "--help") =>
+        {
+            let name = if matches!(cli.command, Command::Sendmail { .. }) {
+                "sendmail"
+            } else {
+                "queue"
+            };
+            Ok(subcommand_help(name))
+        }
+        Command::Man { dir } => match crate::manual::write(Cli::command(), &dir) {
+            Ok(files) => {
+                for f in files {
+                    println!("postern: wrote {}", f.display());
+                }
+                Ok(0)
+            }
+            Err(e) => {
+                eprintln!(
+                    "postern: fatal: cannot write man pages under {}: {e}",
+                    dir.display()
+                );
+                Ok(sysexits::EX_CANTCREAT)
+            }
+        },
         Command::Init {
             self_contained,
             force,
@@ -257,10 +316,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
 /// $POSTERN_CONFIG, $MAIL_CONFIG, /etc/postern, the embedded configuration).
 fn exec_queue_tool(tool: &str, dir: Option<PathBuf>, args: Vec<String>) -> i32 {
     use std::os::unix::process::CommandExt;
-    let exe = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|p| p.join(tool)))
-        .unwrap_or_else(|| PathBuf::from(tool));
+    let exe = postern_conf::installed_daemon_directory().join(tool);
     let mut cmd = std::process::Command::new(&exe);
     if let Some(d) = dir {
         cmd.arg("-c").arg(d);

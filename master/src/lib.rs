@@ -48,6 +48,7 @@ pub mod destinations;
 pub mod endpoint;
 pub mod instance;
 pub mod lifecycle;
+pub mod manual;
 pub mod programs;
 pub mod queue_health;
 pub mod show;

@@ -420,3 +420,73 @@ fn a_self_contained_init_picks_a_free_demo_port_and_says_which() {
         "{master}"
     );
 }
+
+/// `scripts/install` into a DESTDIR lays out the platform's files, and the
+/// installed `postern` finds its tools in PREFIX/libexec/postern.
+#[test]
+fn the_install_script_lays_out_the_files_in_destdir() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dest = tempfile::tempdir().unwrap();
+    let out = postern_tests::run(
+        Command::new("sh")
+            .arg(root.join("scripts/install"))
+            .args(["--no-build", "--sendmail-links"])
+            .env("DESTDIR", dest.path())
+            .env("PREFIX", "/usr")
+            .env("TARGET_DIR", postern_tests::bin_dir()),
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let d = dest.path();
+    for f in [
+        "usr/sbin/postern",
+        "usr/sbin/postern-sendmail",
+        "usr/sbin/sendmail",
+        "usr/bin/mailq",
+        "usr/bin/newaliases",
+        "usr/libexec/postern/postern-master",
+        "usr/libexec/postern/postern-spawn",
+        "usr/libexec/postern/postern-pipe",
+        "usr/libexec/postern/postern-local",
+        "usr/libexec/postern/postern-submit",
+        "usr/libexec/postern/postern-qmgr",
+        "usr/libexec/postern/postern-queue",
+        "usr/share/man/man1/postern.1",
+        "usr/share/man/man1/postern-status.1",
+        "usr/share/man/man1/postern-sendmail.1",
+        "usr/share/man/man5/postern.conf.5",
+        "lib/systemd/system/postern.service",
+        "etc/postern/main.cf",
+        "etc/postern/master.cf",
+        "etc/postern/destinations",
+    ] {
+        assert!(d.join(f).exists(), "{f} missing: {out:?}");
+    }
+    assert!(d.join("etc/postern/programs").is_dir());
+    let destinations = std::fs::read_to_string(d.join("etc/postern/destinations")).unwrap();
+    assert!(
+        !destinations.contains(&d.display().to_string()),
+        "{destinations}"
+    );
+    // An existing configuration is left alone.
+    std::fs::write(d.join("etc/postern/main.cf"), "# mine\n").unwrap();
+    let again = postern_tests::run(
+        Command::new("sh")
+            .arg(root.join("scripts/install"))
+            .arg("--no-build")
+            .env("DESTDIR", d)
+            .env("TARGET_DIR", postern_tests::bin_dir()),
+    );
+    assert_eq!(again.code, Some(0), "{again:?}");
+    assert_eq!(
+        std::fs::read_to_string(d.join("etc/postern/main.cf")).unwrap(),
+        "# mine\n"
+    );
+    // The installed command runs its tools from PREFIX/libexec/postern.
+    let out = postern_tests::run(
+        Command::new(d.join("usr/sbin/postern"))
+            .arg("-c")
+            .arg(d.join("etc/postern"))
+            .args(["queue", "list"]),
+    );
+    assert!(!out.stderr.contains("cannot run"), "{out:?}");
+}
