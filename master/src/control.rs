@@ -4,9 +4,12 @@
 //! creates what a fresh machine lacks (the default mail owner account, the
 //! directories) and says what it created, then starts `postern-master` in a
 //! new session and waits — with a deadline — for the master to say that every
-//! endpoint is open. `stop`, `abort` and `reload` signal the master whose pid
-//! is in the locked pid file; `stop` and `abort` wait for it to exit. `status`
-//! asks the master over its root-only control socket.
+//! endpoint is open. `stop` and `abort` signal the master whose pid is in
+//! the locked pid file and wait for it to exit. `reload` and `status` ask
+//! the master over its root-only control socket: `reload` waits for the
+//! master's verdict, `status` adds the queue's state and exits 0 healthy,
+//! 1 degraded, 3 not running. Each says `permission denied: run as root`
+//! to an ordinary user rather than a wrong answer.
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;

@@ -12,6 +12,23 @@
 //! watches a service's endpoints only while the service has no idle child, is
 //! under its process limit and is not throttled (see [`crate::lifecycle`]).
 //!
+//! Service manager: with `NOTIFY_SOCKET` set (systemd's `Type=notify`, the
+//! master run with `--foreground`), the master sends READY=1 once every
+//! endpoint is open (children start on demand, so that is when a client is
+//! served), RELOADING=1 (with MONOTONIC_USEC) and READY=1 around a reload,
+//! STOPPING=1 on stop, and STATUS= naming any throttled service and the
+//! failing child's reason (sd-notify). Children do not inherit the socket.
+//!
+//! Control requests (root only): `status`, `status json`, `reload` and
+//! `reload SERVICE`; a reload's reply is its verdict (`ok: ...` or
+//! `error: ...` when the running configuration was kept). A reload keeps
+//! the services whose master.cf entry and endpoints are unchanged under an
+//! unchanged main.cf; `reload SERVICE` recycles one.
+//!
+//! Locks: `data_directory/master/master.pid` (one master per instance) and
+//! `queue_directory/pid/master.pid` (one master per queue), each holding the
+//! pid and the configuration directory, so "already running" names which.
+//!
 //! Signals: SIGHUP reloads (an invalid configuration, or one that someone
 //! other than root could have changed — main.cf, master.cf, the daemon
 //! programs or a directory above them, see [`check::trust`] — is logged and
@@ -31,8 +48,11 @@
 //! event loop with its own buffers and closed at a short deadline, so an
 //! idle or slow client never delays the loop: see [`crate::control_client`]).
 //!
-//! **Exit status**: 0 after a stop; 1 when the instance is already running;
-//! 71 on a system error; 77 when not root; 78 on a configuration error.
+//! **Exit status**: 0 after a stop; 1 when the instance (or its queue) is
+//! already in use; 71 on a system error (an endpoint's address in use);
+//! 73 when maillog_file cannot be opened; 77 when not root; 78 on a
+//! configuration error (including no syslog, no maillog_file and not in
+//! the foreground).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
