@@ -454,7 +454,10 @@ pub fn status(source: &Source, json: bool) -> i32 {
 }
 
 fn queue_lines(q: &crate::queue_health::QueueHealth) -> String {
-    let counts: Vec<String> = q.messages.iter().map(|(n, c)| format!("{n} {c}")).collect();
+    let counts: Vec<String> = crate::queue_health::QUEUES
+        .iter()
+        .map(|n| format!("{n} {}", q.messages.get(*n).copied().unwrap_or(0)))
+        .collect();
     let mut out = format!("queue: {}\n", counts.join(", "));
     if let Some(age) = q.oldest_incoming_seconds {
         out.push_str(&format!(
@@ -466,11 +469,19 @@ fn queue_lines(q: &crate::queue_health::QueueHealth) -> String {
             }
         ));
     }
-    if let Some((id, age)) = &q.oldest_deferred {
-        out.push_str(&format!("    oldest deferred: {id}, {age}s old\n"));
+    if let Some(o) = &q.oldest_deferred {
+        out.push_str(&format!(
+            "    oldest deferred: {}, {}s old\n",
+            o.id,
+            o.age_seconds.unwrap_or(0)
+        ));
     }
-    if let Some((id, reason)) = &q.last_delivery_error {
-        out.push_str(&format!("    last delivery error: {id}: {reason}\n"));
+    if let Some(e) = &q.last_delivery_error {
+        out.push_str(&format!(
+            "    last delivery error: {}: {}\n",
+            e.id,
+            e.reason.as_deref().unwrap_or("")
+        ));
     }
     for p in &q.problems {
         out.push_str(&format!("    {p}\n"));

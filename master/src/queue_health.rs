@@ -20,17 +20,30 @@ const TAIL: u64 = 8192;
 /// take it (not running, or throttled).
 pub const INCOMING_STUCK_SECS: u64 = 60;
 
+/// A message named by the queue status.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Noted {
+    /// Its queue id.
+    pub id: String,
+    /// Seconds since it arrived (oldest deferred).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age_seconds: Option<u64>,
+    /// The delivery error (last delivery error).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// The queue's state.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct QueueHealth {
-    /// Messages per queue, in [`QUEUES`] order.
-    pub messages: Vec<(String, usize)>,
+    /// Messages per queue, by queue name.
+    pub messages: std::collections::BTreeMap<String, usize>,
     /// The oldest message in `incoming`, in seconds (by modification time).
     pub oldest_incoming_seconds: Option<u64>,
     /// The oldest deferred message: its queue id and age since arrival.
-    pub oldest_deferred: Option<(String, u64)>,
+    pub oldest_deferred: Option<Noted>,
     /// The most recent delivery error: queue id and reason.
-    pub last_delivery_error: Option<(String, String)>,
+    pub last_delivery_error: Option<Noted>,
     /// Problems reading the queue (an unreadable directory).
     pub problems: Vec<String>,
 }
@@ -61,7 +74,7 @@ pub fn read(queue_directory: &Path) -> QueueHealth {
                 health
                     .problems
                     .push(format!("cannot read {}: {e}", dir.display()));
-                health.messages.push((q.to_string(), 0));
+                health.messages.insert(q.to_string(), 0);
                 continue;
             }
         };
@@ -91,8 +104,16 @@ pub fn read(queue_directory: &Path) -> QueueHealth {
                             .duration_since(SystemTime::UNIX_EPOCH)
                             .map_or(0, |d| d.as_secs())
                             .saturating_sub(arrival);
-                        if health.oldest_deferred.as_ref().is_none_or(|(_, o)| a > *o) {
-                            health.oldest_deferred = Some((name.clone(), a));
+                        if health
+                            .oldest_deferred
+                            .as_ref()
+                            .is_none_or(|o| o.age_seconds.is_some_and(|o| a > o))
+                        {
+                            health.oldest_deferred = Some(Noted {
+                                id: name.clone(),
+                                age_seconds: Some(a),
+                                reason: None,
+                            });
                         }
                     }
                     // A deferred file's ctime moves with every record appended.
@@ -108,9 +129,13 @@ pub fn read(queue_directory: &Path) -> QueueHealth {
                 _ => {}
             }
         }
-        health.messages.push((q.to_string(), count));
+        health.messages.insert(q.to_string(), count);
     }
-    health.last_delivery_error = newest_error.map(|(_, id, reason)| (id, reason));
+    health.last_delivery_error = newest_error.map(|(_, id, reason)| Noted {
+        id,
+        age_seconds: None,
+        reason: Some(reason),
+    });
     health
 }
 
@@ -192,15 +217,16 @@ mod tests {
         )
         .unwrap();
         let h = read(dir.path());
-        assert_eq!(h.messages[0], ("incoming".to_string(), 1));
-        assert_eq!(h.messages[2], ("deferred".to_string(), 1));
+        assert_eq!(h.messages["incoming"], 1);
+        assert_eq!(h.messages["deferred"], 1);
         assert!(h
             .oldest_deferred
             .as_ref()
-            .is_some_and(|(id, age)| id == "B1" && *age > 1000));
+            .is_some_and(|o| o.id == "B1" && o.age_seconds.is_some_and(|a| a > 1000)));
+        let e = h.last_delivery_error.clone().expect("an error");
         assert_eq!(
-            h.last_delivery_error,
-            Some(("B1".to_string(), "4.4.1 connection refused".to_string()))
+            (e.id.as_str(), e.reason.as_deref()),
+            ("B1", Some("4.4.1 connection refused"))
         );
         assert!(!h.stuck());
     }

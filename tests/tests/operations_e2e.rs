@@ -130,7 +130,26 @@ fn a_throttled_service_makes_status_degraded_with_the_childs_reason() {
     );
     assert_eq!(v["services"][0]["name"], "echo", "{v}");
     assert_eq!(v["services"][0]["maxproc"], 2, "{v}");
-    assert!(v["queue"]["messages"].is_array(), "{v}");
+    assert_eq!(v["queue"]["messages"]["incoming"], 0, "{v}");
+    assert_eq!(v["queue"]["messages"]["deferred"], 0, "{v}");
+    // Mail in incoming for more than a minute (no qmgr here) is degraded.
+    let stuck = inst.etc().join("queue/incoming/STUCKTEST1");
+    std::fs::write(&stuck, "postern-queue 1\n").unwrap();
+    let touched = postern_tests::run(
+        Command::new("touch")
+            .args(["-d", "2 minutes ago"])
+            .arg(&stuck),
+    );
+    assert_eq!(touched.code, Some(0), "{touched:?}");
+    let out = inst.postern(&["status", "--json"]);
+    assert_eq!(out.code, Some(1), "stuck mail is degraded: {out:?}");
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert!(
+        v["queue"]["oldest_incoming_seconds"].as_u64().unwrap_or(0) >= 60,
+        "{v}"
+    );
+    std::fs::remove_file(&stuck).unwrap();
+    assert_eq!(inst.postern(&["status"]).code, Some(0));
     // A service whose child refuses to start (postern check would refuse
     // it: the SIGHUP bypasses that).
     inst.append_master("asroot unix n n n - 2 spawn user=root argv=/bin/cat");
