@@ -108,6 +108,11 @@ pub struct Loaded {
     pub config: Option<Config>,
     /// Every warning and error, in file order.
     pub diagnostics: Vec<Diagnostic>,
+    /// For `postern check` only, when there are errors: the configuration
+    /// as far as it could be read (the master.cf entries that parsed),
+    /// provided every declared parameter still has a value, so that the
+    /// checks behind a syntax error are reported at once too. Never run.
+    pub partial: Option<Config>,
 }
 
 impl Loaded {
@@ -212,6 +217,7 @@ impl Config {
             return Loaded {
                 config: None,
                 diagnostics: diags,
+                partial: None,
             };
         };
         let main = maincf::parse_main_cf(&main_file, &main_text, &mut diags);
@@ -228,6 +234,7 @@ impl Config {
             return Loaded {
                 config: None,
                 diagnostics: diags,
+                partial: None,
             };
         };
         let main = maincf::parse_main_cf(&main_file, &main_text, &mut diags);
@@ -356,15 +363,23 @@ impl Config {
         // Present problems file by file, line by line (stable: same-line order kept).
         diags.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
         let ok = !diags.iter().any(Diagnostic::is_error);
+        let complete = params::PARAMS.iter().all(|p| values.contains_key(p.name));
+        let config = Config {
+            source,
+            main,
+            master,
+            service,
+            values,
+        };
+        let (config, partial) = match (ok, complete) {
+            (true, _) => (Some(config), None),
+            (false, true) => (None, Some(config)),
+            (false, false) => (None, None),
+        };
         Loaded {
-            config: ok.then_some(Config {
-                source,
-                main,
-                master,
-                service,
-                values,
-            }),
+            config,
             diagnostics: diags,
+            partial,
         }
     }
 

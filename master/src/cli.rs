@@ -357,18 +357,13 @@ pub fn load(source: &Source) -> (Option<Config>, Vec<Diagnostic>) {
 
 fn run_check(source: &Source) -> i32 {
     eprintln!("postern: checking the {}", describe(source));
-    let (config, mut diags) = load(source);
-    match &config {
-        Some(config) => diags.extend(check::check(config)),
-        // master.cf has errors: main.cf alone still shows the accounts,
-        // directories and trust problems, so that every error is reported
-        // at once rather than one file's hiding the other's.
-        None => {
-            let main_only = Config::load_main_only(source, &ServicesFile::system());
-            if let Some(config) = &main_only.config {
-                diags.extend(check::check(config));
-            }
-        }
+    let loaded = Config::load(source, &ServicesFile::system());
+    let mut diags = loaded.diagnostics;
+    // With errors, the checks run on what could be read (a syntax error
+    // in one line hides nothing behind it).
+    let checked = loaded.config.or(loaded.partial);
+    if let Some(config) = &checked {
+        diags.extend(check::check(config));
     }
     for d in &diags {
         eprintln!("{d}");

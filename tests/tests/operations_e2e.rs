@@ -371,12 +371,20 @@ fn the_systemd_unit_verifies() {
 fn check_reports_every_error_at_once_and_defaults_are_declared_once() {
     let inst = Instance::new(
         "mail_owner = no-such-owner-here",
-        "broken unix n n n - ten spawn",
+        "broken unix n n n - ten spawn\nasroot unix n n n - 2 spawn user=root argv=/bin/cat",
     );
     let out = inst.postern(&["check"]);
     assert_eq!(out.code, Some(1), "{out:?}");
-    assert!(out.stderr.contains("master.cf:"), "{out:?}");
-    assert!(out.stderr.contains("no-such-owner-here"), "{out:?}");
+    assert!(out.stderr.contains("'ten'"), "the syntax error: {out:?}");
+    assert!(
+        out.stderr.contains("no-such-owner-here"),
+        "main.cf: {out:?}"
+    );
+    assert!(
+        out.stderr
+            .contains("user=root: uid 0 (root) is not allowed"),
+        "the service behind the syntax error: {out:?}"
+    );
     let out = postern_tests::postern(&["config", "-d", "local_destination_concurrency_limit"]);
     assert_eq!(out.code, Some(0), "{out:?}");
     assert_eq!(out.stdout.trim(), "local_destination_concurrency_limit = 2");
