@@ -6,7 +6,8 @@
 //! startup by the child skeleton or the master: standard error (foreground),
 //! `maillog_file` (appended with one `write` per line, so that concurrent
 //! processes never interleave within a line), or syslog over `/dev/log`
-//! (falling back to standard error when there is no syslog socket). The
+//! (with no syslog socket [`open_sink`] fails with a message naming
+//! `maillog_file` and `--foreground`; the master refuses to start). The
 //! `log` crate is the facade: code logs with `log::info!` and friends.
 //!
 //! A line in `maillog_file` is `<RFC 3339 UTC time> <host> <tag>[pid]: text`
@@ -98,7 +99,7 @@ fn facility_code(name: &str) -> u8 {
 }
 
 /// Chooses the sink: stderr when `foreground`, else `maillog_file` when set,
-/// else syslog (or stderr when there is no syslog socket).
+/// else syslog; an error (naming the options) when there is no syslog socket.
 pub fn open_sink(foreground: bool, maillog_file: &str, facility: &str) -> std::io::Result<Sink> {
     if foreground {
         return Ok(Sink::Stderr);
@@ -111,11 +112,23 @@ pub fn open_sink(foreground: bool, maillog_file: &str, facility: &str) -> std::i
         return Ok(Sink::File(f));
     }
     let sock = UnixDatagram::unbound()?;
-    match sock.connect(Path::new("/dev/log")) {
+    match sock.connect(Path::new(SYSLOG_SOCKET)) {
         Ok(()) => Ok(Sink::Syslog(sock, facility_code(facility))),
-        Err(_) => Ok(Sink::Stderr),
+        // Logs that would go nowhere are an error the caller reports
+        // (the master refuses to start); never a silent /dev/null.
+        Err(e) => Err(std::io::Error::new(
+            e.kind(),
+            format!(
+                "no syslog at {SYSLOG_SOCKET} ({e}): set maillog_file in main.cf \
+                 (e.g. maillog_file = /var/log/postern.log, or /dev/stdout in a container), \
+                 or run 'postern start --foreground' to log to standard error"
+            ),
+        )),
     }
 }
+
+/// The syslog socket.
+pub const SYSLOG_SOCKET: &str = "/dev/log";
 
 /// Installs the logger for this process: lines tagged `syslog_name/program`.
 /// Later calls replace the tag and the sink (the configuration was read, or

@@ -362,12 +362,20 @@ fn start<T>(
             return Err(sysexits::EX_USAGE);
         }
     };
+    let generation = args.generation;
+    // A fatal error before the first request: logged, and told to the
+    // master on the status channel, whose throttle line and status then
+    // carry this reason.
+    let fail = |code: i32, message: String| -> i32 {
+        report_fatal(generation, &message);
+        crate::log::fatal(code, message)
+    };
     // Until main.cf says where to log: stderr in the foreground, else syslog.
     let early = crate::log::open_sink(args.stderr, "", "mail").unwrap_or(crate::log::Sink::Stderr);
     crate::log::init("postern", program.name, early);
     let config = match load_config(&args) {
         Ok(c) => c,
-        Err(e) => return Err(crate::log::fatal(sysexits::EX_CONFIG, e)),
+        Err(e) => return Err(fail(sysexits::EX_CONFIG, e)),
     };
     // The watchdog covers startup too (an account lookup that hangs, a
     // setup that blocks): until the first status record the master counts
@@ -390,16 +398,16 @@ fn start<T>(
     let mail_owner = match account::user_by_name(&owner_name) {
         Ok(Some(a)) => a,
         Ok(None) => {
-            return Err(crate::log::fatal(
+            return Err(fail(
                 sysexits::EX_CONFIG,
                 format!("mail_owner {owner_name}: no such user"),
             ))
         }
-        Err(e) => return Err(crate::log::fatal(sysexits::EX_TEMPFAIL, e)),
+        Err(e) => return Err(fail(sysexits::EX_TEMPFAIL, e.to_string())),
     };
     match (program.privileges, args.unpriv) {
         (Privileges::Privileged, true) => {
-            return Err(crate::log::fatal(
+            return Err(fail(
                 sysexits::EX_CONFIG,
                 format!(
                     "service {}: {} switches users and needs 'n' in master.cf's unpriv column",
@@ -417,7 +425,7 @@ fn start<T>(
     let endpoints = match adopt_endpoints(&args) {
         Ok(e) => e,
         Err(e) => {
-            return Err(crate::log::fatal(
+            return Err(fail(
                 sysexits::EX_SOFTWARE,
                 format!("inherited descriptors: {e}"),
             ))
@@ -431,14 +439,14 @@ fn start<T>(
     let handler = match setup(&ctx) {
         Ok(h) => h,
         Err(e) => {
-            return Err(crate::log::fatal(
+            return Err(fail(
                 sysexits::EX_CONFIG,
                 format!("service {}: {e}", ctx.args.service),
             ))
         }
     };
     if let Err(e) = enter_privileges(&ctx, program.privileges) {
-        return Err(crate::log::fatal(sysexits::EX_OSERR, e));
+        return Err(fail(sysexits::EX_OSERR, e.to_string()));
     }
     // Startup code is done: keep only the pages the request loop uses.
     if let Err(e) = sys::trim_text_mappings() {
@@ -446,6 +454,19 @@ fn start<T>(
     }
     nix::unistd::alarm::cancel();
     Ok((ctx, endpoints, handler))
+}
+
+/// Sends the master a fatal record (best effort: the process exits next).
+/// The status channel is at [`STATUS_FD`] whether or not it was adopted yet;
+/// started by hand, that number is no socket and the send just fails.
+fn report_fatal(generation: u32, reason: &str) {
+    use nix::sys::socket::{send, MsgFlags};
+    let record = crate::status::encode_fatal(std::process::id(), generation, reason);
+    let _ = send(
+        STATUS_FD,
+        &record,
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+    );
 }
 
 /// `alarm`'s argument for a watchdog of `d` (at least one second).

@@ -17,6 +17,12 @@
 //! a pid that is not the sender's is a malformed record: the master logs it
 //! and ignores it.
 //!
+//! **Fatal records.** A child that cannot start sends, just before it exits,
+//! one datagram of [`RECORD_LEN`] bytes with state 3 followed by its reason
+//! in UTF-8 (at most [`MAX_REASON`] bytes; [`encode_fatal`]), so that the
+//! master's throttle line and `postern status` carry the child's own reason
+//! instead of a separate log line that can be lost.
+//!
 //! **States.** [`ChildState::Available`] when ready for a request (after
 //! startup and after each request), [`ChildState::Taken`] when it has accepted
 //! one. A child that exits with a failure before it ever reported
@@ -68,6 +74,59 @@ pub enum RecordError {
     /// Unknown state number.
     #[error("status record with unknown state {0}")]
     State(u32),
+}
+
+/// The longest reason a fatal record carries, in bytes.
+pub const MAX_REASON: usize = 400;
+/// The longest datagram on a status channel.
+pub const MAX_MESSAGE: usize = RECORD_LEN + MAX_REASON;
+const FATAL_STATE: u32 = 3;
+
+/// One datagram on a status channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// A state change.
+    State(StatusRecord),
+    /// The child's reason for failing at startup; it exits next.
+    Fatal {
+        /// The child's pid.
+        pid: u32,
+        /// Its service generation.
+        generation: u32,
+        /// Why it could not start.
+        reason: String,
+    },
+}
+
+/// Encodes a fatal record; the reason is cut to [`MAX_REASON`] bytes (at a
+/// character boundary).
+pub fn encode_fatal(pid: u32, generation: u32, reason: &str) -> Vec<u8> {
+    let mut end = reason.len().min(MAX_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = Vec::with_capacity(RECORD_LEN + end);
+    out.extend_from_slice(&pid.to_le_bytes());
+    out.extend_from_slice(&generation.to_le_bytes());
+    out.extend_from_slice(&FATAL_STATE.to_le_bytes());
+    out.extend_from_slice(&reason.as_bytes()[..end]);
+    out
+}
+
+/// Decodes any datagram of a status channel.
+pub fn decode_message(bytes: &[u8]) -> Result<Message, RecordError> {
+    if bytes.len() >= RECORD_LEN && bytes.len() <= MAX_MESSAGE {
+        let word =
+            |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        if word(8) == FATAL_STATE {
+            return Ok(Message::Fatal {
+                pid: word(0),
+                generation: word(4),
+                reason: String::from_utf8_lossy(&bytes[RECORD_LEN..]).into_owned(),
+            });
+        }
+    }
+    StatusRecord::decode(bytes).map(Message::State)
 }
 
 impl StatusRecord {
@@ -133,6 +192,40 @@ mod tests {
         assert_eq!(StatusRecord::decode(&r), Err(RecordError::State(9)));
         r[8] = 0;
         assert_eq!(StatusRecord::decode(&r), Err(RecordError::State(0)));
+    }
+
+    #[test]
+    fn fatal_records() {
+        let bytes = encode_fatal(12, 3, "user=root: uid 0 is not allowed");
+        assert_eq!(
+            decode_message(&bytes),
+            Ok(Message::Fatal {
+                pid: 12,
+                generation: 3,
+                reason: "user=root: uid 0 is not allowed".into()
+            })
+        );
+        // Cut at a character boundary.
+        let long = "é".repeat(MAX_REASON);
+        let bytes = encode_fatal(1, 1, &long);
+        assert!(bytes.len() <= MAX_MESSAGE);
+        let Ok(Message::Fatal { reason, .. }) = decode_message(&bytes) else {
+            panic!("not a fatal record");
+        };
+        assert_eq!(reason.len(), MAX_REASON);
+        // Ordinary records still decode; too long is malformed.
+        let r = StatusRecord {
+            pid: 1,
+            generation: 1,
+            state: ChildState::Taken,
+        };
+        assert_eq!(decode_message(&r.encode()), Ok(Message::State(r)));
+        assert_eq!(
+            decode_message(&[0; MAX_MESSAGE + 1]),
+            Err(RecordError::Length(MAX_MESSAGE + 1))
+        );
+        // A fatal-state word with trailing bytes but a bad length elsewhere.
+        assert_eq!(decode_message(&[0; 13]), Err(RecordError::Length(13)));
     }
 
     // The fixed numbers sit above stdio, in order, below the master's own.

@@ -47,18 +47,6 @@ impl Layout {
         }
     }
 
-    /// The layout for the current user: the system one for root, else
-    /// `$HOME/.postern` (or `/tmp/postern-UID` without a home).
-    pub fn for_user(is_root: bool, home: Option<&Path>, uid: u32) -> Self {
-        if is_root {
-            return Self::system();
-        }
-        match home {
-            Some(h) => Self::inside(&h.join(".postern")),
-            None => Self::inside(&PathBuf::from(format!("/tmp/postern-{uid}"))),
-        }
-    }
-
     /// The main.cf text for this layout.
     pub fn main_cf(&self) -> String {
         MAIN_CF_TEMPLATE

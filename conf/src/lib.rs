@@ -109,6 +109,11 @@ pub struct Loaded {
     pub config: Option<Config>,
     /// Every warning and error, in file order.
     pub diagnostics: Vec<Diagnostic>,
+    /// For `postern check` only, when there are errors: the configuration
+    /// as far as it could be read (the master.cf entries that parsed),
+    /// provided every declared parameter still has a value, so that the
+    /// checks behind a syntax error are reported at once too. Never run.
+    pub partial: Option<Config>,
 }
 
 impl Loaded {
@@ -224,6 +229,7 @@ impl Config {
             return Loaded {
                 config: None,
                 diagnostics: diags,
+                partial: None,
             };
         };
         let main = maincf::parse_main_cf(&main_file, &main_text, &mut diags);
@@ -240,6 +246,7 @@ impl Config {
             return Loaded {
                 config: None,
                 diagnostics: diags,
+                partial: None,
             };
         };
         let main = maincf::parse_main_cf(&main_file, &main_text, &mut diags);
@@ -368,15 +375,23 @@ impl Config {
         // Present problems file by file, line by line (stable: same-line order kept).
         diags.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
         let ok = !diags.iter().any(Diagnostic::is_error);
+        let complete = params::PARAMS.iter().all(|p| values.contains_key(p.name));
+        let config = Config {
+            source,
+            main,
+            master,
+            service,
+            values,
+        };
+        let (config, partial) = match (ok, complete) {
+            (true, _) => (Some(config), None),
+            (false, true) => (None, Some(config)),
+            (false, false) => (None, None),
+        };
         Loaded {
-            config: ok.then_some(Config {
-                source,
-                main,
-                master,
-                service,
-                values,
-            }),
+            config,
             diagnostics: diags,
+            partial,
         }
     }
 
@@ -494,15 +509,32 @@ impl Config {
         if !set.is_empty() {
             return PathBuf::from(set);
         }
-        std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(Path::to_path_buf))
-            .unwrap_or_else(|| PathBuf::from("."))
+        installed_daemon_directory()
     }
 
     /// The process limit of `entry` (`None` = unlimited).
     pub fn process_limit(&self, entry: &ServiceEntry) -> Option<u32> {
         let default = u32::try_from(self.int(params::DEFAULT_PROCESS_LIMIT)).unwrap_or(u32::MAX);
         entry.process_limit(default)
+    }
+}
+
+/// Where the daemons are when `daemon_directory` is empty: the directory of
+/// the running program when it holds `postern-master` (a build tree, or a
+/// daemon itself), else `../libexec/postern` from it (an install: `postern`
+/// in `PREFIX/sbin`, the daemons in `PREFIX/libexec/postern`, so any
+/// `PREFIX` works without a setting).
+pub fn installed_daemon_directory() -> PathBuf {
+    let here = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."));
+    if here.join("postern-master").is_file() {
+        return here;
+    }
+    let libexec = here.join("../libexec/postern");
+    match std::fs::canonicalize(&libexec) {
+        Ok(dir) if dir.join("postern-master").is_file() => dir,
+        _ => here,
     }
 }

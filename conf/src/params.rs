@@ -79,7 +79,7 @@ params! {
     CONFIG_DIRECTORY "config_directory" Kind::Text, "/etc/postern",
         "Directory holding main.cf, master.cf and the destination policy (postern's own; Postfix uses /etc/postfix).";
     DAEMON_DIRECTORY "daemon_directory" Kind::Text, "",
-        "Directory of the postern-* daemon programs; empty means the directory of the postern command itself.";
+        "Directory of the postern-* daemon programs; empty means the directory of the running program when it holds postern-master (a build tree), else ../libexec/postern from it (an install).";
     DAEMON_TIMEOUT "daemon_timeout" Kind::Time { unit: 's' }, "18000s",
         "How long a child may spend on one request before its watchdog terminates it.";
     DATA_DIRECTORY "data_directory" Kind::Text, "/var/lib/postern",
@@ -116,6 +116,8 @@ params! {
         "Time limit for reading or writing one exchange on a connection.";
     LOCAL_DELIVERY_BATCH_LIMIT "local_delivery_batch_limit" Kind::Int { min: 1 }, "32",
         "Most messages for one local user the queue manager hands to local in one exchange (at most 64; 1: one per exchange).";
+    LOCAL_DESTINATION_CONCURRENCY_LIMIT "local_destination_concurrency_limit" Kind::Int { min: 1 }, "2",
+        "The most deliveries in parallel to one local user (Postfix's default, 2).";
     MAIL_OWNER "mail_owner" Kind::Text, "postern",
         "Unprivileged account that owns the queue and runs unprivileged services (Postfix's default is postfix).";
     MAIL_SPOOL_DIRECTORY "mail_spool_directory" Kind::Text, "/var/mail",
@@ -186,7 +188,11 @@ pub const SERVICE_SUFFIXES: &[(&str, Kind, &str)] = &[
         Kind::Time { unit: 's' },
         "$command_time_limit",
     ),
-    ("_destination_concurrency_limit", Kind::Int { min: 0 }, "20"),
+    (
+        "_destination_concurrency_limit",
+        Kind::Int { min: 0 },
+        "$default_destination_concurrency_limit",
+    ),
     ("_destination_recipient_limit", Kind::Int { min: 0 }, "50"),
 ];
 

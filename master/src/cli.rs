@@ -6,8 +6,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use clap::{Parser, Subcommand};
-use postern_common::{account, sysexits};
+use clap::{CommandFactory, Parser, Subcommand};
+use postern_common::sysexits;
 use postern_conf::embedded::{Layout, MASTER_CF};
 use postern_conf::{Config, Diagnostic, ServicesFile, Source};
 
@@ -31,6 +31,12 @@ enum Command {
     /// Validate main.cf, master.cf, the directories and accounts they name.
     Check,
     /// Submit a message, sendmail(1)-style: postern sendmail [-t] [-i] [-f sender] recipient... < message
+    ///
+    /// Options: -f/-r SENDER (-f '<>' for the null sender), -F 'Full Name',
+    /// -t (recipients from To:/Cc:/Bcc:), -i/-oi (a lone '.' does not end
+    /// the message), -bp (list the queue). Exit 0 queued, 75 not queued
+    /// (try again), 65 refused, 64 usage, 74 cannot read the message, 70
+    /// may have been queued, 78 configuration.
     #[command(disable_help_flag = true)]
     Sendmail {
         /// sendmail(1) options and recipients.
@@ -38,6 +44,13 @@ enum Command {
         args: Vec<String>,
     },
     /// The queue: list, show ID, delete ID..., hold ID..., release ID..., flush.
+    ///
+    /// As root or the mail owner: 'list' every message with its queue,
+    /// size, arrival, sender, pending recipients and last delay reason;
+    /// 'show ID' its envelope, deliveries and message; 'hold' and 'release'
+    /// move messages out of the way and back (ID... or ALL); 'delete'
+    /// removes them (not while active); 'flush' retries every deferred
+    /// message now.
     #[command(disable_help_flag = true)]
     Queue {
         /// The queue command and its arguments.
@@ -79,10 +92,20 @@ enum Command {
     Stop,
     /// Stop the instance at once, killing requests in progress.
     Abort,
-    /// Re-read main.cf and master.cf without refusing a connection.
-    Reload,
-    /// Show the master and every service, with its children.
-    Status,
+    /// Re-read main.cf and master.cf without refusing a connection, and
+    /// recycle the services whose configuration changed (or SERVICE alone).
+    Reload {
+        /// Recycle only this service (NAME or NAME/TYPE), under the running
+        /// configuration.
+        service: Option<String>,
+    },
+    /// Show the master, every service with its children, and the queue.
+    /// Exit 0 healthy, 1 degraded, 3 not running.
+    Status {
+        /// One JSON document instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Hand one message (standard input) to the local delivery agent.
     Deliver {
         /// Envelope sender.
@@ -106,6 +129,13 @@ enum Command {
     },
     /// Print the destination policy lines the aliases and .forward files need.
     Destinations,
+    /// Write the man pages (man1/, man5/) under DIR, generated from these
+    /// definitions (used by scripts/install and the package).
+    #[command(hide = true)]
+    Man {
+        /// The man directory, e.g. /usr/share/man.
+        dir: PathBuf,
+    },
     /// Write the default main.cf and master.cf into DIR for editing.
     Init {
         /// Keep the queue and state inside DIR (DIR/queue, DIR/data).
@@ -142,6 +172,20 @@ pub fn main() -> i32 {
     }
 }
 
+/// Prints the long help of subcommand `name` (for the pass-through
+/// commands, whose options are their tool's own).
+fn subcommand_help(name: &str) -> i32 {
+    let mut cmd = Cli::command();
+    cmd.build();
+    match cmd.find_subcommand_mut(name) {
+        Some(sub) => {
+            let _ = sub.print_long_help();
+            sysexits::EX_OK
+        }
+        None => sysexits::EX_SOFTWARE,
+    }
+}
+
 fn run(mut cli: Cli) -> anyhow::Result<i32> {
     // Before anything else: the configuration directory, and every path
     // derived from it (program_directory, queue_directory, ...), must not
@@ -154,6 +198,31 @@ fn run(mut cli: Cli) -> anyhow::Result<i32> {
         }
     };
     match cli.command {
+        Command::Sendmail { ref args } | Command::Queue { ref args }
+            if args.first().is_some_and(|a| a == "--help") =>
+        {
+            let name = if matches!(cli.command, Command::Sendmail { .. }) {
+                "sendmail"
+            } else {
+                "queue"
+            };
+            Ok(subcommand_help(name))
+        }
+        Command::Man { dir } => match crate::manual::write(Cli::command(), &dir) {
+            Ok(files) => {
+                for f in files {
+                    println!("postern: wrote {}", f.display());
+                }
+                Ok(0)
+            }
+            Err(e) => {
+                eprintln!(
+                    "postern: fatal: cannot write man pages under {}: {e}",
+                    dir.display()
+                );
+                Ok(sysexits::EX_CANTCREAT)
+            }
+        },
         Command::Init {
             self_contained,
             force,
@@ -167,8 +236,11 @@ fn run(mut cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Stop => Ok(crate::control::stop(&source(cli.config_dir), false)),
         Command::Abort => Ok(crate::control::stop(&source(cli.config_dir), true)),
-        Command::Reload => Ok(crate::control::reload(&source(cli.config_dir))),
-        Command::Status => Ok(crate::control::status(&source(cli.config_dir))),
+        Command::Reload { service } => Ok(crate::control::reload(
+            &source(cli.config_dir),
+            service.as_deref(),
+        )),
+        Command::Status { json } => Ok(crate::control::status(&source(cli.config_dir), json)),
         Command::Deliver {
             sender,
             user,
@@ -254,10 +326,7 @@ fn run(mut cli: Cli) -> anyhow::Result<i32> {
 /// $POSTERN_CONFIG, $MAIL_CONFIG, /etc/postern, the embedded configuration).
 fn exec_queue_tool(tool: &str, dir: Option<PathBuf>, args: Vec<String>) -> i32 {
     use std::os::unix::process::CommandExt;
-    let exe = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|p| p.join(tool)))
-        .unwrap_or_else(|| PathBuf::from(tool));
+    let exe = postern_conf::installed_daemon_directory().join(tool);
     let mut cmd = std::process::Command::new(&exe);
     if let Some(d) = dir {
         cmd.arg("-c").arg(d);
@@ -296,13 +365,9 @@ pub fn source(explicit: Option<PathBuf>) -> Source {
     if check::has_main_cf(default) {
         return Source::Dir(default.to_path_buf());
     }
-    Source::Embedded(user_layout())
-}
-
-fn user_layout() -> Layout {
-    let uid = nix::unistd::Uid::effective().as_raw();
-    let home = std::env::var_os("HOME").map(PathBuf::from);
-    Layout::for_user(account::running_as_root(), home.as_deref(), uid)
+    // Everyone addresses the same instance, root or not (as sendmail
+    // does): the system layout.
+    Source::Embedded(Layout::system())
 }
 
 pub fn describe(source: &Source) -> String {
@@ -321,8 +386,12 @@ pub fn load(source: &Source) -> (Option<Config>, Vec<Diagnostic>) {
 
 fn run_check(source: &Source) -> i32 {
     eprintln!("postern: checking the {}", describe(source));
-    let (config, mut diags) = load(source);
-    if let Some(config) = &config {
+    let loaded = Config::load(source, &ServicesFile::system());
+    let mut diags = loaded.diagnostics;
+    // With errors, the checks run on what could be read (a syntax error
+    // in one line hides nothing behind it).
+    let checked = loaded.config.or(loaded.partial);
+    if let Some(config) = &checked {
         diags.extend(check::check(config));
     }
     for d in &diags {
@@ -402,12 +471,64 @@ fn run_config(
     status
 }
 
+/// The default master.cf's demo port.
+const DEMO_PORT: u16 = 10026;
+
+/// The default master.cf with its demo service moved to a port free now
+/// (or commented out when none can be found), and what was done.
+fn demo_on_free_port() -> (String, Option<String>) {
+    let default = format!("127.0.0.1:{DEMO_PORT} ");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port());
+    let mut out = String::new();
+    let mut note = None;
+    for line in MASTER_CF.lines() {
+        if line.starts_with(&default) {
+            match &port {
+                Ok(p) => {
+                    out.push_str(&line.replacen(&default, &format!("127.0.0.1:{p} "), 1));
+                    note = Some(format!(
+                        "demo service on 127.0.0.1:{p} (free now; the default instance uses {DEMO_PORT})"
+                    ));
+                }
+                Err(e) => {
+                    out.push_str(&format!("#{line}"));
+                    note = Some(format!(
+                        "demo service commented out: no free port found ({e})"
+                    ));
+                }
+            }
+        } else if line.starts_with('#') && line.contains(&format!("127.0.0.1 {DEMO_PORT}")) {
+            if let Ok(p) = &port {
+                out.push_str(
+                    &line.replace(&format!("127.0.0.1 {DEMO_PORT}"), &format!("127.0.0.1 {p}")),
+                );
+            } else {
+                out.push_str(line);
+            }
+        } else if line.starts_with('#') && line.contains(&format!("127.0.0.1:{DEMO_PORT}")) {
+            if let Ok(p) = &port {
+                out.push_str(
+                    &line.replace(&format!("127.0.0.1:{DEMO_PORT}"), &format!("127.0.0.1:{p}")),
+                );
+            } else {
+                out.push_str(line);
+            }
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    (out, note)
+}
+
 fn init(dir: &Path, self_contained: bool, force: bool) -> i32 {
     let layout = if self_contained {
         let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
         Layout::inside(&absolute)
     } else {
-        user_layout()
+        Layout::system()
     };
     if let Err(e) = std::fs::create_dir_all(dir) {
         eprintln!("postern: fatal: cannot create {}: {e}", dir.display());
@@ -416,9 +537,16 @@ fn init(dir: &Path, self_contained: bool, force: bool) -> i32 {
     let program_dir = std::path::absolute(dir)
         .unwrap_or_else(|_| dir.to_path_buf())
         .join("programs");
+    // A self-contained instance runs beside the default one: its demo
+    // service gets a port free now instead of the default's 10026.
+    let (master_cf, demo_note) = if self_contained {
+        demo_on_free_port()
+    } else {
+        (MASTER_CF.to_string(), None)
+    };
     let files = [
         ("main.cf", layout.main_cf()),
-        ("master.cf", MASTER_CF.to_string()),
+        ("master.cf", master_cf),
         (
             "destinations",
             postern_conf::embedded::destinations(&program_dir),
@@ -447,6 +575,9 @@ fn init(dir: &Path, self_contained: bool, force: bool) -> i32 {
             return sysexits::EX_CANTCREAT;
         }
         println!("postern: wrote {}", path.display());
+    }
+    if let Some(note) = demo_note {
+        println!("postern: {note}");
     }
     // The trusted program directory starts empty: program delivery stays
     // off until an administrator puts a program there.

@@ -4,9 +4,12 @@
 //! creates what a fresh machine lacks (the default mail owner account, the
 //! directories) and says what it created, then starts `postern-master` in a
 //! new session and waits — with a deadline — for the master to say that every
-//! endpoint is open. `stop`, `abort` and `reload` signal the master whose pid
-//! is in the locked pid file; `stop` and `abort` wait for it to exit. `status`
-//! asks the master over its root-only control socket.
+//! endpoint is open. `stop` and `abort` signal the master whose pid is in
+//! the locked pid file and wait for it to exit. `reload` and `status` ask
+//! the master over its root-only control socket: `reload` waits for the
+//! master's verdict, `status` adds the queue's state and exits 0 healthy,
+//! 1 degraded, 3 not running. Each says `permission denied: run as root`
+//! to an ordinary user rather than a wrong answer.
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -101,7 +104,10 @@ pub fn start(source: &Source, foreground: bool) -> i32 {
     }
     let paths = Paths::of(&config);
     if let Some(pid) = instance::running_master(&paths) {
-        eprintln!("postern: the instance is already running (master pid {pid})");
+        eprintln!(
+            "postern: the instance is already running (master pid {pid}, {})",
+            describe(source)
+        );
         return 1;
     }
     let owner = match account::user_by_name(config.text(params::MAIL_OWNER)) {
@@ -237,11 +243,14 @@ fn daemonise(master: &Path, source: &Source) -> i32 {
             0
         }
         Some(text) if !text.is_empty() => {
-            eprintln!(
-                "postern: start failed: {}",
-                text.trim_start_matches("error: ")
-            );
-            1
+            // "error CODE: why" (the master's exit status and reason).
+            let (code, why) = text
+                .strip_prefix("error ")
+                .and_then(|t| t.split_once(": "))
+                .and_then(|(c, w)| c.parse::<i32>().ok().map(|c| (c, w)))
+                .unwrap_or((1, text.trim_start_matches("error: ")));
+            eprintln!("postern: start failed: {why}");
+            code
         }
         _ => {
             eprintln!(
@@ -269,6 +278,9 @@ fn running(config: &Config) -> Result<(Paths, u32), i32> {
 
 /// `postern stop` (graceful) or `postern abort` (immediate).
 pub fn stop(source: &Source, immediate: bool) -> i32 {
+    if let Err(code) = require_root(if immediate { "abort" } else { "stop" }) {
+        return code;
+    }
     let config = match loaded_for_operation(source) {
         Ok(c) => c,
         Err(code) => return code,
@@ -302,8 +314,40 @@ pub fn stop(source: &Source, immediate: bool) -> i32 {
     }
 }
 
-/// `postern reload`: validates first; an invalid configuration is not sent.
-pub fn reload(source: &Source) -> i32 {
+/// Refuses a command that needs root (the master's files are root's), so
+/// that an ordinary user gets the reason instead of a wrong answer.
+fn require_root(what: &str) -> Result<(), i32> {
+    if account::running_as_root() {
+        return Ok(());
+    }
+    eprintln!(
+        "postern: {what}: permission denied: run as root (the master's pid file and control socket are root's)"
+    );
+    Err(sysexits::EX_NOPERM)
+}
+
+/// Sends one request to the master's control socket and reads the reply.
+fn ask(paths: &Paths, request: &str, timeout: Duration) -> std::io::Result<String> {
+    let mut s = std::os::unix::net::UnixStream::connect(&paths.control)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(format!("{request}\n").as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// How long `postern reload` waits for the master's verdict (it resolves
+/// addresses and opens endpoints).
+const RELOAD_DEADLINE: Duration = Duration::from_secs(60);
+
+/// `postern reload [SERVICE]`: validates first (an invalid configuration is
+/// not sent), then asks the master over the control socket and waits for
+/// its verdict: exit 0 when applied, 1 with the reason when the master kept
+/// the running configuration (or could not start a service).
+pub fn reload(source: &Source, service: Option<&str>) -> i32 {
+    if let Err(code) = require_root("reload") {
+        return code;
+    }
     let config = match loaded(source) {
         Ok(c) => c,
         Err(code) => return code,
@@ -318,47 +362,129 @@ pub fn reload(source: &Source) -> i32 {
         Ok(r) => r,
         Err(code) => return code,
     };
-    match kill(Pid::from_raw(pid as i32), Signal::SIGHUP) {
-        Ok(()) => {
-            println!("postern: reload requested (master pid {pid})");
-            0
-        }
-        Err(e) => {
-            eprintln!("postern: cannot signal the master (pid {pid}): {e}");
-            sysexits::EX_NOPERM
-        }
-    }
-}
-
-/// `postern status`.
-pub fn status(source: &Source) -> i32 {
-    let config = match loaded_for_operation(source) {
-        Ok(c) => c,
-        Err(code) => return code,
+    let paths = Paths::of(&config);
+    let request = match service {
+        Some(s) => format!("reload {s}"),
+        None => "reload".to_string(),
     };
-    let (paths, _) = match running(&config) {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
-    let ask = || -> std::io::Result<String> {
-        let mut s = std::os::unix::net::UnixStream::connect(&paths.control)?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        s.write_all(b"status\n")?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        Ok(out)
-    };
-    match ask() {
-        Ok(text) => {
-            print!("{text}");
-            0
+    match ask(&paths, &request, RELOAD_DEADLINE) {
+        Ok(reply) => {
+            let reply = reply.trim();
+            if let Some(ok) = reply.strip_prefix("ok: ") {
+                println!("postern: {ok} (master pid {pid})");
+                0
+            } else {
+                eprintln!(
+                    "postern: reload refused by the master (pid {pid}): {}",
+                    reply.trim_start_matches("error: ")
+                );
+                1
+            }
         }
         Err(e) => {
             eprintln!(
-                "postern: cannot ask the master at {}: {e}",
+                "postern: no verdict from the master (pid {pid}) at {}: {e}",
                 paths.control.display()
             );
             sysexits::EX_TEMPFAIL
         }
     }
+}
+
+/// `postern status [--json]`: exit 0 healthy, 1 degraded (a service
+/// throttled, mail in incoming for more than a minute), 3 not running.
+pub fn status(source: &Source, json: bool) -> i32 {
+    const NOT_RUNNING: i32 = 3;
+    if let Err(code) = require_root("status") {
+        return code;
+    }
+    let config = match loaded_for_operation(source) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let paths = Paths::of(&config);
+    if instance::running_master(&paths).is_none() {
+        if json {
+            println!("{{\"master\":null,\"running\":false}}");
+        }
+        eprintln!(
+            "postern: the instance is not running ({})",
+            describe(&config.source)
+        );
+        return NOT_RUNNING;
+    }
+    let reply = match ask(&paths, "status json", Duration::from_secs(10)) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!(
+                "postern: cannot ask the master at {}: {e}",
+                paths.control.display()
+            );
+            return sysexits::EX_TEMPFAIL;
+        }
+    };
+    let mut snapshot: crate::control_client::Snapshot = match serde_json::from_str(&reply) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "postern: the master's status reply is not understood: {e}: {}",
+                reply.trim()
+            );
+            return sysexits::EX_SOFTWARE;
+        }
+    };
+    let queue = crate::queue_health::read(Path::new(config.text(params::QUEUE_DIRECTORY)));
+    let degraded = snapshot.services.iter().any(|s| s.throttled.is_some()) || queue.stuck();
+    snapshot.queue = Some(queue);
+    if json {
+        match serde_json::to_string_pretty(&snapshot) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("postern: cannot encode the status: {e}");
+                return sysexits::EX_SOFTWARE;
+            }
+        }
+    } else {
+        print!("{}", crate::control_client::human(&snapshot));
+        if let Some(q) = &snapshot.queue {
+            print!("{}", queue_lines(q));
+        }
+    }
+    i32::from(degraded)
+}
+
+fn queue_lines(q: &crate::queue_health::QueueHealth) -> String {
+    let counts: Vec<String> = crate::queue_health::QUEUES
+        .iter()
+        .map(|n| format!("{n} {}", q.messages.get(*n).copied().unwrap_or(0)))
+        .collect();
+    let mut out = format!("queue: {}\n", counts.join(", "));
+    if let Some(age) = q.oldest_incoming_seconds {
+        out.push_str(&format!(
+            "    oldest in incoming: {age}s{}\n",
+            if q.stuck() {
+                " (stuck: is qmgr running?)"
+            } else {
+                ""
+            }
+        ));
+    }
+    if let Some(o) = &q.oldest_deferred {
+        out.push_str(&format!(
+            "    oldest deferred: {}, {}s old\n",
+            o.id,
+            o.age_seconds.unwrap_or(0)
+        ));
+    }
+    if let Some(e) = &q.last_delivery_error {
+        out.push_str(&format!(
+            "    last delivery error: {}: {}\n",
+            e.id,
+            e.reason.as_deref().unwrap_or("")
+        ));
+    }
+    for p in &q.problems {
+        out.push_str(&format!("    {p}\n"));
+    }
+    out
 }

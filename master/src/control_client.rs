@@ -45,17 +45,161 @@ pub fn parse(buf: &[u8], eof: bool) -> Parsed {
     Parsed::Line(String::from_utf8_lossy(line).trim().to_string())
 }
 
-/// The reply to a request: `status` → `status()`; anything else an error.
-pub fn reply(parsed: &Parsed, status: impl FnOnce() -> String) -> Option<String> {
+/// A request the master understands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// `status`: the human table.
+    Status,
+    /// `status json`: a [`Snapshot`] as one JSON line.
+    StatusJson,
+    /// `reload` (everything) or `reload SERVICE` (recycle one): the reply
+    /// is `ok: ...` or `error: why the running configuration was kept`.
+    Reload(Option<String>),
+}
+
+impl Request {
+    /// Parses a request line.
+    pub fn parse(line: &str) -> Option<Request> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["status"] => Some(Request::Status),
+            ["status", "json"] => Some(Request::StatusJson),
+            ["reload"] => Some(Request::Reload(None)),
+            ["reload", service] => Some(Request::Reload(Some((*service).to_string()))),
+            _ => None,
+        }
+    }
+}
+
+/// The reply to a request: `answer` for a known one; anything else an error.
+pub fn reply(parsed: &Parsed, answer: impl FnOnce(&Request) -> String) -> Option<String> {
     match parsed {
         Parsed::Incomplete | Parsed::Empty => None,
-        Parsed::Line(l) if l == "status" => Some(status()),
-        Parsed::Line(other) => Some(format!(
-            "error: unknown request '{}' (known: status)\n",
-            other.escape_default()
-        )),
+        Parsed::Line(l) => match Request::parse(l) {
+            Some(r) => Some(answer(&r)),
+            None => Some(format!(
+                "error: unknown request '{}' (known: status, status json, reload [SERVICE])\n",
+                l.escape_default()
+            )),
+        },
         Parsed::TooLong => Some(format!("error: request longer than {MAX_REQUEST} bytes\n")),
     }
+}
+
+/// `postern status --json`: the master, its services and the queue.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    /// The master.
+    pub master: MasterSnapshot,
+    /// Every service, in master.cf order.
+    pub services: Vec<ServiceSnapshot>,
+    /// The queue (filled in by `postern status`, which reads the queue
+    /// directory; the master does not look at the queue).
+    pub queue: Option<crate::queue_health::QueueHealth>,
+}
+
+/// The master process.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MasterSnapshot {
+    /// Its pid.
+    pub pid: u32,
+    /// Seconds since it started.
+    pub uptime_seconds: u64,
+    /// Which configuration it runs.
+    pub configuration: String,
+    /// Whether it is stopping.
+    pub stopping: bool,
+    /// Children of removed or recycled services still finishing a request.
+    pub retired_children: usize,
+}
+
+/// One service.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ServiceSnapshot {
+    /// master.cf's name.
+    pub name: String,
+    /// inet, unix, fifo.
+    pub kind: String,
+    /// Where it listens.
+    pub endpoints: Vec<String>,
+    /// Its process limit (none: unlimited).
+    pub maxproc: Option<u32>,
+    /// listening, throttled, at process limit, idle child waiting.
+    pub state: String,
+    /// Set while the service is throttled.
+    pub throttled: Option<Throttle>,
+    /// Its children.
+    pub children: Vec<ChildSnapshot>,
+}
+
+/// Why and until when a service is throttled.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Throttle {
+    /// Seconds until it serves again.
+    pub seconds_left: u64,
+    /// When it serves again (UTC).
+    pub until: String,
+    /// The failing child's exit and its own fatal message.
+    pub reason: String,
+}
+
+/// One child.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ChildSnapshot {
+    /// Its pid.
+    pub pid: i32,
+    /// starting, idle, busy.
+    pub state: String,
+    /// Requests taken.
+    pub uses: u32,
+    /// Seconds since it was started.
+    pub age_seconds: u64,
+}
+
+/// The human table of `postern status`.
+pub fn human(s: &Snapshot) -> String {
+    let m = &s.master;
+    let mut out = format!(
+        "master: pid {}, up {}s, {}{}\n",
+        m.pid,
+        m.uptime_seconds,
+        m.configuration,
+        if m.stopping { ", stopping" } else { "" }
+    );
+    out.push_str(&format!(
+        "{:<24} {:<5} {:<28} {:>7} {:>8}  state\n",
+        "service", "type", "endpoint", "maxproc", "children"
+    ));
+    for svc in &s.services {
+        let maxproc = svc
+            .maxproc
+            .map_or("unlimited".to_string(), |l| l.to_string());
+        let state = match &svc.throttled {
+            Some(t) => format!("throttled for {}s: {}", t.seconds_left, t.reason),
+            None => svc.state.clone(),
+        };
+        out.push_str(&format!(
+            "{:<24} {:<5} {:<28} {:>7} {:>8}  {state}\n",
+            svc.name,
+            svc.kind,
+            svc.endpoints.join(","),
+            maxproc,
+            svc.children.len()
+        ));
+        for c in &svc.children {
+            out.push_str(&format!(
+                "    pid {} {}, {} use(s), age {}s\n",
+                c.pid, c.state, c.uses, c.age_seconds
+            ));
+        }
+    }
+    if m.retired_children > 0 {
+        out.push_str(&format!(
+            "retired children finishing their request: {}\n",
+            m.retired_children
+        ));
+    }
+    out
 }
 
 /// A connection being served.
@@ -178,15 +322,30 @@ mod tests {
 
     #[test]
     fn replies() {
-        let status = || "master: ok\n".to_string();
+        let status = |r: &Request| format!("{r:?}\n");
         assert_eq!(reply(&Parsed::Incomplete, status), None);
         assert_eq!(reply(&Parsed::Empty, status), None);
         assert_eq!(
             reply(&Parsed::Line("status".into()), status).as_deref(),
-            Some("master: ok\n")
+            Some("Status\n")
+        );
+        assert_eq!(
+            reply(&Parsed::Line("status json".into()), status).as_deref(),
+            Some("StatusJson\n")
+        );
+        assert_eq!(
+            reply(&Parsed::Line("reload echo".into()), status).as_deref(),
+            Some("Reload(Some(\"echo\"))\n")
+        );
+        assert_eq!(
+            reply(&Parsed::Line("reload".into()), status).as_deref(),
+            Some("Reload(None)\n")
         );
         let e = reply(&Parsed::Line("hello\u{1b}".into()), status).unwrap();
-        assert_eq!(e, "error: unknown request 'hello\\u{1b}' (known: status)\n");
+        assert_eq!(
+            e,
+            "error: unknown request 'hello\\u{1b}' (known: status, status json, reload [SERVICE])\n"
+        );
         assert!(reply(&Parsed::TooLong, status)
             .unwrap()
             .starts_with("error: request longer than"));
@@ -198,11 +357,11 @@ mod tests {
         theirs.set_nonblocking(true).unwrap();
         let mut c = Client::new(mio::net::UnixStream::from_std(theirs), Instant::now());
         // Nothing sent yet: not finished, and it did not wait.
-        assert!(!c.progress(|p| reply(p, String::new)));
+        assert!(!c.progress(|p| reply(p, |_| String::new())));
         (&ours).write_all(b"stat").unwrap();
-        assert!(!c.progress(|p| reply(p, String::new)));
+        assert!(!c.progress(|p| reply(p, |_| String::new())));
         (&ours).write_all(b"us\n").unwrap();
-        assert!(c.progress(|p| reply(p, || "up\n".into())));
+        assert!(c.progress(|p| reply(p, |_| "up\n".into())));
         drop(c);
         let mut out = String::new();
         (&ours).read_to_string(&mut out).unwrap();

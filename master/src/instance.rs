@@ -9,6 +9,9 @@
 //!     incoming/ active/ deferred/ hold/ corrupt/
 //!                             mail_owner 0700   the queue (see postern-queue)
 //!     slots/                  mail_owner 0700   submit's per-uid slot locks
+//!     pid/                    root      0755
+//!         master.pid          the pid and configuration of the master
+//!                             using this queue, locked (fs2) while it runs
 //! data_directory/             root      0755
 //!     master/                 root      0700
 //!         master.pid          the pid, locked (fs2) while the master runs
@@ -113,8 +116,8 @@ pub struct PidLock {
 /// Why the lock could not be taken.
 #[derive(Debug)]
 pub enum LockError {
-    /// Another master holds it.
-    Running(Option<u32>),
+    /// Another master holds it: which one (its pid and configuration).
+    Running(String),
     /// Something else went wrong.
     Io(String),
 }
@@ -131,29 +134,62 @@ fn open_pid_file(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
-fn read_pid(file: &mut File) -> Option<u32> {
+/// A lock file's holder: the pid (first line) and what it runs (second
+/// line, e.g. "configuration directory /etc/postern").
+fn read_holder(file: &mut File) -> (Option<u32>, Option<String>) {
     let mut s = String::new();
-    file.rewind().ok()?;
-    file.read_to_string(&mut s).ok()?;
-    s.trim().parse().ok()
+    if file.rewind().is_err() || file.read_to_string(&mut s).is_err() {
+        return (None, None);
+    }
+    let mut lines = s.lines();
+    let pid = lines.next().and_then(|l| l.trim().parse().ok());
+    let what = lines.next().map(str::to_string).filter(|l| !l.is_empty());
+    (pid, what)
 }
 
-/// Takes the instance lock and writes this process's pid.
-pub fn acquire(paths: &Paths) -> Result<PidLock, LockError> {
-    let mut file = open_pid_file(&paths.pid_file)
-        .map_err(|e| LockError::Io(format!("cannot open {}: {e}", paths.pid_file.display())))?;
+fn read_pid(file: &mut File) -> Option<u32> {
+    read_holder(file).0
+}
+
+/// "master pid N, configuration directory D" for a held lock.
+fn holder_text(file: &mut File) -> String {
+    match read_holder(file) {
+        (Some(pid), Some(what)) => format!("master pid {pid}, {what}"),
+        (Some(pid), None) => format!("master pid {pid}"),
+        _ => "master pid unknown".to_string(),
+    }
+}
+
+/// Takes an exclusive lock on `path` and writes this process's pid and
+/// `what` into it.
+fn lock_file(path: &Path, what: &str) -> Result<PidLock, LockError> {
+    let mut file = open_pid_file(path)
+        .map_err(|e| LockError::Io(format!("cannot open {}: {e}", path.display())))?;
     if FileExt::try_lock_exclusive(&file).is_err() {
-        return Err(LockError::Running(read_pid(&mut file)));
+        return Err(LockError::Running(holder_text(&mut file)));
     }
     let write = |f: &mut File| -> std::io::Result<()> {
         f.set_len(0)?;
         f.rewind()?;
-        writeln!(f, "{}", std::process::id())?;
+        writeln!(f, "{}\n{what}", std::process::id())?;
         f.sync_all()
     };
-    write(&mut file)
-        .map_err(|e| LockError::Io(format!("cannot write {}: {e}", paths.pid_file.display())))?;
+    write(&mut file).map_err(|e| LockError::Io(format!("cannot write {}: {e}", path.display())))?;
     Ok(PidLock { _file: file })
+}
+
+/// Takes the instance lock and writes this process's pid and `what` (which
+/// configuration it runs).
+pub fn acquire(paths: &Paths, what: &str) -> Result<PidLock, LockError> {
+    lock_file(&paths.pid_file, what)
+}
+
+/// The queue directory's lock, `queue_directory/pid/master.pid` (as
+/// Postfix's): one master per queue, whatever its data_directory.
+pub fn lock_queue(queue_directory: &Path, what: &str) -> Result<PidLock, LockError> {
+    let dir = queue_directory.join("pid");
+    ensure_dir(&dir, 0, 0, 0o755).map_err(LockError::Io)?;
+    lock_file(&dir.join("master.pid"), what)
 }
 
 /// The pid of the running master, if one holds the lock. The pid file, its

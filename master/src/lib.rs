@@ -7,7 +7,9 @@
 //! postern [-c CONFIG_DIR] check
 //! postern [-c CONFIG_DIR] config [-n | -d] [-x] [-h] [-M] [NAME...]
 //! postern init [--self-contained] [--force] DIR
-//! postern [-c CONFIG_DIR] start [--foreground] | stop | abort | reload | status
+//! postern [-c CONFIG_DIR] start [--foreground] | stop | abort
+//! postern [-c CONFIG_DIR] reload [SERVICE]
+//! postern [-c CONFIG_DIR] status [--json]
 //! ```
 //!
 //! **Description**: `check` validates main.cf, master.cf, the directories
@@ -26,10 +28,14 @@
 //! parameter with its default.
 //!
 //! **Exit status**: 0 success; 1 `check` found problems, `config` was
-//! asked for an unknown parameter, or the instance is not in the state the
-//! command needs (already running, not running); 64 bad usage; 71 a system
-//! error; 73 `init` could not write; 75 the master did not answer in time;
-//! 77 `start` without root; 78 the configuration cannot be used.
+//! asked for an unknown parameter, the instance is not in the state the
+//! command needs (already running, not running), `status` found it
+//! degraded (a throttled service, mail stuck in incoming), or `reload` was
+//! refused by the master (the running configuration stays); 3 `status`:
+//! not running; 64 bad usage; 71 a system error (a port already in use);
+//! 73 `init` could not write; 75 the master did not answer in time; 77 a
+//! command that needs root run without it; 78 the configuration cannot be
+//! used.
 //!
 //! **See also**: postconf(1), postconf(5), master(5).
 
@@ -42,6 +48,8 @@ pub mod destinations;
 pub mod endpoint;
 pub mod instance;
 pub mod lifecycle;
+pub mod manual;
 pub mod programs;
+pub mod queue_health;
 pub mod show;
 pub mod supervisor;

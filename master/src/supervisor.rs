@@ -12,6 +12,23 @@
 //! watches a service's endpoints only while the service has no idle child, is
 //! under its process limit and is not throttled (see [`crate::lifecycle`]).
 //!
+//! Service manager: with `NOTIFY_SOCKET` set (systemd's `Type=notify`, the
+//! master run with `--foreground`), the master sends READY=1 once every
+//! endpoint is open (children start on demand, so that is when a client is
+//! served), RELOADING=1 (with MONOTONIC_USEC) and READY=1 around a reload,
+//! STOPPING=1 on stop, and STATUS= naming any throttled service and the
+//! failing child's reason (sd-notify). Children do not inherit the socket.
+//!
+//! Control requests (root only): `status`, `status json`, `reload` and
+//! `reload SERVICE`; a reload's reply is its verdict (`ok: ...` or
+//! `error: ...` when the running configuration was kept). A reload keeps
+//! the services whose master.cf entry and endpoints are unchanged under an
+//! unchanged main.cf; `reload SERVICE` recycles one.
+//!
+//! Locks: `data_directory/master/master.pid` (one master per instance) and
+//! `queue_directory/pid/master.pid` (one master per queue), each holding the
+//! pid and the configuration directory, so "already running" names which.
+//!
 //! Signals: SIGHUP reloads (an invalid configuration, or one that someone
 //! other than root could have changed — main.cf, master.cf, the daemon
 //! programs or a directory above them, see [`check::trust`] — is logged and
@@ -31,8 +48,11 @@
 //! event loop with its own buffers and closed at a short deadline, so an
 //! idle or slow client never delays the loop: see [`crate::control_client`]).
 //!
-//! **Exit status**: 0 after a stop; 1 when the instance is already running;
-//! 71 on a system error; 77 when not root; 78 on a configuration error.
+//! **Exit status**: 0 after a stop; 1 when the instance (or its queue) is
+//! already in use; 71 on a system error (an endpoint's address in use);
+//! 73 when maillog_file cannot be opened; 77 when not root; 78 on a
+//! configuration error (including no syslog, no maillog_file and not in
+//! the foreground).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -50,14 +70,14 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use postern_common::account::{self, Account};
 use postern_common::server::ChildArgs;
-use postern_common::status::{StatusRecord, FIRST_FREE_FD, STATUS_FD};
+use postern_common::status::{self as child_status, Message, FIRST_FREE_FD, STATUS_FD};
 use postern_common::{sys, sysexits};
 use postern_conf::{params, Config, ServiceEntry, ServicesFile, Source};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::check;
-use crate::control_client::{self, Client};
+use crate::control_client::{self, Client, Request};
 use crate::endpoint::{self, BindTarget};
 use crate::instance::{self, LockError, Paths, PidLock};
 use crate::lifecycle::{self, ChildInfo, ExitVerdict, Phase, ServiceLoad};
@@ -120,6 +140,14 @@ pub fn to_args(source: &Source, foreground: bool, ready_fd: Option<RawFd>) -> Ve
     v
 }
 
+/// Tells the service manager (systemd, `NOTIFY_SOCKET`) about a state
+/// change; nothing without `NOTIFY_SOCKET`. A failure is logged, never fatal.
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        log::warn!("cannot notify the service manager (NOTIFY_SOCKET): {e}");
+    }
+}
+
 /// Tells `postern start` how startup went (once).
 struct Ready(Option<std::fs::File>);
 
@@ -158,13 +186,23 @@ pub fn main() -> i32 {
     let code = match start(&opts) {
         Ok(mut master) => {
             ready.say("ready");
+            // Every endpoint is open. Children start on demand (a
+            // connection, a trigger, a wakeup), so "endpoint open" is what
+            // ready means for every service: a client that connects now is
+            // served.
+            let status = master.status_line();
+            notify(&[
+                sd_notify::NotifyState::Ready,
+                sd_notify::NotifyState::Status(&status),
+            ]);
+            master.notified_status = status;
             if let Err(e) = sys::trim_text_mappings() {
                 log::warn!("cannot trim the resident set: {e}");
             }
             master.run()
         }
         Err((code, why)) => {
-            ready.say(&format!("error: {why}"));
+            ready.say(&format!("error {code}: {why}"));
             postern_common::log::fatal(code, why)
         }
     };
@@ -184,16 +222,26 @@ fn start(opts: &Options) -> Result<Master, Fatal> {
     let config = loaded
         .into_result()
         .map_err(|e| (sysexits::EX_CONFIG, format!("configuration: {e}")))?;
+    // Logs that go nowhere are refused: no syslog and no maillog_file
+    // (any container) is a configuration error naming the options.
     match postern_common::log::open_sink(
         opts.foreground,
         config.text(params::MAILLOG_FILE),
         config.text(params::SYSLOG_FACILITY),
     ) {
         Ok(s) => postern_common::log::init(config.text(params::SYSLOG_NAME), "master", s),
-        Err(e) => log::warn!(
-            "cannot open maillog_file {}: {e}",
-            config.text(params::MAILLOG_FILE)
-        ),
+        Err(e) if config.text(params::MAILLOG_FILE).is_empty() => {
+            return Err((sysexits::EX_CONFIG, e.to_string()))
+        }
+        Err(e) => {
+            return Err((
+                sysexits::EX_CANTCREAT,
+                format!(
+                    "cannot open maillog_file {}: {e}",
+                    config.text(params::MAILLOG_FILE)
+                ),
+            ))
+        }
     }
     if !account::running_as_root() {
         return Err((
@@ -205,17 +253,33 @@ fn start(opts: &Options) -> Result<Master, Fatal> {
     let owner = mail_owner(&config).map_err(|e| (sysexits::EX_CONFIG, e))?;
     instance::ensure_directories(&config, &owner).map_err(|e| (sysexits::EX_CANTCREAT, e))?;
     let paths = Paths::of(&config);
-    let lock = match instance::acquire(&paths) {
+    let lock = match instance::acquire(&paths, &describe(&opts.source)) {
         Ok(l) => l,
-        Err(LockError::Running(pid)) => {
-            let pid = pid.map_or("unknown pid".to_string(), |p| format!("pid {p}"));
-            return Err((1, format!("the instance is already running ({pid})")));
+        Err(LockError::Running(holder)) => {
+            return Err((1, format!("the instance is already running ({holder})")));
+        }
+        Err(LockError::Io(e)) => return Err((sysexits::EX_OSERR, e)),
+    };
+    // The queue is one instance's: a master with another data_directory
+    // on the same queue_directory would take over its endpoints.
+    let queue_dir = std::path::Path::new(config.text(params::QUEUE_DIRECTORY));
+    let queue_lock = match instance::lock_queue(queue_dir, &describe(&opts.source)) {
+        Ok(l) => l,
+        Err(LockError::Running(holder)) => {
+            return Err((
+                1,
+                format!(
+                    "queue_directory {} is in use by another running instance ({holder}); \
+                     give each instance its own queue_directory",
+                    queue_dir.display()
+                ),
+            ));
         }
         Err(LockError::Io(e)) => return Err((sysexits::EX_OSERR, e)),
     };
     nix::sys::prctl::set_child_subreaper(true)
         .map_err(|e| (sysexits::EX_OSERR, format!("PR_SET_CHILD_SUBREAPER: {e}")))?;
-    Master::new(opts, config, &owner, paths, lock)
+    Master::new(opts, config, &owner, paths, (lock, queue_lock))
 }
 
 /// Logs every reason `config` cannot be trusted (files or daemon programs
@@ -246,10 +310,12 @@ fn mail_owner(config: &Config) -> Result<Account, String> {
 }
 
 /// A child the master knows.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Child {
     info: ChildInfo,
     started: Instant,
+    /// The reason it sent before failing at startup (a fatal record).
+    fatal: Option<String>,
 }
 
 /// One running service.
@@ -270,6 +336,8 @@ struct Service {
     listen_token: Token,
     children: BTreeMap<i32, Child>,
     throttled_until: Option<Instant>,
+    /// Why the service is throttled: the failing child's own reason.
+    throttle_reason: Option<String>,
     listening: bool,
     last_limit_warning: Option<Instant>,
     used: bool,
@@ -345,7 +413,8 @@ struct Master {
     /// Control connections being served, by token.
     control_clients: HashMap<Token, Client>,
     paths: Paths,
-    _lock: PidLock,
+    /// The instance's pid lock and its queue directory's lock.
+    _lock: (PidLock, PidLock),
     services: Vec<Service>,
     tokens: HashMap<Token, Target>,
     next_token: usize,
@@ -353,6 +422,10 @@ struct Master {
     retired: HashMap<i32, String>,
     started: Instant,
     stop: Option<Stop>,
+    /// The last STATUS= line sent to the service manager.
+    notified_status: String,
+    /// Whether a service manager listens (`NOTIFY_SOCKET` is set).
+    notify_enabled: bool,
 }
 
 fn os(e: impl std::fmt::Display, what: &str) -> Fatal {
@@ -365,7 +438,7 @@ impl Master {
         config: Config,
         owner: &Account,
         paths: Paths,
-        lock: PidLock,
+        lock: (PidLock, PidLock),
     ) -> Result<Self, Fatal> {
         let poll = Poll::new().map_err(|e| os(e, "epoll"))?;
         let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGCHLD])
@@ -402,13 +475,13 @@ impl Master {
             retired: HashMap::new(),
             started: Instant::now(),
             stop: None,
+            notified_status: String::new(),
+            notify_enabled: std::env::var_os("NOTIFY_SOCKET").is_some(),
         };
         let config = master.config.clone();
         let mut kept = HashMap::new();
         for entry in startable(&config) {
-            let svc = master
-                .build_service(&config, entry, &mut kept)
-                .map_err(|e| (sysexits::EX_CONFIG, e))?;
+            let svc = master.build_service(&config, entry, &mut kept)?;
             master.services.push(svc);
         }
         let now = Instant::now();
@@ -436,37 +509,38 @@ impl Master {
         config: &Config,
         entry: &ServiceEntry,
         kept: &mut HashMap<BindTarget, OwnedFd>,
-    ) -> Result<Service, String> {
+    ) -> Result<Service, Fatal> {
+        let config_error = |e: String| (sysexits::EX_CONFIG, e);
         let id = entry.id();
         let view = config
             .for_service(entry)
-            .map_err(|e| format!("service {id}: {e}"))?;
+            .map_err(|e| config_error(format!("service {id}: {e}")))?;
         let program = programs::find(&entry.command)
             .map(|p| config.daemon_directory().join(p.executable))
             .ok_or_else(|| {
-                format!(
+                config_error(format!(
                     "service {id}: program {} is not provided by postern",
                     entry.command
-                )
+                ))
             })?;
-        let targets = endpoint::targets(&view, entry).map_err(|e| format!("service {id}: {e}"))?;
+        let targets = endpoint::targets(&view, entry)
+            .map_err(|e| config_error(format!("service {id}: {e}")))?;
         if targets.is_empty() {
-            return Err(format!(
+            return Err(config_error(format!(
                 "service {id}: no address to listen on (check inet_interfaces and inet_protocols)"
-            ));
+            )));
         }
         let mut listeners = Vec::with_capacity(targets.len());
         for t in &targets {
             let fd = match kept.remove(t) {
                 Some(fd) => fd,
-                None => {
-                    endpoint::open(t, 4096, self.owner).map_err(|e| format!("service {id}: {e}"))?
-                }
+                None => endpoint::open(t, 4096, self.owner)
+                    .map_err(|e| (sysexits::EX_OSERR, format!("service {id}: {e}")))?,
             };
             listeners.push(fd);
         }
         let (status, status_child) =
-            status_channel().map_err(|e| format!("service {id}: status channel: {e}"))?;
+            status_channel().map_err(|e| os(e, &format!("service {id}: status channel")))?;
         let status_token = self.token();
         let listen_token = self.token();
         let generation = self.next_generation;
@@ -478,7 +552,7 @@ impl Master {
                 status_token,
                 Interest::READABLE,
             )
-            .map_err(|e| format!("service {id}: register status channel: {e}"))?;
+            .map_err(|e| os(e, &format!("service {id}: register status channel")))?;
         self.tokens.insert(status_token, Target::Status(generation));
         self.tokens.insert(listen_token, Target::Listen(generation));
         let limit = view.process_limit(entry);
@@ -499,6 +573,7 @@ impl Master {
             listen_token,
             children: BTreeMap::new(),
             throttled_until: None,
+            throttle_reason: None,
             listening: false,
             last_limit_warning: None,
             used: false,
@@ -520,6 +595,7 @@ impl Master {
         let svc = &mut self.services[i];
         if svc.throttled_until.is_some_and(|t| t <= now) {
             svc.throttled_until = None;
+            svc.throttle_reason = None;
             log::info!("service {}: throttle period over, serving again", svc.id());
         }
         let want = lifecycle::should_listen(svc.load(stopping, now));
@@ -599,7 +675,9 @@ impl Master {
         for sig in pending {
             match sig {
                 SIGCHLD => reap = true,
-                SIGHUP => self.reload(),
+                SIGHUP => {
+                    let _ = self.reload();
+                }
                 SIGTERM => self.begin_stop(false),
                 SIGINT | SIGQUIT => self.begin_stop(true),
                 _ => {}
@@ -636,6 +714,10 @@ impl Master {
             .iter()
             .position(|s| s.children.contains_key(&pid))
         {
+            // A failing child sends its reason before it exits: read what
+            // its service's channel holds before judging the exit.
+            let generation = self.services[i].generation;
+            self.on_status(generation);
             let throttle_for = self.services[i].throttle_time;
             let svc = &mut self.services[i];
             let Some(child) = svc.children.remove(&pid) else {
@@ -651,15 +733,22 @@ impl Master {
                     )
                 }
                 ExitVerdict::Throttle => {
+                    let reason = match &child.fatal {
+                        Some(r) => format!("{how} before taking its first request: {r}"),
+                        None => format!(
+                            "{how} before taking its first request (no reason sent; see the process's own log line)"
+                        ),
+                    };
                     if svc.throttled_until.is_none() {
                         log::warn!(
-                            "service {}: process {} pid {pid} {how} before taking its first request: throttling the service for {}s (see the process's own log line for the reason)",
+                            "service {}: process {} pid {pid} {reason}: throttling the service for {}s",
                             svc.id(),
                             svc.program.display(),
                             throttle_for.as_secs()
                         );
                     }
                     svc.throttled_until = Some(now + throttle_for);
+                    svc.throttle_reason = Some(format!("pid {pid} {reason}"));
                 }
             }
             self.refresh(i, now);
@@ -669,6 +758,7 @@ impl Master {
             }
         }
         // Anything else is a descendant orphaned to us (we are a subreaper): reaped.
+        self.notify_status();
     }
 
     fn on_status(&mut self, generation: u32) {
@@ -677,7 +767,7 @@ impl Master {
         let Some(i) = self.service_index(generation) else {
             return;
         };
-        let mut buf = [0u8; 64];
+        let mut buf = [0u8; child_status::MAX_MESSAGE + 1];
         for handled in 0.. {
             if handled == MAX_PER_WAKEUP {
                 // More may be waiting: ask for another readiness event
@@ -698,24 +788,39 @@ impl Master {
             };
             let now = Instant::now();
             let svc = &mut self.services[i];
-            let problem = match StatusRecord::decode(&buf[..n.min(buf.len())]) {
-                Ok(r) if r.generation != svc.generation => None,
-                Ok(r) if sender != Some(r.pid as i32) => Some(format!(
-                    "status record for pid {} sent by pid {}: ignored",
-                    r.pid,
+            let (pid, generation, update) =
+                match child_status::decode_message(&buf[..n.min(buf.len())]) {
+                    Ok(Message::State(r)) => (r.pid, r.generation, Ok(r.state)),
+                    Ok(Message::Fatal {
+                        pid,
+                        generation,
+                        reason,
+                    }) => (pid, generation, Err(reason)),
+                    Err(e) => {
+                        svc.warn_limited(now, &format!("malformed status record ignored: {e}"));
+                        continue;
+                    }
+                };
+            let problem = if generation != svc.generation {
+                None
+            } else if sender != Some(pid as i32) {
+                Some(format!(
+                    "status record for pid {pid} sent by pid {}: ignored",
                     sender.map_or("unknown".to_string(), |p| p.to_string())
-                )),
-                Ok(r) => match svc.children.get_mut(&(r.pid as i32)) {
+                ))
+            } else {
+                match svc.children.get_mut(&(pid as i32)) {
                     Some(c) => {
-                        c.info = c.info.report(r.state);
+                        match update {
+                            Ok(state) => c.info = c.info.report(state),
+                            Err(reason) => c.fatal = Some(reason),
+                        }
                         None
                     }
                     None => Some(format!(
-                        "status record for pid {} which is not its child: ignored",
-                        r.pid
+                        "status record for pid {pid} which is not its child: ignored"
                     )),
-                },
-                Err(e) => Some(format!("malformed status record ignored: {e}")),
+                }
             };
             if let Some(text) = problem {
                 svc.warn_limited(now, &text);
@@ -766,6 +871,7 @@ impl Master {
         }
         let mut cmd = Command::new(&svc.program);
         cmd.args(args.to_argv())
+            .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         if !foreground {
@@ -786,6 +892,7 @@ impl Master {
                     Child {
                         info: ChildInfo::new(),
                         started: now,
+                        fatal: None,
                     },
                 );
                 svc.used = true;
@@ -814,6 +921,7 @@ impl Master {
                     throttle_for.as_secs()
                 );
                 svc.throttled_until = Some(now + throttle_for);
+                svc.throttle_reason = Some(format!("cannot start {}: {e}", svc.program.display()));
             }
         }
     }
@@ -850,6 +958,7 @@ impl Master {
             }
             self.refresh(i, now);
         }
+        self.notify_status();
     }
 
     /// Accepts control connections (never waiting for one to speak): each
@@ -911,7 +1020,7 @@ impl Master {
         let Some(mut client) = self.control_clients.remove(&token) else {
             return;
         };
-        let done = client.progress(|request| control_client::reply(request, || self.status_text()));
+        let done = client.progress(|request| control_client::reply(request, |r| self.answer(r)));
         if done {
             let _ = self.poll.registry().deregister(client.stream());
         } else {
@@ -919,69 +1028,136 @@ impl Master {
         }
     }
 
-    fn status_text(&self) -> String {
-        let now = Instant::now();
-        let mut out = format!(
-            "master: pid {}, up {}s, {}{}\n",
-            std::process::id(),
-            self.started.elapsed().as_secs(),
-            describe(&self.source),
-            if self.stop.is_some() {
-                ", stopping"
-            } else {
-                ""
+    /// Answers one control request.
+    fn answer(&mut self, request: &Request) -> String {
+        match request {
+            Request::Status => self.status_text(),
+            Request::StatusJson => {
+                let mut text = serde_json::to_string(&self.snapshot())
+                    .unwrap_or_else(|e| format!("error: cannot encode the status: {e}"));
+                text.push('\n');
+                text
             }
-        );
-        out.push_str(&format!(
-            "{:<24} {:<5} {:<28} {:>7} {:>8}  state\n",
-            "service", "type", "endpoint", "maxproc", "children"
-        ));
-        for s in &self.services {
-            let endpoints = s
-                .targets
-                .iter()
-                .map(|t| t.to_string())
-                .collect::<Vec<_>>()
-                .join(",");
-            let maxproc = s.limit.map_or("unlimited".to_string(), |l| l.to_string());
-            let state = match s.throttled_until {
-                Some(t) if t > now => {
-                    format!("throttled for {}s", t.duration_since(now).as_secs() + 1)
-                }
-                _ if s.listening => "listening".to_string(),
-                _ if s.limit.is_some_and(|l| s.children.len() as u32 >= l) => {
-                    "at process limit".to_string()
-                }
-                _ => "idle child waiting".to_string(),
-            };
-            out.push_str(&format!(
-                "{:<24} {:<5} {:<28} {:>7} {:>8}  {state}\n",
-                s.entry.name,
-                s.entry.kind.as_str(),
-                endpoints,
-                maxproc,
-                s.children.len()
-            ));
-            for (pid, c) in &s.children {
-                let phase = match c.info.phase {
-                    Phase::Starting => "starting",
-                    Phase::Idle => "idle",
-                    Phase::Busy => "busy",
+            Request::Reload(service) => {
+                let verdict = match service {
+                    None => self.reload(),
+                    Some(name) => self.recycle(name),
                 };
-                out.push_str(&format!(
-                    "    pid {pid} {phase}, {} use(s), age {}s\n",
-                    c.info.uses,
-                    now.duration_since(c.started).as_secs()
-                ));
+                self.notify_status();
+                match verdict {
+                    Ok(text) => format!("ok: {text}\n"),
+                    Err(why) => format!("error: {why}\n"),
+                }
             }
         }
-        if !self.retired.is_empty() {
-            out.push_str(&format!(
-                "retired children finishing their request: {}\n",
-                self.retired.len()
-            ));
+    }
+
+    /// What `postern status` shows, as data.
+    fn snapshot(&self) -> control_client::Snapshot {
+        use control_client::{ChildSnapshot, MasterSnapshot, ServiceSnapshot, Throttle};
+        let now = Instant::now();
+        let wall = std::time::SystemTime::now();
+        let services = self
+            .services
+            .iter()
+            .map(|s| {
+                let throttled = s.throttled_until.filter(|t| *t > now).map(|t| {
+                    let left = t.duration_since(now);
+                    let until = wall
+                        .checked_add(left)
+                        .and_then(|w| w.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_secs());
+                    Throttle {
+                        seconds_left: left.as_secs() + 1,
+                        until: postern_common::log::utc_timestamp(until),
+                        reason: s.throttle_reason.clone().unwrap_or_default(),
+                    }
+                });
+                let state = match &throttled {
+                    Some(_) => "throttled",
+                    None if s.listening => "listening",
+                    None if s.limit.is_some_and(|l| s.children.len() as u32 >= l) => {
+                        "at process limit"
+                    }
+                    None => "idle child waiting",
+                };
+                ServiceSnapshot {
+                    name: s.entry.name.clone(),
+                    kind: s.entry.kind.as_str().to_string(),
+                    endpoints: s.targets.iter().map(|t| t.to_string()).collect(),
+                    maxproc: s.limit,
+                    state: state.to_string(),
+                    throttled,
+                    children: s
+                        .children
+                        .iter()
+                        .map(|(pid, c)| ChildSnapshot {
+                            pid: *pid,
+                            state: match c.info.phase {
+                                Phase::Starting => "starting",
+                                Phase::Idle => "idle",
+                                Phase::Busy => "busy",
+                            }
+                            .to_string(),
+                            uses: c.info.uses,
+                            age_seconds: now.duration_since(c.started).as_secs(),
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        control_client::Snapshot {
+            master: MasterSnapshot {
+                pid: std::process::id(),
+                uptime_seconds: self.started.elapsed().as_secs(),
+                configuration: describe(&self.source),
+                stopping: self.stop.is_some(),
+                retired_children: self.retired.len(),
+            },
+            services,
+            queue: None,
         }
-        out
+    }
+
+    /// One line for the service manager's STATUS=: what is wrong, if anything.
+    fn status_line(&self) -> String {
+        let snap = self.snapshot();
+        let throttled: Vec<String> = snap
+            .services
+            .iter()
+            .filter_map(|s| {
+                s.throttled.as_ref().map(|t| {
+                    format!(
+                        "{}/{} throttled for {}s: {}",
+                        s.name, s.kind, t.seconds_left, t.reason
+                    )
+                })
+            })
+            .collect();
+        if throttled.is_empty() {
+            format!("{} service(s) running", snap.services.len())
+        } else {
+            format!("degraded: {}", throttled.join("; "))
+        }
+    }
+
+    /// Sends STATUS= when the line changed (a throttle began or ended).
+    fn notify_status(&mut self) {
+        if !self.notify_enabled || self.stop.is_some() {
+            return;
+        }
+        let line = self.status_line();
+        // The seconds left change every second; only a change in what is
+        // wrong is worth a notification.
+        let key = |l: &str| -> String { l.split(" for ").next().unwrap_or(l).to_string() };
+        if key(&line) != key(&self.notified_status) {
+            notify(&[sd_notify::NotifyState::Status(&line)]);
+            self.notified_status = line;
+        }
+    }
+
+    fn status_text(&self) -> String {
+        control_client::human(&self.snapshot())
     }
 
     /// Moves a service's children to the retired set and closes everything
@@ -1026,10 +1202,32 @@ impl Master {
         kept
     }
 
-    fn reload(&mut self) {
+    /// Reloads the configuration; returns the verdict (`Err` when the
+    /// running configuration stays in force), which `postern reload` prints.
+    fn reload(&mut self) -> Result<String, String> {
         if self.stop.is_some() {
-            return;
+            return Err("the master is stopping".into());
         }
+        let mut reloading = vec![sd_notify::NotifyState::Reloading];
+        if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+            reloading.push(now);
+        }
+        notify(&reloading);
+        let verdict = self.reload_inner();
+        let status = match &verdict {
+            Ok(_) => self.status_line(),
+            Err(why) => format!("reload refused, running configuration kept: {why}"),
+        };
+        notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&status),
+        ]);
+        self.notified_status = status;
+        verdict
+    }
+
+    /// The reload itself; `Err` when the running configuration was kept.
+    fn reload_inner(&mut self) -> Result<String, String> {
         log::info!("reload: reading the configuration again");
         let loaded = Config::load(&self.source, &ServicesFile::system());
         for d in &loaded.diagnostics {
@@ -1041,17 +1239,22 @@ impl Master {
         }
         let Some(config) = loaded.config else {
             log::error!("reload failed: the configuration has errors; the running configuration stays in force");
-            return;
+            let first = loaded
+                .diagnostics
+                .iter()
+                .find(|d| d.is_error())
+                .map_or_else(String::new, |d| format!(": {d}"));
+            return Err(format!("the configuration has errors{first}"));
         };
         if let Err(why) = refuse_untrusted(&config, "reload refused") {
             log::error!("{why}; the running configuration stays in force");
-            return;
+            return Err(why);
         }
         // Every service's endpoints under the new configuration; a service
         // whose endpoints cannot be worked out (a host name that does not
         // resolve now) fails the reload as a whole, rather than disappear.
         let mut wanted: Vec<(ServiceEntry, Vec<BindTarget>)> = Vec::new();
-        let mut failed = false;
+        let mut failed = Vec::new();
         for e in startable(&config) {
             let targets = config
                 .for_service(e)
@@ -1061,29 +1264,54 @@ impl Master {
                 Ok(t) => wanted.push((e.clone(), t)),
                 Err(err) => {
                     log::error!("reload: service {}: {err}", e.id());
-                    failed = true;
+                    failed.push(format!("service {}: {err}", e.id()));
                 }
             }
         }
-        if failed {
+        if !failed.is_empty() {
             log::error!("reload failed: the running configuration stays in force");
-            return;
+            return Err(failed.join("; "));
         }
         // Keep every open endpoint that the new configuration still wants
         // (each one: a service that loses one of its addresses keeps the
         // others open, so they need no new bind while old children hold them).
         let wanted_targets: Vec<&BindTarget> = wanted.iter().flat_map(|(_, t)| t.iter()).collect();
+        // A service whose master.cf entry and endpoints are the same, under
+        // the same main.cf settings, is kept as it runs: only what changed
+        // is recycled.
+        let main_unchanged = same_main(&self.config.main, &config.main);
         let old = std::mem::take(&mut self.services);
         let mut kept: HashMap<BindTarget, OwnedFd> = HashMap::new();
+        let mut unchanged: Vec<Service> = Vec::new();
         for svc in old {
+            if main_unchanged
+                && wanted
+                    .iter()
+                    .any(|(e, t)| same_entry(e, &svc.entry) && *t == svc.targets)
+            {
+                unchanged.push(svc);
+                continue;
+            }
             for (t, fd) in self.retire(svc, |t| wanted_targets.contains(&t)) {
                 kept.insert(t, fd);
             }
         }
+        let mut not_started = Vec::new();
+        let mut recycled = 0;
         for (entry, _) in &wanted {
+            if let Some(pos) = unchanged.iter().position(|s| same_entry(&s.entry, entry)) {
+                let mut svc = unchanged.swap_remove(pos);
+                svc.entry = entry.clone();
+                self.services.push(svc);
+                continue;
+            }
+            recycled += 1;
             match self.build_service(&config, entry, &mut kept) {
                 Ok(svc) => self.services.push(svc),
-                Err(e) => log::error!("reload: {e}; service not started"),
+                Err((_, e)) => {
+                    log::error!("reload: {e}; service not started");
+                    not_started.push(e);
+                }
             }
         }
         for (t, fd) in kept {
@@ -1111,7 +1339,58 @@ impl Master {
         for i in 0..self.services.len() {
             self.refresh(i, now);
         }
-        log::info!("reload: done, {} service(s)", self.services.len());
+        log::info!(
+            "reload: done, {} service(s), {recycled} new or recycled",
+            self.services.len()
+        );
+        if not_started.is_empty() {
+            Ok(format!(
+                "reloaded: {} service(s), {recycled} new or recycled",
+                self.services.len()
+            ))
+        } else {
+            Err(format!(
+                "reloaded, but not started: {}",
+                not_started.join("; ")
+            ))
+        }
+    }
+
+    /// `postern reload SERVICE`: new children for one service (by name or
+    /// `name/type`) under the running configuration; its endpoints stay open.
+    fn recycle(&mut self, name: &str) -> Result<String, String> {
+        if self.stop.is_some() {
+            return Err("the master is stopping".into());
+        }
+        let Some(i) = self
+            .services
+            .iter()
+            .position(|s| s.entry.name == name || s.id() == name)
+        else {
+            return Err(format!("no running service {name}"));
+        };
+        let svc = self.services.remove(i);
+        let entry = svc.entry.clone();
+        let mut kept: HashMap<BindTarget, OwnedFd> =
+            self.retire(svc, |_| true).into_iter().collect();
+        let config = self.config.clone();
+        let result = self.build_service(&config, &entry, &mut kept);
+        for (t, fd) in kept {
+            drop(fd);
+            endpoint::remove(&t);
+        }
+        match result {
+            Ok(svc) => {
+                self.services.insert(i, svc);
+                self.refresh(i, Instant::now());
+                log::info!("reload: service {} recycled", entry.id());
+                Ok(format!("recycled service {}", entry.id()))
+            }
+            Err((_, e)) => {
+                log::error!("reload: {e}; service not started");
+                Err(e)
+            }
+        }
     }
 
     fn begin_stop(&mut self, immediate: bool) {
@@ -1128,6 +1407,10 @@ impl Master {
             }
             None => self.stop = Some(Stop { deadline }),
         }
+        notify(&[
+            sd_notify::NotifyState::Stopping,
+            sd_notify::NotifyState::Status("stopping"),
+        ]);
         log::info!(
             "{}: no new connections; {} child(ren) get up to {}s to finish",
             if immediate { "abort" } else { "stop" },
@@ -1160,6 +1443,24 @@ impl Master {
         }
         log::info!("stopped");
     }
+}
+
+/// Whether two main.cf files set the same values (lines may have moved).
+fn same_main(a: &postern_conf::MainCf, b: &postern_conf::MainCf) -> bool {
+    let pairs = |m: &postern_conf::MainCf| -> Vec<(String, String)> {
+        m.entries
+            .iter()
+            .map(|e| (e.name.clone(), e.value.clone()))
+            .collect()
+    };
+    pairs(a) == pairs(b)
+}
+
+/// Whether two master.cf entries say the same (lines may have moved).
+fn same_entry(a: &ServiceEntry, b: &ServiceEntry) -> bool {
+    let mut b = b.clone();
+    b.line = a.line;
+    *a == b
 }
 
 /// Receives one status datagram with the sender's pid (SO_PASSCRED).

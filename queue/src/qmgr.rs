@@ -360,7 +360,7 @@ impl Qmgr {
             max_backoff: c.time(params::MAXIMAL_BACKOFF_TIME),
             run_delay: c.time(params::QUEUE_RUN_DELAY).max(Duration::from_secs(1)),
             lifetime: c.time(params::MAXIMAL_QUEUE_LIFETIME),
-            dest_limit: int_param(c, "local_destination_concurrency_limit", 2).max(1),
+            dest_limit: int(params::LOCAL_DESTINATION_CONCURRENCY_LIMIT),
             batch_limit: int(params::LOCAL_DELIVERY_BATCH_LIMIT),
             active_limit: int(params::QMGR_MESSAGE_ACTIVE_LIMIT),
             notice_recipient: c.text(params::BOUNCE_NOTICE_RECIPIENT).to_string(),

@@ -309,10 +309,10 @@ impl Instance {
         assert!(ok, "log never had {count}x {needle:?}:\n{}", self.log());
     }
 
-    /// `postern status` output.
+    /// `postern status` output (exit 0 healthy or 1 degraded: running).
     pub fn status(&self) -> String {
         let out = self.postern(&["status"]);
-        assert_eq!(out.code, Some(0), "postern status: {out:?}");
+        assert!(matches!(out.code, Some(0 | 1)), "postern status: {out:?}");
         out.stdout
     }
 

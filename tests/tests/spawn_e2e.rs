@@ -334,7 +334,15 @@ fn forbidden_users_are_refused_named_by_check_and_do_not_affect_other_services()
         "fatal: service rootgroup: user=nobody:root: gid 0 (root's group) is not allowed",
         1,
     );
-    inst.wait_log("before taking its first request: throttling the service", 3);
+    // The throttle line carries the child's own reason.
+    inst.wait_log(": throttling the service for", 3);
+    assert!(
+        inst.log().contains(
+            "before taking its first request: service asroot: user=root: uid 0 (root) is not allowed: throttling the service for"
+        ),
+        "{}",
+        inst.log()
+    );
     assert_eq!(
         unix_exchange(&inst.public("echo"), b"unaffected").unwrap(),
         b"unaffected"
@@ -376,9 +384,10 @@ fn a_child_that_fails_at_startup_is_throttled_to_one_fork_per_period() {
         b"fine"
     );
     let log = inst.log();
-    assert_eq!(
-        log.matches("no such user 'no-such-user-here'").count(),
-        1,
+    // One fork: one child's fatal line, which the throttle line repeats.
+    assert_eq!(log.matches("fatal: service broken:").count(), 1, "{log}");
+    assert!(
+        log.contains("before taking its first request: service broken: user=no-such-user-here: no such user 'no-such-user-here': throttling the service for 60s"),
         "{log}"
     );
     assert_eq!(log.matches("throttling the service").count(), 1, "{log}");
