@@ -32,6 +32,19 @@ pub fn main(source: &Source, args: &[String]) -> i32 {
     let Some((cmd, ids)) = args.split_first() else {
         return usage();
     };
+    if cmd == "--help" {
+        println!("usage: postern queue list | show ID | delete ID...|ALL | hold ID...|ALL | release ID...|ALL | flush");
+        println!("  list     every message: queue, size, arrival, sender, pending recipients, last delay reason");
+        println!("  show     one message: envelope, each recipient's deliveries, the message");
+        println!(
+            "  delete   remove messages (not while active); hold/release: set aside, put back"
+        );
+        println!("  flush    retry every deferred message now");
+        println!(
+            "root or the mail owner only; exit 0 done, 1 not found, 64 usage, 77 not permitted"
+        );
+        return sysexits::EX_OK;
+    }
     if !["list", "show", "delete", "hold", "release", "flush"].contains(&cmd.as_str()) {
         return usage();
     }

@@ -334,6 +334,22 @@ impl<R: BufRead + Buffered> Read for Body<R> {
     }
 }
 
+/// What `--help` prints.
+const HELP: &str = "\
+usage: sendmail [-t] [-i|-oi] [-f sender] [-F name] [-C dir] recipient ... < message
+       sendmail -bs | -bp | -bi | -q      (also called as mailq, newaliases)
+  -f, -r SENDER  envelope sender ('<>': the null sender)
+  -F NAME        full name for a From: header that is added
+  -t             recipients from To:, Cc:, Bcc: (Bcc: removed)
+  -i, -oi        a line with a lone '.' does not end the message
+  -bs            an SMTP session on standard input and output
+  -bp            list the queue (as mailq)
+  -bi, -I        what postern does with aliases (as newaliases)
+  -q             retry deferred mail now
+  -C DIR         the instance's configuration directory
+exit: 0 queued, 75 not queued (try again), 65 refused, 64 usage,
+      74 cannot read the message, 70 may have been queued, 78 configuration";
+
 /// Runs `postern-sendmail` with `args`; returns the exit status.
 pub fn main(args: &[String]) -> i32 {
     main_as("sendmail", args)
@@ -348,6 +364,10 @@ pub fn called_as(argv0: &str) -> &str {
 /// `newaliases`; `postern-sendmail` is sendmail) with `args`; returns the
 /// exit status.
 pub fn main_as(name: &str, args: &[String]) -> i32 {
+    if args.first().is_some_and(|a| a == "--help") {
+        println!("{HELP}");
+        return sysexits::EX_OK;
+    }
     let o = match parse_args_as(Mode::by_name(name), args) {
         Ok(o) => o,
         Err(e) => {

@@ -508,3 +508,13 @@ fn a_configuration_that_cannot_move_mail_is_an_error_with_the_fix_named() {
     let out = check();
     assert_eq!(out.code, Some(0), "{out:?}");
 }
+
+#[test]
+fn the_tools_called_directly_answer_help() {
+    for tool in ["postern-sendmail", "postern-queue"] {
+        let out =
+            postern_tests::run(std::process::Command::new(postern_tests::bin(tool)).arg("--help"));
+        assert_eq!(out.code, Some(0), "{tool}: {out:?}");
+        assert!(out.stdout.starts_with("usage: "), "{tool}: {}", out.stdout);
+    }
+}
