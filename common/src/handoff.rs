@@ -422,14 +422,17 @@ pub fn read_message(fd: &OwnedFd, offset: u64, size: Option<u64>) -> io::Result<
     Ok(body)
 }
 
+/// What an agent received: each message with its body, and the attached
+/// descriptors, which the agent keeps open (and its delivery processes
+/// inherit) until the deliveries are over: the queue manager's lock on the
+/// message lives with them (see [`lock_for_exchange`]).
+pub type Accepted = (Vec<(DeliveryRequest, Vec<u8>)>, Vec<OwnedFd>);
+
 /// Agent side of one exchange, up to the deliveries: the peer must be root
 /// or `owner_uid`; then the request frame and the messages (at most
 /// [`MAX_MESSAGE`] bytes in all). Every failure is logged (naming the peer)
 /// and gives `None`: the connection closes and nothing is delivered.
-pub fn accept_request(
-    conn: &UnixStream,
-    owner_uid: u32,
-) -> Option<Vec<(DeliveryRequest, Vec<u8>)>> {
+pub fn accept_request(conn: &UnixStream, owner_uid: u32) -> Option<Accepted> {
     let peer = peer_credentials(conn)?;
     if peer.uid() != 0 && peer.uid() != owner_uid {
         log::warn!(
@@ -452,6 +455,7 @@ pub fn accept_request(
     };
     let mut total = 0u64;
     let mut out = Vec::with_capacity(messages.len());
+    let mut held = Vec::with_capacity(messages.len());
     for (request, fd) in messages {
         let body =
             read_message(&fd, request.message_offset, request.message_size).and_then(|body| {
@@ -463,6 +467,7 @@ pub fn accept_request(
                 }
                 Ok(body)
             });
+        held.push(fd);
         match body {
             Ok(body) => out.push((request, body)),
             Err(e) => {
@@ -475,7 +480,38 @@ pub fn accept_request(
             }
         }
     }
-    Some(out)
+    Some((out, held))
+}
+
+/// Takes the lock a delivery attempt holds on its message for as long as
+/// any process holds the descriptor handed over (the agent, its delivery
+/// processes): `flock` on a description of the queue file opened for this
+/// exchange alone. An ordinary attempt takes it shared; one that repeats
+/// deliveries whose outcome is unknown takes it exclusive, so that it
+/// waits until every earlier attempt — a delivery process that outlived a
+/// killed queue manager or agent — is over, and only then looks for the
+/// copy that attempt may have written. Waits at most `limit`.
+pub fn lock_for_exchange(file: &std::fs::File, exclusive: bool, limit: Duration) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let taken = if exclusive {
+            fs2::FileExt::try_lock_exclusive(file)
+        } else {
+            fs2::FileExt::try_lock_shared(file)
+        };
+        match taken {
+            Ok(()) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(io::Error::other(
+                        "an earlier delivery attempt of this message is still running",
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Client side: hands one message to the agent at `socket`; see
@@ -555,6 +591,31 @@ pub fn all_deferred(request: &DeliveryRequest, why: &HandoffError) -> Vec<Recipi
 
 #[cfg(test)]
 mod tests {
+
+    /// Attempts on one message share its lock; a repeat of uncertain
+    /// deliveries waits for every earlier holder, whichever process holds
+    /// the descriptor, and gives up at its limit.
+    #[test]
+    fn an_uncertain_attempt_waits_for_earlier_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("Q1");
+        std::fs::write(&path, b"message").unwrap();
+        let open = || std::fs::File::open(&path).unwrap();
+        let short = Duration::from_millis(100);
+        let (first, second) = (open(), open());
+        lock_for_exchange(&first, false, short).unwrap();
+        lock_for_exchange(&second, false, short).unwrap();
+        let retry = open();
+        assert!(lock_for_exchange(&retry, true, short).is_err());
+        // The descriptor handed on (a delivery process's copy) keeps the
+        // lock after the queue manager's own is closed.
+        let handed_on = first.try_clone().unwrap();
+        drop(first);
+        drop(second);
+        assert!(lock_for_exchange(&retry, true, short).is_err());
+        drop(handed_on);
+        lock_for_exchange(&retry, true, short).unwrap();
+    }
     use super::*;
 
     fn request() -> DeliveryRequest {

@@ -209,7 +209,9 @@ impl Handler for Local {
         };
         self.reported.retain(|&pid| !try_reap_reported(pid));
         let conn = UnixStream::from(fd);
-        let Some(messages) = handoff::accept_request(&conn, self.owner.uid) else {
+        // `_held`: the message descriptors stay open (and are inherited
+        // by the delivery processes) until this request is over.
+        let Some((messages, _held)) = handoff::accept_request(&conn, self.owner.uid) else {
             return;
         };
         let policy = self.settings.system_policy();

@@ -49,6 +49,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -81,6 +82,10 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The longest an exchange waits for an earlier attempt on its message to
+/// end before it is deferred (still uncertain) and tried again later.
+const LOCK_WAIT: Duration = Duration::from_secs(60);
+
 /// The queue manager's trigger fifo, relative to `queue_directory`.
 pub const TRIGGER: &str = "public/qmgr";
 
@@ -92,7 +97,6 @@ pub const TRIGGER: &str = "public/qmgr";
 /// listening.
 pub fn poke(queue_directory: &Path, what: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = queue_directory.join(TRIGGER);
     let mut fifo = match std::fs::OpenOptions::new()
         .write(true)
@@ -416,7 +420,6 @@ impl Qmgr {
     /// previous queue manager to let go of it.
     fn exclusive(&self) -> std::io::Result<std::fs::File> {
         use fs2::FileExt;
-        use std::os::unix::fs::OpenOptionsExt;
         let path = self.dir(queuefile::ACTIVE).join(".qmgr.lock");
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -762,7 +765,7 @@ impl Qmgr {
 
     /// Starts one exchange with the agent for `jobs` (one destination).
     fn start(&mut self, jobs: Vec<Job>) {
-        let mut batch: Vec<(Job, DeliveryRequest, OwnedFd)> = Vec::new();
+        let mut batch: Vec<(Job, DeliveryRequest, std::fs::File)> = Vec::new();
         for mut job in jobs {
             let Some(msg) = self.active.get_mut(&job.id) else {
                 continue;
@@ -773,14 +776,18 @@ impl Qmgr {
                     log::warn!("{}: cannot record a delivery in flight: {e}", job.id);
                 }
             }
-            // The message's descriptor stays open while it has jobs in
-            // flight (few); it is closed while the message waits (many may).
-            let file = msg.updater.file().and_then(|f| f.try_clone());
+            // A description of the queue file of this exchange's own: the
+            // lock it carries to the agent (handoff::lock_for_exchange)
+            // must not be shared with any other exchange or the updater.
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&msg.path);
             let file = match file {
-                Ok(f) => OwnedFd::from(f),
+                Ok(f) => f,
                 Err(e) => {
                     // This job fails on its own, as an exchange of its own.
-                    let why = format!("cannot duplicate the queue file descriptor: {e}");
+                    let why = format!("cannot open the queue file for the agent: {e}");
                     *self.busy.entry(job.dest.clone()).or_default() += 1;
                     self.in_flight += 1;
                     let _ = self.tx.send(Event::Done(vec![job], Err(why)));
@@ -810,11 +817,27 @@ impl Qmgr {
         let spawned = std::thread::Builder::new()
             .name("handoff".into())
             .spawn(move || {
+                // Deliveries whose outcome is unknown wait for every
+                // earlier attempt on their message to be over (a delivery
+                // process may outlive the queue manager that started it).
+                let wait = timeout.min(LOCK_WAIT);
+                let locked = batch.iter().try_for_each(|(_, r, f)| {
+                    let exclusive = r.recipients.iter().any(|i| i.uncertain);
+                    handoff::lock_for_exchange(f, exclusive, wait)
+                        .map_err(|e| format!("{}: {e}", r.queue_id))
+                });
+                let batch: Vec<(Job, DeliveryRequest, OwnedFd)> = batch
+                    .into_iter()
+                    .map(|(j, r, f)| (j, r, OwnedFd::from(f)))
+                    .collect();
                 let messages: Vec<(&DeliveryRequest, &OwnedFd)> =
                     batch.iter().map(|(_, r, f)| (r, f)).collect();
-                let result = handoff::deliver_batch(&socket, &messages, timeout)
-                    .map(|replies| replies.into_iter().map(|r| r.statuses).collect())
-                    .map_err(|e| format!("delivery agent exchange failed: {e}"));
+                let result = match locked {
+                    Ok(()) => handoff::deliver_batch(&socket, &messages, timeout)
+                        .map(|replies| replies.into_iter().map(|r| r.statuses).collect())
+                        .map_err(|e| format!("delivery agent exchange failed: {e}")),
+                    Err(e) => Err(e),
+                };
                 drop(messages);
                 let jobs = batch.into_iter().map(|(job, ..)| job).collect();
                 let _ = tx.send(Event::Done(jobs, result));

@@ -231,7 +231,7 @@ impl Handler for Pipe {
             return;
         };
         let conn = UnixStream::from(fd);
-        let Some(messages) = handoff::accept_request(&conn, self.owner_uid) else {
+        let Some((messages, _held)) = handoff::accept_request(&conn, self.owner_uid) else {
             return;
         };
         // One command per message and recipient, in order.
