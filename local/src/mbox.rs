@@ -470,9 +470,11 @@ fn dead_maker(lock: &Path) -> Option<i32> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(lock)
         .ok()?;
-    if !f.metadata().ok()?.is_file() {
+    let md = f.metadata().ok()?;
+    if !md.is_file() {
         return None;
     }
+    let made = md.modified().ok()?;
     let mut text = String::new();
     f.take(32).read_to_string(&mut text).ok()?;
     let pid: i32 = text.trim().parse().ok().filter(|&p| p > 1)?;
@@ -480,8 +482,35 @@ fn dead_maker(lock: &Path) -> Option<i32> {
         Err(nix::errno::Errno::ESRCH) => Some(pid),
         // A zombie (dead, its parent has not reaped it yet) holds nothing.
         _ if is_zombie(pid) => Some(pid),
+        // Pids come round again (pid_max may be 32768): a process that
+        // started after the lock was made did not make it.
+        _ if started_at(pid).is_some_and(|t| t > made + Duration::from_secs(1)) => Some(pid),
         _ => None,
     }
+}
+
+/// When process `pid` started (`/proc/PID/stat` field 22, in clock ticks
+/// after the boot time `/proc/stat` gives).
+fn started_at(pid: i32) -> Option<SystemTime> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let ticks: u64 = stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    let boot: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|&h| h > 0)? as u64;
+    let since_boot = Duration::from_millis(ticks.saturating_mul(1000) / hz);
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(boot) + since_boot)
 }
 
 /// Whether `pid` has exited and waits to be reaped (`/proc/PID/stat`
@@ -577,6 +606,23 @@ mod tests {
         let hour = Duration::from_secs(3600);
         std::fs::write(&lock_file, format!("{}\n", std::process::id())).unwrap();
         assert!(matches!(dotlock(&path, hour), Ok(None)), "a live holder");
+        // A live process that started after the lock was made (its pid
+        // came round again) did not make it.
+        let mut later = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let old = SystemTime::now() - Duration::from_secs(60);
+        std::fs::write(&lock_file, format!("{}\n", later.id())).unwrap();
+        File::options()
+            .write(true)
+            .open(&lock_file)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert!(matches!(dotlock(&path, hour), Ok(Some(_))), "a reused pid");
+        later.kill().unwrap();
+        later.wait().unwrap();
         std::fs::write(&lock_file, b"").unwrap();
         assert!(matches!(dotlock(&path, hour), Ok(None)), "no pid");
         std::fs::write(&lock_file, format!("{dead}\n")).unwrap();
