@@ -152,6 +152,18 @@ pub fn init(syslog_name: &str, program: &str, sink: Sink) {
     });
     if log::set_logger(logger).is_ok() {
         log::set_max_level(log::LevelFilter::Info);
+        // A panic is a broken invariant and aborts the process; a daemon's
+        // standard error is /dev/null, so without this it would leave no
+        // trace but a signal in the master's log. One line, then the
+        // default report (standard error in the foreground).
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            // Not from inside the logger itself (its lock is held).
+            if LOGGER.get().is_some_and(|l| l.state.try_lock().is_ok()) {
+                log::error!("{}", info.to_string().replace('\n', " "));
+            }
+            default(info);
+        }));
     }
 }
 
@@ -286,6 +298,21 @@ pub fn fatal(code: i32, message: impl std::fmt::Display) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The only test in this crate that installs the logger: a panic
+    /// (a daemon's standard error is /dev/null) lands in the log.
+    #[test]
+    fn a_panic_is_logged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("maillog");
+        let sink = open_sink(false, path.to_str().unwrap(), "mail").unwrap();
+        init("postern", "test", sink);
+        let _ = std::thread::spawn(|| panic!("broken\ninvariant")).join();
+        let log = std::fs::read_to_string(&path).unwrap();
+        assert!(log.contains("postern/test["), "{log}");
+        assert!(log.contains("error: panicked at"), "{log}");
+        assert!(log.trim_end().ends_with("broken invariant"), "{log}");
+    }
 
     #[test]
     fn timestamps() {

@@ -211,6 +211,8 @@ pub struct Client {
     written: usize,
     /// When the master closes it, finished or not.
     pub deadline: Instant,
+    /// The peer's pid (`SO_PEERCRED`), for the log.
+    pub peer_pid: Option<i32>,
 }
 
 impl Client {
@@ -222,6 +224,7 @@ impl Client {
             reply: None,
             written: 0,
             deadline: now + DEADLINE,
+            peer_pid: None,
         }
     }
 

@@ -937,7 +937,8 @@ impl Master {
             if let Some(mut c) = self.control_clients.remove(&t) {
                 let _ = self.poll.registry().deregister(c.stream());
                 log::info!(
-                    "control socket: closed a connection without a complete exchange after {}s",
+                    "control socket: closed a connection from pid {} without a complete exchange after {}s",
+                    c.peer_pid.unwrap_or(0),
                     control_client::DEADLINE.as_secs()
                 );
             }
@@ -979,8 +980,8 @@ impl Master {
             };
             let peer =
                 nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials);
-            match peer {
-                Ok(c) if c.uid() == 0 => {}
+            let pid = match peer {
+                Ok(c) if c.uid() == 0 => c.pid(),
                 Ok(c) => {
                     log::warn!(
                         "control socket: refused a request from uid {} pid {}: root only",
@@ -993,16 +994,17 @@ impl Master {
                     log::warn!("control socket: cannot get peer credentials: {e}");
                     continue;
                 }
-            }
+            };
             if self.control_clients.len() >= control_client::MAX_CLIENTS {
                 log::warn!(
-                    "control socket: {} connections already open: closed a new one",
+                    "control socket: {} connections already open: closed a new one from pid {pid}",
                     control_client::MAX_CLIENTS
                 );
                 continue;
             }
             let token = self.token();
             let mut client = Client::new(stream, Instant::now());
+            client.peer_pid = Some(pid);
             if let Err(e) = self.poll.registry().register(
                 client.stream(),
                 token,

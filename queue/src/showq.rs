@@ -220,8 +220,9 @@ impl Handler for Showq {
             ),
             Ok(_) if !authorized(&self.authorized, peer.uid(), Some(ctx.mail_owner.uid)) => {
                 log::warn!(
-                    "refused a queue listing to uid {} (authorized_mailq_users)",
-                    peer.uid()
+                    "refused a queue listing to uid {} pid {} (authorized_mailq_users)",
+                    peer.uid(),
+                    peer.pid()
                 );
                 send(
                     &conn,
@@ -230,12 +231,20 @@ impl Handler for Showq {
             }
             Ok(_) => list(&self.queue, &conn),
             Err(e) => {
-                log::warn!("bad showq request from uid {}: {e}", peer.uid());
+                log::warn!(
+                    "bad showq request from uid {} pid {}: {e}",
+                    peer.uid(),
+                    peer.pid()
+                );
                 send(&conn, Item::Refused(format!("bad request: {e}")))
             }
         };
         if let Err(e) = result {
-            log::warn!("cannot send the queue listing to uid {}: {e}", peer.uid());
+            log::warn!(
+                "cannot send the queue listing to uid {} pid {}: {e}",
+                peer.uid(),
+                peer.pid()
+            );
         }
     }
 }
