@@ -1204,7 +1204,9 @@ fn watch(channel: std::sync::Arc<Channel>, kind: ServiceType, tx: Sender<Event>)
                     Some(Request::Trigger(b)) => b,
                     // A unix trigger endpoint: read what the peer wrote.
                     Some(Request::Stream(fd)) => {
-                        postern_common::wait::read_to_end_within(fd, Duration::from_secs(5), 64)
+                        // A trigger is written at once: a peer that idles
+                        // gets a moment, not the queue manager's attention.
+                        postern_common::wait::read_to_end_within(fd, Duration::from_millis(200), 64)
                             .unwrap_or_default()
                     }
                     None => continue,

@@ -13,11 +13,13 @@
 //! a postcard payload of at most `handoff::MAX_FRAME` bytes, as in the
 //! handoff protocol, each starting with the version.
 //!
-//! 1. The client sends one [`ShowqRequest`].
+//! 1. The client sends one [`ShowqRequest`] (at most 64 bytes of payload,
+//!    all of it within [`REQUEST_DEADLINE`]: a slow or idle client is cut,
+//!    so that one user's connections cannot hold every showq process).
 //! 2. The service answers [`ShowqReply`] frames: for each message one
 //!    [`Item::Message`] followed by one [`Item::Recipient`] per pending
 //!    recipient; then [`Item::End`]. Or a single [`Item::Refused`] (not
-//!    authorised, bad request). Then it closes. Every read and write waits at most
+//!    authorised, bad request). Then it closes. Every write waits at most
 //!    [`TIMEOUT`].
 //!
 //! The client prints the listing in Postfix's mailq layout ([`format`]).
@@ -126,8 +128,64 @@ pub struct Showq {
     authorized: Vec<String>,
 }
 
-/// How long the service waits for the request and for each write.
+/// How long the service waits for each write of the listing.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a client has to send its whole request (a few bytes): a
+/// client that is slower is cut, so that idle connections cannot hold the
+/// service's processes from other users.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+
+/// The largest request payload accepted (a request is a version number).
+const MAX_REQUEST: u32 = 64;
+
+/// Reads exactly `buf.len()` bytes before `deadline`.
+fn read_exact_by(
+    conn: &UnixStream,
+    buf: &mut [u8],
+    deadline: std::time::Instant,
+) -> Result<(), String> {
+    use std::io::Read;
+    let mut got = 0;
+    while got < buf.len() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(format!(
+                "no complete request within {}s",
+                REQUEST_DEADLINE.as_secs()
+            ));
+        }
+        let _ = conn.set_read_timeout(Some(left));
+        match (&*conn).read(&mut buf[got..]) {
+            Ok(0) => return Err("the connection ended mid-request".into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // The read timeout (what was left of the deadline) ran out.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(())
+}
+
+/// The request frame (a length and a postcard payload), read within
+/// [`REQUEST_DEADLINE`] and at most [`MAX_REQUEST`] bytes.
+fn read_request(conn: &UnixStream) -> Result<ShowqRequest, String> {
+    let deadline = std::time::Instant::now() + REQUEST_DEADLINE;
+    let mut header = [0u8; 4];
+    read_exact_by(conn, &mut header, deadline)?;
+    let len = u32::from_be_bytes(header);
+    if len > MAX_REQUEST {
+        return Err(format!("a request of {len} bytes (at most {MAX_REQUEST})"));
+    }
+    let mut payload = vec![0u8; len as usize];
+    read_exact_by(conn, &mut payload, deadline)?;
+    postcard::from_bytes(&payload).map_err(|e| e.to_string())
+}
 
 impl Showq {
     fn setup(ctx: &Context) -> Result<Showq, String> {
@@ -204,12 +262,8 @@ impl Handler for Showq {
         let Some(peer) = handoff::peer_credentials(&conn) else {
             return;
         };
-        let _ = conn.set_read_timeout(Some(TIMEOUT));
         let _ = conn.set_write_timeout(Some(TIMEOUT));
-        let mut r = &conn;
-        let request: Result<ShowqRequest, String> = handoff::read_frame(&mut r, &[])
-            .map_err(|e| e.to_string())
-            .and_then(|p| postcard::from_bytes(&p).map_err(|e| e.to_string()));
+        let request = read_request(&conn);
         let result = match request {
             Ok(req) if req.version != SHOWQ_VERSION => send(
                 &conn,

@@ -428,3 +428,20 @@ fn pflogsumm_counts_the_message_lifecycle() {
     assert_eq!(total(&report, "deferred"), 1, "{report}\n{log}");
     assert_eq!(total(&report, "bounced"), 1, "{report}\n{log}");
 }
+
+/// Idle connections to showq are cut once its request deadline passes, so
+/// that one user's idle clients cannot hold every showq process; mailq
+/// answers meanwhile.
+#[test]
+fn idle_showq_clients_are_cut_and_mailq_answers() {
+    let m = Mail::new("");
+    let socket = m.inst.etc().join("queue/public/showq");
+    let idle: Vec<std::os::unix::net::UnixStream> = (0..5)
+        .map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap())
+        .collect();
+    let mailq = link(&m, "mailq");
+    let out = run_as(&m, ANN, &mailq, &[]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    m.inst.wait_log("no complete request within 2s", idle.len());
+    drop(idle);
+}
