@@ -14,10 +14,10 @@ use std::path::Path;
 
 use postern_common::account::{self, Account};
 use postern_common::command::{CommandSpec, SystemAccounts};
-use postern_common::privilege::MailOwner;
 use postern_common::trusted;
 use postern_conf::params::{self, MAIL_OWNER};
 use postern_conf::{Config, Diagnostic, Endpoint, ServiceType, Source};
+use postern_sys::privilege::MailOwner;
 
 use crate::programs;
 

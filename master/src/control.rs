@@ -20,8 +20,9 @@ use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use postern_common::{account, sys, sysexits};
+use postern_common::{account, sysexits};
 use postern_conf::{params, Config, Source};
+use postern_sys as sys;
 
 use crate::check;
 use crate::cli::{describe, load};
@@ -219,12 +220,10 @@ fn daemonise(master: &Path, source: &Source) -> i32 {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let raw = write_end.as_raw_fd();
-    sys::before_exec(&mut cmd, move || {
-        // Async-signal-safe only.
-        nix::unistd::setsid()?;
-        nix::unistd::dup2(raw, READY_FD)?;
-        Ok(())
-    });
+    sys::BeforeExec::new()
+        .new_session()
+        .copy_fd(raw, READY_FD)
+        .install(&mut cmd);
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -233,7 +232,7 @@ fn daemonise(master: &Path, source: &Source) -> i32 {
         }
     };
     drop(write_end);
-    let answer = postern_common::wait::read_to_end_within(read_end, START_DEADLINE, 64 * 1024)
+    let answer = postern_sys::wait::read_to_end_within(read_end, START_DEADLINE, 64 * 1024)
         .ok()
         .map(|b| String::from_utf8_lossy(&b).into_owned());
     let pid = child.id();
@@ -299,7 +298,7 @@ pub fn stop(source: &Source, immediate: bool) -> i32 {
         return sysexits::EX_NOPERM;
     }
     let limit = config.time(params::SHUTDOWN_TIMEOUT) + Duration::from_secs(30);
-    if postern_common::wait::process_exit_within(pid as i32, limit) {
+    if postern_sys::wait::process_exit_within(pid as i32, limit) {
         println!(
             "postern: {} (master pid {pid})",
             if immediate { "aborted" } else { "stopped" }

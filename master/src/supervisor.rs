@@ -56,7 +56,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -71,8 +71,9 @@ use nix::unistd::Pid;
 use postern_common::account::{self, Account};
 use postern_common::server::ChildArgs;
 use postern_common::status::{self as child_status, Message, FIRST_FREE_FD, STATUS_FD};
-use postern_common::{sys, sysexits};
+use postern_common::sysexits;
 use postern_conf::{params, Config, ServiceEntry, ServicesFile, Source};
+use postern_sys as sys;
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
@@ -877,13 +878,13 @@ impl Master {
         if !foreground {
             cmd.stderr(Stdio::null());
         }
-        sys::before_exec(&mut cmd, move || {
-            // Async-signal-safe only: dup2 clears close-on-exec on the copies.
-            for (n, fd) in fds.iter().enumerate() {
-                nix::unistd::dup2(*fd, STATUS_FD + n as RawFd)?;
-            }
-            Ok(())
-        });
+        // dup2 clears close-on-exec on the copies.
+        fds.iter()
+            .enumerate()
+            .fold(sys::BeforeExec::new(), |steps, (n, &fd)| {
+                steps.copy_fd(fd, STATUS_FD + n as RawFd)
+            })
+            .install(&mut cmd);
         match cmd.spawn() {
             Ok(child) => {
                 let pid = child.id() as i32;
@@ -1528,7 +1529,7 @@ fn sweep_descendants() {
         }
         for (pid, _) in &children {
             let left = deadline.saturating_duration_since(Instant::now());
-            if postern_common::wait::process_exit_within(*pid, left) {
+            if postern_sys::wait::process_exit_within(*pid, left) {
                 let _ = waitpid(Pid::from_raw(*pid), Some(WaitPidFlag::WNOHANG));
             }
         }
@@ -1614,11 +1615,7 @@ fn status_channel() -> nix::Result<(OwnedFd, OwnedFd)> {
         if fd.as_raw_fd() >= FIRST_FREE_FD {
             return Ok(fd);
         }
-        let n = nix::fcntl::fcntl(
-            fd.as_raw_fd(),
-            nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(FIRST_FREE_FD),
-        )?;
-        Ok(sys::own_new_fd(n))
+        sys::dup_at_least(fd.as_fd(), FIRST_FREE_FD)
     };
     let child = high(b)?;
     // The kernel attaches each sender's pid to what the master reads.

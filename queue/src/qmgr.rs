@@ -1181,7 +1181,7 @@ fn watch(channel: std::sync::Arc<Channel>, kind: ServiceType, tx: Sender<Event>)
                     Some(Request::Trigger(b)) => b,
                     // A unix trigger endpoint: read what the peer wrote.
                     Some(Request::Stream(fd)) => {
-                        postern_common::wait::read_to_end_within(fd, Duration::from_secs(5), 64)
+                        postern_sys::wait::read_to_end_within(fd, Duration::from_secs(5), 64)
                             .unwrap_or_default()
                     }
                     None => continue,
