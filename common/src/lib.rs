@@ -3,7 +3,11 @@
 //! **Name**: postern-common — what every postern process shares.
 //!
 //! **Description**: the child skeleton every master-managed daemon runs on
-//! ([`server`]), the master↔child contract ([`status`]), the one log format
+//! ([`server`]), the master↔child contract ([`status`]), the control
+//! protocol between `postern` and the master ([`control`]), an instance's
+//! layout on disk ([`instance`]), the configuration checks shared by
+//! `postern check` and the master ([`check`], [`programs`]), the queue as
+//! `postern status` reports it ([`queue_health`]), the one log format
 //! ([`log`]), account look-ups ([`account`]) and exit codes ([`sysexits`]).
 //!
 //! **Security**: no `unsafe` here (forbidden): raw system calls and privilege
@@ -15,11 +19,16 @@
 
 pub mod account;
 pub mod aliases;
+pub mod check;
 pub mod command;
+pub mod control;
 pub mod descendants;
 pub mod destinations;
 pub mod handoff;
+pub mod instance;
 pub mod log;
+pub mod programs;
+pub mod queue_health;
 pub mod server;
 pub mod status;
 pub mod sysexits;

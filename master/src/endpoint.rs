@@ -41,10 +41,7 @@ impl std::fmt::Display for BindTarget {
     }
 }
 
-/// The directory of private or public endpoints.
-pub fn endpoint_dir(config: &Config, private: bool) -> PathBuf {
-    Path::new(config.text(params::QUEUE_DIRECTORY)).join(if private { "private" } else { "public" })
-}
+pub use postern_common::instance::endpoint_dir;
 
 /// What `entry` listens on, given the configuration.
 pub fn targets(config: &Config, entry: &ServiceEntry) -> Result<Vec<BindTarget>, String> {

@@ -46,7 +46,7 @@
 //! control socket (root only: mode 0600 in a root-only directory, and the
 //! peer's uid checked; each connection is non-blocking, served from the
 //! event loop with its own buffers and closed at a short deadline, so an
-//! idle or slow client never delays the loop: see [`crate::control_client`]).
+//! idle or slow client never delays the loop: see [`crate::control_server`]).
 //!
 //! **Exit status**: 0 after a stop; 1 when the instance (or its queue) is
 //! already in use; 71 on a system error (an endpoint's address in use);
@@ -77,12 +77,13 @@ use postern_sys as sys;
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
-use crate::check;
-use crate::control_client::{self, Client, Request};
+use crate::control_server::{self, Client};
 use crate::endpoint::{self, BindTarget};
-use crate::instance::{self, LockError, Paths, PidLock};
 use crate::lifecycle::{self, ChildInfo, ExitVerdict, Phase, ServiceLoad};
-use crate::programs;
+use postern_common::check;
+use postern_common::control::{self as control_client, Request};
+use postern_common::instance::{self, LockError, Paths, PidLock};
+use postern_common::programs;
 
 const SIGNALS: Token = Token(0);
 const CONTROL: Token = Token(1);
@@ -127,18 +128,6 @@ pub fn parse_args(argv: &[String]) -> Result<Options, String> {
         foreground,
         ready_fd,
     })
-}
-
-/// The command line that starts a master for `opts` (used by `postern start`).
-pub fn to_args(source: &Source, foreground: bool, ready_fd: Option<RawFd>) -> Vec<String> {
-    let mut v = postern_common::server::source_args(source);
-    if foreground {
-        v.push("--foreground".into());
-    }
-    if let Some(fd) = ready_fd {
-        v.extend(["--ready-fd".into(), fd.to_string()]);
-    }
-    v
 }
 
 /// Tells the service manager (systemd, `NOTIFY_SOCKET`) about a state
@@ -939,7 +928,7 @@ impl Master {
                 let _ = self.poll.registry().deregister(c.stream());
                 log::info!(
                     "control socket: closed a connection without a complete exchange after {}s",
-                    control_client::DEADLINE.as_secs()
+                    control_server::DEADLINE.as_secs()
                 );
             }
         }
@@ -995,10 +984,10 @@ impl Master {
                     continue;
                 }
             }
-            if self.control_clients.len() >= control_client::MAX_CLIENTS {
+            if self.control_clients.len() >= control_server::MAX_CLIENTS {
                 log::warn!(
                     "control socket: {} connections already open: closed a new one",
-                    control_client::MAX_CLIENTS
+                    control_server::MAX_CLIENTS
                 );
                 continue;
             }
@@ -1591,7 +1580,7 @@ fn startable(config: &Config) -> Vec<&ServiceEntry> {
         .master
         .services
         .iter()
-        .filter(|s| programs::find(&s.command).is_some() && crate::check::supported_type(s.kind))
+        .filter(|s| programs::find(&s.command).is_some() && check::supported_type(s.kind))
         .collect()
 }
 

@@ -24,9 +24,10 @@ use postern_common::{account, sysexits};
 use postern_conf::{params, Config, Source};
 use postern_sys as sys;
 
-use crate::check;
+use postern_common::check;
+use postern_common::instance::{self, Paths};
+
 use crate::cli::{describe, load};
-use crate::instance::{self, Paths};
 
 /// How long `start` waits for the master to be ready.
 const START_DEADLINE: Duration = Duration::from_secs(60);
@@ -142,7 +143,7 @@ pub fn start(source: &Source, foreground: bool) -> i32 {
     }
     if foreground {
         let err = Command::new(&master)
-            .args(crate::supervisor::to_args(source, true, None))
+            .args(instance::master_args(source, true, None))
             .exec();
         eprintln!("postern: fatal: cannot run {}: {err}", master.display());
         return sysexits::EX_OSERR;
@@ -215,7 +216,7 @@ fn daemonise(master: &Path, source: &Source) -> i32 {
     };
     const READY_FD: i32 = 3;
     let mut cmd = Command::new(master);
-    cmd.args(crate::supervisor::to_args(source, false, Some(READY_FD)))
+    cmd.args(instance::master_args(source, false, Some(READY_FD)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -422,7 +423,7 @@ pub fn status(source: &Source, json: bool) -> i32 {
             return sysexits::EX_TEMPFAIL;
         }
     };
-    let mut snapshot: crate::control_client::Snapshot = match serde_json::from_str(&reply) {
+    let mut snapshot: postern_common::control::Snapshot = match serde_json::from_str(&reply) {
         Ok(s) => s,
         Err(e) => {
             eprintln!(
@@ -432,7 +433,7 @@ pub fn status(source: &Source, json: bool) -> i32 {
             return sysexits::EX_SOFTWARE;
         }
     };
-    let queue = crate::queue_health::read(Path::new(config.text(params::QUEUE_DIRECTORY)));
+    let queue = postern_common::queue_health::read(Path::new(config.text(params::QUEUE_DIRECTORY)));
     let degraded = snapshot.services.iter().any(|s| s.throttled.is_some()) || queue.stuck();
     snapshot.queue = Some(queue);
     if json {
@@ -444,7 +445,7 @@ pub fn status(source: &Source, json: bool) -> i32 {
             }
         }
     } else {
-        print!("{}", crate::control_client::human(&snapshot));
+        print!("{}", postern_common::control::human(&snapshot));
         if let Some(q) = &snapshot.queue {
             print!("{}", queue_lines(q));
         }
@@ -452,8 +453,8 @@ pub fn status(source: &Source, json: bool) -> i32 {
     i32::from(degraded)
 }
 
-fn queue_lines(q: &crate::queue_health::QueueHealth) -> String {
-    let counts: Vec<String> = crate::queue_health::QUEUES
+fn queue_lines(q: &postern_common::queue_health::QueueHealth) -> String {
+    let counts: Vec<String> = postern_common::queue_health::QUEUES
         .iter()
         .map(|n| format!("{n} {}", q.messages.get(*n).copied().unwrap_or(0)))
         .collect();
