@@ -97,6 +97,15 @@ pub fn running_as_root() -> bool {
     Uid::effective().is_root()
 }
 
+impl From<&Account> for postern_sys::privilege::MailOwner {
+    fn from(a: &Account) -> Self {
+        postern_sys::privilege::MailOwner {
+            uid: a.uid,
+            gid: a.gid,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,8 +19,8 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::account::{self, Account};
 use crate::handoff::RecipientStatus;
-use crate::privilege::{MailOwner, RunAs};
-use crate::sys;
+use postern_sys as sys;
+use postern_sys::privilege::{MailOwner, RunAs};
 
 /// How user and group names are looked up (a seam for tests).
 pub trait Accounts {
@@ -340,7 +340,7 @@ pub fn collect_output(out: std::os::fd::OwnedFd, pid: i32, limit: Duration) -> (
     let Ok(pidfd) = sys::pidfd_open(pid) else {
         // Without a pidfd (Linux before 5.3), fall back to reading until
         // end-of-file, keeping OUTPUT_LIMIT bytes of it.
-        return match crate::wait::drain_within(out, limit, OUTPUT_LIMIT) {
+        return match postern_sys::wait::drain_within(out, limit, OUTPUT_LIMIT) {
             Ok(bytes) => (bytes, false),
             Err(_) => (Vec::new(), true),
         };

@@ -147,7 +147,7 @@ pub fn kill_below_stopped(root: i32) {
         }
         for pid in &living {
             let left = deadline.saturating_duration_since(Instant::now());
-            crate::wait::process_exit_within(*pid, left);
+            postern_sys::wait::process_exit_within(*pid, left);
         }
     }
 }
@@ -155,7 +155,7 @@ pub fn kill_below_stopped(root: i32) {
 /// Kills `pid` if it is still below `me` (`tree`: the pids below it):
 /// through a pidfd opened first, so a reused pid is never signalled.
 fn kill_below(pid: i32, me: i32, tree: &HashSet<i32>) {
-    let Ok(pidfd) = crate::sys::pidfd_open(pid) else {
+    let Ok(pidfd) = postern_sys::pidfd_open(pid) else {
         // Gone already (ESRCH), or no pidfds (Linux < 5.3): a child of `me`
         // cannot have been reused (`me` has not reaped it), so kill it by pid.
         if parent_of(pid) == Some(me) {
@@ -166,7 +166,7 @@ fn kill_below(pid: i32, me: i32, tree: &HashSet<i32>) {
     // The pidfd holds this very process: if its parent is still us or one of
     // our descendants, it is ours to kill.
     if parent_of(pid).is_some_and(|pp| pp == me || tree.contains(&pp)) {
-        let _ = crate::sys::pidfd_kill(&pidfd);
+        let _ = postern_sys::pidfd_kill(&pidfd);
     }
 }
 
@@ -225,7 +225,7 @@ pub fn end_all(command: Option<i32>) -> Result<usize, String> {
         // and reap all but the command.
         for pid in &children {
             let left = deadline.saturating_duration_since(Instant::now());
-            if crate::wait::process_exit_within(*pid, left) && Some(*pid) != command {
+            if postern_sys::wait::process_exit_within(*pid, left) && Some(*pid) != command {
                 let _ = waitpid(Pid::from_raw(*pid), Some(WaitPidFlag::WNOHANG));
             }
         }
@@ -297,7 +297,7 @@ pub fn finish_background(end: impl FnOnce() -> Result<usize, String>) -> Result<
         }
         let pidfds: Vec<_> = children
             .iter()
-            .filter_map(|&p| crate::sys::pidfd_open(p).ok())
+            .filter_map(|&p| postern_sys::pidfd_open(p).ok())
             .collect();
         if pidfds.is_empty() {
             // Without pidfds: nothing to wait on but the deadline.
@@ -419,7 +419,7 @@ mod tests {
             .unwrap();
         let pid = sh.id() as i32;
         // The shell exits at once; its sleep is ours now, in another session.
-        assert!(crate::wait::process_exit_within(
+        assert!(postern_sys::wait::process_exit_within(
             pid,
             Duration::from_secs(30)
         ));

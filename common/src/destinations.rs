@@ -28,6 +28,7 @@
 //! directory that the system file does not. With `user-policy off` it is
 //! ignored.
 
+use postern_conf::{embedded, params, Config, Source};
 use std::path::{Component, Path, PathBuf};
 
 /// The kinds of destination a rule can allow.
@@ -417,6 +418,24 @@ fn check_resolved(
             dest.display(),
             system.file
         )),
+    }
+}
+
+/// The system policy of `config` (file, or embedded default).
+pub fn system_policy(config: &Config) -> Result<Policy, Vec<String>> {
+    let program_dir = PathBuf::from(config.text(params::PROGRAM_DIRECTORY));
+    match &config.source {
+        Source::Embedded(_) => parse(
+            "(embedded)/destinations",
+            &embedded::destinations(&program_dir),
+            true,
+        ),
+        Source::Dir(_) => {
+            let path = config.text(params::DESTINATION_POLICY);
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| vec![format!("{path}: cannot read: {e}")])?;
+            parse(path, &text, true)
+        }
     }
 }
 

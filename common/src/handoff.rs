@@ -32,16 +32,16 @@
 //! for the earlier copy (mbox, Maildir) before it writes another. Programs
 //! cannot be asked, so program deliveries are at least once.
 
-use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
 use serde::{Deserialize, Serialize};
 
-use crate::sys;
+use postern_sys as sys;
 
 /// The protocol version carried in every payload.
 /// Version 5 added [`Instruction::original_recipient`].
@@ -328,28 +328,19 @@ pub fn receive_request(conn: &UnixStream) -> Result<Vec<(DeliveryRequest, OwnedF
     // larger frame is read by `read_frame`. On the stack: a large zeroed
     // heap buffer per request costs page faults when the heap shrinks again.
     let mut first = [0u8; 4096];
-    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; MAX_BATCH]);
     let (n, fds) = {
-        let mut iov = [IoSliceMut::new(&mut first)];
-        let msg = recvmsg::<UnixAddr>(
+        let received = sys::recv_with_fds::<MAX_BATCH>(
             conn.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
+            &mut first,
             MsgFlags::MSG_CMSG_CLOEXEC,
         )
         .map_err(io::Error::from)?;
-        let mut fds = Vec::new();
-        for c in msg.cmsgs().map_err(io::Error::from)? {
-            if let ControlMessageOwned::ScmRights(received) = c {
-                fds.extend(received.into_iter().map(sys::own_new_fd));
-            }
-        }
-        if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+        if received.flags.contains(MsgFlags::MSG_CTRUNC) {
             return Err(HandoffError::Malformed(format!(
                 "more than {MAX_BATCH} descriptors attached"
             )));
         }
-        (msg.bytes, fds)
+        (received.bytes, received.fds)
     };
     if n == 0 {
         return Err(io::Error::new(

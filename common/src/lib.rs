@@ -3,29 +3,33 @@
 //! **Name**: postern-common — what every postern process shares.
 //!
 //! **Description**: the child skeleton every master-managed daemon runs on
-//! ([`server`]), the master↔child contract ([`status`]), privilege changes
-//! ([`privilege`]), the one log format ([`log`]), account look-ups
-//! ([`account`]), exit codes ([`sysexits`]) and the only module with
-//! `unsafe` code ([`sys`]).
+//! ([`server`]), the master↔child contract ([`status`]), the control
+//! protocol between `postern` and the master ([`control`]), an instance's
+//! layout on disk ([`instance`]), the configuration checks shared by
+//! `postern check` and the master ([`check`], [`programs`]), the queue as
+//! `postern status` reports it ([`queue_health`]), the one log format
+//! ([`log`]), account look-ups ([`account`]) and exit codes ([`sysexits`]).
 //!
-//! **Security**: [`privilege`] is the one place that changes user and group
-//! ids; [`sys`] the one place with raw system calls. Untrusted input handled
-//! here: status records from children (decoded strictly, never trusted for
-//! anything but bookkeeping).
+//! **Security**: no `unsafe` here (forbidden): raw system calls and privilege
+//! changes live in `postern-sys`, which callers import directly. Untrusted
+//! input handled here: status records from children (decoded strictly, never
+//! trusted for anything but bookkeeping).
 //!
 //! **See also**: sysexits(3), getpwnam(3), epoll(7).
 
 pub mod account;
 pub mod aliases;
+pub mod check;
 pub mod command;
+pub mod control;
 pub mod descendants;
 pub mod destinations;
 pub mod handoff;
+pub mod instance;
 pub mod log;
-pub mod privilege;
+pub mod programs;
+pub mod queue_health;
 pub mod server;
 pub mod status;
-pub mod sys;
 pub mod sysexits;
 pub mod trusted;
-pub mod wait;

@@ -29,14 +29,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use nix::sys::socket::{accept4, send, MsgFlags, SockFlag};
+use nix::sys::socket::{send, MsgFlags, SockFlag};
 use postern_conf::embedded::Layout;
 use postern_conf::{params, Config, Override, ServiceType, ServicesFile, Source};
 
 use crate::account::{self, Account};
-use crate::privilege::{self, MailOwner, MailOwnerEffective};
 use crate::status::{ChildState, StatusRecord, LISTEN_FD, MAX_LISTEN_FDS, STATUS_FD};
-use crate::{sys, sysexits};
+use crate::sysexits;
+use postern_sys as sys;
+use postern_sys::privilege::{self, MailOwner, MailOwnerEffective};
 
 /// The command-line form of a configuration source, shared by the master's
 /// and the children's command lines: `-c DIR`, or `--queue-directory Q
@@ -694,8 +695,8 @@ fn take_request(kind: ServiceType, listener: &OwnedFd) -> Option<Request> {
                 _ => None,
             }
         }
-        _ => match accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
-            Ok(fd) => Some(Request::Stream(crate::sys::own_new_fd(fd))),
+        _ => match sys::accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
+            Ok(fd) => Some(Request::Stream(fd)),
             Err(
                 nix::errno::Errno::EAGAIN
                 | nix::errno::Errno::ECONNABORTED

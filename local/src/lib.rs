@@ -61,10 +61,10 @@ use postern_common::account::{self, Account};
 use postern_common::handoff::{
     self, DeliveryReply, DeliveryRequest, Destination, Instruction, RecipientStatus,
 };
-use postern_common::privilege::{self, MailOwner, RunAs};
 use postern_common::server::{self, Context, Handler, Privileges, Program, Request};
-use postern_common::sys::{self, Forked};
 use postern_conf::{params, Config, Source};
+use postern_sys::privilege::{self, MailOwner, RunAs};
+use postern_sys::{self as sys, Forked};
 
 use crate::message::Copy;
 use postern_common::destinations::{self as policy, Kind, Policy, Who};
@@ -664,7 +664,7 @@ fn read_status(fd: OwnedFd, pid: i32, limit: Duration) -> Result<Vec<RecipientSt
                     return Err("no report within the time limit".into());
                 }
                 let slice = deadline.min(now + Duration::from_secs(1));
-                if postern_common::wait::readable_by(&file, slice) {
+                if postern_sys::wait::readable_by(&file, slice) {
                     break;
                 }
                 if is_stopped(pid) {

@@ -21,10 +21,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
-use nix::fcntl::{openat, renameat, OFlag};
+use nix::fcntl::{renameat, OFlag};
 use nix::sys::stat::{fstat, mkdirat, Mode};
 use postern_common::handoff::RecipientStatus;
-use postern_common::sys::{own_new_fd, start_writeback};
+use postern_sys::{openat, start_writeback};
 
 use crate::message::Copy;
 
@@ -46,7 +46,7 @@ fn open_dir(
     let mut created = false;
     let fd = loop {
         match openat(at, name, flags, Mode::empty()) {
-            Ok(fd) => break own_new_fd(fd),
+            Ok(fd) => break fd,
             Err(Errno::ENOENT) if !created => {
                 match mkdirat(at, name, Mode::from_bits_truncate(0o700)) {
                     Ok(()) | Err(Errno::EEXIST) => created = true,
@@ -171,7 +171,7 @@ pub fn deliver_many(dir: &Path, uid: u32, copies: &[Copy<'_>]) -> Vec<RecipientS
             OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::from_bits_truncate(0o600),
         ) {
-            Ok(fd) => std::fs::File::from(own_new_fd(fd)),
+            Ok(fd) => std::fs::File::from(fd),
             Err(e) => {
                 statuses[index] = Some(defer(e.to_string()));
                 continue;
@@ -261,7 +261,7 @@ fn earlier_copy(root: &OwnedFd, sub: &str, tag: &str, copy: &Copy<'_>) -> Option
             return false;
         };
         let mut head = vec![0u8; 64 * 1024];
-        let file = std::fs::File::from(own_new_fd(fd));
+        let file = std::fs::File::from(fd);
         let n = nix::sys::uio::pread(&file, &mut head, 0).unwrap_or(0);
         copy.is_same_delivery(&head[..n])
     })

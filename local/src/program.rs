@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use postern_common::command::{run_with_input, sanitise};
 use postern_common::handoff::RecipientStatus;
-use postern_common::sys;
+use postern_sys as sys;
 
 pub use postern_common::trusted::{mode, Mode, INSECURE_PROGRAM, NO_PROGRAM, SUSPEND_PROGRAM};
 
@@ -295,11 +295,11 @@ pub fn run(r: &Run<'_>) -> RecipientStatus {
         .env_clear()
         .envs(r.env.iter().map(|(k, v)| (k, v)))
         .current_dir(r.cwd);
-    sys::before_exec(&mut cmd, || {
-        // Async-signal-safe only: its own session, nothing but 0-2 open.
-        nix::unistd::setsid()?;
-        sys::cloexec_from(3)
-    });
+    // Its own session, nothing but 0-2 open.
+    sys::BeforeExec::new()
+        .new_session()
+        .cloexec_from(3)
+        .install(&mut cmd);
     // The program runs as this (already switched) process's user: the
     // kill needs no privilege. Whatever it started goes with it, in its
     // group or not (this process is its subreaper).

@@ -10,7 +10,7 @@
 //! collides (see `postern_common::status`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::sys::socket::{
@@ -41,10 +41,7 @@ impl std::fmt::Display for BindTarget {
     }
 }
 
-/// The directory of private or public endpoints.
-pub fn endpoint_dir(config: &Config, private: bool) -> PathBuf {
-    Path::new(config.text(params::QUEUE_DIRECTORY)).join(if private { "private" } else { "public" })
-}
+pub use postern_common::instance::endpoint_dir;
 
 /// What `entry` listens on, given the configuration.
 pub fn targets(config: &Config, entry: &ServiceEntry) -> Result<Vec<BindTarget>, String> {
@@ -124,12 +121,7 @@ fn high(fd: OwnedFd) -> std::io::Result<OwnedFd> {
     if fd.as_raw_fd() >= FIRST_FREE_FD {
         return Ok(fd);
     }
-    let new = nix::fcntl::fcntl(
-        fd.as_raw_fd(),
-        nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(FIRST_FREE_FD),
-    )
-    .map_err(std::io::Error::from)?;
-    Ok(postern_common::sys::own_new_fd(new))
+    postern_sys::dup_at_least(fd.as_fd(), FIRST_FREE_FD).map_err(std::io::Error::from)
 }
 
 /// Opens one endpoint. `owner` is the (uid, gid) that owns unix endpoints.
@@ -205,11 +197,11 @@ fn as_owner<T>(
     umask: u32,
     f: impl FnOnce() -> std::io::Result<T>,
 ) -> std::io::Result<T> {
-    let mail_owner = postern_common::privilege::MailOwner {
+    let mail_owner = postern_sys::privilege::MailOwner {
         uid: owner.0,
         gid: owner.1,
     };
-    postern_common::privilege::as_filesystem_user(mail_owner, umask, f)
+    postern_sys::privilege::as_filesystem_user(mail_owner, umask, f)
         .map_err(std::io::Error::other)?
 }
 
@@ -226,15 +218,15 @@ fn open_fifo(path: &Path, owner: (u32, u32)) -> std::io::Result<OwnedFd> {
             }
             Err(_) => nix::unistd::mkfifo(path, Mode::from_bits_truncate(0o622))?,
         }
-        let raw = nix::fcntl::open(
+        Ok(postern_sys::openat(
+            None,
             path,
             nix::fcntl::OFlag::O_RDWR
                 | nix::fcntl::OFlag::O_NONBLOCK
                 | nix::fcntl::OFlag::O_CLOEXEC
                 | nix::fcntl::OFlag::O_NOFOLLOW,
             Mode::empty(),
-        )?;
-        Ok(postern_common::sys::own_new_fd(raw))
+        )?)
     })?;
     // Checked and fixed through the descriptor, never by path.
     let md = nix::sys::stat::fstat(fd.as_raw_fd())?;
@@ -304,13 +296,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("qmgr");
         nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o622)).unwrap();
-        let raw = nix::fcntl::open(
+        let held = postern_sys::openat(
+            None,
             &fifo,
             nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NONBLOCK,
             Mode::empty(),
         )
         .unwrap();
-        let held = postern_common::sys::own_new_fd(raw);
         let victim = dir.path().join("victim");
         std::fs::write(&victim, b"precious\n").unwrap();
         let link = dir.path().join("link");

@@ -1,55 +1,22 @@
 //! # postern-master
 //!
-//! **Name**: postern — the administration command of a postern instance.
+//! **Name**: postern-master — the supervisor of a postern instance.
 //!
-//! **Synopsis**:
-//! ```text
-//! postern [-c CONFIG_DIR] check
-//! postern [-c CONFIG_DIR] config [-n | -d] [-x] [-h] [-M] [NAME...]
-//! postern init [--self-contained] [--force] DIR
-//! postern [-c CONFIG_DIR] start [--foreground] | stop | abort
-//! postern [-c CONFIG_DIR] reload [SERVICE]
-//! postern [-c CONFIG_DIR] status [--json]
-//! ```
+//! **Synopsis**: started by `postern start` (see `postern-cli`), or
+//! `postern-master [-c CONFIG_DIR] [--foreground]` under a service manager.
 //!
-//! **Description**: `check` validates main.cf, master.cf, the directories
-//! and the accounts they name, and lists every problem with its file and line;
-//! `config` prints parameters the way postconf(1) does; `init` writes the
-//! embedded default configuration out for editing; `start`, `stop`, `abort`,
-//! `reload` and `status` operate the instance (see [`control`] and
-//! [`supervisor`] for the master itself). The configuration
-//! directory is `-c DIR`, else `$POSTERN_CONFIG`, else `/etc/postern` when it
-//! holds a main.cf, else the embedded default configuration.
+//! **Description**: reads main.cf and master.cf, owns every listening
+//! endpoint, forks children on demand, reads their status, reaps them,
+//! throttles crash loops, reloads on SIGHUP and stops on SIGTERM; answers
+//! the control socket ([`control_server`]). See [`supervisor`] for the
+//! manual.
 //!
-//! **Security**: `check` and `config` only read. `init` writes two files and
-//! never overwrites one without `--force`.
+//! **Security**: runs as root; only root can change what it runs as root
+//! (the configuration checks of `postern_common::check`).
 //!
-//! **Configuration**: all of main.cf; `postern config -d` lists every
-//! parameter with its default.
-//!
-//! **Exit status**: 0 success; 1 `check` found problems, `config` was
-//! asked for an unknown parameter, the instance is not in the state the
-//! command needs (already running, not running), `status` found it
-//! degraded (a throttled service, mail stuck in incoming), or `reload` was
-//! refused by the master (the running configuration stays); 3 `status`:
-//! not running; 64 bad usage; 71 a system error (a port already in use);
-//! 73 `init` could not write; 75 the master did not answer in time; 77 a
-//! command that needs root run without it; 78 the configuration cannot be
-//! used.
-//!
-//! **See also**: postconf(1), postconf(5), master(5).
+//! **See also**: master(8), master(5), postern(1).
 
-pub mod check;
-pub mod cli;
-pub mod control;
-pub mod control_client;
-pub mod deliver;
-pub mod destinations;
+pub mod control_server;
 pub mod endpoint;
-pub mod instance;
 pub mod lifecycle;
-pub mod manual;
-pub mod programs;
-pub mod queue_health;
-pub mod show;
 pub mod supervisor;

@@ -46,7 +46,7 @@
 //! control socket (root only: mode 0600 in a root-only directory, and the
 //! peer's uid checked; each connection is non-blocking, served from the
 //! event loop with its own buffers and closed at a short deadline, so an
-//! idle or slow client never delays the loop: see [`crate::control_client`]).
+//! idle or slow client never delays the loop: see [`crate::control_server`]).
 //!
 //! **Exit status**: 0 after a stop; 1 when the instance (or its queue) is
 //! already in use; 71 on a system error (an endpoint's address in use);
@@ -56,7 +56,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -71,17 +71,19 @@ use nix::unistd::Pid;
 use postern_common::account::{self, Account};
 use postern_common::server::ChildArgs;
 use postern_common::status::{self as child_status, Message, FIRST_FREE_FD, STATUS_FD};
-use postern_common::{sys, sysexits};
+use postern_common::sysexits;
 use postern_conf::{params, Config, ServiceEntry, ServicesFile, Source};
+use postern_sys as sys;
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
-use crate::check;
-use crate::control_client::{self, Client, Request};
+use crate::control_server::{self, Client};
 use crate::endpoint::{self, BindTarget};
-use crate::instance::{self, LockError, Paths, PidLock};
 use crate::lifecycle::{self, ChildInfo, ExitVerdict, Phase, ServiceLoad};
-use crate::programs;
+use postern_common::check;
+use postern_common::control::{self as control_client, Request};
+use postern_common::instance::{self, LockError, Paths, PidLock};
+use postern_common::programs;
 
 const SIGNALS: Token = Token(0);
 const CONTROL: Token = Token(1);
@@ -126,18 +128,6 @@ pub fn parse_args(argv: &[String]) -> Result<Options, String> {
         foreground,
         ready_fd,
     })
-}
-
-/// The command line that starts a master for `opts` (used by `postern start`).
-pub fn to_args(source: &Source, foreground: bool, ready_fd: Option<RawFd>) -> Vec<String> {
-    let mut v = postern_common::server::source_args(source);
-    if foreground {
-        v.push("--foreground".into());
-    }
-    if let Some(fd) = ready_fd {
-        v.extend(["--ready-fd".into(), fd.to_string()]);
-    }
-    v
 }
 
 /// Tells the service manager (systemd, `NOTIFY_SOCKET`) about a state
@@ -877,13 +867,13 @@ impl Master {
         if !foreground {
             cmd.stderr(Stdio::null());
         }
-        sys::before_exec(&mut cmd, move || {
-            // Async-signal-safe only: dup2 clears close-on-exec on the copies.
-            for (n, fd) in fds.iter().enumerate() {
-                nix::unistd::dup2(*fd, STATUS_FD + n as RawFd)?;
-            }
-            Ok(())
-        });
+        // dup2 clears close-on-exec on the copies.
+        fds.iter()
+            .enumerate()
+            .fold(sys::BeforeExec::new(), |steps, (n, &fd)| {
+                steps.copy_fd(fd, STATUS_FD + n as RawFd)
+            })
+            .install(&mut cmd);
         match cmd.spawn() {
             Ok(child) => {
                 let pid = child.id() as i32;
@@ -939,7 +929,7 @@ impl Master {
                 log::info!(
                     "control socket: closed a connection from pid {} without a complete exchange after {}s",
                     c.peer_pid.unwrap_or(0),
-                    control_client::DEADLINE.as_secs()
+                    control_server::DEADLINE.as_secs()
                 );
             }
         }
@@ -995,10 +985,10 @@ impl Master {
                     continue;
                 }
             };
-            if self.control_clients.len() >= control_client::MAX_CLIENTS {
+            if self.control_clients.len() >= control_server::MAX_CLIENTS {
                 log::warn!(
                     "control socket: {} connections already open: closed a new one from pid {pid}",
-                    control_client::MAX_CLIENTS
+                    control_server::MAX_CLIENTS
                 );
                 continue;
             }
@@ -1530,7 +1520,7 @@ fn sweep_descendants() {
         }
         for (pid, _) in &children {
             let left = deadline.saturating_duration_since(Instant::now());
-            if postern_common::wait::process_exit_within(*pid, left) {
+            if postern_sys::wait::process_exit_within(*pid, left) {
                 let _ = waitpid(Pid::from_raw(*pid), Some(WaitPidFlag::WNOHANG));
             }
         }
@@ -1592,7 +1582,7 @@ fn startable(config: &Config) -> Vec<&ServiceEntry> {
         .master
         .services
         .iter()
-        .filter(|s| programs::find(&s.command).is_some() && crate::check::supported_type(s.kind))
+        .filter(|s| programs::find(&s.command).is_some() && check::supported_type(s.kind))
         .collect()
 }
 
@@ -1616,11 +1606,7 @@ fn status_channel() -> nix::Result<(OwnedFd, OwnedFd)> {
         if fd.as_raw_fd() >= FIRST_FREE_FD {
             return Ok(fd);
         }
-        let n = nix::fcntl::fcntl(
-            fd.as_raw_fd(),
-            nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(FIRST_FREE_FD),
-        )?;
-        Ok(sys::own_new_fd(n))
+        sys::dup_at_least(fd.as_fd(), FIRST_FREE_FD)
     };
     let child = high(b)?;
     // The kernel attaches each sender's pid to what the master reads.

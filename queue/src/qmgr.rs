@@ -1206,7 +1206,7 @@ fn watch(channel: std::sync::Arc<Channel>, kind: ServiceType, tx: Sender<Event>)
                     Some(Request::Stream(fd)) => {
                         // A trigger is written at once: a peer that idles
                         // gets a moment, not the queue manager's attention.
-                        postern_common::wait::read_to_end_within(fd, Duration::from_millis(200), 64)
+                        postern_sys::wait::read_to_end_within(fd, Duration::from_millis(200), 64)
                             .unwrap_or_default()
                     }
                     None => continue,

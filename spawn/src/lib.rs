@@ -57,10 +57,10 @@ use std::time::Duration;
 
 use nix::sys::wait::WaitStatus;
 use postern_common::command::{CommandSpec, SystemAccounts};
-use postern_common::privilege::{self, MailOwner};
 use postern_common::server::{self, Context, Handler, Privileges, Program, Request};
-use postern_common::sys;
 use postern_conf::params;
+use postern_sys as sys;
+use postern_sys::privilege::{self, MailOwner};
 
 /// The daemon: runs the child skeleton with spawn's handler.
 pub fn run() -> i32 {
@@ -136,7 +136,7 @@ impl Spawn {
     fn supervise(&self, pid: i32) {
         let command = &self.attrs.argv[0];
         let timed_out = match sys::pidfd_open(pid) {
-            Ok(pidfd) => !postern_common::wait::readable_within(&pidfd, self.time_limit),
+            Ok(pidfd) => !postern_sys::wait::readable_within(&pidfd, self.time_limit),
             Err(e) => {
                 log::warn!(
                     "service {}: pidfd_open for pid {pid}: {e}; waiting without a time limit",
@@ -161,7 +161,7 @@ impl Spawn {
             Ok(_) => {}
             Err(e) => log::error!("service {}: {e}", self.service),
         }
-        match postern_common::wait::reap(pid) {
+        match postern_sys::wait::reap(pid) {
             Ok(WaitStatus::Exited(_, 0)) => {}
             Ok(WaitStatus::Exited(_, code)) => log::warn!(
                 "service {}: command {command} (pid {pid}) exited with status {code}",

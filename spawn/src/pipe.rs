@@ -46,10 +46,10 @@ use postern_common::command::{run_with_input, CommandSpec, PipeFlags, PipeSpec, 
 use postern_common::handoff::{
     self, DeliveryReply, DeliveryRequest, Destination, Instruction, RecipientStatus,
 };
-use postern_common::privilege::{self, MailOwner};
 use postern_common::server::{self, Context, Handler, Privileges, Program, Request};
-use postern_common::sys;
 use postern_conf::params;
+use postern_sys as sys;
+use postern_sys::privilege::{self, MailOwner};
 
 use crate::{command_environment, end_command_as_root};
 
@@ -289,14 +289,11 @@ impl Pipe {
 /// session and process group, the `user=` identity with no supplementary
 /// groups, nothing open but descriptors 0-2.
 fn isolate(cmd: &mut Command, attrs: &CommandSpec) {
-    let (uid, gid) = (attrs.run_as.uid(), attrs.run_as.gid());
-    sys::before_exec(cmd, move || {
-        // Async-signal-safe only: see sys::before_exec.
-        nix::unistd::setsid()?;
-        privilege::drop_to(uid, gid)
-            .map_err(|_| std::io::Error::from_raw_os_error(nix::errno::Errno::EPERM as i32))?;
-        sys::cloexec_from(3)
-    });
+    sys::BeforeExec::new()
+        .new_session()
+        .run_as(attrs.run_as)
+        .cloexec_from(3)
+        .install(cmd);
 }
 
 #[cfg(test)]

@@ -12,8 +12,6 @@
 
 use nix::unistd::{getresuid, setegid, seteuid, setgroups, setresgid, setresuid, Gid, Uid};
 
-use crate::account::Account;
-
 /// Why an identity was refused or a change failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PrivilegeError {
@@ -44,15 +42,6 @@ pub struct MailOwner {
     pub uid: u32,
     /// Primary gid of mail_owner.
     pub gid: u32,
-}
-
-impl From<&Account> for MailOwner {
-    fn from(a: &Account) -> Self {
-        MailOwner {
-            uid: a.uid,
-            gid: a.gid,
-        }
-    }
 }
 
 impl RunAs {
@@ -100,25 +89,45 @@ fn failed(call: &'static str) -> impl Fn(nix::Error) -> PrivilegeError {
 /// Becomes `uid`/`gid` for good: no supplementary groups, real, effective and
 /// saved ids all changed, and a check that root cannot be regained.
 ///
-/// Async-signal-safe (no allocation on the success path), so it may run in a
-/// `pre_exec` hook. Must be called with effective uid 0.
+/// Must be called with effective uid 0. For a `Command`'s child, use
+/// [`crate::BeforeExec::run_as`], which makes the same calls without
+/// allocating.
 pub fn drop_to(uid: u32, gid: u32) -> Result<(), PrivilegeError> {
+    drop_ids(uid, gid).map_err(|f| match f {
+        DropFailure::Call(call, errno) => failed(call)(errno),
+        DropFailure::Regainable => {
+            PrivilegeError::Refused("root privileges could be regained after dropping them".into())
+        }
+    })
+}
+
+/// Why [`drop_ids`] failed, without allocating.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum DropFailure {
+    /// A system call failed.
+    Call(&'static str, nix::Error),
+    /// Root could be regained afterwards.
+    Regainable,
+}
+
+/// [`drop_to`]'s system calls; async-signal-safe (no allocation, on success
+/// or failure), so it may run between fork and exec.
+pub(crate) fn drop_ids(uid: u32, gid: u32) -> Result<(), DropFailure> {
+    let call = |name: &'static str| move |errno| DropFailure::Call(name, errno);
     let (u, g) = (Uid::from_raw(uid), Gid::from_raw(gid));
     // An effective uid that is not root cannot change groups: become root first
     // (allowed when the real or saved uid is 0).
     if !Uid::effective().is_root() {
-        seteuid(Uid::from_raw(0)).map_err(failed("seteuid(0)"))?;
+        seteuid(Uid::from_raw(0)).map_err(call("seteuid(0)"))?;
     }
-    setgroups(&[]).map_err(failed("setgroups"))?;
-    setresgid(g, g, g).map_err(failed("setresgid"))?;
-    setresuid(u, u, u).map_err(failed("setresuid"))?;
+    setgroups(&[]).map_err(call("setgroups"))?;
+    setresgid(g, g, g).map_err(call("setresgid"))?;
+    setresuid(u, u, u).map_err(call("setresuid"))?;
     if uid != 0
         && (seteuid(Uid::from_raw(0)).is_ok()
             || setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).is_ok())
     {
-        return Err(PrivilegeError::Refused(
-            "root privileges could be regained after dropping them".into(),
-        ));
+        return Err(DropFailure::Regainable);
     }
     Ok(())
 }

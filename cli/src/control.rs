@@ -20,12 +20,14 @@ use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use postern_common::{account, sys, sysexits};
+use postern_common::{account, sysexits};
 use postern_conf::{params, Config, Source};
+use postern_sys as sys;
 
-use crate::check;
+use postern_common::check;
+use postern_common::instance::{self, Paths};
+
 use crate::cli::{describe, load};
-use crate::instance::{self, Paths};
 
 /// How long `start` waits for the master to be ready.
 const START_DEADLINE: Duration = Duration::from_secs(60);
@@ -141,7 +143,7 @@ pub fn start(source: &Source, foreground: bool) -> i32 {
     }
     if foreground {
         let err = Command::new(&master)
-            .args(crate::supervisor::to_args(source, true, None))
+            .args(instance::master_args(source, true, None))
             .exec();
         eprintln!("postern: fatal: cannot run {}: {err}", master.display());
         return sysexits::EX_OSERR;
@@ -214,17 +216,15 @@ fn daemonise(master: &Path, source: &Source) -> i32 {
     };
     const READY_FD: i32 = 3;
     let mut cmd = Command::new(master);
-    cmd.args(crate::supervisor::to_args(source, false, Some(READY_FD)))
+    cmd.args(instance::master_args(source, false, Some(READY_FD)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let raw = write_end.as_raw_fd();
-    sys::before_exec(&mut cmd, move || {
-        // Async-signal-safe only.
-        nix::unistd::setsid()?;
-        nix::unistd::dup2(raw, READY_FD)?;
-        Ok(())
-    });
+    sys::BeforeExec::new()
+        .new_session()
+        .copy_fd(raw, READY_FD)
+        .install(&mut cmd);
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -233,7 +233,7 @@ fn daemonise(master: &Path, source: &Source) -> i32 {
         }
     };
     drop(write_end);
-    let answer = postern_common::wait::read_to_end_within(read_end, START_DEADLINE, 64 * 1024)
+    let answer = postern_sys::wait::read_to_end_within(read_end, START_DEADLINE, 64 * 1024)
         .ok()
         .map(|b| String::from_utf8_lossy(&b).into_owned());
     let pid = child.id();
@@ -299,7 +299,7 @@ pub fn stop(source: &Source, immediate: bool) -> i32 {
         return sysexits::EX_NOPERM;
     }
     let limit = config.time(params::SHUTDOWN_TIMEOUT) + Duration::from_secs(30);
-    if postern_common::wait::process_exit_within(pid as i32, limit) {
+    if postern_sys::wait::process_exit_within(pid as i32, limit) {
         println!(
             "postern: {} (master pid {pid})",
             if immediate { "aborted" } else { "stopped" }
@@ -423,7 +423,7 @@ pub fn status(source: &Source, json: bool) -> i32 {
             return sysexits::EX_TEMPFAIL;
         }
     };
-    let mut snapshot: crate::control_client::Snapshot = match serde_json::from_str(&reply) {
+    let mut snapshot: postern_common::control::Snapshot = match serde_json::from_str(&reply) {
         Ok(s) => s,
         Err(e) => {
             eprintln!(
@@ -433,7 +433,7 @@ pub fn status(source: &Source, json: bool) -> i32 {
             return sysexits::EX_SOFTWARE;
         }
     };
-    let queue = crate::queue_health::read(Path::new(config.text(params::QUEUE_DIRECTORY)));
+    let queue = postern_common::queue_health::read(Path::new(config.text(params::QUEUE_DIRECTORY)));
     let degraded = snapshot.services.iter().any(|s| s.throttled.is_some()) || queue.stuck();
     snapshot.queue = Some(queue);
     if json {
@@ -445,7 +445,7 @@ pub fn status(source: &Source, json: bool) -> i32 {
             }
         }
     } else {
-        print!("{}", crate::control_client::human(&snapshot));
+        print!("{}", postern_common::control::human(&snapshot));
         if let Some(q) = &snapshot.queue {
             print!("{}", queue_lines(q));
         }
@@ -453,8 +453,8 @@ pub fn status(source: &Source, json: bool) -> i32 {
     i32::from(degraded)
 }
 
-fn queue_lines(q: &crate::queue_health::QueueHealth) -> String {
-    let counts: Vec<String> = crate::queue_health::QUEUES
+fn queue_lines(q: &postern_common::queue_health::QueueHealth) -> String {
+    let counts: Vec<String> = postern_common::queue_health::QUEUES
         .iter()
         .map(|n| format!("{n} {}", q.messages.get(*n).copied().unwrap_or(0)))
         .collect();

@@ -11,7 +11,8 @@ use postern_common::sysexits;
 use postern_conf::embedded::{Layout, MASTER_CF};
 use postern_conf::{Config, Diagnostic, ServicesFile, Source};
 
-use crate::{check, show};
+use crate::show;
+use postern_common::check;
 
 pub use postern_conf::DEFAULT_CONFIG_DIR;
 

@@ -29,8 +29,8 @@ use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::account::Account;
 use fs2::FileExt;
-use postern_common::account::Account;
 use postern_conf::{params, Config};
 
 /// Where an instance keeps the master's own files.
@@ -200,7 +200,7 @@ pub fn running_master(paths: &Paths) -> Option<u32> {
     if !paths.master_dir.exists() {
         return None;
     }
-    if let Err(why) = postern_common::trusted::root_controlled(&paths.master_dir) {
+    if let Err(why) = crate::trusted::root_controlled(&paths.master_dir) {
         log::warn!("not trusting {}: {why}", paths.pid_file.display());
         eprintln!(
             "postern: warning: not trusting {}: {why}",
@@ -226,4 +226,25 @@ pub fn running_master(paths: &Paths) -> Option<u32> {
         return None;
     }
     read_pid(&mut file)
+}
+/// The directory of private or public endpoints.
+pub fn endpoint_dir(config: &Config, private: bool) -> PathBuf {
+    Path::new(config.text(params::QUEUE_DIRECTORY)).join(if private { "private" } else { "public" })
+}
+
+/// The command line that starts a master for `source` (used by `postern
+/// start`; the master parses it back).
+pub fn master_args(
+    source: &postern_conf::Source,
+    foreground: bool,
+    ready_fd: Option<std::os::fd::RawFd>,
+) -> Vec<String> {
+    let mut v = crate::server::source_args(source);
+    if foreground {
+        v.push("--foreground".into());
+    }
+    if let Some(fd) = ready_fd {
+        v.extend(["--ready-fd".into(), fd.to_string()]);
+    }
+    v
 }

@@ -19,7 +19,7 @@ use postern_common::handoff::{self, DeliveryRequest, Destination, Instruction, O
 use postern_common::sysexits;
 use postern_conf::{params, Config, ServiceType};
 
-use crate::endpoint;
+use postern_common::instance::endpoint_dir;
 
 /// The options of `postern deliver`.
 #[derive(Debug, Clone)]
@@ -42,7 +42,7 @@ pub fn local_socket(config: &Config) -> Result<PathBuf, String> {
         .iter()
         .find(|s| s.command == "local" && s.kind == ServiceType::Unix)
         .ok_or("master.cf has no local service (local unix - n n - - local)")?;
-    Ok(endpoint::endpoint_dir(config, entry.private).join(&entry.name))
+    Ok(endpoint_dir(config, entry.private).join(&entry.name))
 }
 
 /// Runs the command; returns the exit status.

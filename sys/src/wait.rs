@@ -79,7 +79,7 @@ fn read_within(fd: OwnedFd, limit: Duration, max: usize, drain: bool) -> Result<
 
 /// Whether process `pid` exits within `limit` (true also when it is already gone).
 pub fn process_exit_within(pid: i32, limit: Duration) -> bool {
-    match crate::sys::pidfd_open(pid) {
+    match crate::pidfd_open(pid) {
         Ok(pidfd) => readable_within(&pidfd, limit),
         Err(_) => true,
     }

@@ -12,12 +12,12 @@ use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use postern_common::account::{self, Account};
-use postern_common::command::{CommandSpec, SystemAccounts};
-use postern_common::privilege::MailOwner;
-use postern_common::trusted;
+use crate::account::{self, Account};
+use crate::command::{CommandSpec, SystemAccounts};
+use crate::trusted;
 use postern_conf::params::{self, MAIL_OWNER};
 use postern_conf::{Config, Diagnostic, Endpoint, ServiceType, Source};
+use postern_sys::privilege::MailOwner;
 
 use crate::programs;
 
@@ -37,7 +37,7 @@ pub fn check(config: &Config) -> Vec<Diagnostic> {
 /// The destination policy and the trusted program directory, when master.cf
 /// has a local service.
 fn check_local(config: &Config, out: &mut Vec<Diagnostic>) {
-    use postern_common::trusted::{self, Mode};
+    use crate::trusted::{self, Mode};
     if !config.master.services.iter().any(|s| s.command == "local") {
         return;
     }
@@ -481,7 +481,7 @@ fn check_provided(
     }
     let mut unknown_user = false;
     if program.name == "pipe" {
-        let (rest, _, ignored) = postern_common::command::PipeSpec::split(&s.args);
+        let (rest, _, ignored) = crate::command::PipeSpec::split(&s.args);
         for i in ignored {
             out.push(Diagnostic::warning(
                 file,
@@ -500,7 +500,7 @@ fn check_provided(
             .find_map(|a| a.strip_prefix("user="))
             .map(|u| u.split(':').next().unwrap_or(u).to_string());
         if let Some(u) = user {
-            if matches!(postern_common::account::user_by_name(&u), Ok(None)) {
+            if matches!(crate::account::user_by_name(&u), Ok(None)) {
                 out.push(Diagnostic::warning(
                     file,
                     Some(s.line),
@@ -517,7 +517,7 @@ fn check_provided(
             gid: u32::MAX - 1,
         });
         let checked = if program.name == "pipe" {
-            postern_common::command::PipeSpec::parse(&s.args, owner, &SystemAccounts).map(|_| ())
+            crate::command::PipeSpec::parse(&s.args, owner, &SystemAccounts).map(|_| ())
         } else {
             CommandSpec::parse(&s.args, owner, &SystemAccounts).map(|_| ())
         };

@@ -6,27 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use postern_common::aliases::{self, Target};
-use postern_common::destinations::{self as policy, Kind, Policy, Who};
+use postern_common::destinations::{self as policy, system_policy, Kind, Policy, Who};
 use postern_common::trusted::{self, Mode};
-use postern_conf::{embedded, params, Config, Source};
-
-/// The system policy of `config` (file, or embedded default).
-pub fn system_policy(config: &Config) -> Result<Policy, Vec<String>> {
-    let program_dir = PathBuf::from(config.text(params::PROGRAM_DIRECTORY));
-    match &config.source {
-        Source::Embedded(_) => policy::parse(
-            "(embedded)/destinations",
-            &embedded::destinations(&program_dir),
-            true,
-        ),
-        Source::Dir(_) => {
-            let path = config.text(params::DESTINATION_POLICY);
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| vec![format!("{path}: cannot read: {e}")])?;
-            policy::parse(path, &text, true)
-        }
-    }
-}
+use postern_conf::{params, Config};
 
 /// One suggested rule.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,33 +1,116 @@
-//! The low-level system calls that have no safe wrapper, in one place.
+//! # postern-sys
 //!
-//! This is the only module of the workspace where `unsafe` is allowed. Each
-//! block says why it is sound. What lives here: running code between `fork`
-//! and `exec` of a [`Command`] (`pre_exec`), starting a command with a
-//! vfork-style clone ([`Launcher`]), `pidfd_open`, `pidfd_send_signal` and
-//! `close_range`.
+//! **Name**: postern-sys — postern's edge with the operating system.
+//!
+//! **Description**: the system calls that have no safe wrapper, behind APIs
+//! that are sound for any caller: what a [`Command`]'s child does between
+//! `fork` and `exec` ([`BeforeExec`]: a fixed list of async-signal-safe
+//! steps, not a closure), starting a command with a vfork-style clone
+//! ([`Launcher`]), descriptors the kernel has just created, wrapped as
+//! [`OwnedFd`] by the function that made the call ([`accept4`],
+//! [`openat`], [`dup_at_least`], [`recv_with_fds`]), `pidfd_open` and
+//! `pidfd_send_signal`, `close_range`, `madvise`, `fork` and `_exit`.
+//! Also the privilege changes ([`privilege`]) and waits with a deadline
+//! ([`wait`]), which the launcher and the pre-exec steps use.
+//!
+//! **Security**: the only crate of the workspace where `unsafe` is allowed
+//! (every other crate forbids it, through `[workspace.lints]`); each
+//! `unsafe` block carries a `// SAFETY:` argument. [`privilege`] is the one
+//! place that changes user and group ids.
+//!
+//! **See also**: clone(2), close_range(2), pidfd_open(2), madvise(2),
+//! setresuid(2).
 
 #![allow(unsafe_code)]
 
+pub mod privilege;
+pub mod wait;
+
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::process::Command;
 
-/// Runs `hook` in the child between `fork` and `exec`.
+/// What the child of a [`Command`] does between `fork` and `exec`, always
+/// in this order: a new session (`setsid`), descriptors copied to fixed
+/// numbers (`dup2`, which clears close-on-exec on the copy), the identity
+/// dropped for good ([`privilege::drop_to`]'s steps), every descriptor from
+/// a number up marked close-on-exec.
 ///
-/// The hook must only make async-signal-safe system calls (no allocation,
-/// no locks): `dup2`, `setsid`, `setgroups`, `setgid`, `setuid`, `close_range`,
-/// `prctl` and the like. Every caller in this workspace passes such a hook.
-pub fn before_exec<F>(cmd: &mut Command, hook: F)
-where
-    F: FnMut() -> io::Result<()> + Send + Sync + 'static,
-{
-    use std::os::unix::process::CommandExt;
-    // SAFETY: `pre_exec` is unsafe because the closure runs in a forked child
-    // of a possibly multi-threaded process, where only async-signal-safe
-    // operations are allowed. The contract of this function (documented
-    // above, and kept by every caller) is that `hook` makes only such calls.
-    unsafe {
-        cmd.pre_exec(hook);
+/// A fixed list of steps instead of a closure: each one is an
+/// async-signal-safe system call on data prepared before the fork, and no
+/// step allocates, on success or on failure (a failure is a bare errno), so
+/// this is sound in a child forked from a multi-threaded process whatever
+/// the caller asks for.
+#[derive(Debug, Default, Clone)]
+pub struct BeforeExec {
+    new_session: bool,
+    copies: Vec<(RawFd, RawFd)>,
+    run_as: Option<privilege::RunAs>,
+    cloexec_from: Option<RawFd>,
+}
+
+impl BeforeExec {
+    /// Nothing to do yet.
+    pub fn new() -> BeforeExec {
+        BeforeExec::default()
+    }
+
+    /// The command leads a new session (and process group).
+    pub fn new_session(mut self) -> BeforeExec {
+        self.new_session = true;
+        self
+    }
+
+    /// Copies descriptor `from` to number `to` (`dup2`).
+    pub fn copy_fd(mut self, from: RawFd, to: RawFd) -> BeforeExec {
+        self.copies.push((from, to));
+        self
+    }
+
+    /// Drops to `who` for good (no supplementary groups; real, effective
+    /// and saved ids; root must not be regainable). Any failure is `EPERM`.
+    pub fn run_as(mut self, who: privilege::RunAs) -> BeforeExec {
+        self.run_as = Some(who);
+        self
+    }
+
+    /// Marks every descriptor from `first` up close-on-exec (see
+    /// [`cloexec_from`]).
+    pub fn cloexec_from(mut self, first: RawFd) -> BeforeExec {
+        self.cloexec_from = Some(first);
+        self
+    }
+
+    /// Installs the steps on `cmd`.
+    pub fn install(self, cmd: &mut Command) {
+        use std::os::unix::process::CommandExt;
+        let hook = move || -> io::Result<()> {
+            if self.new_session {
+                nix::unistd::setsid()?;
+            }
+            for &(from, to) in &self.copies {
+                nix::unistd::dup2(from, to)?;
+            }
+            if let Some(who) = self.run_as {
+                privilege::drop_ids(who.uid(), who.gid())
+                    .map_err(|_| io::Error::from_raw_os_error(libc::EPERM))?;
+            }
+            if let Some(first) = self.cloexec_from {
+                cloexec_from(first)?;
+            }
+            Ok(())
+        };
+        // SAFETY: `pre_exec` is unsafe because the closure runs in a forked
+        // child of a possibly multi-threaded process, where only
+        // async-signal-safe operations are allowed. The closure only reads
+        // data moved into it before the fork and makes the system calls
+        // listed on `BeforeExec` (setsid, dup2, setgroups, setresgid,
+        // setresuid, seteuid, close_range), none of which allocates or takes
+        // a lock; its errors are `io::Error`s built from an errno, which do
+        // not allocate either.
+        unsafe {
+            cmd.pre_exec(hook);
+        }
     }
 }
 
@@ -65,25 +148,6 @@ pub fn pidfd_kill(pidfd: &OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Closes every descriptor from `first` up (async-signal-safe).
-pub fn close_from(first: RawFd) -> io::Result<()> {
-    // SAFETY: close_range takes plain integers. In a freshly forked child
-    // about to exec, closing descriptors above stdio cannot invalidate any
-    // Rust object that is used afterwards.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            first as libc::c_uint,
-            libc::c_uint::MAX,
-            0,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// Clears close-on-exec on `fd` (for descriptors handed to a child at a fixed number).
 pub fn clear_cloexec(fd: RawFd) -> io::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, FdFlag};
@@ -94,7 +158,7 @@ pub fn clear_cloexec(fd: RawFd) -> io::Result<()> {
 /// Takes ownership of a descriptor inherited at a fixed number.
 ///
 /// Used once per inherited descriptor, at startup, by the child skeleton:
-/// the master put it there (see [`crate::status`] for the numbers).
+/// the master put it there (see `postern_common::status` for the numbers).
 pub fn adopt_inherited(fd: RawFd) -> io::Result<OwnedFd> {
     use nix::fcntl::{fcntl, FcntlArg, FdFlag};
     // Fails with EBADF when nothing is open at `fd`.
@@ -106,12 +170,79 @@ pub fn adopt_inherited(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Takes ownership of a descriptor just returned by a system call
-/// (`accept4`, `open`, `fcntl(F_DUPFD)`).
-pub fn own_new_fd(fd: RawFd) -> OwnedFd {
-    // SAFETY: callers pass a descriptor that a system call has just returned
-    // to this process and that nothing else has wrapped or closed.
-    unsafe { OwnedFd::from_raw_fd(fd) }
+/// `accept4(2)` on `listener`: the new connection, owned.
+pub fn accept4(listener: RawFd, flags: nix::sys::socket::SockFlag) -> nix::Result<OwnedFd> {
+    let fd = nix::sys::socket::accept4(listener, flags)?;
+    // SAFETY: accept4 just returned this new descriptor to this process;
+    // nothing else has wrapped or closed it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `openat(2)` (`dir` None: relative to the working directory): the new
+/// descriptor, owned.
+pub fn openat<P: ?Sized + nix::NixPath>(
+    dir: Option<RawFd>,
+    path: &P,
+    flags: nix::fcntl::OFlag,
+    mode: nix::sys::stat::Mode,
+) -> nix::Result<OwnedFd> {
+    let fd = nix::fcntl::openat(dir, path, flags, mode)?;
+    // SAFETY: openat just returned this new descriptor to this process;
+    // nothing else has wrapped or closed it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A close-on-exec copy of `fd` at the lowest free number at or above
+/// `min` (`fcntl(F_DUPFD_CLOEXEC)`), owned.
+pub fn dup_at_least(fd: BorrowedFd<'_>, min: RawFd) -> nix::Result<OwnedFd> {
+    use nix::fcntl::{fcntl, FcntlArg};
+    let new = fcntl(fd.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(min))?;
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) just returned this new descriptor to
+    // this process; nothing else has wrapped or closed it.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// What [`recv_with_fds`] received.
+#[derive(Debug)]
+pub struct Received {
+    /// Bytes read into the buffer.
+    pub bytes: usize,
+    /// The descriptors attached (`SCM_RIGHTS`), owned.
+    pub fds: Vec<OwnedFd>,
+    /// The message's flags (`MSG_CTRUNC`: more descriptors were attached
+    /// than there was room for; the kernel closed the rest).
+    pub flags: nix::sys::socket::MsgFlags,
+}
+
+/// `recvmsg(2)` on `sock` into `buf`, with room for up to `MAX_FDS`
+/// attached descriptors, which come back owned.
+pub fn recv_with_fds<const MAX_FDS: usize>(
+    sock: RawFd,
+    buf: &mut [u8],
+    flags: nix::sys::socket::MsgFlags,
+) -> nix::Result<Received> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, UnixAddr};
+    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<UnixAddr>(sock, &mut iov, Some(&mut cmsg), flags)?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(received) = c {
+            // SAFETY: the kernel installed each descriptor of an
+            // SCM_RIGHTS message in this process during this recvmsg; they
+            // are new, and nothing else has wrapped or closed them.
+            fds.extend(
+                received
+                    .into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    Ok(Received {
+        bytes: msg.bytes,
+        fds,
+        flags: msg.flags,
+    })
 }
 
 /// Marks every descriptor from `first` up close-on-exec (async-signal-safe;
@@ -713,8 +844,11 @@ extern "C" fn launch_child(arg: *mut libc::c_void) -> libc::c_int {
     }
 }
 
-/// The kernel's `struct sigaction` for `rt_sigaction` (x86-64 and aarch64
-/// layout: handler, flags, restorer, 64-bit mask).
+/// The kernel's `struct sigaction` for `rt_sigaction` (handler, flags,
+/// restorer, 64-bit mask), which is neither glibc's nor the libc crate's
+/// `sigaction`. Written for the architectures whose layout this is; any
+/// other fails to build here rather than pass the kernel a wrong layout.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[repr(C)]
 struct KernelSigaction {
     handler: libc::sighandler_t,
@@ -722,6 +856,14 @@ struct KernelSigaction {
     restorer: usize,
     mask: u64,
 }
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const _: () = assert!(std::mem::size_of::<KernelSigaction>() == 32);
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+compile_error!(
+    "postern-sys: the launcher's kernel sigaction layout is only known for x86_64 and aarch64"
+);
 
 #[cfg(test)]
 mod tests {
