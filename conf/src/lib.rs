@@ -338,6 +338,9 @@ impl Config {
                 }
             }
         }
+        // A parameter whose value is wrong is reported; for the checks that
+        // run on the rest (`Loaded::partial`) it takes its plain default.
+        let mut fallback: BTreeMap<String, Value> = BTreeMap::new();
         // Defaults (and, in a service view, overrides) of every declared parameter.
         for spec in params::PARAMS {
             let overridden = layers
@@ -360,6 +363,13 @@ impl Config {
                             format!("default of {m}"),
                         ));
                     }
+                    if let Some(v) = layers
+                        .known(spec.name)
+                        .filter(|(_, d)| !d.contains('$'))
+                        .and_then(|(kind, d)| params::check(kind, &d).ok())
+                    {
+                        fallback.insert(spec.name.to_string(), v);
+                    }
                 }
             }
         }
@@ -375,6 +385,11 @@ impl Config {
         // Present problems file by file, line by line (stable: same-line order kept).
         diags.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
         let ok = !diags.iter().any(Diagnostic::is_error);
+        if !ok {
+            for (name, v) in fallback {
+                values.entry(name).or_insert(v);
+            }
+        }
         let complete = params::PARAMS.iter().all(|p| values.contains_key(p.name));
         let config = Config {
             source,

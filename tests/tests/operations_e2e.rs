@@ -385,6 +385,20 @@ fn check_reports_every_error_at_once_and_defaults_are_declared_once() {
             .contains("user=root: uid 0 (root) is not allowed"),
         "the service behind the syntax error: {out:?}"
     );
+    // A wrong value in main.cf hides nothing either: the checks run on the
+    // rest, with the parameter's default in its place.
+    let inst = Instance::new(
+        "queue_run_delay = soon",
+        "asroot unix n n n - 2 spawn user=root argv=/bin/cat",
+    );
+    let out = inst.postern(&["check"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("queue_run_delay"), "main.cf: {out:?}");
+    assert!(
+        out.stderr
+            .contains("user=root: uid 0 (root) is not allowed"),
+        "the service behind the bad value: {out:?}"
+    );
     let out = postern_tests::postern(&["config", "-d", "local_destination_concurrency_limit"]);
     assert_eq!(out.code, Some(0), "{out:?}");
     assert_eq!(out.stdout.trim(), "local_destination_concurrency_limit = 2");
