@@ -438,8 +438,12 @@ fn lock<'a>(file: &'a File, path: &Path, policy: &LockPolicy) -> Result<Guard<'a
         }
         let Some(what) = busy else { return Ok(guard) };
         if started.elapsed() + pause > budget {
+            let holder = match what {
+                "dotlock" => dotlock_holder(path),
+                _ => "another process".to_string(),
+            };
             return Err(format!(
-                "mailbox {} is locked ({what} held by another process) after {attempt} attempts in {:.1}s",
+                "mailbox {} is locked ({what} held by {holder}) after {attempt} attempts in {:.1}s",
                 path.display(),
                 started.elapsed().as_secs_f64()
             ));
@@ -448,6 +452,27 @@ fn lock<'a>(file: &'a File, path: &Path, policy: &LockPolicy) -> Result<Guard<'a
         pause = (pause * 2).min(cap);
     }
     Err(format!("mailbox {} stayed locked", path.display()))
+}
+
+/// Who holds the dotlock of `path`, for the deferral's reason: the pid in
+/// the lock file, or that it names none (then only stale_lock_time ends it).
+fn dotlock_holder(path: &Path) -> String {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(".lock");
+    let lock = PathBuf::from(name);
+    let text = std::fs::read_to_string(&lock).unwrap_or_default();
+    let age = std::fs::symlink_metadata(&lock)
+        .ok()
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .map_or_else(String::new, |a| format!(", made {}s ago", a.as_secs()));
+    match text.trim().parse::<i32>() {
+        Ok(pid) => format!("process {pid}, which is alive ({}{age})", lock.display()),
+        Err(_) => format!(
+            "another program ({} names no process{age}; removed after stale_lock_time)",
+            lock.display()
+        ),
+    }
 }
 
 /// Creates `path.lock` exclusively; `Ok(None)` when someone else holds it.
