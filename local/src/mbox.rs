@@ -553,21 +553,26 @@ fn dotlock(path: &Path, stale: Duration) -> Result<Option<PathBuf>, DotlockError
     let mut name = path.as_os_str().to_os_string();
     name.push(".lock");
     let lock = PathBuf::from(name);
-    let create = || {
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&lock)
-    };
     // The lock holds its maker's pid (as liblockfile writes it), so that
     // the lock of a delivery process killed with SIGKILL is known for what
-    // it is at once instead of after stale_lock_time.
-    let create_ours = || {
-        create().map(|mut f| {
-            let _ = writeln!(f, "{}", std::process::id());
-        })
+    // it is at once instead of after stale_lock_time. It never exists
+    // without it: the pid is written to `X.lock.<pid>` first, which is then
+    // linked to `X.lock` (the link fails if the lock is held) and removed.
+    let create_ours = || -> std::io::Result<()> {
+        let mut tmp = lock.as_os_str().to_os_string();
+        tmp.push(format!(".{}", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        let written = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)
+            .and_then(|mut f| writeln!(f, "{}", std::process::id()));
+        let linked = written.and_then(|()| std::fs::hard_link(&tmp, &lock));
+        let _ = std::fs::remove_file(&tmp);
+        linked
     };
     match create_ours() {
         Ok(()) => Ok(Some(lock)),
