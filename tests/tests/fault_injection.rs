@@ -268,9 +268,17 @@ fn kill_9_anywhere_loses_duplicates_and_truncates_nothing() {
         let (_, _, home) = test_account(u, "/bin/bash");
         std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    // Fresh Maildir and .forward files (the accounts outlive a run).
+    // A Maildir of this run's own (the accounts outlive a run, and two runs
+    // may share them), and fresh .forward files.
     let mdir_home = PathBuf::from(format!("/home/{MDIR}"));
-    let _ = std::fs::remove_dir_all(mdir_home.join("Maildir"));
+    let maildir_root = mdir_home.join("Mail").join(format!("fault-{}", tag()));
+    let _ = std::fs::remove_dir_all(&maildir_root);
+    {
+        let (uid, gid) = postern_tests::ids_of(MDIR);
+        let mail = mdir_home.join("Mail");
+        let _ = std::fs::create_dir(&mail);
+        nix::unistd::chown(&mail, Some(uid.into()), Some(gid.into())).unwrap();
+    }
     let mut inst = Instance::new(
         "minimal_backoff_time = 1s\nmaximal_backoff_time = 2s\nqueue_run_delay = 1s\n\
          service_throttle_time = 1s\ncommand_time_limit = 20s\n",
@@ -282,7 +290,10 @@ fn kill_9_anywhere_loses_duplicates_and_truncates_nothing() {
     inst.append_main(&format!("mail_spool_directory = {}\n", spool.display()));
     let policy = inst.etc().join("destinations");
     let mut text = std::fs::read_to_string(&policy).unwrap();
-    text.push_str(&format!("mailbox {}/$user\n", spool.display()));
+    text.push_str(&format!(
+        "mailbox {}/$user\nmaildir ~/Mail/**\n",
+        spool.display()
+    ));
     std::fs::write(&policy, text).unwrap();
     // The program keeps each message it is given in a file of its own,
     // renamed into place once whole.
@@ -301,7 +312,7 @@ fn kill_9_anywhere_loses_duplicates_and_truncates_nothing() {
     std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
     for (user, text) in [
         (MBOX, String::new()),
-        (MDIR, format!("{}/Maildir/\n", mdir_home.display())),
+        (MDIR, format!("{}/\n", maildir_root.display())),
         (PROG, "\"|keep\"\n".to_string()),
     ] {
         let (uid, gid, home) = test_account(user, "/bin/bash");
@@ -318,7 +329,7 @@ fn kill_9_anywhere_loses_duplicates_and_truncates_nothing() {
     let mbox_path = spool.join(MBOX);
     let maildir: Vec<PathBuf> = ["new", "cur"]
         .iter()
-        .map(|s| mdir_home.join("Maildir").join(s))
+        .map(|s| maildir_root.join(s))
         .collect();
 
     let total = n_per * USERS.len();
@@ -527,4 +538,5 @@ fn kill_9_anywhere_loses_duplicates_and_truncates_nothing() {
     };
     let clean = eventually(Duration::from_secs(30), || left().is_empty());
     assert!(clean, "seed {seed}: left in incoming: {:?}", left());
+    let _ = std::fs::remove_dir_all(&maildir_root);
 }
