@@ -65,42 +65,30 @@ pub struct ProcEntry {
     pub zombie: bool,
 }
 
-/// Parses `/proc/PID/stat`: "pid (comm) state ppid ..."; comm may hold
-/// anything, so the fields are taken after the last `)`.
+/// Parses `/proc/PID/stat` ([`postern_sys::procfs::parse_stat`]).
 pub fn parse_stat(stat: &str) -> Option<ProcEntry> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    Some(ProcEntry {
-        ppid,
-        zombie: state == "Z",
+    postern_sys::procfs::parse_stat(stat).map(|s| ProcEntry {
+        ppid: s.ppid,
+        zombie: s.zombie(),
     })
 }
 
 /// Every process on the system, by pid.
 fn processes() -> HashMap<i32, ProcEntry> {
-    let mut out = HashMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if let Some(p) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .as_deref()
-            .and_then(parse_stat)
-        {
-            out.insert(pid, p);
-        }
-    }
-    out
+    postern_sys::procfs::pids()
+        .into_iter()
+        .filter_map(|pid| {
+            postern_sys::procfs::stat(pid).map(|s| {
+                (
+                    pid,
+                    ProcEntry {
+                        ppid: s.ppid,
+                        zombie: s.zombie(),
+                    },
+                )
+            })
+        })
+        .collect()
 }
 
 /// The pids below `root` in `table` (children, theirs, ...), parents first.
@@ -171,11 +159,7 @@ fn kill_below(pid: i32, me: i32, tree: &HashSet<i32>) {
 }
 
 fn parent_of(pid: i32) -> Option<i32> {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .as_deref()
-        .and_then(parse_stat)
-        .map(|p| p.ppid)
+    postern_sys::procfs::stat(pid).map(|s| s.ppid)
 }
 
 /// Kills every process below this one and reaps them, until none remains

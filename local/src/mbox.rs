@@ -506,47 +506,16 @@ fn dead_maker(lock: &Path) -> Option<i32> {
     match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
         Err(nix::errno::Errno::ESRCH) => Some(pid),
         // A zombie (dead, its parent has not reaped it yet) holds nothing.
-        _ if is_zombie(pid) => Some(pid),
+        _ if postern_sys::procfs::stat(pid).is_some_and(|s| s.zombie()) => Some(pid),
         // Pids come round again (pid_max may be 32768): a process that
         // started after the lock was made did not make it.
-        _ if started_at(pid).is_some_and(|t| t > made + Duration::from_secs(1)) => Some(pid),
+        _ if postern_sys::procfs::started_at(pid)
+            .is_some_and(|t| t > made + Duration::from_secs(1)) =>
+        {
+            Some(pid)
+        }
         _ => None,
     }
-}
-
-/// When process `pid` started (`/proc/PID/stat` field 22, in clock ticks
-/// after the boot time `/proc/stat` gives).
-fn started_at(pid: i32) -> Option<SystemTime> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let ticks: u64 = stat[stat.rfind(')')? + 1..]
-        .split_whitespace()
-        .nth(19)?
-        .parse()
-        .ok()?;
-    let boot: u64 = std::fs::read_to_string("/proc/stat")
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("btime "))?
-        .trim()
-        .parse()
-        .ok()?;
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .filter(|&h| h > 0)? as u64;
-    let since_boot = Duration::from_millis(ticks.saturating_mul(1000) / hz);
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(boot) + since_boot)
-}
-
-/// Whether `pid` has exited and waits to be reaped (`/proc/PID/stat`
-/// state `Z`; the command name may hold anything, so the state is read
-/// after its last `)`).
-fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rfind(')')
-            .and_then(|i| stat[i + 1..].split_whitespace().next())
-            == Some("Z")
-    })
 }
 
 fn dotlock(path: &Path, stale: Duration) -> Result<Option<PathBuf>, DotlockError> {
@@ -662,7 +631,7 @@ mod tests {
         let zpid = zombie.id();
         let exited = (0..1000).any(|_| {
             std::thread::sleep(Duration::from_millis(5));
-            is_zombie(zpid as i32)
+            postern_sys::procfs::stat(zpid as i32).is_some_and(|s| s.zombie())
         });
         assert!(exited, "true never exited");
         std::fs::write(&lock_file, format!("{zpid}\n")).unwrap();

@@ -1534,45 +1534,19 @@ fn sweep_descendants() {
 
 /// Whether `pid` is a zombie (dead, waiting to be reaped).
 fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rfind(')')
-                .map(|i| s[i + 1..].trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
+    postern_sys::procfs::stat(pid).is_some_and(|s| s.zombie())
 }
 
 /// (pid, process group) of every process whose parent is `parent`.
 fn proc_children(parent: i32) -> Vec<(i32, i32)> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // "pid (comm) state ppid pgrp ...": comm may hold anything, so split after the last ')'.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let (Some(ppid), Some(pgrp)) = (fields.get(1), fields.get(2)) else {
-            continue;
-        };
-        if ppid.parse::<i32>().ok() == Some(parent) {
-            out.push((pid, pgrp.parse().unwrap_or(0)));
-        }
-    }
-    out
+    postern_sys::procfs::pids()
+        .into_iter()
+        .filter_map(|pid| {
+            postern_sys::procfs::stat(pid)
+                .filter(|s| s.ppid == parent)
+                .map(|s| (pid, s.pgrp))
+        })
+        .collect()
 }
 
 /// The services of `config` that the master runs: postern provides the

@@ -19,11 +19,12 @@
 //! place that changes user and group ids.
 //!
 //! **See also**: clone(2), close_range(2), pidfd_open(2), madvise(2),
-//! setresuid(2).
+//! setresuid(2), proc(5) ([`procfs`]: the one reader of /proc/PID/stat).
 
 #![allow(unsafe_code)]
 
 pub mod privilege;
+pub mod procfs;
 pub mod wait;
 
 use std::io;
