@@ -5,9 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
-use postern_common::aliases::{self, Target};
 use postern_common::destinations::{self as policy, system_policy, Kind, Policy, Who};
 use postern_common::trusted::{self, Mode};
+use postern_conf::aliases::{self, Target};
+use postern_conf::forward::parse_forward;
 use postern_conf::{params, Config};
 
 /// One suggested rule.
@@ -145,7 +146,7 @@ pub fn suggest(config: &Config) -> (Vec<Suggestion>, Vec<String>) {
         let Ok(text) = std::fs::read_to_string(&forward) else {
             continue;
         };
-        match aliases::parse_forward(&forward.display().to_string(), &text) {
+        match parse_forward(&forward.display().to_string(), &text) {
             Ok(targets) => {
                 for (n, t) in targets {
                     push(rule_for(

@@ -18,7 +18,6 @@
 //! **See also**: sysexits(3), getpwnam(3), epoll(7).
 
 pub mod account;
-pub mod aliases;
 pub mod check;
 pub mod command;
 pub mod control;

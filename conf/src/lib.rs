@@ -22,6 +22,10 @@
 //! parser panic. With no configuration directory, an embedded default
 //! configuration is used ([`embedded`]).
 //!
+//! The other files an administrator or a user writes are parsed here too,
+//! purely, with `file:line` in every problem: aliases(5) ([`aliases`]) and
+//! `.forward` ([`forward`]).
+//!
 //! **Security**: holds no privileges. Its input (the configuration files) is
 //! trusted to come from the administrator but is still validated in full:
 //! malformed text yields diagnostics, never a panic.
@@ -32,9 +36,11 @@
 //! **See also**: postconf(5), master(5) from Postfix; `postern check`,
 //! `postern config`.
 
+pub mod aliases;
 pub mod diag;
 pub mod embedded;
 pub mod expand;
+pub mod forward;
 pub mod host;
 pub mod logical;
 pub mod maincf;

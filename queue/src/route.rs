@@ -33,8 +33,9 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use postern_common::account::{self, Account};
-use postern_common::aliases::{self, Target};
 use postern_common::handoff::{Destination, Instruction};
+use postern_conf::aliases::{self, Target};
+use postern_conf::forward;
 use postern_conf::{params, Config};
 
 /// Alias and `.forward` expansion stops this deep.
@@ -498,7 +499,7 @@ impl Router {
                     Ok((text, owner))
                 });
                 match read {
-                    Ok((text, owner)) => match aliases::parse_forward(path, &text) {
+                    Ok((text, owner)) => match forward::parse_forward(path, &text) {
                         Ok(targets) => {
                             let owner = owner_name(owner);
                             for (_, t) in targets {
@@ -681,7 +682,7 @@ impl Router {
             if let Err(e) = std::io::Read::read_to_string(&mut &file, &mut text) {
                 return Forward::Defer(format!("cannot read {shown}: {e}"));
             }
-            return match aliases::parse_forward(&shown, &text) {
+            return match forward::parse_forward(&shown, &text) {
                 Ok(t) if t.is_empty() => Forward::None,
                 Ok(t) => Forward::Targets(shown, t.into_iter().map(|(_, t)| t).collect()),
                 Err(errors) => Forward::Defer(format!("bad {name}: {}", errors.join("; "))),

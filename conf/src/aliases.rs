@@ -1,11 +1,11 @@
-//! aliases(5) and `.forward` files: parsed into delivery targets.
+//! aliases(5): parsed into delivery targets.
 //!
 //! An aliases file has `name: target, target, ...` entries; a line starting
 //! with white space continues the previous entry; `#` starts a comment line.
-//! A `.forward` file is a list of targets separated by commas or new lines.
 //! A target is a file (`/path`), a program (`|command`, quoted as
 //! `"|command with spaces"` when it has commas or spaces), an `:include:`
-//! file, or an address. Problems are reported as `file:line: message`.
+//! file, or an address; a `.forward` file ([`crate::forward`]) lists the
+//! same targets. Problems are reported as `file:line: message`.
 
 /// One delivery target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +32,7 @@ pub struct Alias {
 }
 
 /// Splits on commas outside double quotes; strips the quotes.
-fn split_targets(text: &str) -> Result<Vec<String>, String> {
+pub(crate) fn split_targets(text: &str) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut quoted = false;
@@ -115,27 +115,6 @@ pub fn parse_aliases(file: &str, text: &str) -> Result<Vec<Alias>, Vec<String>> 
     }
 }
 
-/// Parses a `.forward` file into targets with their line numbers.
-pub fn parse_forward(file: &str, text: &str) -> Result<Vec<(usize, Target)>, Vec<String>> {
-    let mut out = Vec::new();
-    let mut errors = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let trimmed = line.trim();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
-        match split_targets(trimmed) {
-            Ok(words) => out.extend(words.iter().map(|w| (i + 1, target(w)))),
-            Err(e) => errors.push(format!("{file}:{}: {e}", i + 1)),
-        }
-    }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(errors)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,23 +149,6 @@ mod tests {
                 "aliases:1: missing ':' after the alias name",
                 "aliases:2: alias x has no targets",
                 "aliases:3: unterminated '\"'"
-            ]
-        );
-    }
-
-    #[test]
-    fn forward() {
-        let f = parse_forward(
-            ".forward",
-            "# keep a copy\n\\ann, /home/ann/Mail/inbox\n\"|/usr/bin/procmail -f-\"\n",
-        )
-        .unwrap();
-        assert_eq!(
-            f,
-            vec![
-                (2, Target::Address("ann".into())),
-                (2, Target::File("/home/ann/Mail/inbox".into())),
-                (3, Target::Program("/usr/bin/procmail -f-".into()))
             ]
         );
     }
