@@ -5,10 +5,11 @@
 
 use std::path::{Path, PathBuf};
 
-use postern_common::destinations::{self as policy, system_policy, Kind, Policy, Who};
+use postern_common::destinations::system_policy;
 use postern_common::trusted::{self, Mode};
 use postern_conf::aliases::{self, Target};
 use postern_conf::forward::parse_forward;
+use postern_conf::policy::{self, Kind, Policy, Who};
 use postern_conf::{params, Config};
 
 /// One suggested rule.

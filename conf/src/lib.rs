@@ -23,8 +23,9 @@
 //! configuration is used ([`embedded`]).
 //!
 //! The other files an administrator or a user writes are parsed here too,
-//! purely, with `file:line` in every problem: aliases(5) ([`aliases`]) and
-//! `.forward` ([`forward`]).
+//! purely, with `file:line` in every problem: aliases(5) ([`aliases`]),
+//! `.forward` ([`forward`]) and the allowed-destinations policy with its
+//! matching ([`policy`]).
 //!
 //! **Security**: holds no privileges. Its input (the configuration files) is
 //! trusted to come from the administrator but is still validated in full:
@@ -46,6 +47,7 @@ pub mod logical;
 pub mod maincf;
 pub mod mastercf;
 pub mod params;
+pub mod policy;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

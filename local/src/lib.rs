@@ -14,7 +14,7 @@
 //! child becomes the user for good (root's mail runs as `default_privs`,
 //! with root's mailbox opened by root and handed over; the mail owner is
 //! refused), checks each destination against the
-//! allowed-destinations policy (`postern_common::destinations`, independent
+//! allowed-destinations policy (`postern_conf::policy`, independent
 //! of the routing configuration) and the per-user policy, checks
 //! permissions, delivers ([`mbox`], [`maildir`], [`program`]; the copies for
 //! one mailbox together, under one lock and one fsync) and reports one
@@ -67,7 +67,8 @@ use postern_sys::privilege::{self, MailOwner, RunAs};
 use postern_sys::{self as sys, Forked};
 
 use crate::message::Copy;
-use postern_common::destinations::{self as policy, Kind, Policy, Who};
+use postern_common::destinations::check_real;
+use postern_conf::policy::{self, Kind, Policy, Who};
 
 /// The daemon.
 pub fn run() -> i32 {
@@ -775,7 +776,7 @@ fn allowed(
         {
             let real = real_parent.join(name);
             if real != normal {
-                policy::check_real(system, user, kind, &real, who).map_err(|why| {
+                check_real(system, user, kind, &real, who).map_err(|why| {
                     refuse(format!(
                         "{why} ({} leads there through a symbolic link)",
                         dest.display()
