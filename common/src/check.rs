@@ -481,7 +481,7 @@ fn check_provided(
     }
     let mut unknown_user = false;
     if program.name == "pipe" {
-        let (rest, _, ignored) = crate::command::PipeSpec::split(&s.args);
+        let (rest, _, ignored) = postern_conf::attributes::split_pipe(&s.args);
         for i in ignored {
             out.push(Diagnostic::warning(
                 file,

@@ -1,6 +1,6 @@
 //! External commands as master.cf describes them: `user=name[:group]` and
-//! `argv=command args...` (last). Used by spawn, by `postern check`, and by
-//! the queue's command transports.
+//! `argv=command args...` (last), parsed by `postern_conf::attributes`.
+//! Used by spawn, by `postern check`, and by the queue's command transports.
 //!
 //! Validation resolves the names and refuses, with the exact reason, any
 //! identity that [`RunAs`] refuses: uid or gid 0, the mail owner's uid or
@@ -19,6 +19,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::account::{self, Account};
 use crate::handoff::RecipientStatus;
+use postern_conf::attributes::{split_pipe, CommandAttributes, PipeFlags};
 use postern_sys as sys;
 use postern_sys::privilege::{MailOwner, RunAs};
 
@@ -55,41 +56,25 @@ pub struct CommandSpec {
 }
 
 impl CommandSpec {
-    /// Parses `user=name[:group]` and `argv=command args...` (last).
+    /// Parses `user=name[:group]` and `argv=command args...` (last)
+    /// ([`CommandAttributes`]), then resolves and checks the identity.
     pub fn parse(
         args: &[String],
         owner: MailOwner,
         accounts: &dyn Accounts,
     ) -> Result<Self, String> {
-        let mut user = None;
-        let mut argv = None;
-        for (i, a) in args.iter().enumerate() {
-            if let Some(u) = a.strip_prefix("user=") {
-                user = Some(u.to_string());
-            } else if let Some(cmd) = a.strip_prefix("argv=") {
-                let mut v = vec![cmd.to_string()];
-                v.extend(args[i + 1..].iter().cloned());
-                argv = Some(v);
-                break;
-            } else {
-                return Err(format!("unknown attribute '{a}' (expected user=name[:group] and argv=command..., argv last)"));
-            }
-        }
-        let user_text = user.ok_or("missing user=name[:group] attribute")?;
-        let argv = argv.ok_or("missing argv=command attribute")?;
-        if argv[0].is_empty() {
-            return Err("argv= names no command".into());
-        }
-        let (name, group) = match user_text.split_once(':') {
-            Some((n, g)) => (n, Some(g)),
-            None => (user_text.as_str(), None),
-        };
+        let CommandAttributes {
+            user_text,
+            user: name,
+            group,
+            argv,
+        } = CommandAttributes::parse(args)?;
         let account = accounts
-            .user(name)?
+            .user(&name)?
             .ok_or_else(|| format!("user={user_text}: no such user '{name}'"))?;
         let gid = match group {
             Some(g) => accounts
-                .group(g)?
+                .group(&g)?
                 .ok_or_else(|| format!("user={user_text}: no such group '{g}'"))?,
             None => account.gid,
         };
@@ -103,25 +88,9 @@ impl CommandSpec {
     }
 }
 
-/// What Postfix pipe(8)'s `flags=` asks for that postern's pipe does.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PipeFlags {
-    /// `F`: an mbox `From sender  date` line first.
-    pub from_line: bool,
-    /// `R`: `Return-Path: <sender>`.
-    pub return_path: bool,
-    /// `O`: `X-Original-To: recipient`.
-    pub original_to: bool,
-    /// `D`: `Delivered-To: recipient`.
-    pub delivered_to: bool,
-    /// `>`: body lines starting with `From ` get a `>`.
-    pub quote_from: bool,
-}
-
-/// A pipe service's attributes: Postfix pipe(8)'s `flags=` (the letters
-/// above; others are listed in `ignored`), its other attributes (`size=`,
-/// `eol=`, `directory=`, `null_sender=`, `quote=`, `umask=`: accepted,
-/// listed in `ignored`), then `user=` and `argv=` as for spawn.
+/// A pipe service's attributes: Postfix pipe(8)'s `flags=` and the
+/// attributes accepted without effect ([`split_pipe`]), then `user=` and
+/// `argv=` as for spawn.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PipeSpec {
     /// `user=` and `argv=`.
@@ -133,53 +102,13 @@ pub struct PipeSpec {
 }
 
 impl PipeSpec {
-    /// Separates pipe(8)'s own attributes from `user=`/`argv=`.
-    pub fn split(args: &[String]) -> (Vec<String>, PipeFlags, Vec<String>) {
-        let mut rest = Vec::new();
-        let mut flags = PipeFlags::default();
-        let mut ignored = Vec::new();
-        for (i, a) in args.iter().enumerate() {
-            if a.starts_with("argv=") {
-                rest.extend(args[i..].iter().cloned());
-                break;
-            }
-            if let Some(letters) = a.strip_prefix("flags=") {
-                for c in letters.chars() {
-                    match c {
-                        'F' => flags.from_line = true,
-                        'R' => flags.return_path = true,
-                        'O' => flags.original_to = true,
-                        'D' => flags.delivered_to = true,
-                        '>' => flags.quote_from = true,
-                        other => ignored.push(format!("flags letter '{other}'")),
-                    }
-                }
-            } else if [
-                "size=",
-                "eol=",
-                "directory=",
-                "null_sender=",
-                "quote=",
-                "umask=",
-            ]
-            .iter()
-            .any(|p| a.starts_with(p))
-            {
-                ignored.push(a.clone());
-            } else {
-                rest.push(a.clone());
-            }
-        }
-        (rest, flags, ignored)
-    }
-
     /// Parses a pipe service's master.cf arguments.
     pub fn parse(
         args: &[String],
         owner: MailOwner,
         accounts: &dyn Accounts,
     ) -> Result<Self, String> {
-        let (rest, flags, ignored) = Self::split(args);
+        let (rest, flags, ignored) = split_pipe(args);
         Ok(PipeSpec {
             command: CommandSpec::parse(&rest, owner, accounts)?,
             flags,

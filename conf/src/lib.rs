@@ -24,8 +24,9 @@
 //!
 //! The other files an administrator or a user writes are parsed here too,
 //! purely, with `file:line` in every problem: aliases(5) ([`aliases`]),
-//! `.forward` ([`forward`]) and the allowed-destinations policy with its
-//! matching ([`policy`]).
+//! `.forward` ([`forward`]), the allowed-destinations policy with its
+//! matching ([`policy`]), and the command attributes of master.cf's spawn
+//! and pipe services ([`attributes`]: `user=`, `argv=`, `flags=`).
 //!
 //! **Security**: holds no privileges. Its input (the configuration files) is
 //! trusted to come from the administrator but is still validated in full:
@@ -38,6 +39,7 @@
 //! `postern config`.
 
 pub mod aliases;
+pub mod attributes;
 pub mod diag;
 pub mod embedded;
 pub mod expand;

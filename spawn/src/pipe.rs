@@ -42,11 +42,12 @@ use std::os::unix::net::UnixStream;
 use std::process::Command;
 use std::time::Duration;
 
-use postern_common::command::{run_with_input, CommandSpec, PipeFlags, PipeSpec, SystemAccounts};
+use postern_common::command::{run_with_input, CommandSpec, PipeSpec, SystemAccounts};
 use postern_common::handoff::{
     self, DeliveryReply, DeliveryRequest, Destination, Instruction, RecipientStatus,
 };
 use postern_common::server::{self, Context, Handler, Privileges, Program, Request};
+use postern_conf::attributes::PipeFlags;
 use postern_conf::params;
 use postern_sys as sys;
 use postern_sys::privilege::{self, MailOwner};
