@@ -494,11 +494,7 @@ fn check_provided(
         }
         // A transport for an account this machine does not have (Postfix's
         // stock master.cf names several) fails only when used: a warning.
-        let user = rest
-            .iter()
-            .take_while(|a| !a.starts_with("argv="))
-            .find_map(|a| a.strip_prefix("user="))
-            .map(|u| u.split(':').next().unwrap_or(u).to_string());
+        let user = postern_conf::attributes::user_name(&rest);
         if let Some(u) = user {
             if matches!(crate::account::user_by_name(&u), Ok(None)) {
                 out.push(Diagnostic::warning(

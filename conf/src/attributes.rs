@@ -54,6 +54,16 @@ impl CommandAttributes {
     }
 }
 
+/// The user name of the `user=` before `argv=`, if any, whatever else the
+/// attributes hold (for `postern check`'s warning about an account this
+/// machine does not have).
+pub fn user_name(args: &[String]) -> Option<String> {
+    args.iter()
+        .take_while(|a| !a.starts_with("argv="))
+        .find_map(|a| a.strip_prefix("user="))
+        .map(|u| u.split(':').next().unwrap_or(u).to_string())
+}
+
 /// What Postfix pipe(8)'s `flags=` asks for that postern's pipe does.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PipeFlags {
@@ -131,6 +141,11 @@ mod tests {
         assert_eq!(a.argv, ["/bin/echo", "user=root"]);
         let a = CommandAttributes::parse(&args("user=ann argv=/bin/cat")).unwrap();
         assert_eq!(a.group, None);
+        assert_eq!(
+            user_name(&args("bogus user=ann:staff argv=/bin/cat user=root")),
+            Some("ann".to_string())
+        );
+        assert_eq!(user_name(&args("argv=/bin/cat user=root")), None);
     }
 
     #[test]
