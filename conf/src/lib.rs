@@ -1,6 +1,7 @@
 //! # postern-conf
 //!
-//! **Name**: postern-conf — main.cf and master.cf for postern.
+//! **Name**: postern-conf — main.cf, master.cf and the other files
+//! administrators and users write, for postern.
 //!
 //! **Synopsis**:
 //! ```no_run
@@ -28,9 +29,12 @@
 //! matching ([`policy`]), and the command attributes of master.cf's spawn
 //! and pipe services ([`attributes`]: `user=`, `argv=`, `flags=`).
 //!
-//! **Security**: holds no privileges. Its input (the configuration files) is
-//! trusted to come from the administrator but is still validated in full:
-//! malformed text yields diagnostics, never a panic.
+//! **Security**: holds no privileges, and reads no file itself but main.cf
+//! and master.cf. Its input (the configuration files) is trusted to come
+//! from the administrator but is still validated in full: malformed text
+//! yields diagnostics, never a panic. `.forward` and
+//! `~/.postern-destinations` text comes from users and is untrusted: it is
+//! parsed the same way, into targets and rules that the callers check.
 //!
 //! **Configuration**: the parameters, their types and defaults are declared
 //! once, in [`params::PARAMS`]; `postern config -d` prints them.
