@@ -275,10 +275,18 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, HandoffError> {
 
 /// Reads one frame's payload (length checked before allocating).
 pub fn read_frame(r: &mut impl Read, first: &[u8]) -> Result<Vec<u8>, HandoffError> {
+    // A peer that closes mid-frame is named as such, not as "failed to
+    // fill whole buffer".
+    let cut = |e: io::Error| match e.kind() {
+        io::ErrorKind::UnexpectedEof => {
+            HandoffError::Io(io::Error::new(e.kind(), "the connection ended mid-frame"))
+        }
+        _ => HandoffError::Io(e),
+    };
     let mut header = [0u8; 4];
     let from_first = first.len().min(4);
     header[..from_first].copy_from_slice(&first[..from_first]);
-    r.read_exact(&mut header[from_first..])?;
+    r.read_exact(&mut header[from_first..]).map_err(cut)?;
     let len = u32::from_be_bytes(header);
     if len > MAX_FRAME {
         return Err(HandoffError::Oversize(len));
@@ -287,7 +295,7 @@ pub fn read_frame(r: &mut impl Read, first: &[u8]) -> Result<Vec<u8>, HandoffErr
     payload.extend_from_slice(&first[from_first..first.len().min(4 + len as usize)]);
     let have = payload.len();
     payload.resize(len as usize, 0);
-    r.read_exact(&mut payload[have..])?;
+    r.read_exact(&mut payload[have..]).map_err(cut)?;
     Ok(payload)
 }
 
@@ -582,6 +590,14 @@ pub fn all_deferred(request: &DeliveryRequest, why: &HandoffError) -> Vec<Recipi
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_frame_cut_short_says_so() {
+        for cut in [&[0u8, 0][..], &[0, 0, 0, 9, 1, 2][..]] {
+            let e = read_frame(&mut &cut[..], &[]).unwrap_err();
+            assert_eq!(e.to_string(), "the connection ended mid-frame");
+        }
+    }
 
     /// Attempts on one message share its lock; a repeat of uncertain
     /// deliveries waits for every earlier holder, whichever process holds
