@@ -244,6 +244,24 @@ fn append(file: &File, target: &Target<'_>, copies: &[Copy<'_>]) -> Vec<Recipien
         Ok(m) => m.len(),
         Err(e) => return vec![defer(format!("cannot examine mailbox {shown}: {e}")); copies.len()],
     };
+    // The end of the file must be a message boundary before anything is
+    // appended: a copy that a killed delivery process left unfinished is
+    // cut away (its delivery is uncertain and will be made again, whole),
+    // and any other unterminated last line gets its newline, so that the
+    // next `From ` line starts a line of its own.
+    let original = match repair_tail(file, original) {
+        Ok(Some((len, note))) => {
+            log::warn!("mailbox {shown}: {note}");
+            len
+        }
+        Ok(None) => original,
+        Err(e) => {
+            return vec![
+                defer(format!("cannot repair the end of mailbox {shown}: {e}"));
+                copies.len()
+            ]
+        }
+    };
     // An earlier attempt may have written an uncertain copy before the
     // queue manager heard back: look for it (under the lock) first.
     let mut existing = Vec::new();
@@ -335,6 +353,70 @@ fn append(file: &File, target: &Target<'_>, copies: &[Copy<'_>]) -> Vec<Recipien
             (None, Some(why)) => defer(why.clone()),
         })
         .collect()
+}
+
+/// How far back from the end [`repair_tail`] looks for the start of the
+/// last message.
+const TAIL_WINDOW: u64 = 1 << 20;
+
+/// Makes the end of an mbox of `len` bytes a message boundary (see
+/// [`append`]); returns the new length and what was done, if anything.
+fn repair_tail(file: &File, len: u64) -> std::io::Result<Option<(u64, String)>> {
+    use std::os::unix::fs::FileExt;
+    if len == 0 {
+        return Ok(None);
+    }
+    let start = len.saturating_sub(TAIL_WINDOW);
+    let mut tail = vec![0u8; (len - start) as usize];
+    file.read_exact_at(&mut tail, start)?;
+    if tail.ends_with(b"\n\n") || (len == 1 && tail == b"\n") {
+        return Ok(None);
+    }
+    // The last message: after the last "\nFrom " (or the file's start).
+    let at = tail
+        .windows(6)
+        .rposition(|w| w == b"\nFrom ")
+        .map(|i| i + 1)
+        .or_else(|| (start == 0 && tail.starts_with(b"From ")).then_some(0));
+    if let Some(at) = at {
+        let last = &tail[at..];
+        let headers = last
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(&last[last.len()..], |nl| &last[nl + 1..]);
+        // postern's own copy: Return-Path, then Delivered-To, then the
+        // message; anything else is another program's and is kept.
+        let ours = headers.starts_with(b"Return-Path: <")
+            && headers
+                .iter()
+                .position(|&b| b == b'\n')
+                .is_some_and(|nl| headers[nl + 1..].starts_with(b"Delivered-To: "));
+        // Cut only what no program would have left: postern's copy ending
+        // mid-line (a write cut short), or a `From ` line with nothing
+        // after it. A last message that ends with a newline is kept, even
+        // without the blank line: a mail reader may have written it so.
+        if (ours && !tail.ends_with(b"\n")) || headers.is_empty() {
+            let new_len = start + at as u64;
+            file.set_len(new_len)?;
+            file.sync_data()?;
+            return Ok(Some((
+                new_len,
+                format!(
+                    "removed an unfinished copy ({} bytes at offset {new_len}) that a killed delivery left",
+                    len - new_len
+                ),
+            )));
+        }
+    }
+    if tail.ends_with(b"\n") {
+        return Ok(None);
+    }
+    (&*file).write_all(b"\n")?;
+    file.sync_data()?;
+    Ok(Some((
+        len + 1,
+        "the last line had no newline: one was added before the next message".to_string(),
+    )))
 }
 
 /// Truncates the mailbox back to `size` (and syncs that); says how it went.
@@ -579,6 +661,44 @@ fn dotlock(path: &Path, stale: Duration) -> Result<Option<PathBuf>, DotlockError
 
 #[cfg(test)]
 mod tests {
+
+    /// The end of the mailbox is made a message boundary before a copy is
+    /// appended: a postern copy cut mid-line goes, anything else is kept.
+    #[test]
+    fn an_unfinished_last_message_is_repaired() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("box");
+        let whole = "From a  Sat\nReturn-Path: <s>\nDelivered-To: r\n\nbody\n\n";
+        let run = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            let f = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .open(&path)
+                .unwrap();
+            let len = text.len() as u64;
+            let r = repair_tail(&f, len).unwrap().map(|(l, _)| l);
+            (r, std::fs::read_to_string(&path).unwrap())
+        };
+        assert_eq!(run(""), (None, String::new()));
+        assert_eq!(run(whole), (None, whole.to_string()));
+        let cut = format!("{whole}From b  Sat\nReturn-Path: <s>\nDelivered-To: r\n\nbo");
+        assert_eq!(run(&cut), (Some(whole.len() as u64), whole.to_string()));
+        let from_only = format!("{whole}From b  Sat\n");
+        assert_eq!(
+            run(&from_only),
+            (Some(whole.len() as u64), whole.to_string())
+        );
+        // Another program's last message without its newline: one is added.
+        let foreign = format!("{whole}From x  Sat\nSubject: y\n\nbody");
+        assert_eq!(
+            run(&foreign),
+            (Some(foreign.len() as u64 + 1), format!("{foreign}\n"))
+        );
+        // A last message that ends with a newline is left alone.
+        let kept = format!("{whole}From b  Sat\nReturn-Path: <s>\nDelivered-To: r\n\nbody\n");
+        assert_eq!(run(&kept), (None, kept.clone()));
+    }
     use super::*;
 
     fn copy(body: &[u8]) -> Copy<'_> {

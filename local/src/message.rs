@@ -146,9 +146,13 @@ impl Copy<'_> {
             {
                 return Earlier::Truncated { at: at as u64 };
             }
-            // Skip the "From " line itself.
+            // Skip the "From " line itself. A copy cut short that others
+            // follow (a newline put after it to keep their boundary) is not
+            // this delivery made: it is written again.
             if let Some(nl) = message.iter().position(|&b| b == b'\n') {
-                if self.is_same_delivery(&message[nl + 1..]) {
+                let cut_short = message.len() < whole.len()
+                    && whole.starts_with(message.strip_suffix(b"\n").unwrap_or(message));
+                if self.is_same_delivery(&message[nl + 1..]) && !cut_short {
                     return Earlier::Whole;
                 }
             }
@@ -288,6 +292,13 @@ mod tests {
                 "cut at {cut}"
             );
         }
+        // Cut short with a newline put after it, and another message after
+        // that: not made, so written again.
+        let mut patched = copy(b"Subject: other\n\nx\n").mbox();
+        patched.extend_from_slice(&whole[..whole.len() - 7]);
+        patched.push(b'\n');
+        patched.extend_from_slice(&copy(b"Subject: later\n\n").mbox());
+        assert_eq!(c.in_mbox(&patched), Earlier::None);
         // Once another message follows it, it is not the last: the headers
         // decide (here: complete enough to name the delivery).
         before.extend_from_slice(&whole[..whole.len() - 3]);
