@@ -306,12 +306,19 @@ fn append(file: &File, target: &Target<'_>, copies: &[Copy<'_>]) -> Vec<Recipien
             Earlier::None => {}
         }
     }
+    let mut newline_first = match ends_mid_line(file, original) {
+        Ok(b) => b,
+        Err(e) => return vec![defer(format!("cannot read mailbox {shown}: {e}")); copies.len()],
+    };
     let mut end = original;
     for (i, copy) in copies.iter().enumerate() {
         if statuses[i].is_some() {
             continue;
         }
-        let bytes = copy.mbox();
+        let mut bytes = copy.mbox();
+        if newline_first {
+            bytes.insert(0, b'\n');
+        }
         if target.size_limit > 0 && end + bytes.len() as u64 > target.size_limit {
             statuses[i] = Some(RecipientStatus::bounced(
                 "5.2.2",
@@ -333,6 +340,7 @@ fn append(file: &File, target: &Target<'_>, copies: &[Copy<'_>]) -> Vec<Recipien
             break;
         }
         end += bytes.len() as u64;
+        newline_first = false;
     }
     // One fsync for every copy written; if it fails, none of them counts
     // and the file goes back to its size before the first.
@@ -408,15 +416,21 @@ fn repair_tail(file: &File, len: u64) -> std::io::Result<Option<(u64, String)>> 
             )));
         }
     }
-    if tail.ends_with(b"\n") {
-        return Ok(None);
+    Ok(None)
+}
+
+/// Whether the mbox of `len` bytes ends in the middle of a line (another
+/// program's last message without its newline): the next copy is then
+/// written after a newline, in the same write, so that its `From ` line
+/// starts a line of its own (and a failed write takes both back).
+fn ends_mid_line(file: &File, len: u64) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    if len == 0 {
+        return Ok(false);
     }
-    (&*file).write_all(b"\n")?;
-    file.sync_data()?;
-    Ok(Some((
-        len + 1,
-        "the last line had no newline: one was added before the next message".to_string(),
-    )))
+    let mut last = [0u8; 1];
+    file.read_exact_at(&mut last, len - 1)?;
+    Ok(last[0] != b'\n')
 }
 
 /// Truncates the mailbox back to `size` (and syncs that); says how it went.
@@ -689,12 +703,13 @@ mod tests {
             run(&from_only),
             (Some(whole.len() as u64), whole.to_string())
         );
-        // Another program's last message without its newline: one is added.
+        // Another program's last message without its newline is kept; the
+        // next copy is written after a newline (ends_mid_line).
         let foreign = format!("{whole}From x  Sat\nSubject: y\n\nbody");
-        assert_eq!(
-            run(&foreign),
-            (Some(foreign.len() as u64 + 1), format!("{foreign}\n"))
-        );
+        assert_eq!(run(&foreign), (None, foreign.clone()));
+        let f = File::open(&path).unwrap();
+        assert!(ends_mid_line(&f, foreign.len() as u64).unwrap());
+        assert!(!ends_mid_line(&f, whole.len() as u64).unwrap());
         // A last message that ends with a newline is left alone.
         let kept = format!("{whole}From b  Sat\nReturn-Path: <s>\nDelivered-To: r\n\nbody\n");
         assert_eq!(run(&kept), (None, kept.clone()));
