@@ -489,27 +489,15 @@ pub fn accept_request(conn: &UnixStream, owner_uid: u32) -> Option<Accepted> {
 /// deliveries whose outcome is unknown takes it exclusive, so that it
 /// waits until every earlier attempt — a delivery process that outlived a
 /// killed queue manager or agent — is over, and only then looks for the
-/// copy that attempt may have written. Waits at most `limit`.
-pub fn lock_for_exchange(file: &std::fs::File, exclusive: bool, limit: Duration) -> io::Result<()> {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        let taken = if exclusive {
-            fs2::FileExt::try_lock_exclusive(file)
-        } else {
-            fs2::FileExt::try_lock_shared(file)
-        };
-        match taken {
-            Ok(()) => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
-                if std::time::Instant::now() >= deadline {
-                    return Err(io::Error::other(
-                        "an earlier delivery attempt of this message is still running",
-                    ));
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => return Err(e),
-        }
+/// copy that attempt may have written. It blocks: an earlier attempt ends
+/// within its own time limit (local kills a delivery process at its limit,
+/// and what a program left behind at the program's), and the caller is the
+/// exchange's own thread.
+pub fn lock_for_exchange(file: &std::fs::File, exclusive: bool) -> io::Result<()> {
+    if exclusive {
+        fs2::FileExt::lock_exclusive(file)
+    } else {
+        fs2::FileExt::lock_shared(file)
     }
 }
 
@@ -608,20 +596,22 @@ mod tests {
         let path = dir.path().join("Q1");
         std::fs::write(&path, b"message").unwrap();
         let open = || std::fs::File::open(&path).unwrap();
-        let short = Duration::from_millis(100);
         let (first, second) = (open(), open());
-        lock_for_exchange(&first, false, short).unwrap();
-        lock_for_exchange(&second, false, short).unwrap();
+        lock_for_exchange(&first, false).unwrap();
+        lock_for_exchange(&second, false).unwrap();
+        // What an uncertain attempt would wait for: the earlier ones.
         let retry = open();
-        assert!(lock_for_exchange(&retry, true, short).is_err());
+        assert!(fs2::FileExt::try_lock_exclusive(&retry).is_err());
         // The descriptor handed on (a delivery process's copy) keeps the
         // lock after the queue manager's own is closed.
         let handed_on = first.try_clone().unwrap();
         drop(first);
         drop(second);
-        assert!(lock_for_exchange(&retry, true, short).is_err());
+        assert!(fs2::FileExt::try_lock_exclusive(&retry).is_err());
         drop(handed_on);
-        lock_for_exchange(&retry, true, short).unwrap();
+        lock_for_exchange(&retry, true).unwrap();
+        // And while it holds it, no other attempt starts.
+        assert!(fs2::FileExt::try_lock_shared(&open()).is_err());
     }
     use super::*;
 

@@ -764,11 +764,14 @@ mod tests {
         // A holder that has exited but is not reaped yet: dead too.
         let mut zombie = std::process::Command::new("true").spawn().unwrap();
         let zpid = zombie.id();
-        let exited = (0..1000).any(|_| {
-            std::thread::sleep(Duration::from_millis(5));
-            postern_sys::procfs::stat(zpid as i32).is_some_and(|s| s.zombie())
-        });
-        assert!(exited, "true never exited");
+        // Waits for its exit without reaping it (WNOWAIT): a zombie now.
+        use nix::sys::wait::{waitid, Id, WaitPidFlag};
+        waitid(
+            Id::Pid(nix::unistd::Pid::from_raw(zpid as i32)),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
+        )
+        .unwrap();
+        assert!(postern_sys::procfs::stat(zpid as i32).is_some_and(|s| s.zombie()));
         std::fs::write(&lock_file, format!("{zpid}\n")).unwrap();
         assert!(
             matches!(dotlock(&path, hour), Ok(Some(_))),

@@ -82,10 +82,6 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The longest an exchange waits for an earlier attempt on its message to
-/// end before it is deferred (still uncertain) and tried again later.
-const LOCK_WAIT: Duration = Duration::from_secs(60);
-
 /// The queue manager's trigger fifo, relative to `queue_directory`.
 pub const TRIGGER: &str = "public/qmgr";
 
@@ -820,10 +816,9 @@ impl Qmgr {
                 // Deliveries whose outcome is unknown wait for every
                 // earlier attempt on their message to be over (a delivery
                 // process may outlive the queue manager that started it).
-                let wait = timeout.min(LOCK_WAIT);
                 let locked = batch.iter().try_for_each(|(_, r, f)| {
                     let exclusive = r.recipients.iter().any(|i| i.uncertain);
-                    handoff::lock_for_exchange(f, exclusive, wait)
+                    handoff::lock_for_exchange(f, exclusive)
                         .map_err(|e| format!("{}: {e}", r.queue_id))
                 });
                 let batch: Vec<(Job, DeliveryRequest, OwnedFd)> = batch

@@ -212,8 +212,13 @@ fn submit(etc: &Path, user: &str, n: usize, stop: &AtomicBool) -> Result<Sent, S
         match out.code {
             Some(0) => return Ok(Sent::Queued),
             Some(75) if Instant::now() < deadline && !stop.load(Ordering::Relaxed) => {
-                // Not queued: the service is restarting; again, as cron would.
-                std::thread::sleep(Duration::from_millis(20));
+                // Not queued: the service is restarting. Again, as cron
+                // would, once the submit socket takes connections.
+                let socket = etc.join("queue/public/submit");
+                let left = deadline.saturating_duration_since(Instant::now());
+                eventually(left, || {
+                    std::os::unix::net::UnixStream::connect(&socket).is_ok()
+                });
             }
             Some(_)
                 if out
