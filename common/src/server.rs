@@ -54,6 +54,28 @@ pub fn source_args(source: &Source) -> Vec<String> {
     }
 }
 
+/// Wakes a trigger service listening on the unix socket `path` (a unix
+/// `qmgr` line, or a unix service with a wakeup time): one short
+/// connection that writes `what`. Never waits: a full backlog is an error
+/// of kind `WouldBlock` (the caller decides whether the wake-ups already
+/// waiting are enough); a full socket buffer counts as written.
+pub fn trigger_unix(path: &std::path::Path, what: &[u8]) -> io::Result<()> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockType, UnixAddr};
+    let s = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    match connect(s.as_raw_fd(), &UnixAddr::new(path)?) {
+        Ok(()) => match nix::unistd::write(&s, what) {
+            Ok(_) | Err(nix::errno::Errno::EAGAIN) => Ok(()),
+            Err(e) => Err(e.into()),
+        },
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The source named by the options [`source_args`] writes.
 pub fn source_from(
     dir: Option<PathBuf>,

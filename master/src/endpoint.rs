@@ -262,21 +262,8 @@ pub fn wake(target: &BindTarget, held: &OwnedFd, owner: (u32, u32)) -> std::io::
                 std::net::TcpStream::connect_timeout(addr, std::time::Duration::from_secs(1))?;
             s.write_all(b"W")
         }
-        BindTarget::Unix(p) => {
-            use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
-            let s = as_owner(owner, 0, || -> std::io::Result<OwnedFd> {
-                let s = socket(
-                    AddressFamily::Unix,
-                    SockType::Stream,
-                    SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-                    None,
-                )?;
-                connect(s.as_raw_fd(), &UnixAddr::new(p.as_path())?)?;
-                Ok(s)
-            })?;
-            nix::unistd::write(&s, b"W")?;
-            Ok(())
-        }
+        // With the mail owner's rights: the socket is in its directory.
+        BindTarget::Unix(p) => as_owner(owner, 0, || postern_common::server::trigger_unix(p, b"W")),
         BindTarget::Fifo(_) => {
             nix::unistd::write(held, b"W")?;
             Ok(())

@@ -106,24 +106,10 @@ pub fn poke(queue_directory: &Path, what: &[u8]) -> std::io::Result<()> {
             if !std::fs::symlink_metadata(&path)?.file_type().is_socket() {
                 return Err(e);
             }
-            // Never waiting: a full backlog already holds wake-ups.
-            use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
-            let s = socket(
-                AddressFamily::Unix,
-                SockType::Stream,
-                SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-                None,
-            )?;
-            return match connect(
-                std::os::fd::AsRawFd::as_raw_fd(&s),
-                &UnixAddr::new(path.as_path())?,
-            ) {
-                Ok(()) => match nix::unistd::write(&s, what) {
-                    Ok(_) | Err(nix::errno::Errno::EAGAIN) => Ok(()),
-                    Err(e) => Err(e.into()),
-                },
-                Err(nix::errno::Errno::EAGAIN) => Ok(()),
-                Err(e) => Err(e.into()),
+            // A full backlog already holds wake-ups.
+            return match postern_common::server::trigger_unix(&path, what) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+                r => r,
             };
         }
         Err(e) => return Err(e),
