@@ -136,16 +136,7 @@ impl Queue {
     }
 
     fn ids(&self, queue: &str) -> Vec<String> {
-        let mut ids: Vec<String> = std::fs::read_dir(self.root.join(queue))
-            .map(|rd| {
-                rd.filter_map(Result::ok)
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| queuefile::is_queue_id(n))
-                    .collect()
-            })
-            .unwrap_or_default();
-        ids.sort();
-        ids
+        queuefile::ids_in(&self.root.join(queue)).unwrap_or_default()
     }
 
     fn find(&self, id: &str) -> Option<(&'static str, PathBuf)> {

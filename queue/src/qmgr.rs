@@ -424,19 +424,10 @@ impl Qmgr {
     /// Queue ids in `queue`, oldest first (ids sort by arrival).
     fn list(&self, queue: &str) -> Vec<String> {
         let dir = self.dir(queue);
-        let mut ids: Vec<String> = match std::fs::read_dir(&dir) {
-            Ok(rd) => rd
-                .filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| queuefile::is_queue_id(n))
-                .collect(),
-            Err(e) => {
-                log::warn!("cannot read {}: {e}", dir.display());
-                Vec::new()
-            }
-        };
-        ids.sort();
-        ids
+        queuefile::ids_in(&dir).unwrap_or_else(|e| {
+            log::warn!("cannot read {}: {e}", dir.display());
+            Vec::new()
+        })
     }
 
     fn has_room(&self) -> bool {

@@ -165,6 +165,18 @@ pub fn new_queue_id() -> String {
     )
 }
 
+/// The queue ids of the queue files in `dir`, sorted (the temporaries and
+/// anything else there left out).
+pub fn ids_in(dir: &Path) -> io::Result<Vec<String>> {
+    let mut ids: Vec<String> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| is_queue_id(n))
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
 /// Whether `name` looks like a queue id (letters and digits only).
 pub fn is_queue_id(name: &str) -> bool {
     !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric())

@@ -208,16 +208,7 @@ fn send(mut conn: &UnixStream, item: Item) -> Result<(), HandoffError> {
 /// Sends every message of the queue at `root` to `conn`, then End.
 fn list(root: &Path, conn: &UnixStream) -> Result<(), HandoffError> {
     for queue in LISTED {
-        let mut ids: Vec<String> = std::fs::read_dir(root.join(queue))
-            .map(|rd| {
-                rd.filter_map(Result::ok)
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| queuefile::is_queue_id(n))
-                    .collect()
-            })
-            .unwrap_or_default();
-        ids.sort();
-        for id in ids {
+        for id in queuefile::ids_in(&root.join(queue)).unwrap_or_default() {
             // Gone meanwhile (delivered, moved) or unreadable: not listed.
             let Ok(q) = QueueFile::read(&root.join(queue).join(&id)) else {
                 continue;
