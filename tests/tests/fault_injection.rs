@@ -41,32 +41,10 @@ fn per_destination() -> usize {
         .unwrap_or(100)
 }
 
-/// xorshift64*: small, seedable, good enough to pick moments and victims.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+use postern_tests::Rng;
 
 fn seed() -> u64 {
-    std::env::var("POSTERN_FAULT_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        })
+    postern_tests::seed_from_env("POSTERN_FAULT_SEED")
 }
 
 /// This run's tag (its seed, in hex), in every subject: copies that an
@@ -343,7 +321,7 @@ fn kill_9_anywhere_loses_duplicates_and_truncates_nothing() {
     let mut rng = Rng(seed);
     // Which messages have their sendmail killed mid-way: about one in 30.
     let aborted: Vec<usize> = (0..total).filter(|_| rng.below(30) == 0).collect();
-    let kill_seed = rng.next() | 1;
+    let kill_seed = rng.next_u64() | 1;
 
     let (kills, results) = std::thread::scope(|scope| {
         let senders: Vec<_> = (0..USERS.len())

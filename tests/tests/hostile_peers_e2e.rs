@@ -37,34 +37,12 @@ const MASTER: &str = "local unix - n n - - local\n\
 
 /// The seed of this run's random bytes (printed, so a failure can be replayed).
 fn seed() -> u64 {
-    let seed = std::env::var("HOSTILE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-                | 1
-        });
+    let seed = postern_tests::seed_from_env("HOSTILE_SEED");
     eprintln!("hostile_peers_e2e: HOSTILE_SEED={seed}");
     seed
 }
 
-/// xorshift64*: reproducible bytes from the seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
+use postern_tests::Rng;
 
 /// A frame: 4-byte big-endian length, then `payload`.
 fn frame(payload: &[u8]) -> Vec<u8> {
@@ -122,7 +100,7 @@ fn framed_attacks(rng: &mut Rng, version: u8) -> Vec<(String, Vec<u8>, &'static 
         ),
     ];
     for i in 0..4 {
-        let len = (rng.next() % 64) as usize;
+        let len = (rng.next_u64() % 64) as usize;
         out.push((format!("random frame {i}"), frame(&rng.bytes(len)), "half"));
     }
     out
