@@ -374,12 +374,17 @@ fn repair_tail(file: &File, len: u64) -> std::io::Result<Option<(u64, String)>> 
     if len == 0 {
         return Ok(None);
     }
+    // The usual case, read from two bytes: the mailbox ends with a whole
+    // message (and its blank line).
+    let mut end = [0u8; 2];
+    let from = len.saturating_sub(2);
+    file.read_exact_at(&mut end[..(len - from) as usize], from)?;
+    if end == *b"\n\n" || (len == 1 && end[0] == b'\n') {
+        return Ok(None);
+    }
     let start = len.saturating_sub(TAIL_WINDOW);
     let mut tail = vec![0u8; (len - start) as usize];
     file.read_exact_at(&mut tail, start)?;
-    if tail.ends_with(b"\n\n") || (len == 1 && tail == b"\n") {
-        return Ok(None);
-    }
     // The last message: after the last "\nFrom " (or the file's start).
     let at = tail
         .windows(6)
