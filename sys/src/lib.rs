@@ -158,16 +158,32 @@ pub fn clear_cloexec(fd: RawFd) -> io::Result<()> {
 
 /// Takes ownership of a descriptor inherited at a fixed number.
 ///
-/// Used once per inherited descriptor, at startup, by the child skeleton:
-/// the master put it there (see `postern_common::status` for the numbers).
+/// Sound for any caller: the standard streams (0–2, which `std` uses
+/// without owning) are refused, a number not open fails with `EBADF`, and
+/// each number is adopted at most once per process (a second call for the
+/// same number fails with `EBUSY`), so no two [`OwnedFd`]s can ever hold
+/// it. An inherited descriptor was open before the process started, so no
+/// descriptor this process created can share its number while it is open.
 pub fn adopt_inherited(fd: RawFd) -> io::Result<OwnedFd> {
     use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    use std::sync::Mutex;
+    static ADOPTED: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
+    if fd <= 2 {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // A poisoned lock only means another adoption panicked; the list is
+    // still a valid list of adopted numbers.
+    let mut adopted = ADOPTED.lock().unwrap_or_else(|p| p.into_inner());
+    if adopted.contains(&fd) {
+        return Err(io::Error::from_raw_os_error(libc::EBUSY));
+    }
     // Fails with EBADF when nothing is open at `fd`.
     fcntl(fd, FcntlArg::F_GETFD).map_err(io::Error::from)?;
     fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(io::Error::from)?;
-    // SAFETY: the descriptor is open (checked above), was inherited from the
-    // master for this process, and nothing else in this process owns it:
-    // the skeleton adopts each inherited number exactly once.
+    adopted.push(fd);
+    // SAFETY: the descriptor is open (checked above), is not a standard
+    // stream, was inherited (not created by this process while open, see
+    // above), and this is the first and only adoption of its number.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -872,6 +888,20 @@ mod tests {
 
     fn strings(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn an_inherited_number_is_adopted_once_and_never_a_standard_stream() {
+        use std::os::fd::IntoRawFd;
+        let raw = std::fs::File::open("/dev/null").unwrap().into_raw_fd();
+        let owned = adopt_inherited(raw).unwrap();
+        assert_eq!(owned.as_raw_fd(), raw);
+        let again = adopt_inherited(raw).unwrap_err();
+        assert_eq!(again.raw_os_error(), Some(libc::EBUSY));
+        for stream in 0..=2 {
+            let err = adopt_inherited(stream).unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+        }
     }
 
     #[test]
