@@ -12,6 +12,7 @@ use postern_common::account::{self, Account};
 use postern_common::handoff::{
     self, DeliveryReply, DeliveryRequest, Destination, Instruction, RecipientStatus,
 };
+use postern_common::mail::MessageFile;
 use postern_common::server::{Context, Handler, Request};
 use postern_conf::policy::{Kind, Policy, Who};
 use postern_sys::privilege::{self, MailOwner, RunAs};
@@ -50,7 +51,11 @@ struct Prepared {
 }
 
 /// One recipient's copy of one message of the request.
-fn copy_of<'a>(request: &'a DeliveryRequest, body: &'a [u8], instr: &'a Instruction) -> Copy<'a> {
+fn copy_of<'a>(
+    request: &'a DeliveryRequest,
+    body: &'a MessageFile,
+    instr: &'a Instruction,
+) -> Copy<'a> {
     Copy {
         body,
         sender: &request.sender,
@@ -71,17 +76,28 @@ impl Handler for Local {
         let conn = UnixStream::from(fd);
         // `_held`: the message descriptors stay open (and are inherited
         // by the delivery processes) until this request is over.
-        let Some((messages, _held)) = handoff::accept_request(&conn, self.owner.uid) else {
+        let Some((messages, _held)) = handoff::accept_request_files(&conn, self.owner.uid) else {
             return;
         };
         let policy = self.settings.system_policy();
         // Each message's Delivered-To headers, read once (not once per
         // recipient: a large message with many recipients would cost their
         // product).
-        let seen: Vec<Vec<String>> = messages
-            .iter()
-            .map(|(_, body)| message::delivered_to(body))
-            .collect();
+        // A message that cannot be read (as for a request that does not
+        // decode) closes the connection: nothing is delivered.
+        let mut seen: Vec<Vec<String>> = Vec::with_capacity(messages.len());
+        for (req, body) in &messages {
+            match message::delivered_to(body) {
+                Ok(s) => seen.push(s),
+                Err(e) => {
+                    log::warn!(
+                        "queue id {}: cannot read the message: {e}; nothing delivered",
+                        req.queue_id
+                    );
+                    return;
+                }
+            }
+        }
         let mut statuses: Vec<Vec<Option<RecipientStatus>>> = messages
             .iter()
             .map(|(req, _)| vec![None; req.recipients.len()])

@@ -160,7 +160,7 @@ fn deliver_programs(
         .as_deref()
         .filter(|_| settings.original_recipient);
     let env = program_env(instr, copy.sender, account, original);
-    let input = copy.for_program(original);
+    let envelope = copy.program_envelope(original);
     let mut last = RecipientStatus::bounced("5.3.0", "no program given");
     for line in commands {
         let parsed = match program::parse_command(line) {
@@ -191,7 +191,8 @@ fn deliver_programs(
             argv,
             env: env.clone(),
             cwd: &cwd,
-            input: &input,
+            envelope: envelope.clone(),
+            message: copy.body,
             limit: settings.time_limit,
             output_is_failure: settings.output_is_failure,
             failure_is_75: parsed.failure_is_75,

@@ -25,8 +25,9 @@
 //! owner as effective uid. Accepts connections only from root and the mail
 //! owner (`SO_PEERCRED`). Untrusted input: the request frame (length-checked,
 //! strictly decoded; a malformed one closes the connection and delivers
-//! nothing), the message (never interpreted beyond the header scan for
-//! `Delivered-To:`), mailbox paths (normalized, policy-checked after the
+//! nothing), the message (streamed from the queue file's descriptor for
+//! every recipient, never held whole, never interpreted beyond the header
+//! scan for `Delivered-To:`), mailbox paths (normalized, policy-checked after the
 //! switch to the user, opened without following links and checked after
 //! opening), per-user policy files (used only when owned by the user or root
 //! and not writable by others). Nothing runs as uid 0, gid 0 or the mail

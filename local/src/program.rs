@@ -25,12 +25,15 @@
 //! something); 75 and 71 defer; anything else bounces, with the program's
 //! output (sanitised, at most 4 KB) in the reason.
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use postern_common::command::{run_with_input, sanitise};
+use postern_common::command::{run_with_writer, sanitise};
 use postern_common::handoff::RecipientStatus;
+use postern_common::mail::{copy_body, MessageFile, Quoting};
 use postern_sys as sys;
 
 pub use postern_common::trusted::{mode, Mode, INSECURE_PROGRAM, NO_PROGRAM, SUSPEND_PROGRAM};
@@ -277,14 +280,38 @@ pub struct Run<'a> {
     pub env: Vec<(String, String)>,
     /// Working directory.
     pub cwd: &'a Path,
-    /// Standard input.
-    pub input: &'a [u8],
+    /// Standard input: these envelope lines, then the message, streamed
+    /// from its file unchanged.
+    pub envelope: Vec<u8>,
+    /// The message.
+    pub message: &'a MessageFile,
     /// Time limit.
     pub limit: Duration,
     /// Any output is a failure.
     pub output_is_failure: bool,
     /// `|| exit 75`: a failure (non-zero exit, signal) is exit status 75.
     pub failure_is_75: bool,
+}
+
+/// A reader that notes its first error where [`run`] finds it.
+struct NotingErrors<'a, R> {
+    inner: &'a mut R,
+    noted: Arc<Mutex<Option<String>>>,
+}
+
+impl<R: Read> Read for NotingErrors<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(buf).inspect_err(|e| {
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                return;
+            }
+            let mut noted = self
+                .noted
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            noted.get_or_insert_with(|| e.to_string());
+        })
+    }
 }
 
 /// Runs one program; never returns success unless it exited 0.
@@ -308,7 +335,30 @@ pub fn run(r: &Run<'_>) -> RecipientStatus {
             log::warn!("program {program}: {e}");
         }
     };
-    let ended = match run_with_input(&mut cmd, r.input.to_vec(), r.limit, end) {
+    let envelope = r.envelope.clone();
+    let mut body = match r.message.owned_reader() {
+        Ok(b) => b,
+        Err(e) => {
+            return RecipientStatus::deferred(
+                "4.3.0",
+                format!("program {program}: cannot read the message: {e}"),
+            )
+        }
+    };
+    // A message that cannot be read to its end must not be delivered cut
+    // short: the failure is noted before the program sees the end of its
+    // input (so before it can exit), and read after it has exited.
+    let unread: Arc<Mutex<Option<String>>> = Arc::default();
+    let noted = Arc::clone(&unread);
+    let input = move |stdin: &mut std::process::ChildStdin| {
+        stdin.write_all(&envelope)?;
+        let mut reader = NotingErrors {
+            inner: &mut body,
+            noted,
+        };
+        copy_body(&mut reader, stdin, Quoting::None).map(|_| ())
+    };
+    let ended = match run_with_writer(&mut cmd, input, r.limit, end) {
         Ok(e) => e,
         Err(e) => {
             let permanent = matches!(
@@ -323,6 +373,17 @@ pub fn run(r: &Run<'_>) -> RecipientStatus {
             };
         }
     };
+    let unread = unread
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    if let Some(e) = unread {
+        return RecipientStatus::deferred(
+            "4.3.0",
+            format!("program {program}: cannot read the message: {e}"),
+        )
+        .for_postmaster();
+    }
     let text = sanitise(&ended.output);
     let failed = !ended.timed_out && ended.status.as_ref().is_ok_and(|s| s.code() != Some(0));
     if r.failure_is_75 && failed {
