@@ -172,7 +172,18 @@ impl Handler for Local {
                         settings: &self.settings,
                         root_mailboxes: &for_root,
                     };
-                    deliver_as_user(&work, &ctx)
+                    let statuses = deliver_as_user(&work, &ctx);
+                    // Its peak memory, which must not grow with the
+                    // messages (they are streamed): logged before the
+                    // report, for the benchmark and the operator.
+                    if let Some(kb) = postern_sys::procfs::own_status_kb("VmHWM") {
+                        log::info!(
+                            "delivery process for {}: {} copies, peak memory {kb} kB",
+                            p.account.name,
+                            work.len()
+                        );
+                    }
+                    statuses
                 });
                 drop(for_root);
                 for (&(m, r), status) in items.iter().zip(results) {
