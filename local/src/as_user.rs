@@ -163,7 +163,7 @@ fn deliver_programs(
     let envelope = copy.program_envelope(original);
     let mut last = RecipientStatus::bounced("5.3.0", "no program given");
     for line in commands {
-        let parsed = match program::parse_command(line) {
+        let parsed = match postern_conf::command_line::parse_command(line) {
             Ok(c) => c,
             Err(why) => {
                 log::warn!("{}: user {}: {why}", copy.queue_id, account.name);
