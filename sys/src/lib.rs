@@ -18,11 +18,14 @@
 //! `unsafe` block carries a `// SAFETY:` argument. [`privilege`] is the one
 //! place that changes user and group ids.
 //!
-//! **See also**: clone(2), close_range(2), pidfd_open(2), madvise(2),
+//! The enumeration of the user database through NSS ([`accounts`]).
+//!
+//! **See also**: getpwent(3), clone(2), close_range(2), pidfd_open(2), madvise(2),
 //! setresuid(2), proc(5) ([`procfs`]: the one reader of /proc/PID/stat).
 
 #![allow(unsafe_code)]
 
+pub mod accounts;
 pub mod privilege;
 pub mod procfs;
 pub mod wait;
