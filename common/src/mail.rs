@@ -6,7 +6,8 @@
 //!   reader keeps its own offset, so every recipient reads it afresh and
 //!   nothing is held in memory);
 //! - [`copy_body`]: the one copy routine every writer uses — mbox (with
-//!   `>From ` quoting), Maildir and a program's standard input (unchanged);
+//!   `>From ` quoting), Maildir and a program's standard input (unchanged,
+//!   or quoted for pipe's `flags=>`);
 //! - [`for_each_field`]: the one header parser (unfolded fields up to the
 //!   first empty line, read in bounded pieces).
 //!
@@ -241,6 +242,25 @@ pub fn copy_body(
     Ok(copied)
 }
 
+/// The mbox `From sender  date` line (with its newline) that starts a copy
+/// in an mbox or a program's input: `MAILER-DAEMON` for the null sender,
+/// the arrival time in `asctime` form (UTC).
+pub fn from_line(sender: &str, arrival: u64) -> String {
+    let sender = if sender.is_empty() {
+        "MAILER-DAEMON"
+    } else {
+        sender
+    };
+    format!("From {sender}  {}\n", crate::log::asctime(arrival))
+}
+
+/// [`copy_body`] from a message in memory to a vector (for an agent that
+/// holds the message whole).
+pub fn copy_body_to_vec(body: &[u8], out: &mut Vec<u8>, quoting: Quoting) {
+    // Safe to ignore: reading a slice and writing a vector never fail.
+    let _ = copy_body(&mut &body[..], out, quoting);
+}
+
 /// Reads one line into `line` (without its `\n`, and without a `\r`
 /// before it), keeping at most `max` bytes of it; `false` at the end of
 /// the input.
@@ -345,6 +365,9 @@ mod tests {
         let c = copy_body(&mut &input[..], &mut out, Quoting::FromLines).unwrap();
         let mut out2 = Vec::new();
         let c2 = copy_body(&mut Trickle(input), &mut out2, Quoting::FromLines).unwrap();
+        let mut out3 = b"prefix".to_vec();
+        copy_body_to_vec(input, &mut out3, Quoting::FromLines);
+        assert_eq!(&out3[6..], out.as_slice());
         assert_eq!(out, out2, "the same across piece boundaries");
         assert_eq!((c, c2.bytes), (c2, out.len() as u64));
         assert_eq!(c.last, input.last().copied());
@@ -364,6 +387,12 @@ mod tests {
         let mut out = Vec::new();
         let c = copy_body(&mut &b"From x\n"[..], &mut out, Quoting::None).unwrap();
         assert_eq!((out.as_slice(), c.bytes), (&b"From x\n"[..], 7));
+    }
+
+    #[test]
+    fn the_from_line() {
+        assert_eq!(from_line("a@b", 0), "From a@b  Thu Jan  1 00:00:00 1970\n");
+        assert!(from_line("", 0).starts_with("From MAILER-DAEMON  Thu"));
     }
 
     #[test]

@@ -11,8 +11,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 
-use postern_common::log::asctime;
-use postern_common::mail::{copy_body, for_each_field, MessageFile, Quoting, CHUNK};
+use postern_common::mail::{copy_body, for_each_field, from_line, MessageFile, Quoting, CHUNK};
 
 /// A message as local received it, with its envelope.
 #[derive(Debug, Clone, Copy)]
@@ -240,15 +239,9 @@ impl Copy<'_> {
         .into_bytes()
     }
 
-    /// The mbox `From sender  date` line (`MAILER-DAEMON` for the null
-    /// sender; the arrival time).
+    /// The mbox `From sender  date` line.
     fn envelope_from_line(&self) -> String {
-        let sender = if self.sender.is_empty() {
-            "MAILER-DAEMON"
-        } else {
-            self.sender
-        };
-        format!("From {sender}  {}\n", asctime(self.arrival))
+        from_line(self.sender, self.arrival)
     }
 
     /// The length of [`Copy::write_mbox`]'s copy.
