@@ -84,3 +84,56 @@ impl Settings {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(main: &str) -> Settings {
+        let c = Config::from_text(
+            "/etc/postern/main.cf",
+            main.as_bytes(),
+            "/etc/postern/master.cf",
+            b"",
+            &postern_conf::ServicesFile::parse(""),
+        )
+        .into_result()
+        .unwrap();
+        Settings::from_config(&c)
+    }
+
+    #[test]
+    fn settings_come_from_main_cf() {
+        let s = settings(
+            "mailbox_delivery_lock = flock, dotlock\nmailbox_size_limit = 0\n\
+             deliver_lock_attempts = 3\ncommand_time_limit = 7s\ndefault_privs = nobody\n",
+        );
+        assert_eq!(s.lock.methods, [mbox::Lock::Flock, mbox::Lock::Dotlock]);
+        assert_eq!(s.lock.attempts, 3);
+        assert_eq!(s.size_limit, 0);
+        assert_eq!(s.time_limit, Duration::from_secs(7));
+        assert_eq!(s.default_privs, "nobody");
+        // A configuration directory: the policy is its file, not the
+        // embedded one.
+        assert_eq!(
+            s.policy_file.as_deref(),
+            Some(std::path::Path::new("/etc/postern/destinations"))
+        );
+        let d = settings("");
+        assert_eq!(d.lock.methods, [mbox::Lock::Fcntl, mbox::Lock::Dotlock]);
+        assert_eq!(d.size_limit, 51_200_000);
+    }
+
+    #[test]
+    fn an_unreadable_policy_file_says_which() {
+        let mut s = settings("");
+        s.policy_file = Some(PathBuf::from("/nonexistent/postern/destinations"));
+        let e = s.system_policy().unwrap_err();
+        assert!(
+            e.contains("cannot read /nonexistent/postern/destinations"),
+            "{e}"
+        );
+        s.policy_file = None;
+        assert!(s.system_policy().is_ok(), "the embedded policy parses");
+    }
+}
