@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use postern_common::account;
 use postern_common::destinations::system_policy;
 use postern_common::trusted::{self, Mode};
 use postern_conf::aliases::{self, Target};
@@ -135,14 +136,17 @@ pub fn suggest(config: &Config) -> (Vec<Suggestion>, Vec<String>) {
             Err(e) => problems.push(format!("{path}: cannot read: {e}")),
         }
     }
-    for line in std::fs::read_to_string("/etc/passwd")
-        .unwrap_or_default()
-        .lines()
-    {
-        let f: Vec<&str> = line.split(':').collect();
-        let (Some(name), Some(home)) = (f.first(), f.get(5)) else {
-            continue;
-        };
+    // Every account NSS knows (LDAP and sssd users too, not only
+    // /etc/passwd's).
+    let users = match account::all_users() {
+        Ok(u) => u,
+        Err(e) => {
+            problems.push(format!("cannot list the user accounts: {e}"));
+            Vec::new()
+        }
+    };
+    for user in &users {
+        let (name, home) = (user.name.as_str(), user.home.as_path());
         let forward = Path::new(home).join(".forward");
         let Ok(text) = std::fs::read_to_string(&forward) else {
             continue;

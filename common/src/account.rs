@@ -1,6 +1,7 @@
 //! Accounts: users and groups from the system databases.
 //!
-//! A thin, typed layer over getpwnam/getgrnam (through nix) that turns
+//! A thin, typed layer over getpwnam/getgrnam (through nix) and getpwent
+//! (through `postern_sys::accounts`) that turns
 //! "no such user" into `Ok(None)` and a failing database into an error that
 //! names the account.
 
@@ -57,6 +58,21 @@ pub fn user_by_name(name: &str) -> Result<Option<Account>, LookupError> {
             name: name.to_string(),
             source,
         })
+}
+
+/// Every account the user database lists, through NSS (so LDAP and sssd
+/// users too, not only `/etc/passwd`'s).
+pub fn all_users() -> std::io::Result<Vec<Account>> {
+    Ok(postern_sys::accounts::all_users()?
+        .into_iter()
+        .map(|u| Account {
+            name: u.name,
+            uid: u.uid,
+            gid: u.gid,
+            home: u.home,
+            shell: u.shell,
+        })
+        .collect())
 }
 
 /// The user with id `uid`, or `None`.
@@ -119,5 +135,6 @@ mod tests {
         assert!(user_by_name("").unwrap().is_none());
         assert!(user_by_name("a\0b").unwrap().is_none());
         assert_eq!(group_by_name("root").unwrap(), Some(0));
+        assert!(all_users().unwrap().contains(&root));
     }
 }

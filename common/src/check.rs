@@ -14,7 +14,6 @@ use std::path::Path;
 
 use crate::account::{self, Account};
 use crate::command::{CommandSpec, SystemAccounts};
-use crate::trusted;
 use postern_conf::params::{self, MAIL_OWNER};
 use postern_conf::{Config, Diagnostic, Endpoint, ServiceType, Source};
 use postern_sys::privilege::MailOwner;
@@ -262,7 +261,7 @@ fn check_directories(config: &Config, out: &mut Vec<Diagnostic>) {
 
 /// main.cf, master.cf and the daemon programs: the master, as root, takes
 /// its instructions from them, so root alone may be able to change them
-/// and every directory above them ([`trusted::root_only_path`] states the
+/// and every directory above them ([`postern_sys::trust::root_only_path`] states the
 /// rule). `postern start`, `postern reload` and the master itself (at
 /// startup and on SIGHUP) refuse a configuration with any of these errors.
 pub fn trust(config: &Config) -> Vec<Diagnostic> {
@@ -271,7 +270,7 @@ pub fn trust(config: &Config) -> Vec<Diagnostic> {
         for file in ["main.cf", "master.cf"] {
             let path = dir.join(file);
             let shown = path.display().to_string();
-            if let Err(why) = trusted::root_only_path(&path) {
+            if let Err(why) = postern_sys::trust::root_only_path(&path) {
                 out.push(Diagnostic::error(
                     &shown,
                     None,
@@ -294,7 +293,7 @@ pub fn trust(config: &Config) -> Vec<Diagnostic> {
         // Missing programs are start's to report; only what exists is run.
         .filter(|p| p.symlink_metadata().is_ok());
     for path in paths {
-        if let Err(why) = trusted::root_only_path(&path) {
+        if let Err(why) = postern_sys::trust::root_only_path(&path) {
             out.push(error(
                 config,
                 params::DAEMON_DIRECTORY,

@@ -193,6 +193,18 @@ pub fn run_with_input(
     end: impl FnOnce(i32),
 ) -> std::io::Result<Ended> {
     use std::io::Write;
+    run_with_writer(cmd, move |stdin| stdin.write_all(&input), limit, end)
+}
+
+/// As [`run_with_input`], with standard input written by `input` (in a
+/// thread of its own, so that it may stream a message of any size while
+/// the output is collected).
+pub fn run_with_writer(
+    cmd: &mut std::process::Command,
+    input: impl FnOnce(&mut std::process::ChildStdin) -> std::io::Result<()> + Send + 'static,
+    limit: Duration,
+    end: impl FnOnce(i32),
+) -> std::io::Result<Ended> {
     use std::process::Stdio;
     crate::descendants::become_subreaper().map_err(std::io::Error::other)?;
     let deadline = Instant::now() + limit;
@@ -213,7 +225,7 @@ pub fn run_with_input(
     let _writer = std::thread::spawn(move || {
         if let Some(s) = stdin.as_mut() {
             // A command that does not read its input is not an error here.
-            let _ = s.write_all(&input);
+            let _ = input(s);
         }
     });
     let (output, timed_out) = collect_output(out_read, pid, limit);

@@ -6,7 +6,8 @@
 
 use postern_conf::policy::{check_resolved, parse, Kind, Policy, Who};
 use postern_conf::{embedded, params, Config, Source};
-use std::path::{Component, Path, PathBuf};
+use postern_sys::trust::resolve_root_links;
+use std::path::{Path, PathBuf};
 
 /// The verdict on where a destination really is (`real`: its directory
 /// resolved through every symbolic link), against the rules with their
@@ -23,58 +24,6 @@ pub fn check_real(
     who: &Who<'_>,
 ) -> Result<String, String> {
     check_resolved(system, user, kind, real, who, &resolve_root_links)
-}
-
-/// `path` with every symbolic link along it that root owns, in a directory
-/// root owns, followed (at most 40), lexically otherwise; what cannot be
-/// looked at is kept as written.
-pub fn resolve_root_links(path: &Path) -> PathBuf {
-    use std::os::unix::fs::MetadataExt;
-    let mut pending: std::collections::VecDeque<std::ffi::OsString> = path
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_os_string()),
-            Component::ParentDir => Some("..".into()),
-            _ => None,
-        })
-        .collect();
-    let mut out = PathBuf::from("/");
-    let mut links = 0;
-    while let Some(c) = pending.pop_front() {
-        if c == ".." {
-            out.pop();
-            continue;
-        }
-        let next = out.join(&c);
-        let followed = match std::fs::symlink_metadata(&next) {
-            Ok(md)
-                if md.file_type().is_symlink()
-                    && md.uid() == 0
-                    && links < 40
-                    && std::fs::metadata(&out).is_ok_and(|d| d.uid() == 0) =>
-            {
-                std::fs::read_link(&next).ok()
-            }
-            _ => None,
-        };
-        match followed {
-            Some(target) => {
-                links += 1;
-                if target.is_absolute() {
-                    out = PathBuf::from("/");
-                }
-                for t in target.components().rev() {
-                    match t {
-                        Component::Normal(n) => pending.push_front(n.to_os_string()),
-                        Component::ParentDir => pending.push_front("..".into()),
-                        _ => {}
-                    }
-                }
-            }
-            None => out = next,
-        }
-    }
-    out
 }
 
 /// The system policy of `config` (file, or embedded default).

@@ -43,6 +43,8 @@ use serde::{Deserialize, Serialize};
 
 use postern_sys as sys;
 
+use crate::mail::MessageFile;
+
 /// The protocol version carried in every payload.
 /// Version 5 added [`Instruction::original_recipient`].
 pub const PROTOCOL_VERSION: u16 = 5;
@@ -394,31 +396,23 @@ pub fn peer_credentials(conn: &UnixStream) -> Option<nix::sys::socket::UnixCrede
     }
 }
 
+/// The attached message file: `size` bytes (or to the end of the file)
+/// from `offset`, at most [`MAX_MESSAGE`], read in place.
+pub fn message_file(fd: &OwnedFd, offset: u64, size: Option<u64>) -> io::Result<MessageFile> {
+    let message = MessageFile::new(std::fs::File::from(fd.try_clone()?), offset, size)?;
+    if message.len() > MAX_MESSAGE {
+        return Err(io::Error::other(format!(
+            "message of {} bytes exceeds {MAX_MESSAGE}",
+            message.len()
+        )));
+    }
+    Ok(message)
+}
+
 /// Reads `size` bytes (or to the end of the file) from `offset` of the
-/// attached message file, at most [`MAX_MESSAGE`].
+/// attached message file, at most [`MAX_MESSAGE`], into memory.
 pub fn read_message(fd: &OwnedFd, offset: u64, size: Option<u64>) -> io::Result<Vec<u8>> {
-    let file = std::fs::File::from(fd.try_clone()?);
-    let md = file.metadata()?;
-    if !md.is_file() {
-        return Err(io::Error::other(
-            "the attached descriptor is not a regular file",
-        ));
-    }
-    let available = md.len().saturating_sub(offset);
-    let want = size.unwrap_or(available);
-    if want > available {
-        return Err(io::Error::other(format!(
-            "the request names {want} bytes at offset {offset}, the file holds {available}"
-        )));
-    }
-    if want > MAX_MESSAGE {
-        return Err(io::Error::other(format!(
-            "message of {want} bytes exceeds {MAX_MESSAGE}"
-        )));
-    }
-    let mut body = vec![0u8; usize::try_from(want).map_err(io::Error::other)?];
-    std::os::unix::fs::FileExt::read_exact_at(&file, &mut body, offset)?;
-    Ok(body)
+    message_file(fd, offset, size)?.read_all()
 }
 
 /// What an agent received: each message with its body, and the attached
@@ -427,11 +421,36 @@ pub fn read_message(fd: &OwnedFd, offset: u64, size: Option<u64>) -> io::Result<
 /// message lives with them (see [`lock_for_exchange`]).
 pub type Accepted = (Vec<(DeliveryRequest, Vec<u8>)>, Vec<OwnedFd>);
 
-/// Agent side of one exchange, up to the deliveries: the peer must be root
-/// or `owner_uid`; then the request frame and the messages (at most
-/// [`MAX_MESSAGE`] bytes in all). Every failure is logged (naming the peer)
-/// and gives `None`: the connection closes and nothing is delivered.
+/// As [`Accepted`], with each message left in its file ([`MessageFile`]),
+/// to be streamed from there.
+pub type AcceptedFiles = (Vec<(DeliveryRequest, MessageFile)>, Vec<OwnedFd>);
+
+/// Agent side of one exchange, up to the deliveries, with the messages read
+/// into memory: see [`accept_request_files`].
 pub fn accept_request(conn: &UnixStream, owner_uid: u32) -> Option<Accepted> {
+    let (messages, held) = accept_request_files(conn, owner_uid)?;
+    let mut out = Vec::with_capacity(messages.len());
+    for (request, message) in messages {
+        match message.read_all() {
+            Ok(body) => out.push((request, body)),
+            Err(e) => {
+                log::warn!(
+                    "queue id {}: cannot read the message: {e}; nothing delivered",
+                    request.queue_id
+                );
+                return None;
+            }
+        }
+    }
+    Some((out, held))
+}
+
+/// Agent side of one exchange, up to the deliveries: the peer must be root
+/// or `owner_uid`; then the request frame and the attached message files
+/// (at most [`MAX_MESSAGE`] bytes in all), left in place. Every failure is
+/// logged (naming the peer) and gives `None`: the connection closes and
+/// nothing is delivered.
+pub fn accept_request_files(conn: &UnixStream, owner_uid: u32) -> Option<AcceptedFiles> {
     let peer = peer_credentials(conn)?;
     if peer.uid() != 0 && peer.uid() != owner_uid {
         log::warn!(
@@ -456,19 +475,19 @@ pub fn accept_request(conn: &UnixStream, owner_uid: u32) -> Option<Accepted> {
     let mut out = Vec::with_capacity(messages.len());
     let mut held = Vec::with_capacity(messages.len());
     for (request, fd) in messages {
-        let body =
-            read_message(&fd, request.message_offset, request.message_size).and_then(|body| {
-                total += body.len() as u64;
+        let message =
+            message_file(&fd, request.message_offset, request.message_size).and_then(|message| {
+                total += message.len();
                 if total > MAX_MESSAGE {
                     return Err(io::Error::other(format!(
                         "the request's messages exceed {MAX_MESSAGE} bytes in all"
                     )));
                 }
-                Ok(body)
+                Ok(message)
             });
         held.push(fd);
-        match body {
-            Ok(body) => out.push((request, body)),
+        match message {
+            Ok(message) => out.push((request, message)),
             Err(e) => {
                 log::warn!(
                     "queue id {} (from pid {}): cannot read the message: {e}; nothing delivered",

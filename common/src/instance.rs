@@ -200,7 +200,7 @@ pub fn running_master(paths: &Paths) -> Option<u32> {
     if !paths.master_dir.exists() {
         return None;
     }
-    if let Err(why) = crate::trusted::root_controlled(&paths.master_dir) {
+    if let Err(why) = postern_sys::trust::root_controlled(&paths.master_dir) {
         log::warn!("not trusting {}: {why}", paths.pid_file.display());
         eprintln!(
             "postern: warning: not trusting {}: {why}",

@@ -8,7 +8,7 @@
 //! layout on disk ([`instance`]), the configuration checks shared by
 //! `postern check` and the master ([`check`], [`programs`]), the queue as
 //! `postern status` reports it ([`queue_health`]), the one log format
-//! ([`log`]), account look-ups ([`account`]) and exit codes ([`sysexits`]).
+//! ([`log`]), mail formatting streamed from the queue file ([`mail`]), account look-ups ([`account`]) and exit codes ([`sysexits`]).
 //!
 //! **Security**: no `unsafe` here (forbidden): raw system calls and privilege
 //! changes live in `postern-sys`, which callers import directly. Untrusted
@@ -26,6 +26,7 @@ pub mod destinations;
 pub mod handoff;
 pub mod instance;
 pub mod log;
+pub mod mail;
 pub mod programs;
 pub mod queue_health;
 pub mod server;

@@ -169,6 +169,10 @@ pub fn init(syslog_name: &str, program: &str, sink: Sink) {
 
 static LOGGER: std::sync::OnceLock<Logger> = std::sync::OnceLock::new();
 
+// Dates are formatted here by hand rather than with a date crate: three
+// fixed UTC formats need only the civil-from-days arithmetic below, not a
+// dependency (and its time-zone database) in every daemon.
+
 /// The UTC civil date and time of `secs` since the epoch:
 /// (year, month 1-12, day 1-31, hour, minute, second).
 pub fn civil(secs: u64) -> (i64, u32, u32, u32, u32, u32) {

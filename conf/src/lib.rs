@@ -27,7 +27,8 @@
 //! purely, with `file:line` in every problem: aliases(5) ([`aliases`]),
 //! `.forward` ([`forward`]), the allowed-destinations policy with its
 //! matching ([`policy`]), and the command attributes of master.cf's spawn
-//! and pipe services ([`attributes`]: `user=`, `argv=`, `flags=`).
+//! and pipe services ([`attributes`]: `user=`, `argv=`, `flags=`), and the
+//! command lines of program deliveries ([`command_line`], smrsh's forms).
 //!
 //! **Security**: holds no privileges, and reads no file itself but main.cf
 //! and master.cf. Its input (the configuration files) is trusted to come
@@ -44,6 +45,7 @@
 
 pub mod aliases;
 pub mod attributes;
+pub mod command_line;
 pub mod diag;
 pub mod embedded;
 pub mod expand;

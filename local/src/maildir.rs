@@ -24,6 +24,7 @@ use nix::errno::Errno;
 use nix::fcntl::{renameat, OFlag};
 use nix::sys::stat::{fstat, mkdirat, Mode};
 use postern_common::handoff::RecipientStatus;
+use postern_common::mail::CHUNK;
 use postern_sys::{openat, start_writeback};
 
 use crate::message::Copy;
@@ -177,7 +178,12 @@ pub fn deliver_many(dir: &Path, uid: u32, copies: &[Copy<'_>]) -> Vec<RecipientS
                 continue;
             }
         };
-        match (&file).write_all(&copy.plain()) {
+        // Streamed from the queue file, in pieces of CHUNK bytes.
+        let written = {
+            let mut w = std::io::BufWriter::with_capacity(CHUNK, &file);
+            copy.write_plain(&mut w).and_then(|()| w.flush())
+        };
+        match written {
             Ok(()) => staged.push(Staged { index, name, file }),
             Err(e) => {
                 unlink(&tmp, &name);
@@ -260,7 +266,7 @@ fn earlier_copy(root: &OwnedFd, sub: &str, tag: &str, copy: &Copy<'_>) -> Option
         ) else {
             return false;
         };
-        let mut head = vec![0u8; 64 * 1024];
+        let mut head = vec![0u8; crate::message::HEAD];
         let file = std::fs::File::from(fd);
         let n = nix::sys::uio::pread(&file, &mut head, 0).unwrap_or(0);
         copy.is_same_delivery(&head[..n])

@@ -6,9 +6,12 @@
 //! link, owned by the user (with `strict_mailbox_ownership`). Anything else
 //! is refused and left untouched. It is locked as `mailbox_delivery_lock`
 //! says (`fcntl`, `flock`, `dotlock`; bounded attempts, then a deferral),
-//! each copy is appended in one write (`From ` line, `Return-Path:`,
+//! each copy is appended under the lock (`From ` line, `Return-Path:`,
 //! `Delivered-To:`, body with `From ` lines quoted as `>From `, a blank
-//! line), and the file is fsynced before any copy is reported delivered.
+//! line), streamed from the queue file in pieces by
+//! `postern_common::mail::copy_body`, and the file is fsynced before any
+//! copy is reported delivered. An uncertain retry reads the mailbox in
+//! pieces too: memory does not grow with the message or the mailbox.
 //! Several copies for the same mailbox (one request carrying several
 //! messages) share the open, the lock and the fsync. On any error the file
 //! is truncated back to its size before the failed write (or, if the fsync
@@ -22,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use postern_common::handoff::RecipientStatus;
+use postern_common::mail::CHUNK;
 
 use crate::message::{Copy, Earlier};
 
@@ -263,23 +267,18 @@ fn append(file: &File, target: &Target<'_>, copies: &[Copy<'_>]) -> Vec<Recipien
         }
     };
     // An earlier attempt may have written an uncertain copy before the
-    // queue manager heard back: look for it (under the lock) first.
-    let mut existing = Vec::new();
-    if copies.iter().any(|c| c.uncertain) {
-        let read = {
-            use std::io::{Read, Seek};
-            let mut f = file;
-            f.seek(std::io::SeekFrom::Start(0))
-                .and_then(|_| f.read_to_end(&mut existing))
-        };
-        if let Err(e) = read {
-            return vec![defer(format!("cannot read mailbox {shown}: {e}")); copies.len()];
-        }
-    }
+    // queue manager heard back: look for it (under the lock) first, reading
+    // the mailbox in pieces.
     let mut statuses: Vec<Option<RecipientStatus>> = vec![None; copies.len()];
     let mut original = original;
     for (i, copy) in copies.iter().enumerate().filter(|(_, c)| c.uncertain) {
-        match copy.in_mbox(&existing) {
+        let earlier = match copy.in_mbox(file, original) {
+            Ok(e) => e,
+            Err(e) => {
+                return vec![defer(format!("cannot read mailbox {shown}: {e}")); copies.len()]
+            }
+        };
+        match earlier {
             Earlier::Whole => {
                 statuses[i] = Some(RecipientStatus::delivered(format!(
                     "already delivered to mailbox {shown} by an earlier attempt"
@@ -300,7 +299,6 @@ fn append(file: &File, target: &Target<'_>, copies: &[Copy<'_>]) -> Vec<Recipien
                     copy.recipient,
                     original - at
                 );
-                existing.truncate(at as usize);
                 original = at;
             }
             Earlier::None => {}
@@ -315,11 +313,17 @@ fn append(file: &File, target: &Target<'_>, copies: &[Copy<'_>]) -> Vec<Recipien
         if statuses[i].is_some() {
             continue;
         }
-        let mut bytes = copy.mbox();
-        if newline_first {
-            bytes.insert(0, b'\n');
-        }
-        if target.size_limit > 0 && end + bytes.len() as u64 > target.size_limit {
+        let len = match copy.mbox_len() {
+            Ok(n) => n + u64::from(newline_first),
+            Err(e) => {
+                statuses[i] = Some(defer(format!(
+                    "cannot read the message of {}: {e}",
+                    copy.queue_id
+                )));
+                continue;
+            }
+        };
+        if target.size_limit > 0 && end + len > target.size_limit {
             statuses[i] = Some(RecipientStatus::bounced(
                 "5.2.2",
                 format!(
@@ -329,7 +333,21 @@ fn append(file: &File, target: &Target<'_>, copies: &[Copy<'_>]) -> Vec<Recipien
             ));
             continue;
         }
-        if let Err(e) = (&*file).write_all(&bytes) {
+        // Streamed from the queue file in pieces of CHUNK bytes (the lock
+        // is held: no other writer comes between them).
+        let written = {
+            let mut w = std::io::BufWriter::with_capacity(CHUNK, file);
+            let first: &[u8] = if newline_first { b"\n" } else { b"" };
+            w.write_all(first)
+                .and_then(|()| copy.write_mbox(&mut w))
+                .and_then(|n| w.flush().map(|()| n + first.len() as u64))
+        };
+        let failed = match written {
+            Ok(n) if n == len => None,
+            Ok(n) => Some(format!("wrote {n} bytes where {len} were due")),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(e) = failed {
             // This copy and the ones after it are not delivered; the
             // copies before it still get their fsync below.
             let note = restore(file, end);
@@ -339,7 +357,7 @@ fn append(file: &File, target: &Target<'_>, copies: &[Copy<'_>]) -> Vec<Recipien
             }
             break;
         }
-        end += bytes.len() as u64;
+        end += len;
         newline_first = false;
     }
     // One fsync for every copy written; if it fails, none of them counts
@@ -721,9 +739,12 @@ mod tests {
     }
     use super::*;
 
-    fn copy(body: &[u8]) -> Copy<'_> {
+    fn copy(body: &[u8]) -> Copy<'static> {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(body).unwrap();
+        let message = postern_common::mail::MessageFile::new(file, 0, None).unwrap();
         Copy {
-            body,
+            body: Box::leak(Box::new(message)),
             sender: "s@example.org",
             recipient: "r@example.org",
             arrival: 1_795_245_296,
@@ -855,5 +876,66 @@ mod tests {
             text.starts_with("From s@example.org ") && text.contains("\nbody\n"),
             "{text}"
         );
+    }
+
+    /// Copies are streamed in; an uncertain retry finds the copy already
+    /// there, and the size limit counts the quoted copy.
+    #[test]
+    fn copies_are_streamed_found_again_and_limited() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("box");
+        let policy = LockPolicy {
+            methods: vec![Lock::Fcntl],
+            attempts: 1,
+            delay: Duration::from_millis(10),
+            stale: Duration::from_secs(500),
+        };
+        let uid = nix::unistd::Uid::effective().as_raw();
+        let mut target = Target {
+            path: &path,
+            uid,
+            strict_owner: true,
+            size_limit: 0,
+            lock: &policy,
+        };
+        let mut body = b"Received: by h (postern)\n\tid Q1; Sat\nSubject: big\n\n".to_vec();
+        for i in 0..30_000 {
+            body.extend_from_slice(format!("From line {i}\n").as_bytes());
+        }
+        let c = copy(&body);
+        let delivered = |s: &[RecipientStatus]| {
+            s.iter()
+                .map(|s| s.outcome == postern_common::handoff::Outcome::Delivered)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(delivered(&deliver_many(&target, &[c])), [true]);
+        let once = std::fs::read(&path).unwrap();
+        assert_eq!(once.len() as u64, c.mbox_len().unwrap());
+        assert!(once.ends_with(b">From line 29999\n\n"));
+        let again = deliver_many(
+            &target,
+            &[Copy {
+                uncertain: true,
+                ..c
+            }],
+        );
+        assert!(again[0].reason.contains("already delivered"), "{again:?}");
+        assert_eq!(std::fs::read(&path).unwrap(), once);
+        target.size_limit = once.len() as u64 * 2 - 1;
+        let limited = deliver_many(&target, &[c]);
+        assert_eq!(limited[0].dsn, "5.2.2", "{limited:?}");
+        assert_eq!(std::fs::read(&path).unwrap(), once);
+        // A copy cut short at the end is cut away and written again whole.
+        std::fs::write(&path, &once[..once.len() - 1000]).unwrap();
+        target.size_limit = 0;
+        let redone = deliver_many(
+            &target,
+            &[Copy {
+                uncertain: true,
+                ..c
+            }],
+        );
+        assert_eq!(delivered(&redone), [true], "{redone:?}");
+        assert_eq!(std::fs::read(&path).unwrap(), once);
     }
 }

@@ -2,15 +2,22 @@
 //! (`Return-Path:`, `Delivered-To:`), the mbox `From ` line and quoting, the
 //! copy a program gets (as Postfix's local(8) gives it: `From ` line,
 //! `Return-Path:`, `X-Original-To:`, `Delivered-To:`, no quoting), and the
-//! mail-loop check on existing `Delivered-To:` headers.
+//! mail-loop check on existing `Delivered-To:` headers. The message stays
+//! in its queue file: every copy is streamed from there by common's one copy
+//! routine (`postern_common::mail`), which also does the `>From ` quoting,
+//! and an earlier copy in an mbox is looked for by reading it in pieces.
 
-use postern_common::log::asctime;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+
+use postern_common::mail::{copy_body, for_each_field, from_line, MessageFile, Quoting, CHUNK};
 
 /// A message as local received it, with its envelope.
 #[derive(Debug, Clone, Copy)]
 pub struct Copy<'a> {
-    /// The message (headers and body) as queued.
-    pub body: &'a [u8],
+    /// The message (headers and body) as queued, in its queue file.
+    pub body: &'a MessageFile,
     /// The envelope sender ("" for the null sender).
     pub sender: &'a str,
     /// The recipient address.
@@ -38,38 +45,21 @@ pub enum Earlier {
     },
 }
 
-/// The unfolded header lines of `message` (up to the first empty line).
-fn unfolded_headers(message: &[u8]) -> Vec<String> {
-    let end = message
-        .windows(2)
-        .position(|w| w == b"\n\n")
-        .map_or(message.len(), |i| i + 1);
-    let headers = String::from_utf8_lossy(&message[..end]);
-    let mut unfolded: Vec<String> = Vec::new();
-    for line in headers.lines() {
-        if line.starts_with([' ', '\t']) {
-            if let Some(last) = unfolded.last_mut() {
-                last.push(' ');
-                last.push_str(line.trim_start());
-            }
-        } else {
-            unfolded.push(line.to_string());
-        }
-    }
-    unfolded
-}
+/// How much of a copy's start is read to recognise it (its envelope
+/// headers and the message's own `Received:` header are at the top).
+pub const HEAD: usize = 64 * 1024;
 
 /// The recipients a message's `Delivered-To:` headers name, lowercased:
 /// read once per message, each recipient is then looked up in them.
-pub fn delivered_to(message: &[u8]) -> Vec<String> {
-    unfolded_headers(message)
-        .iter()
-        .filter_map(|h| {
-            h.split_once(':')
-                .filter(|(name, _)| name.trim().eq_ignore_ascii_case("delivered-to"))
-                .map(|(_, value)| value.trim().to_ascii_lowercase())
-        })
-        .collect()
+pub fn delivered_to(message: &MessageFile) -> io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for_each_field(message.reader(), |name, value| {
+        if name.eq_ignore_ascii_case("delivered-to") {
+            out.push(value.to_ascii_lowercase());
+        }
+        true
+    })?;
+    Ok(out)
 }
 
 /// Whether `recipient` is among `delivered_to` (from [`delivered_to`]): a
@@ -79,15 +69,81 @@ pub fn is_loop(delivered_to: &[String], recipient: &str) -> bool {
     delivered_to.contains(&recipient)
 }
 
-impl Copy<'_> {
-    /// Whether the message already carries `Delivered-To: <recipient>`: a loop.
-    /// (local reads the headers once per message: [`delivered_to`].)
-    #[cfg(test)]
-    pub fn is_loop(&self) -> bool {
-        is_loop(&delivered_to(self.body), self.recipient)
+/// Where the messages of the mbox `file` (of `len` bytes) start: at 0, and
+/// after each newline that a `From ` follows. Read in pieces.
+fn message_starts(file: &File, len: u64) -> io::Result<Vec<u64>> {
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let mut starts = vec![0];
+    // The last 5 bytes of a piece (a window that ends in the next) are
+    // looked at again with the next piece.
+    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK + 5);
+    let mut pos = 0u64;
+    while pos < len {
+        let base = pos - buf.len() as u64; // the file offset of buf[0]
+        let n = (len - pos).min(CHUNK as u64) as usize;
+        let old = buf.len();
+        buf.resize(old + n, 0);
+        file.read_exact_at(&mut buf[old..], pos)?;
+        pos += n as u64;
+        for (j, w) in buf.windows(6).enumerate() {
+            if w == b"\nFrom " && base + j as u64 >= 1 {
+                starts.push(base + j as u64 + 1);
+            }
+        }
+        let seen = buf.len().saturating_sub(5);
+        buf.drain(..seen);
+    }
+    Ok(starts)
+}
+
+/// A writer that compares what is written with a file from an offset,
+/// up to `left` bytes, and stops (with an error) at the first difference.
+struct Compare<'f> {
+    file: &'f File,
+    pos: u64,
+    left: u64,
+    matched: u64,
+    stopped: bool,
+    buf: Vec<u8>,
+}
+
+impl Write for Compare<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data
+            .len()
+            .min(CHUNK)
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        if n == 0 && !data.is_empty() {
+            self.stopped = true;
+            return Err(io::Error::other("compared far enough"));
+        }
+        self.buf.resize(n, 0);
+        self.file.read_exact_at(&mut self.buf, self.pos)?;
+        let same = self
+            .buf
+            .iter()
+            .zip(data)
+            .take_while(|(a, b)| a == b)
+            .count();
+        self.matched += same as u64;
+        if same < n {
+            self.stopped = true;
+            return Err(io::Error::other("differs"));
+        }
+        self.pos += n as u64;
+        self.left -= n as u64;
+        Ok(n)
     }
 
-    /// Whether `delivered` (a copy as local wrote it, starting at its
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Copy<'_> {
+    /// Whether `delivered` (the start of a copy as local wrote it, at its
     /// envelope headers) is this copy: the same `Delivered-To:` recipient
     /// and a `Received:` header naming this queue id. Used only for
     /// uncertain deliveries, to avoid writing a second copy.
@@ -95,30 +151,44 @@ impl Copy<'_> {
         if self.queue_id.is_empty() {
             return false;
         }
-        let headers = unfolded_headers(delivered);
-        let mut to_us = false;
+        let mut first_delivered_to = None;
         let mut ours = false;
-        for h in &headers {
-            let Some((name, value)) = h.split_once(':') else {
-                continue;
-            };
-            let name = name.trim();
-            if name.eq_ignore_ascii_case("delivered-to") && !to_us {
+        let id = format!(" id {};", self.queue_id);
+        let read = for_each_field(delivered, |name, value| {
+            if name.eq_ignore_ascii_case("delivered-to") && first_delivered_to.is_none() {
                 // Only the first Delivered-To is the one local wrote.
-                to_us = value.trim().eq_ignore_ascii_case(self.recipient);
-                if !to_us {
-                    return false;
-                }
-            } else if name.eq_ignore_ascii_case("received")
-                && value.contains(&format!(" id {};", self.queue_id))
-            {
+                let to_us = value.eq_ignore_ascii_case(self.recipient);
+                first_delivered_to = Some(to_us);
+                return to_us;
+            }
+            if name.eq_ignore_ascii_case("received") && format!(" {value}").contains(&id) {
                 ours = true;
             }
-        }
-        to_us && ours
+            true
+        });
+        read.is_ok() && first_delivered_to == Some(true) && ours
     }
 
-    /// What the mbox text `mailbox` holds of this copy.
+    /// How many of the first `max` bytes from `at` of `file` are the start
+    /// of this copy in mbox format.
+    fn mbox_prefix_len(&self, file: &File, at: u64, max: u64) -> io::Result<u64> {
+        let mut compare = Compare {
+            file,
+            pos: at,
+            left: max,
+            matched: 0,
+            stopped: false,
+            buf: Vec::new(),
+        };
+        match self.write_mbox(&mut compare) {
+            Ok(_) => Ok(compare.matched),
+            Err(_) if compare.stopped => Ok(compare.matched),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// What the mbox `file` (of `len` bytes) holds of this copy, read in
+    /// pieces.
     ///
     /// A copy whose envelope headers name this delivery counts as written,
     /// even if a mail reader has since changed it (a `Status:` header). The
@@ -126,39 +196,38 @@ impl Copy<'_> {
     /// of this copy (at least its `From ` line): a write that a killed
     /// delivery process left unfinished, which must be cut away and written
     /// again, never counted as delivered.
-    pub fn in_mbox(&self, mailbox: &[u8]) -> Earlier {
-        let whole = self.mbox();
-        let from_line = whole.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
-        let mut at = 0usize;
-        while at < mailbox.len() {
-            let rest = &mailbox[at..];
-            let next = rest
-                .windows(6)
-                .skip(1)
-                .position(|w| w == b"\nFrom ")
-                .map_or(rest.len(), |i| i + 2);
-            let message = &rest[..next];
-            let last = at + next == mailbox.len();
-            if last
-                && message.len() >= from_line
-                && message.len() < whole.len()
-                && whole.starts_with(message)
+    pub fn in_mbox(&self, file: &File, len: u64) -> io::Result<Earlier> {
+        let starts = message_starts(file, len)?;
+        let whole = self.mbox_len()?;
+        let from_line = self.envelope_from_line().len() as u64;
+        for (k, &at) in starts.iter().enumerate() {
+            let end = starts.get(k + 1).copied().unwrap_or(len);
+            let size = end - at;
+            if end == len
+                && size >= from_line
+                && size < whole
+                && self.mbox_prefix_len(file, at, size)? == size
             {
-                return Earlier::Truncated { at: at as u64 };
+                return Ok(Earlier::Truncated { at });
             }
+            let mut head = vec![0u8; size.min(HEAD as u64) as usize];
+            file.read_exact_at(&mut head, at)?;
             // Skip the "From " line itself. A copy cut short that others
             // follow (a newline put after it to keep their boundary) is not
             // this delivery made: it is written again.
-            if let Some(nl) = message.iter().position(|&b| b == b'\n') {
-                let cut_short = message.len() < whole.len()
-                    && whole.starts_with(message.strip_suffix(b"\n").unwrap_or(message));
-                if self.is_same_delivery(&message[nl + 1..]) && !cut_short {
-                    return Earlier::Whole;
+            if let Some(nl) = head.iter().position(|&b| b == b'\n') {
+                if self.is_same_delivery(&head[nl + 1..]) {
+                    let mut last = [0u8; 1];
+                    file.read_exact_at(&mut last, end - 1)?;
+                    let want = size - u64::from(last[0] == b'\n');
+                    let cut_short = size < whole && self.mbox_prefix_len(file, at, want)? == want;
+                    if !cut_short {
+                        return Ok(Earlier::Whole);
+                    }
                 }
             }
-            at += next;
         }
-        Earlier::None
+        Ok(Earlier::None)
     }
 
     /// `Return-Path:` and `Delivered-To:` lines.
@@ -170,63 +239,62 @@ impl Copy<'_> {
         .into_bytes()
     }
 
-    /// The mbox `From sender  date` line (`MAILER-DAEMON` for the null
-    /// sender; the arrival time).
+    /// The mbox `From sender  date` line.
     fn envelope_from_line(&self) -> String {
-        let sender = if self.sender.is_empty() {
-            "MAILER-DAEMON"
-        } else {
-            self.sender
+        from_line(self.sender, self.arrival)
+    }
+
+    /// The length of [`Copy::write_mbox`]'s copy.
+    pub fn mbox_len(&self) -> io::Result<u64> {
+        let body = self.body.quoted()?;
+        let newline = u64::from(body.last.is_some_and(|b| b != b'\n'));
+        Ok(self.envelope_from_line().len() as u64
+            + self.envelope_headers().len() as u64
+            + body.bytes
+            + newline
+            + 1)
+    }
+
+    /// Writes the copy in mbox format: `From ` line, envelope headers, the
+    /// message with `From ` lines quoted, and an empty line. Returns the
+    /// bytes written.
+    pub fn write_mbox(&self, out: &mut impl Write) -> io::Result<u64> {
+        let from = self.envelope_from_line();
+        let envelope = self.envelope_headers();
+        out.write_all(from.as_bytes())?;
+        out.write_all(&envelope)?;
+        let body = copy_body(&mut self.body.reader(), out, Quoting::FromLines)?;
+        let end: &[u8] = match body.last {
+            Some(b) if b != b'\n' => b"\n\n",
+            _ => b"\n",
         };
-        format!("From {sender}  {}\n", asctime(self.arrival))
+        out.write_all(end)?;
+        Ok(from.len() as u64 + envelope.len() as u64 + body.bytes + end.len() as u64)
     }
 
-    /// The copy in mbox format: `From ` line, envelope headers, the message
-    /// with `From ` lines quoted, and an empty line.
-    pub fn mbox(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.body.len() + 256);
-        out.extend_from_slice(self.envelope_from_line().as_bytes());
-        out.extend_from_slice(&self.envelope_headers());
-        let mut at_line_start = true;
-        for (i, &b) in self.body.iter().enumerate() {
-            if at_line_start && self.body[i..].starts_with(b"From ") {
-                out.push(b'>');
-            }
-            out.push(b);
-            at_line_start = b == b'\n';
-        }
-        if !self.body.is_empty() && !self.body.ends_with(b"\n") {
-            out.push(b'\n');
-        }
-        out.push(b'\n');
-        out
-    }
-
-    /// The copy for a program, as Postfix's local(8) gives one to a command
-    /// (procmail and other mbox writers rely on the `From ` line): the
-    /// `From sender  date` line, `Return-Path: <sender>`, `X-Original-To:
-    /// original` (when the original recipient is known), `Delivered-To:
-    /// recipient`, then the message unchanged: no `>From ` quoting and no
+    /// The envelope lines a program gets before the message, as Postfix's
+    /// local(8) gives a copy to a command (procmail and other mbox writers
+    /// rely on the `From ` line): the `From sender  date` line,
+    /// `Return-Path: <sender>`, `X-Original-To: original` (when the
+    /// original recipient is known), `Delivered-To: recipient`. The message
+    /// follows unchanged ([`Quoting::None`]): no `>From ` quoting and no
     /// empty line appended (the program, which writes the mailbox, does
     /// what its format needs).
-    pub fn for_program(&self, original: Option<&str>) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.body.len() + 256);
-        out.extend_from_slice(self.envelope_from_line().as_bytes());
+    pub fn program_envelope(&self, original: Option<&str>) -> Vec<u8> {
+        let mut out = self.envelope_from_line().into_bytes();
         out.extend_from_slice(format!("Return-Path: <{}>\n", self.sender).as_bytes());
         if let Some(original) = original {
             out.extend_from_slice(format!("X-Original-To: {original}\n").as_bytes());
         }
         out.extend_from_slice(format!("Delivered-To: {}\n", self.recipient).as_bytes());
-        out.extend_from_slice(self.body);
         out
     }
 
-    /// The copy for a Maildir file: envelope headers and the message,
-    /// unchanged.
-    pub fn plain(&self) -> Vec<u8> {
-        let mut out = self.envelope_headers();
-        out.extend_from_slice(self.body);
-        out
+    /// Writes the copy for a Maildir file: envelope headers and the
+    /// message, unchanged.
+    pub fn write_plain(&self, out: &mut impl Write) -> io::Result<()> {
+        out.write_all(&self.envelope_headers())?;
+        copy_body(&mut self.body.reader(), out, Quoting::None).map(|_| ())
     }
 }
 
@@ -234,9 +302,53 @@ impl Copy<'_> {
 mod tests {
     use super::*;
 
-    fn copy(body: &'static [u8]) -> Copy<'static> {
+    /// A message in a file of its own (kept for the test's whole run).
+    fn message(body: &[u8]) -> &'static MessageFile {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(body).unwrap();
+        Box::leak(Box::new(MessageFile::new(file, 0, None).unwrap()))
+    }
+
+    /// The copies as bytes, to compare.
+    trait InMemory {
+        fn mbox(&self) -> Vec<u8>;
+        fn plain(&self) -> Vec<u8>;
+        fn for_program(&self, original: Option<&str>) -> Vec<u8>;
+        fn is_loop(&self) -> bool;
+    }
+
+    impl InMemory for Copy<'_> {
+        fn mbox(&self) -> Vec<u8> {
+            let mut out = Vec::new();
+            let n = self.write_mbox(&mut out).unwrap();
+            assert_eq!((n, n), (out.len() as u64, self.mbox_len().unwrap()));
+            out
+        }
+        fn plain(&self) -> Vec<u8> {
+            let mut out = Vec::new();
+            self.write_plain(&mut out).unwrap();
+            out
+        }
+        fn for_program(&self, original: Option<&str>) -> Vec<u8> {
+            let mut out = self.program_envelope(original);
+            out.extend_from_slice(&self.body.read_all().unwrap());
+            out
+        }
+        fn is_loop(&self) -> bool {
+            is_loop(&delivered_to(self.body).unwrap(), self.recipient)
+        }
+    }
+
+    /// [`Copy::in_mbox`] of a mailbox holding `mailbox`.
+    fn earlier(c: &Copy<'_>, mailbox: &[u8]) -> Earlier {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(mailbox).unwrap();
+        c.in_mbox(&file, mailbox.len() as u64).unwrap()
+    }
+
+    fn copy(body: &[u8]) -> Copy<'static> {
         Copy {
-            body,
+            body: message(body),
             sender: "ann@example.org",
             recipient: "bob@example.org",
             arrival: 1_795_245_296,
@@ -249,30 +361,30 @@ mod tests {
     fn earlier_copies_are_recognised() {
         let c = copy(b"Received: by h (postern)\n\tid Q1; Sat\nSubject: x\n\nbody\n");
         let mbox = c.mbox();
-        assert_eq!(c.in_mbox(&mbox), Earlier::Whole);
+        assert_eq!(earlier(&c, &mbox), Earlier::Whole);
         let mut two = copy(b"Subject: other\n\nFrom x\n").mbox();
         two.extend_from_slice(&mbox);
-        assert_eq!(c.in_mbox(&two), Earlier::Whole);
+        assert_eq!(earlier(&c, &two), Earlier::Whole);
         assert_eq!(
-            c.in_mbox(&copy(b"Subject: other\n\n").mbox()),
+            earlier(&c, &copy(b"Subject: other\n\n").mbox()),
             Earlier::None
         );
-        assert_eq!(c.in_mbox(b""), Earlier::None);
+        assert_eq!(earlier(&c, b""), Earlier::None);
         let other_rcpt = Copy {
             recipient: "carol@example.org",
             ..c
         };
-        assert_eq!(other_rcpt.in_mbox(&mbox), Earlier::None);
+        assert_eq!(earlier(&other_rcpt, &mbox), Earlier::None);
         let other_id = Copy {
             queue_id: "Q2",
             ..c
         };
-        assert_eq!(other_id.in_mbox(&mbox), Earlier::None);
+        assert_eq!(earlier(&other_id, &mbox), Earlier::None);
         assert!(c.is_same_delivery(&c.plain()));
         // A reader that added a Status: header does not make it a new copy.
         let text = String::from_utf8(mbox.clone()).unwrap();
         let read = text.replace("Subject: x\n", "Subject: x\nStatus: RO\n");
-        assert_eq!(c.in_mbox(read.as_bytes()), Earlier::Whole);
+        assert_eq!(earlier(&c, read.as_bytes()), Earlier::Whole);
     }
 
     #[test]
@@ -287,7 +399,7 @@ mod tests {
             let mut text = before.clone();
             text.extend_from_slice(&whole[..cut]);
             assert_eq!(
-                c.in_mbox(&text),
+                earlier(&c, &text),
                 Earlier::Truncated { at: start },
                 "cut at {cut}"
             );
@@ -298,13 +410,13 @@ mod tests {
         patched.extend_from_slice(&whole[..whole.len() - 7]);
         patched.push(b'\n');
         patched.extend_from_slice(&copy(b"Subject: later\n\n").mbox());
-        assert_eq!(c.in_mbox(&patched), Earlier::None);
+        assert_eq!(earlier(&c, &patched), Earlier::None);
         // Once another message follows it, it is not the last: the headers
         // decide (here: complete enough to name the delivery).
         before.extend_from_slice(&whole[..whole.len() - 3]);
         before.extend_from_slice(b"\n\n");
         before.extend_from_slice(&copy(b"Subject: later\n\n").mbox());
-        assert_eq!(c.in_mbox(&before), Earlier::Whole);
+        assert_eq!(earlier(&c, &before), Earlier::Whole);
     }
 
     #[test]

@@ -46,6 +46,7 @@ use postern_common::command::{run_with_input, CommandSpec, PipeSpec, SystemAccou
 use postern_common::handoff::{
     self, DeliveryReply, DeliveryRequest, Destination, Instruction, RecipientStatus,
 };
+use postern_common::mail::{copy_body_to_vec, from_line, Quoting};
 use postern_common::server::{self, Context, Handler, Privileges, Program, Request};
 use postern_conf::attributes::PipeFlags;
 use postern_conf::params;
@@ -102,18 +103,7 @@ pub fn input(
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 256);
     if flags.from_line {
-        let sender = if req.sender.is_empty() {
-            "MAILER-DAEMON"
-        } else {
-            &req.sender
-        };
-        out.extend_from_slice(
-            format!(
-                "From {sender}  {}\n",
-                postern_common::log::asctime(req.arrival)
-            )
-            .as_bytes(),
-        );
+        out.extend_from_slice(from_line(&req.sender, req.arrival).as_bytes());
     }
     if flags.return_path {
         out.extend_from_slice(format!("Return-Path: <{}>\n", req.sender).as_bytes());
@@ -133,18 +123,13 @@ pub fn input(
     if flags.delivered_to {
         out.extend_from_slice(format!("Delivered-To: {}\n", instr.recipient).as_bytes());
     }
-    if flags.quote_from {
-        let mut at_start = true;
-        for (i, &b) in body.iter().enumerate() {
-            if at_start && body[i..].starts_with(b"From ") {
-                out.push(b'>');
-            }
-            out.push(b);
-            at_start = b == b'\n';
-        }
+    // The one copy routine every writer of a message uses.
+    let quoting = if flags.quote_from {
+        Quoting::FromLines
     } else {
-        out.extend_from_slice(body);
-    }
+        Quoting::None
+    };
+    copy_body_to_vec(body, &mut out, quoting);
     out
 }
 

@@ -18,13 +18,18 @@
 //! `unsafe` block carries a `// SAFETY:` argument. [`privilege`] is the one
 //! place that changes user and group ids.
 //!
-//! **See also**: clone(2), close_range(2), pidfd_open(2), madvise(2),
+//! The enumeration of the user database through NSS ([`accounts`]), and
+//! the ownership walks that decide who can change a path ([`trust`]).
+//!
+//! **See also**: getpwent(3), clone(2), close_range(2), pidfd_open(2), madvise(2),
 //! setresuid(2), proc(5) ([`procfs`]: the one reader of /proc/PID/stat).
 
 #![allow(unsafe_code)]
 
+pub mod accounts;
 pub mod privilege;
 pub mod procfs;
+pub mod trust;
 pub mod wait;
 
 use std::io;

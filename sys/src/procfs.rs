@@ -79,6 +79,23 @@ pub fn started_at(pid: i32) -> Option<SystemTime> {
     Some(SystemTime::UNIX_EPOCH + Duration::from_secs(boot) + since_boot)
 }
 
+/// A field counted in kB of `/proc/PID/status` text (`VmHWM`, `VmRSS`, ...).
+pub fn parse_status_kb(text: &str, field: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A field counted in kB of this process's `/proc/self/status`: its peak
+/// resident memory is `VmHWM`.
+pub fn own_status_kb(field: &str) -> Option<u64> {
+    parse_status_kb(&std::fs::read_to_string("/proc/self/status").ok()?, field)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,12 +116,23 @@ mod tests {
     }
 
     #[test]
+    fn status_fields_in_kb() {
+        let text = "Name:\tx\nVmHWM:\t    2048 kB\nVmRSS:\t1024 kB\nThreads:\t1\n";
+        assert_eq!(parse_status_kb(text, "VmHWM"), Some(2048));
+        assert_eq!(parse_status_kb(text, "VmRSS"), Some(1024));
+        assert_eq!(parse_status_kb(text, "Threads"), None);
+        assert_eq!(parse_status_kb(text, "VmHW"), None);
+        assert_eq!(parse_status_kb(text, "VmPeak"), None);
+    }
+
+    #[test]
     fn this_process_is_seen() {
         let me = std::process::id() as i32;
         let s = stat(me).unwrap();
         assert_eq!(s.ppid, nix::unistd::getppid().as_raw());
         assert!(pids().contains(&me));
         let started = started_at(me).unwrap();
+        assert!(own_status_kb("VmHWM").is_some_and(|kb| kb > 0));
         assert!(started <= SystemTime::now() + Duration::from_secs(1));
     }
 }

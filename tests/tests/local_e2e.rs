@@ -792,3 +792,88 @@ fn roots_mailbox_is_roots_and_default_privs_never_opens_it() {
     );
     assert_eq!(std::fs::metadata(&planted).unwrap().len(), 0);
 }
+
+/// The message is streamed from the queue file for every copy: a 100 MB
+/// message to two mboxes and a Maildir leaves the delivery process's peak
+/// memory (VmHWM, which it logs before it reports) far below the message's
+/// size. The bound is generous (64 MB; streaming needs a few): a copy held
+/// in memory, even once, would exceed it.
+#[test]
+fn a_large_message_is_streamed_and_memory_does_not_grow_with_it() {
+    const SIZE: usize = 100 << 20;
+    const BOUND_KB: u64 = 64 << 10;
+    let inst = local_instance("mailbox_size_limit = 0\n", "");
+    allow(&inst, "maildir ~/Mail/**");
+    let dir = mail_dir(BOB, "streamed");
+    let boxes = [dir.join("inbox1"), dir.join("inbox2")];
+    let maildir = PathBuf::from(format!("{}/", dir.join("Maildir").display()));
+    // Lines of 64 bytes, every 16th a "From " line that the mbox copies quote.
+    let mut body = b"Subject: large\n\n".to_vec();
+    let mut quoted = 0u64;
+    let mut n = 0u64;
+    while body.len() < SIZE {
+        if n % 16 == 0 {
+            body.extend_from_slice(format!("From line {n:053}\n").as_bytes());
+            quoted += 1;
+        } else {
+            body.extend_from_slice(format!("body line {n:053}\n").as_bytes());
+        }
+        n += 1;
+    }
+    let mut req = request(BOB, Destination::Mailbox(boxes[0].clone()));
+    let one = req.recipients[0].clone();
+    req.recipients = vec![
+        one.clone(),
+        Instruction {
+            destination: Destination::Mailbox(boxes[1].clone()),
+            ..one.clone()
+        },
+        Instruction {
+            destination: Destination::Maildir(maildir.clone()),
+            ..one
+        },
+    ];
+    let fd = message_fd(&body);
+    let reply = handoff::deliver(&inst.local_socket(), &req, &fd, WAIT).unwrap();
+    for s in &reply.statuses {
+        assert_eq!(s.outcome, Outcome::Delivered, "{reply:?}");
+    }
+    let envelope = format!("Return-Path: <sender@example.org>\nDelivered-To: {BOB}@example.org\n");
+    for mbox in &boxes {
+        let mut text = std::fs::File::open(mbox).unwrap();
+        let mut head = [0u8; 200];
+        text.read_exact(&mut head).unwrap();
+        let from_line = head.iter().position(|&b| b == b'\n').unwrap() as u64 + 1;
+        let want = from_line + envelope.len() as u64 + body.len() as u64 + quoted + 1;
+        assert_eq!(std::fs::metadata(mbox).unwrap().len(), want);
+        assert!(head[from_line as usize..].starts_with(envelope.as_bytes()));
+    }
+    let new: Vec<_> = std::fs::read_dir(dir.join("Maildir/new"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(new.len(), 1);
+    let copy = std::fs::read(&new[0]).unwrap();
+    assert!(copy.starts_with(envelope.as_bytes()) && copy.ends_with(&body));
+    drop(copy);
+    let log = inst.log();
+    let line = log
+        .lines()
+        .find(|l| {
+            l.contains(&format!(
+                "delivery process for {BOB}: 3 copies, peak memory"
+            ))
+        })
+        .unwrap_or_else(|| panic!("no peak memory line:\n{log}"));
+    let kb: u64 = line
+        .rsplit_once("peak memory ")
+        .and_then(|(_, v)| v.strip_suffix(" kB"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read the peak in {line}"));
+    eprintln!("{line}");
+    assert!(
+        kb < BOUND_KB,
+        "peak memory {kb} kB for a {SIZE}-byte message: {line}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

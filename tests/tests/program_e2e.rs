@@ -650,3 +650,52 @@ fn a_relative_configuration_directory_delivers_to_programs() {
     assert_eq!(out.code, Some(0), "{out:?}\n{}", inst.log());
     assert!(marker.exists());
 }
+
+/// A program's input is streamed from the queue file: a large message
+/// reaches it whole and unchanged (no `>From ` quoting), after the envelope
+/// lines Postfix's local(8) gives a command.
+#[test]
+fn a_large_message_reaches_a_program_whole() {
+    let s = Setup::new("");
+    let kept = s.marker("kept");
+    s.install("keep", &format!("cat > {}", kept.display()));
+    let mut body = b"Subject: large\n\n".to_vec();
+    let mut n = 0u32;
+    while body.len() < 20 << 20 {
+        body.extend_from_slice(format!("From line {n}\nbody line {n}\n").as_bytes());
+        n += 1;
+    }
+    let mut f = tempfile::tempfile().unwrap();
+    f.write_all(b"ENVELOPE RECORDS").unwrap();
+    f.write_all(&body).unwrap();
+    let fd = OwnedFd::from(f);
+    let req = DeliveryRequest {
+        queue_id: "PROGLARGE".into(),
+        sender: "s@example.org".into(),
+        arrival: 0,
+        message_offset: 16,
+        message_size: Some(body.len() as u64),
+        recipients: vec![Instruction {
+            recipient: format!("{USER}@example.org"),
+            original_recipient: None,
+            user: USER.into(),
+            extension: None,
+            destination: Destination::Programs(vec!["keep".into()]),
+            uncertain: false,
+        }],
+    };
+    let status = handoff::deliver(&s.inst.local_socket(), &req, &fd, WAIT)
+        .unwrap()
+        .statuses
+        .remove(0);
+    assert_eq!(status.outcome, Outcome::Delivered, "{status:?}");
+    let got = std::fs::read(&kept).unwrap();
+    let envelope = format!(
+        "From s@example.org  Thu Jan  1 00:00:00 1970\nReturn-Path: <s@example.org>\nDelivered-To: {USER}@example.org\n"
+    );
+    assert!(got.starts_with(envelope.as_bytes()), "{:?}", &got[..200]);
+    assert!(
+        got[envelope.len()..] == body[..],
+        "the program got another message"
+    );
+}
