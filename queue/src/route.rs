@@ -9,8 +9,10 @@
 //!    full address, `@domain` or `domain`, `.domain` for subdomains, `*`):
 //!    `local`, `error:[d.d.d ]text` (bounce), anything else names a
 //!    transport that postern does not run here (deferred with the reason).
-//! 2. A domain not in `mydestination` goes to `default_transport`
-//!    (by default an `error:`, so remote mail bounces 5.4.4).
+//! 2. A domain not in `mydestination` goes to `default_transport` (by
+//!    default an `error:`, so remote mail bounces 5.4.4; with
+//!    `default_transport = smtp`, `relayhost` is the next hop when set,
+//!    else the recipient's domain).
 //! 3. Local: the local part, lower-cased, split at the first
 //!    `recipient_delimiter` character into user and extension.
 //! 4. `alias_maps` (aliases(5) text files): the full local part, then the
@@ -135,6 +137,7 @@ pub struct Router {
     aliases: HashMap<String, AliasEntry>,
     transports: TransportTable,
     default_transport: String,
+    relayhost: String,
     home_mailbox: String,
     spool: PathBuf,
     /// Problems found while loading (each file:line), to log.
@@ -178,6 +181,7 @@ impl Router {
             aliases: HashMap::new(),
             transports: TransportTable::default(),
             default_transport: config.text(params::DEFAULT_TRANSPORT).to_string(),
+            relayhost: config.text(params::RELAYHOST).trim().to_string(),
             home_mailbox: config.text(params::HOME_MAILBOX).to_string(),
             spool: PathBuf::from(config.text(params::MAIL_SPOOL_DIRECTORY)),
             problems: Vec::new(),
@@ -283,6 +287,13 @@ impl Router {
                     Transport::Error(None, text) => {
                         Transport::Error(Some("5.4.4".into()), format!("{text} (domain {d})"))
                     }
+                    // Remote mail without a next hop of its own goes to
+                    // relayhost when there is one, as in Postfix.
+                    Transport::Other(name, next)
+                        if next.is_empty() && !self.relayhost.is_empty() =>
+                    {
+                        Transport::Other(name, self.relayhost.clone())
+                    }
                     t => t,
                 }
             }
@@ -301,6 +312,12 @@ impl Router {
                 return;
             }
             Transport::Other(name, nexthop) => {
+                // No next hop: the recipient's domain (a remote transport
+                // then looks up its MX hosts).
+                let nexthop = match (nexthop.is_empty(), domain) {
+                    (true, Some(d)) if name == "smtp" => d.to_ascii_lowercase(),
+                    _ => nexthop,
+                };
                 if !transport::is_service_name(&name) {
                     out.push(Delivery::defer(
                         address,
@@ -675,6 +692,37 @@ mod tests {
         assert!(
             matches!(&d[0].route, Route::Local(i) if i.user == "root" && i.recipient == "root@host.test")
         );
+    }
+
+    #[test]
+    fn remote_mail_goes_to_relayhost_or_the_domain() {
+        let dir = tempfile::tempdir().unwrap();
+        let map = dir.path().join("transport");
+        std::fs::write(
+            &map,
+            "other.test smtp:[mx.other.test]:2525
+bare.test smtp
+",
+        )
+        .unwrap();
+        let nexthop = |r: &Router, a: &str| match &r.resolve(a)[0].route {
+            Route::Transport { service, instr } => match &instr.destination {
+                Destination::Transport { nexthop } => format!("{service}:{nexthop}"),
+                d => panic!("{d:?}"),
+            },
+            r => panic!("{r:?}"),
+        };
+        let main = format!(
+            "alias_maps =\ntransport_maps = {}\ndefault_transport = smtp\n",
+            map.display()
+        );
+        let r = router(&format!("{main}relayhost = [relay.test]:587\n"));
+        assert_eq!(nexthop(&r, "a@Remote.test"), "smtp:[relay.test]:587");
+        assert_eq!(nexthop(&r, "a@other.test"), "smtp:[mx.other.test]:2525");
+        assert_eq!(nexthop(&r, "a@bare.test"), "smtp:bare.test");
+        let r = router(&main);
+        assert_eq!(nexthop(&r, "a@Remote.test"), "smtp:remote.test");
+        assert!(matches!(&r.resolve("root")[0].route, Route::Local(_)));
     }
 
     #[test]

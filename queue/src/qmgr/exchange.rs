@@ -108,11 +108,33 @@ impl Qmgr {
         self.in_flight = self.in_flight.saturating_sub(1);
         let ok = result.is_ok();
         if let Some(job) = jobs.first() {
-            if let Some(b) = self.busy.get_mut(&job.dest) {
+            let dest = job.dest.clone();
+            let mut busy = 0;
+            if let Some(b) = self.busy.get_mut(&dest) {
                 *b = b.saturating_sub(1);
+                busy = *b;
             }
-            let limit = self.dest_limit(&job.dest);
-            self.dest_windows.feedback(&job.dest, limit, ok);
+            let limit = self.dest_limit(&dest);
+            if dest.starts_with("local:") {
+                self.dest_windows.feedback(&dest, limit, ok);
+            } else {
+                // A failed exchange, or a status the agent marks as the
+                // whole next hop's failure, counts against the destination.
+                let failure = match &result {
+                    Err(why) => Some(("4.3.0".to_string(), why.clone())),
+                    Ok(per_job) => per_job
+                        .iter()
+                        .flatten()
+                        .find(|st| st.site_failure)
+                        .map(|st| (st.dsn.clone(), st.reason.clone())),
+                };
+                let now = Instant::now();
+                self.remotes
+                    .feedback(&dest, limit, failure, now, self.s.min_backoff);
+                if busy == 0 && !self.queues.contains_key(&dest) {
+                    self.remotes.forget(&dest, now);
+                }
+            }
         }
         if ok {
             self.window.feedback(true);
@@ -154,11 +176,11 @@ impl Qmgr {
             handed.elapsed(),
         );
         let relay = job.dest.split(':').next().unwrap_or("local");
-        // Postfix's local or pipe delivery agent would log this line.
-        let agent = if relay == "local" {
-            postern_common::log::AS_LOCAL
-        } else {
-            postern_common::log::AS_PIPE
+        // Postfix's local, smtp or pipe delivery agent would log this line.
+        let agent = match relay {
+            "local" => postern_common::log::AS_LOCAL,
+            "smtp" => postern_common::log::AS_SMTP,
+            _ => postern_common::log::AS_PIPE,
         };
         for (item, st) in job.items.iter().zip(statuses) {
             let orig = &msg.qf.recipients[item.rcpt].address;
@@ -174,9 +196,10 @@ impl Qmgr {
             };
             log::info!(
                 target: agent,
-                "{}: to=<{}>{orig_note}, relay={relay}, {delays}, dsn={}, status={word} ({})",
+                "{}: to=<{}>{orig_note}, relay={}, {delays}, dsn={}, status={word} ({})",
                 job.id,
                 item.instr.recipient,
+                st.relay.as_deref().unwrap_or(relay),
                 st.dsn,
                 st.reason
             );

@@ -146,6 +146,8 @@ struct Settings {
     exchange_timeout: Duration,
     /// Deliveries remembered per message by the duplicate filter.
     duplicate_filter_limit: usize,
+    /// `initial_destination_concurrency`: where a remote destination starts.
+    initial_concurrency: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -213,6 +215,8 @@ pub struct Qmgr {
     in_flight: usize,
     window: Window,
     dest_windows: DestWindows,
+    /// The remote destinations' slow start, back-off and dead times.
+    remotes: schedule::Remotes,
     tx: Sender<Event>,
     rx: Receiver<Event>,
     next_deferred_scan: Instant,
@@ -265,6 +269,7 @@ impl Qmgr {
             exchange_timeout: c.time(params::IPC_TIMEOUT),
             duplicate_filter_limit: usize::try_from(c.int(params::DUPLICATE_FILTER_LIMIT))
                 .unwrap_or(0),
+            initial_concurrency: int(params::INITIAL_DESTINATION_CONCURRENCY),
         };
         if s.batch_limit > handoff::MAX_BATCH {
             log::warn!(
@@ -301,6 +306,7 @@ impl Qmgr {
                 max,
             },
             dest_windows: DestWindows::default(),
+            remotes: schedule::Remotes::default(),
             tx,
             rx,
             next_deferred_scan: Instant::now(),

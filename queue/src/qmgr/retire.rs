@@ -230,7 +230,7 @@ mod tests {
     use super::*;
 
     #[test]
-    pub(super) fn backoff_grows_with_age_within_bounds() {
+    fn backoff_grows_with_age_within_bounds() {
         let (min, max) = (Duration::from_secs(300), Duration::from_secs(4000));
         assert_eq!(backoff(Duration::ZERO, min, max), min);
         assert_eq!(

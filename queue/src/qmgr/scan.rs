@@ -246,6 +246,25 @@ impl Qmgr {
                 }
             }
         }
+        // A transport takes at most <service>_destination_recipient_limit
+        // recipients of a message per delivery (0: no limit); local's
+        // deliveries are per user already.
+        let jobs: Vec<(String, PathBuf, usize, Vec<Item>)> = jobs
+            .into_iter()
+            .flat_map(|(dest, socket, limit, items)| {
+                let per = match dest.split_once(':') {
+                    Some(("local", _)) | None => 0,
+                    Some((service, _)) => int_param(
+                        &self.config,
+                        &format!("{service}_destination_recipient_limit"),
+                        50,
+                    ),
+                };
+                split_items(items, per)
+                    .into_iter()
+                    .map(move |part| (dest.clone(), socket.clone(), limit, part))
+            })
+            .collect();
         msg.outstanding = jobs.len();
         msg.updater.close();
         self.active.insert(id.to_string(), msg);
@@ -267,5 +286,49 @@ impl Qmgr {
                 handed: None,
             });
         }
+    }
+}
+
+/// `items` in parts of at most `per` (0: one part).
+fn split_items(mut items: Vec<Item>, per: usize) -> Vec<Vec<Item>> {
+    if per == 0 || items.len() <= per {
+        return vec![items];
+    }
+    let mut parts = Vec::new();
+    while !items.is_empty() {
+        let rest = items.split_off(per.min(items.len()));
+        parts.push(std::mem::replace(&mut items, rest));
+    }
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postern_common::handoff::{Destination, Instruction};
+
+    #[test]
+    fn recipients_per_delivery_are_limited() {
+        let item = |n: usize| Item {
+            rcpt: n,
+            key: format!("smtp:r{n}@x"),
+            instr: Instruction {
+                recipient: format!("r{n}@x"),
+                original_recipient: None,
+                user: format!("r{n}"),
+                extension: None,
+                destination: Destination::Transport {
+                    nexthop: "x".into(),
+                },
+                uncertain: false,
+            },
+        };
+        let items: Vec<Item> = (0..5).map(item).collect();
+        let sizes = |parts: Vec<Vec<Item>>| parts.iter().map(Vec::len).collect::<Vec<_>>();
+        assert_eq!(sizes(split_items(items.clone(), 2)), vec![2, 2, 1]);
+        assert_eq!(sizes(split_items(items.clone(), 0)), vec![5]);
+        assert_eq!(sizes(split_items(items.clone(), 5)), vec![5]);
+        let parts = split_items(items, 3);
+        assert_eq!(parts[1][0].rcpt, 3);
     }
 }
