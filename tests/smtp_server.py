@@ -8,7 +8,8 @@ never answers (--silent), STARTTLS (--tls CERT KEY) and AUTH PLAIN/LOGIN
 offered only over TLS (--auth USER:PASS). Each accepted message is saved
 in --out as N.eml (the data as received, dot-stuffing undone, CRLF kept)
 with N.env (client name, TLS, authenticated user, sender, recipients);
-sessions.max holds the most sessions open at once. Prints "ready PORT"
+sessions.max holds the most sessions open at once (a session ends
+at QUIT). Prints "ready PORT"
 once listening.
 """
 
@@ -36,6 +37,8 @@ def parse_args():
     p.add_argument("--defer-once", action="append", default=[])
     p.add_argument("--drop-data", action="store_true")
     p.add_argument("--silent", action="store_true")
+    p.add_argument("--tls-broken", action="store_true",
+                   help="offer STARTTLS, then answer the handshake with garbage")
     p.add_argument("--hold", type=float, default=0.0,
                    help="seconds to wait before answering the end of data")
     return p.parse_args()
@@ -74,7 +77,7 @@ class Session(socketserver.StreamRequestHandler):
 
     def ehlo_lines(self, name):
         lines = ["server.test", "PIPELINING", "SIZE 10240000", "8BITMIME"]
-        if ARGS.tls and not self.tls:
+        if (ARGS.tls or ARGS.tls_broken) and not self.tls:
             lines.append("STARTTLS")
         if ARGS.auth and self.tls:
             lines.append("AUTH PLAIN LOGIN")
@@ -109,6 +112,7 @@ class Session(socketserver.StreamRequestHandler):
 
     def handle(self):
         record_open(1)
+        self.counted = True
         try:
             if ARGS.silent:
                 # Hold the connection without a word until the client leaves.
@@ -120,7 +124,8 @@ class Session(socketserver.StreamRequestHandler):
         except (EOFError, ConnectionError, ssl.SSLError, OSError):
             pass
         finally:
-            record_open(-1)
+            if self.counted:
+                record_open(-1)
 
     def starttls(self):
         self.send("220 2.0.0 Ready to start TLS")
@@ -145,6 +150,11 @@ class Session(socketserver.StreamRequestHandler):
             elif verb == "HELO":
                 self.helo = words[1] if len(words) > 1 else ""
                 self.send("250 server.test")
+            elif verb == "STARTTLS" and ARGS.tls_broken:
+                self.send("220 2.0.0 Ready to start TLS")
+                self.wfile.write(b"this is not a TLS record\r\n" * 4)
+                self.wfile.flush()
+                return
             elif verb == "STARTTLS" and ARGS.tls and not self.tls:
                 self.starttls()
             elif verb == "AUTH" and ARGS.auth and self.tls:
@@ -212,6 +222,10 @@ class Session(socketserver.StreamRequestHandler):
             elif verb == "NOOP":
                 self.send("250 2.0.0 Ok")
             elif verb == "QUIT":
+                # The session is over before the client hears so: it may
+                # start the next one at once.
+                record_open(-1)
+                self.counted = False
                 self.send("221 2.0.0 Bye")
                 return
             else:

@@ -13,7 +13,8 @@
 //! MX lookup, `host:port` or a domain with one, MX hosts in preference
 //! order with a fall-back to the domain's own addresses), and tries them in
 //! turn ([`session`]): greeting, EHLO, STARTTLS as `smtp_tls_security_level`
-//! asks ([`tls`]), AUTH when `smtp_sasl_auth_enable` and the password table
+//! asks ([`tls`]; at `may` a failed handshake is followed by a plaintext
+//! session with the same server, as in Postfix), AUTH when `smtp_sasl_auth_enable` and the password table
 //! has the next hop ([`sasl`]), MAIL FROM with SIZE and BODY=8BITMIME where
 //! offered, RCPT TO per recipient, DATA with the body streamed from the
 //! queue file ([`body`]); pipelined where the server offers PIPELINING.
@@ -306,9 +307,19 @@ pub fn deliver(
     };
     let mut last = None;
     for server in &servers {
-        match session::attempt(server, &hop, &nexthop, &msg, s) {
+        let mut result = session::attempt(server, &hop, &nexthop, &msg, s, true);
+        if let Attempt::WithoutTls(st) = result {
+            log::info!(
+                "{}: {}; TLS is not required: trying {} again without it",
+                req.queue_id,
+                st.reason,
+                server.label()
+            );
+            result = session::attempt(server, &hop, &nexthop, &msg, s, false);
+        }
+        match result {
             Attempt::Done(statuses) => return statuses,
-            Attempt::Next(st) => {
+            Attempt::Next(st) | Attempt::WithoutTls(st) => {
                 log::info!("{}: {}", req.queue_id, st.reason);
                 last = Some(st);
             }

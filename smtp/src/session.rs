@@ -51,6 +51,9 @@ pub enum Attempt {
     /// This server would not do: try the next one (the status says why,
     /// for when none will).
     Next(RecipientStatus),
+    /// At `may`, STARTTLS failed: try this server again without TLS, as
+    /// Postfix's opportunistic TLS does.
+    WithoutTls(RecipientStatus),
 }
 
 enum Stream {
@@ -429,6 +432,7 @@ pub fn attempt(
     nexthop_text: &str,
     msg: &Message<'_>,
     s: &Settings,
+    allow_tls: bool,
 ) -> Attempt {
     let who = format!("{}[{}]", server.name, server.addr.ip());
     let tcp = match connect(server, s) {
@@ -453,7 +457,7 @@ pub fn attempt(
         buf: Vec::new(),
         who,
     };
-    let result = converse(&mut c, server, hop, nexthop_text, msg, s);
+    let result = converse(&mut c, server, hop, nexthop_text, msg, s, allow_tls);
     if c.stream.is_some() {
         c.quit(s.timeouts.quit);
     }
@@ -466,6 +470,7 @@ pub fn attempt(
                 .collect(),
         ),
         Attempt::Next(st) => Attempt::Next(st.via(relay).of_site()),
+        Attempt::WithoutTls(st) => Attempt::WithoutTls(st.via(relay).of_site()),
     }
 }
 
@@ -476,6 +481,7 @@ fn converse(
     nexthop_text: &str,
     msg: &Message<'_>,
     s: &Settings,
+    allow_tls: bool,
 ) -> Attempt {
     let greeting = match c.reply(s.timeouts.helo) {
         Ok(r) => r,
@@ -499,7 +505,7 @@ fn converse(
     };
     let mut tls_active = false;
     let level = s.tls_level;
-    if level != Level::None && ext.starttls {
+    if level != Level::None && ext.starttls && allow_tls {
         match start_tls(c, server, hop, s) {
             Ok(e) => {
                 ext = e;
@@ -508,7 +514,11 @@ fn converse(
             Err(st) => {
                 // The connection is in an unknown TLS state: not reused.
                 c.stream = None;
-                return Attempt::Next(st);
+                return if level == Level::May {
+                    Attempt::WithoutTls(st)
+                } else {
+                    Attempt::Next(st)
+                };
             }
         }
     } else if level.required() {

@@ -326,6 +326,22 @@ fn verify_refuses_a_server_whose_certificate_names_another_host() {
 }
 
 #[test]
+fn opportunistic_tls_that_fails_falls_back_to_plaintext() {
+    let remote = Remote::start("127.0.0.2", &["--tls-broken"]);
+    let inst = instance(&format!("relayhost = [127.0.0.2]:{}\n", remote.port));
+    sendmail(&inst, &["bob@remote.test"], b"Subject: plain\n\nhello\n");
+    let got = remote.wait_messages(1, &inst);
+    assert!(got[0].0.contains("tls=no"), "{}", got[0].0);
+    inst.wait_log("status=sent (250 2.0.0 Ok: queued as T1)", 1);
+    assert!(
+        inst.log()
+            .contains("TLS is not required: trying 127.0.0.2[127.0.0.2]:"),
+        "{}",
+        inst.log()
+    );
+}
+
+#[test]
 fn a_refused_recipient_bounces_alone_and_a_deferred_one_is_retried() {
     let remote = Remote::start(
         "127.0.0.2",
@@ -371,6 +387,13 @@ fn a_refused_recipient_bounces_alone_and_a_deferred_one_is_retried() {
     );
     assert!(!text.contains("good@remote.test"), "{text}");
     assert!(got.iter().any(|(env, _)| to(env) == "later@remote.test"));
+    // The retry's log line follows the server's reply.
+    let retried = eventually(WAIT, || {
+        log_lines(&inst.log(), "to=<later@remote.test>")
+            .iter()
+            .any(|l| l.contains("status=sent"))
+    });
+    assert!(retried, "{}", inst.log());
     let log = inst.log();
     let bad = log_lines(&log, "to=<bad@remote.test>");
     assert!(
@@ -380,7 +403,6 @@ fn a_refused_recipient_bounces_alone_and_a_deferred_one_is_retried() {
     assert!(bad[0].contains("(in reply to RCPT TO command)"), "{log}");
     let later = log_lines(&log, "to=<later@remote.test>");
     assert!(later[0].contains("dsn=4.2.0, status=deferred"), "{log}");
-    assert!(later.iter().any(|l| l.contains("status=sent")), "{log}");
 }
 
 #[test]
@@ -495,4 +517,87 @@ fn concurrency_to_one_destination_stays_within_its_limit() {
         split.iter().all(|to| to.split(',').count() <= 2),
         "{split:?}"
     );
+}
+
+/// Postfix's smtp-sink, killed on drop.
+struct Sink {
+    child: Child,
+    port: u16,
+    dumps: tempfile::TempDir,
+}
+
+impl Sink {
+    fn start() -> Sink {
+        let dumps = tempfile::tempdir().unwrap();
+        // smtp-sink drops to nobody, who writes the dumps.
+        std::fs::set_permissions(
+            dumps.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
+        let port = postern_tests::free_port();
+        let child = Command::new("/usr/sbin/smtp-sink")
+            .arg("-u")
+            .arg("nobody")
+            .arg("-d")
+            .arg(format!("{}/%H%M%S.", dumps.path().display()))
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("20")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("/usr/sbin/smtp-sink (Debian's postfix package)");
+        let sink = Sink { child, port, dumps };
+        // Readiness: it accepts connections.
+        let up = eventually(WAIT, || {
+            std::net::TcpStream::connect(("127.0.0.1", sink.port)).is_ok()
+        });
+        assert!(up, "smtp-sink never listened on port {}", sink.port);
+        sink
+    }
+
+    fn dumps(&self) -> Vec<String> {
+        std::fs::read_dir(self.dumps.path())
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .collect()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        // Already gone is fine: the test is over either way.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn many_messages_reach_postfixs_smtp_sink() {
+    let sink = Sink::start();
+    let inst = instance(&format!("relayhost = [127.0.0.1]:{}\n", sink.port));
+    for i in 0..20 {
+        sendmail(
+            &inst,
+            &[&format!("r{i}@remote.test")],
+            format!("Subject: sink {i}\n\nhello {i}\n").as_bytes(),
+        );
+    }
+    // A dump is written as the message arrives (smtp-sink writes LF line
+    // ends): wait for all of them whole.
+    let has_all = || {
+        let dumps = sink.dumps();
+        (0..20).all(|i| {
+            dumps
+                .iter()
+                .any(|d| d.contains(&format!("\n\nhello {i}\n")))
+        })
+    };
+    assert!(
+        eventually(WAIT, has_all),
+        "smtp-sink did not get all 20 messages:\n{}",
+        inst.log()
+    );
+    inst.wait_log("status=sent (250", 20);
+    assert!(!inst.log().contains("status=deferred"), "{}", inst.log());
 }

@@ -21,7 +21,13 @@
 //! exchange with the agent that fails halves the window of its destination
 //! only (which then grows back by one per completed exchange), as Postfix
 //! applies concurrency feedback per destination: one user whose deliveries
-//! time out slows that user's mail, not everyone's.
+//! time out slows that user's mail, not everyone's. A transport's next hop
+//! (smtp's relay or domain) starts at `initial_destination_concurrency`
+//! and grows by one per exchange up to `<service>_destination_concurrency_limit`;
+//! a site failure the agent reports halves it, and one at a concurrency
+//! of one makes the destination dead for `minimal_backoff_time` (its mail
+//! deferred without an attempt). A delivery to a transport carries at most
+//! `<service>_destination_recipient_limit` recipients.
 //!
 //! **Retries.** A message with deferred recipients goes to `deferred`, its
 //! mtime set to the next attempt: now plus its age, at least
