@@ -33,6 +33,8 @@ def parse_args():
     p.add_argument("--out", required=True)
     p.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
     p.add_argument("--auth")
+    p.add_argument("--auth-without-tls", action="store_true",
+                   help="offer AUTH (and accept it) on a plaintext session too")
     p.add_argument("--reject", action="append", default=[])
     p.add_argument("--defer-once", action="append", default=[])
     p.add_argument("--drop-data", action="store_true")
@@ -79,7 +81,7 @@ class Session(socketserver.StreamRequestHandler):
         lines = ["server.test", "PIPELINING", "SIZE 10240000", "8BITMIME"]
         if (ARGS.tls or ARGS.tls_broken) and not self.tls:
             lines.append("STARTTLS")
-        if ARGS.auth and self.tls:
+        if ARGS.auth and (self.tls or ARGS.auth_without_tls):
             lines.append("AUTH PLAIN LOGIN")
         for i, l in enumerate(lines):
             self.send(("250 " if i == len(lines) - 1 else "250-") + l)
@@ -157,7 +159,7 @@ class Session(socketserver.StreamRequestHandler):
                 return
             elif verb == "STARTTLS" and ARGS.tls and not self.tls:
                 self.starttls()
-            elif verb == "AUTH" and ARGS.auth and self.tls:
+            elif verb == "AUTH" and ARGS.auth and (self.tls or ARGS.auth_without_tls):
                 self.auth(words)
             elif verb == "MAIL":
                 if ARGS.auth and not self.user:

@@ -148,8 +148,8 @@ pub fn servers(
 ) -> Result<Vec<Server>, RecipientStatus> {
     let mut out = Vec::new();
     if hop.mx {
-        let hosts = mx_hosts(&hop.host)?;
         let resolver = resolver()?;
+        let hosts = mx_hosts(&resolver, &hop.host)?;
         for name in hosts {
             match resolver.lookup_ip(format!("{name}.").as_str()) {
                 Ok(ips) => {
@@ -202,12 +202,15 @@ fn resolver() -> Result<hickory_resolver::Resolver, RecipientStatus> {
 }
 
 /// The MX hosts of `domain`, or the domain itself when it has none.
-fn mx_hosts(domain: &str) -> Result<Vec<String>, RecipientStatus> {
+fn mx_hosts(
+    resolver: &hickory_resolver::Resolver,
+    domain: &str,
+) -> Result<Vec<String>, RecipientStatus> {
     use hickory_resolver::error::ResolveErrorKind;
     use hickory_resolver::proto::op::ResponseCode;
     let what = format!("name={domain} type=MX");
     // A fully qualified name: the search list does not apply.
-    match resolver()?.mx_lookup(format!("{domain}.").as_str()) {
+    match resolver.mx_lookup(format!("{domain}.").as_str()) {
         Ok(mx) => {
             let hosts = mx_order(
                 mx.iter()

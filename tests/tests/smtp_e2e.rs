@@ -303,6 +303,32 @@ fn relay_through_starttls_with_auth_arrives_byte_exact() {
 }
 
 #[test]
+fn passwords_go_in_plaintext_only_when_allowed() {
+    let remote = Remote::start("127.0.0.2", &["--auth", "ann:pw", "--auth-without-tls"]);
+    let secrets = tempfile::tempdir().unwrap();
+    let passwd = secrets.path().join("sasl_passwd");
+    std::fs::write(&passwd, format!("[127.0.0.2]:{} ann:pw\n", remote.port)).unwrap();
+    std::fs::set_permissions(&passwd, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let main = format!(
+        "relayhost = [127.0.0.2]:{}\nsmtp_tls_security_level = none\n\
+         smtp_sasl_auth_enable = yes\nsmtp_sasl_password_maps = {}\n",
+        remote.port,
+        passwd.display()
+    );
+    // By default PLAIN and LOGIN need TLS: the mail waits.
+    let inst = instance(&main);
+    sendmail(&inst, &["bob@remote.test"], b"Subject: secret\n\nhello\n");
+    inst.wait_log("status=deferred (SASL authentication failed; cannot authenticate to server 127.0.0.2[127.0.0.2]: no mechanism available (PLAIN and LOGIN need TLS", 1);
+    assert!(remote.messages().is_empty());
+    drop(inst);
+    // Allowed explicitly, they go without it.
+    let inst = instance(&format!("{main}smtp_sasl_security_options = noanonymous\n"));
+    sendmail(&inst, &["bob@remote.test"], b"Subject: secret\n\nhello\n");
+    let got = remote.wait_messages(1, &inst);
+    assert!(got[0].0.contains("tls=no\nuser=ann\n"), "{}", got[0].0);
+}
+
+#[test]
 fn verify_refuses_a_server_whose_certificate_names_another_host() {
     let certs = Certs::make();
     // The certificate names 127.0.0.2; this server is 127.0.0.3.
