@@ -363,7 +363,16 @@ fn check_services(config: &Config, owner: Option<&Account>, out: &mut Vec<Diagno
         }
         if let Some(program) = programs::find(&s.command) {
             check_provided(config, s, program, owner, out);
-        } else if let Some(meant) = programs::find(&s.name) {
+        } else if let Some(meant) = programs::find(&s.name).filter(|p| {
+            // Postfix's master.cf names its SMTP server and client both
+            // "smtp" (inet smtpd, unix smtp): not a typo when another
+            // service of that name runs the program.
+            !config
+                .master
+                .services
+                .iter()
+                .any(|o| o.name == s.name && o.command == p.name)
+        }) {
             // The service is named for a program postern provides, and
             // runs something else: a typo that would stop mail.
             out.push(Diagnostic::error(

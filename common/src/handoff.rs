@@ -46,8 +46,9 @@ use postern_sys as sys;
 use crate::mail::MessageFile;
 
 /// The protocol version carried in every payload.
-/// Version 5 added [`Instruction::original_recipient`].
-pub const PROTOCOL_VERSION: u16 = 5;
+/// Version 5 added [`Instruction::original_recipient`]; version 6
+/// [`RecipientStatus::relay`] and [`RecipientStatus::site_failure`].
+pub const PROTOCOL_VERSION: u16 = 6;
 /// The most messages one request frame may carry.
 pub const MAX_BATCH: usize = 64;
 /// The largest frame either side accepts (payload bytes).
@@ -153,6 +154,13 @@ pub struct RecipientStatus {
     /// flight, so that the retry is marked [`Instruction::uncertain`] and
     /// looks for the earlier copy before it writes again.
     pub uncertain: bool,
+    /// Where the delivery went, for the log's `relay=` (the smtp agent:
+    /// `host[address]:port`); `None`: the transport's name.
+    pub relay: Option<String>,
+    /// The next hop as a whole failed (no host could be reached, or none
+    /// would take a session): the queue manager counts it against the
+    /// destination's concurrency and may suspend it for a while.
+    pub site_failure: bool,
 }
 
 impl RecipientStatus {
@@ -164,6 +172,8 @@ impl RecipientStatus {
             reason: reason.into(),
             notify_postmaster: false,
             uncertain: false,
+            relay: None,
+            site_failure: false,
         }
     }
     /// Deferred with `dsn` (4.x.y).
@@ -174,6 +184,8 @@ impl RecipientStatus {
             reason: reason.into(),
             notify_postmaster: false,
             uncertain: false,
+            relay: None,
+            site_failure: false,
         }
     }
     /// Bounced with `dsn` (5.x.y).
@@ -184,6 +196,8 @@ impl RecipientStatus {
             reason: reason.into(),
             notify_postmaster: false,
             uncertain: false,
+            relay: None,
+            site_failure: false,
         }
     }
     /// Deferred (4.3.0) without knowing whether a copy was written (the
@@ -197,6 +211,16 @@ impl RecipientStatus {
     /// The same, marked for the postmaster's attention.
     pub fn for_postmaster(mut self) -> Self {
         self.notify_postmaster = true;
+        self
+    }
+    /// The same, saying where the delivery went (`relay=` in the log).
+    pub fn via(mut self, relay: impl Into<String>) -> Self {
+        self.relay = Some(relay.into());
+        self
+    }
+    /// The same, marked as a failure of the whole next hop.
+    pub fn of_site(mut self) -> Self {
+        self.site_failure = true;
         self
     }
 }
@@ -451,26 +475,7 @@ pub fn accept_request(conn: &UnixStream, owner_uid: u32) -> Option<Accepted> {
 /// logged (naming the peer) and gives `None`: the connection closes and
 /// nothing is delivered.
 pub fn accept_request_files(conn: &UnixStream, owner_uid: u32) -> Option<AcceptedFiles> {
-    let peer = peer_credentials(conn)?;
-    if peer.uid() != 0 && peer.uid() != owner_uid {
-        log::warn!(
-            "refused a connection from uid {} pid {}: only root and the mail owner may hand over deliveries",
-            peer.uid(),
-            peer.pid()
-        );
-        return None;
-    }
-    let messages = match receive_request(conn) {
-        Ok(r) => r,
-        Err(e) => {
-            log::warn!(
-                "bad request from pid {} (uid {}): {e}; connection closed, nothing delivered",
-                peer.pid(),
-                peer.uid()
-            );
-            return None;
-        }
-    };
+    let (peer, messages) = accept_descriptors(conn, owner_uid)?;
     let mut total = 0u64;
     let mut out = Vec::with_capacity(messages.len());
     let mut held = Vec::with_capacity(messages.len());
@@ -499,6 +504,39 @@ pub fn accept_request_files(conn: &UnixStream, owner_uid: u32) -> Option<Accepte
         }
     }
     Some((out, held))
+}
+
+/// Agent side of one exchange, up to the request: the peer must be root
+/// or `owner_uid`; then the request frame with its descriptors, for an
+/// agent that reads each message from its descriptor as it goes (smtp).
+/// Every failure is logged (naming the peer) and gives `None`.
+pub fn accept_descriptors(
+    conn: &UnixStream,
+    owner_uid: u32,
+) -> Option<(
+    nix::sys::socket::UnixCredentials,
+    Vec<(DeliveryRequest, OwnedFd)>,
+)> {
+    let peer = peer_credentials(conn)?;
+    if peer.uid() != 0 && peer.uid() != owner_uid {
+        log::warn!(
+            "refused a connection from uid {} pid {}: only root and the mail owner may hand over deliveries",
+            peer.uid(),
+            peer.pid()
+        );
+        return None;
+    }
+    match receive_request(conn) {
+        Ok(r) => Some((peer, r)),
+        Err(e) => {
+            log::warn!(
+                "bad request from pid {} (uid {}): {e}; connection closed, nothing delivered",
+                peer.pid(),
+                peer.uid()
+            );
+            None
+        }
+    }
 }
 
 /// Takes the lock a delivery attempt holds on its message for as long as

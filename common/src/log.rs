@@ -66,10 +66,14 @@ pub const AS_QMGR: &str = "qmgr";
 pub const AS_LOCAL: &str = "local";
 /// Target for a delivery line of a command transport.
 pub const AS_PIPE: &str = "pipe";
+/// Target for a delivery line of the smtp delivery agent.
+pub const AS_SMTP: &str = "smtp";
 /// Target for a line Postfix's bounce daemon would log.
 pub const AS_BOUNCE: &str = "bounce";
 /// The targets that name the Postfix program of a line.
-pub const POSTFIX_NAMES: &[&str] = &[AS_PICKUP, AS_CLEANUP, AS_QMGR, AS_LOCAL, AS_PIPE, AS_BOUNCE];
+pub const POSTFIX_NAMES: &[&str] = &[
+    AS_PICKUP, AS_CLEANUP, AS_QMGR, AS_LOCAL, AS_PIPE, AS_SMTP, AS_BOUNCE,
+];
 
 /// The short host name (up to the first dot), or `localhost`.
 fn short_hostname() -> String {

@@ -48,6 +48,11 @@ pub const PROVIDED: &[Program] = &[Program {
     executable: "postern-qmgr",
     doc: "routes queued messages, hands them to local, retries deferred mail and sends bounces",
     privileged: false,
+}, Program {
+    name: "smtp",
+    executable: "postern-smtp",
+    doc: "delivers mail to other hosts over SMTP (relayhost, MX, STARTTLS, AUTH)",
+    privileged: false,
 }];
 
 /// The program called `name`, if postern provides it.

@@ -26,9 +26,10 @@
 //! The other files an administrator or a user writes are parsed here too,
 //! purely, with `file:line` in every problem: aliases(5) ([`aliases`]),
 //! `.forward` ([`forward`]), the allowed-destinations policy with its
-//! matching ([`policy`]), and the command attributes of master.cf's spawn
-//! and pipe services ([`attributes`]: `user=`, `argv=`, `flags=`), and the
-//! command lines of program deliveries ([`command_line`], smrsh's forms).
+//! matching ([`policy`]), transport(5) tables ([`transport`]), the command
+//! attributes of master.cf's spawn and pipe services ([`attributes`]:
+//! `user=`, `argv=`, `flags=`), and the command lines of program deliveries
+//! ([`command_line`], smrsh's forms).
 //!
 //! **Security**: holds no privileges, and reads no file itself but main.cf
 //! and master.cf. Its input (the configuration files) is trusted to come
@@ -56,6 +57,7 @@ pub mod maincf;
 pub mod mastercf;
 pub mod params;
 pub mod policy;
+pub mod transport;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -66,6 +66,8 @@ const SYSLOG_FACILITIES: &[&str] = &[
 ];
 const LOCK_METHODS: &[&str] = &["fcntl", "flock", "dotlock"];
 const INET_PROTOCOL_NAMES: &[&str] = &["all", "ipv4", "ipv6"];
+const TLS_LEVELS: &[&str] = &["none", "may", "encrypt", "verify", "secure"];
+const SASL_OPTIONS: &[&str] = &["noplaintext", "noanonymous"];
 
 params! {
     ALIAS_MAPS "alias_maps" Kind::List, "hash:/etc/aliases",
@@ -158,10 +160,58 @@ params! {
         "How often the queue manager scans the deferred queue.";
     RECIPIENT_DELIMITER "recipient_delimiter" Kind::Text, "",
         "Characters that separate a user name from an address extension (user+ext); empty: none.";
+    RELAYHOST "relayhost" Kind::Text, "",
+        "Next hop of mail for remote domains: [host]:port (no MX lookup) or host:port / domain (MX lookup); empty: the recipient's domain, by MX.";
     SERVICE_THROTTLE_TIME "service_throttle_time" Kind::Time { unit: 's' }, "60s",
         "How long a service is left alone after a child failed before serving one request.";
     SHUTDOWN_TIMEOUT "shutdown_timeout" Kind::Time { unit: 's' }, "10s",
         "How long postern stop lets requests in progress finish before it kills what is left (postern's own).";
+    SMTP_BIND_ADDRESS "smtp_bind_address" Kind::Text, "",
+        "Local IPv4 address the smtp agent connects from; empty: the system's choice.";
+    SMTP_BIND_ADDRESS6 "smtp_bind_address6" Kind::Text, "",
+        "Local IPv6 address the smtp agent connects from; empty: the system's choice.";
+    SMTP_CONNECT_TIMEOUT "smtp_connect_timeout" Kind::Time { unit: 's' }, "30s",
+        "Time limit for the smtp agent's TCP connection to a server.";
+    SMTP_DATA_DONE_TIMEOUT "smtp_data_done_timeout" Kind::Time { unit: 's' }, "600s",
+        "Time limit for the server's reply to the end of the message.";
+    SMTP_DATA_INIT_TIMEOUT "smtp_data_init_timeout" Kind::Time { unit: 's' }, "120s",
+        "Time limit for the server's reply to DATA.";
+    SMTP_DATA_XFER_TIMEOUT "smtp_data_xfer_timeout" Kind::Time { unit: 's' }, "180s",
+        "Time limit for each write of the message body.";
+    SMTP_HELO_NAME "smtp_helo_name" Kind::Text, "$myhostname",
+        "The name the smtp agent gives in EHLO/HELO.";
+    SMTP_HELO_TIMEOUT "smtp_helo_timeout" Kind::Time { unit: 's' }, "300s",
+        "Time limit for the server's greeting and its reply to EHLO/HELO.";
+    SMTP_MAIL_TIMEOUT "smtp_mail_timeout" Kind::Time { unit: 's' }, "300s",
+        "Time limit for the server's reply to MAIL FROM.";
+    SMTP_MX_ADDRESS_LIMIT "smtp_mx_address_limit" Kind::Int { min: 0 }, "5",
+        "The most server addresses the smtp agent tries per delivery (0: no limit).";
+    SMTP_QUIT_TIMEOUT "smtp_quit_timeout" Kind::Time { unit: 's' }, "300s",
+        "Time limit for the server's reply to QUIT.";
+    SMTP_RCPT_TIMEOUT "smtp_rcpt_timeout" Kind::Time { unit: 's' }, "300s",
+        "Time limit for the server's reply to RCPT TO.";
+    SMTP_SASL_AUTH_ENABLE "smtp_sasl_auth_enable" Kind::Bool, "no",
+        "Whether the smtp agent authenticates (AUTH PLAIN or LOGIN) where smtp_sasl_password_maps has a password.";
+    SMTP_SASL_PASSWORD_MAPS "smtp_sasl_password_maps" Kind::Text, "",
+        "Text file of '[host]:port user:password' (or 'host user:password') lines; must be owned by root and not readable by others.";
+    SMTP_SASL_SECURITY_OPTIONS "smtp_sasl_security_options" Kind::ChoiceList(SASL_OPTIONS), "noplaintext, noanonymous",
+        "SASL restrictions without TLS: noplaintext refuses PLAIN and LOGIN.";
+    SMTP_SASL_TLS_SECURITY_OPTIONS "smtp_sasl_tls_security_options" Kind::ChoiceList(SASL_OPTIONS), "noanonymous",
+        "SASL restrictions over TLS (Postfix's default is $smtp_sasl_security_options; postern allows PLAIN and LOGIN over TLS).";
+    SMTP_STARTTLS_TIMEOUT "smtp_starttls_timeout" Kind::Time { unit: 's' }, "300s",
+        "Time limit for the TLS handshake after STARTTLS.";
+    SMTP_TLS_CAFILE "smtp_tls_CAfile" Kind::Text, "",
+        "PEM file of the certificate authorities the smtp agent trusts; empty (and no smtp_tls_CApath): the system's roots.";
+    SMTP_TLS_CAPATH "smtp_tls_CApath" Kind::Text, "",
+        "Directory of PEM certificate authority files the smtp agent trusts (every regular file in it).";
+    SMTP_TLS_CERT_FILE "smtp_tls_cert_file" Kind::Text, "",
+        "PEM client certificate chain the smtp agent presents when asked (with smtp_tls_key_file).";
+    SMTP_TLS_KEY_FILE "smtp_tls_key_file" Kind::Text, "$smtp_tls_cert_file",
+        "PEM private key of smtp_tls_cert_file.";
+    SMTP_TLS_MANDATORY_PROTOCOLS "smtp_tls_mandatory_protocols" Kind::List, "!SSLv2, !SSLv3, !TLSv1, !TLSv1.1",
+        "TLS protocols at the encrypt, verify and secure levels (TLSv1.2 and TLSv1.3 are the ones postern speaks).";
+    SMTP_TLS_SECURITY_LEVEL "smtp_tls_security_level" Kind::Choice(TLS_LEVELS), "may",
+        "TLS of the smtp agent: none, may (opportunistic), encrypt (mandatory, unauthenticated), verify (the server's name must match its certificate), secure (the next hop's name must); Postfix's built-in default is none, its packages' main.cf sets may.";
     STALE_LOCK_TIME "stale_lock_time" Kind::Time { unit: 's' }, "500s",
         "A mailbox dotlock file older than this is removed as stale.";
     STRICT_MAILBOX_OWNERSHIP "strict_mailbox_ownership" Kind::Bool, "yes",
@@ -177,7 +227,7 @@ params! {
     SYSLOG_NAME "syslog_name" Kind::Text, "postern",
         "Prefix of every log line: <syslog_name>/<service>[pid].";
     TRANSPORT_MAPS "transport_maps" Kind::List, "",
-        "Files mapping addresses to transports (pattern, then local, local:, error:text, or a pipe service from master.cf).";
+        "Files mapping addresses to transports (pattern, then local, local:, error:text, smtp:[host]:port, or a pipe service from master.cf).";
 }
 
 /// Per-service parameter suffixes: `<service><suffix>` is recognised for every

@@ -15,8 +15,8 @@
 //! credentials, stores it durably in `incoming` (see [`queuefile`]) and only
 //! then answers with its queue id. qmgr moves it to `active`, routes each
 //! recipient (transport_maps, aliases, `.forward`, passwd — [`route`]),
-//! hands the deliveries to the local service with the message file
-//! attached, records every outcome in the queue file, retries deferred
+//! hands the deliveries to the local service (or a transport: smtp, pipe)
+//! with the message file attached, records every outcome in the queue file, retries deferred
 //! messages with growing intervals and sends delivery status notifications
 //! ([`bounce`]). showq ([`showq`]) lists the queue for `mailq` to the users
 //! `authorized_mailq_users` allows; `sendmail -bs` ([`smtp_session`]) speaks
@@ -41,7 +41,10 @@
 //! its first label], `mydestination` [$myhostname, localhost.$mydomain,
 //! localhost], `authorized_mailq_users` [static:anyone], `alias_maps` [hash:/etc/aliases], `recipient_delimiter` [],
 //! `home_mailbox` [], `mail_spool_directory` [/var/mail], `transport_maps`
-//! [], `default_transport` [error:...], `minimal_backoff_time` [300s],
+//! [], `default_transport` [error:...], `relayhost` [],
+//! `<service>_destination_concurrency_limit`
+//! [$default_destination_concurrency_limit],
+//! `<service>_destination_recipient_limit` [50], `minimal_backoff_time` [300s],
 //! `maximal_backoff_time` [4000s], `queue_run_delay` [300s],
 //! `maximal_queue_lifetime` [5d], `initial_destination_concurrency` [5],
 //! `default_destination_concurrency_limit` [20],

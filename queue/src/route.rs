@@ -9,8 +9,10 @@
 //!    full address, `@domain` or `domain`, `.domain` for subdomains, `*`):
 //!    `local`, `error:[d.d.d ]text` (bounce), anything else names a
 //!    transport that postern does not run here (deferred with the reason).
-//! 2. A domain not in `mydestination` goes to `default_transport`
-//!    (by default an `error:`, so remote mail bounces 5.4.4).
+//! 2. A domain not in `mydestination` goes to `default_transport` (by
+//!    default an `error:`, so remote mail bounces 5.4.4; with
+//!    `default_transport = smtp`, `relayhost` is the next hop when set,
+//!    else the recipient's domain).
 //! 3. Local: the local part, lower-cased, split at the first
 //!    `recipient_delimiter` character into user and extension.
 //! 4. `alias_maps` (aliases(5) text files): the full local part, then the
@@ -36,6 +38,7 @@ use postern_common::account::{self, Account};
 use postern_common::handoff::{Destination, Instruction};
 use postern_conf::aliases::{self, Target};
 use postern_conf::forward;
+use postern_conf::transport::{self, Transport, TransportTable};
 use postern_conf::{params, Config};
 
 /// Alias and `.forward` expansion stops this deep.
@@ -117,40 +120,6 @@ impl Delivery {
     }
 }
 
-/// A transport named by transport_maps or default_transport.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Transport {
-    Local,
-    Error(Option<String>, String),
-    Other(String, String),
-}
-
-fn parse_transport(text: &str) -> Transport {
-    let (name, next) = text.split_once(':').unwrap_or((text, ""));
-    match name.trim() {
-        "local" => Transport::Local,
-        "error" => {
-            let next = next.trim();
-            match next.split_once(' ') {
-                Some((code, rest)) if is_dsn(code) => {
-                    Transport::Error(Some(code.to_string()), rest.trim().to_string())
-                }
-                _ => Transport::Error(None, next.to_string()),
-            }
-        }
-        other => Transport::Other(other.to_string(), next.trim().to_string()),
-    }
-}
-
-fn is_dsn(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('.').collect();
-    parts.len() == 3
-        && matches!(parts[0], "4" | "5")
-        && parts[1..]
-            .iter()
-            .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
-}
-
 /// An alias with the owner of the file it came from.
 #[derive(Debug, Clone)]
 struct AliasEntry {
@@ -166,8 +135,9 @@ pub struct Router {
     mydestination: Vec<String>,
     delimiter: String,
     aliases: HashMap<String, AliasEntry>,
-    transports: Vec<(String, String)>,
+    transports: TransportTable,
     default_transport: String,
+    relayhost: String,
     home_mailbox: String,
     spool: PathBuf,
     /// Problems found while loading (each file:line), to log.
@@ -209,8 +179,9 @@ impl Router {
             myhostname,
             delimiter: config.text(params::RECIPIENT_DELIMITER).to_string(),
             aliases: HashMap::new(),
-            transports: Vec::new(),
+            transports: TransportTable::default(),
             default_transport: config.text(params::DEFAULT_TRANSPORT).to_string(),
+            relayhost: config.text(params::RELAYHOST).trim().to_string(),
             home_mailbox: config.text(params::HOME_MAILBOX).to_string(),
             spool: PathBuf::from(config.text(params::MAIL_SPOOL_DIRECTORY)),
             problems: Vec::new(),
@@ -262,20 +233,8 @@ impl Router {
                     continue;
                 }
             };
-            for (i, line) in text.lines().enumerate() {
-                let line = line.trim();
-                if line.is_empty() || line.starts_with('#') {
-                    continue;
-                }
-                match line.split_once(char::is_whitespace) {
-                    Some((pattern, transport)) => r
-                        .transports
-                        .push((pattern.to_ascii_lowercase(), transport.trim().to_string())),
-                    None => r
-                        .problems
-                        .push(format!("{shown}:{}: expected 'pattern transport'", i + 1)),
-                }
-            }
+            let problems = r.transports.parse_into(&shown, &text);
+            r.problems.extend(problems);
         }
         r
     }
@@ -283,33 +242,6 @@ impl Router {
     /// Whether a file the tables came from changed since they were loaded.
     pub fn stale(&self) -> bool {
         self.sources.iter().any(|(p, t)| mtime(p) != *t)
-    }
-
-    fn transport_for(&self, address: &str, domain: Option<&str>) -> Option<&str> {
-        let address = address.to_ascii_lowercase();
-        let find = |pattern: &str| {
-            self.transports
-                .iter()
-                .find(|(p, _)| p == pattern)
-                .map(|(_, t)| t.as_str())
-        };
-        if let Some(t) = find(&address) {
-            return Some(t);
-        }
-        if let Some(d) = domain {
-            let d = d.to_ascii_lowercase();
-            if let Some(t) = find(&d).or_else(|| find(&format!("@{d}"))) {
-                return Some(t);
-            }
-            let mut rest = d.as_str();
-            while let Some((_, parent)) = rest.split_once('.') {
-                if let Some(t) = find(&format!(".{parent}")) {
-                    return Some(t);
-                }
-                rest = parent;
-            }
-        }
-        find("*")
     }
 
     fn is_local_domain(&self, domain: &str) -> bool {
@@ -344,13 +276,23 @@ impl Router {
             Some((l, d)) => (l, Some(d)),
             None => (address, None),
         };
-        let transport = self.transport_for(address, domain).map(parse_transport);
+        let transport = self
+            .transports
+            .lookup(address, domain)
+            .map(Transport::parse);
         let transport = match (transport, domain) {
             (Some(t), _) => t,
             (None, Some(d)) if !self.is_local_domain(d) => {
-                match parse_transport(&self.default_transport) {
+                match Transport::parse(&self.default_transport) {
                     Transport::Error(None, text) => {
                         Transport::Error(Some("5.4.4".into()), format!("{text} (domain {d})"))
+                    }
+                    // Remote mail without a next hop of its own goes to
+                    // relayhost when there is one, as in Postfix.
+                    Transport::Other(name, next)
+                        if next.is_empty() && !self.relayhost.is_empty() =>
+                    {
+                        Transport::Other(name, self.relayhost.clone())
                     }
                     t => t,
                 }
@@ -370,12 +312,13 @@ impl Router {
                 return;
             }
             Transport::Other(name, nexthop) => {
-                let valid = !name.is_empty()
-                    && name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-                    && !name.starts_with('.');
-                if !valid {
+                // No next hop: the recipient's domain (a remote transport
+                // then looks up its MX hosts).
+                let nexthop = match (nexthop.is_empty(), domain) {
+                    (true, Some(d)) if name == "smtp" => d.to_ascii_lowercase(),
+                    _ => nexthop,
+                };
+                if !transport::is_service_name(&name) {
                     out.push(Delivery::defer(
                         address,
                         "4.3.5",
@@ -752,6 +695,37 @@ mod tests {
     }
 
     #[test]
+    fn remote_mail_goes_to_relayhost_or_the_domain() {
+        let dir = tempfile::tempdir().unwrap();
+        let map = dir.path().join("transport");
+        std::fs::write(
+            &map,
+            "other.test smtp:[mx.other.test]:2525
+bare.test smtp
+",
+        )
+        .unwrap();
+        let nexthop = |r: &Router, a: &str| match &r.resolve(a)[0].route {
+            Route::Transport { service, instr } => match &instr.destination {
+                Destination::Transport { nexthop } => format!("{service}:{nexthop}"),
+                d => panic!("{d:?}"),
+            },
+            r => panic!("{r:?}"),
+        };
+        let main = format!(
+            "alias_maps =\ntransport_maps = {}\ndefault_transport = smtp\n",
+            map.display()
+        );
+        let r = router(&format!("{main}relayhost = [relay.test]:587\n"));
+        assert_eq!(nexthop(&r, "a@Remote.test"), "smtp:[relay.test]:587");
+        assert_eq!(nexthop(&r, "a@other.test"), "smtp:[mx.other.test]:2525");
+        assert_eq!(nexthop(&r, "a@bare.test"), "smtp:bare.test");
+        let r = router(&main);
+        assert_eq!(nexthop(&r, "a@Remote.test"), "smtp:remote.test");
+        assert!(matches!(&r.resolve("root")[0].route, Route::Local(_)));
+    }
+
+    #[test]
     fn aliases_extensions_and_loops() {
         let dir = tempfile::tempdir().unwrap();
         let aliases = dir.path().join("aliases");
@@ -788,6 +762,5 @@ mod tests {
         );
         assert!(d.len() <= 2);
         assert_eq!(r.resolve("self").len(), 2);
-        assert!(is_dsn("4.2.0") && !is_dsn("2.0.0") && !is_dsn("5.x.1"));
     }
 }

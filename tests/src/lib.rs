@@ -166,6 +166,7 @@ impl Instance {
             "postern-local",
             "postern-submit",
             "postern-qmgr",
+            "postern-smtp",
             "postern-sendmail",
             "postern-queue",
             "postern-showq",

@@ -1,0 +1,168 @@
+//! The message body on the wire: read from the queue file's descriptor in
+//! chunks (memory does not grow with the message), line ends made CRLF,
+//! lines starting with `.` doubled (RFC 5321 4.5.2), and the final
+//! `CRLF.CRLF`.
+
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
+
+/// Bytes read from the queue file at a time.
+const CHUNK: usize = 64 * 1024;
+
+/// The SMTP encoding of a byte stream, fed chunk by chunk.
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    at_line_start: bool,
+    last_cr: bool,
+}
+
+impl Default for Encoder {
+    fn default() -> Self {
+        Encoder {
+            at_line_start: true,
+            last_cr: false,
+        }
+    }
+}
+
+impl Encoder {
+    /// Appends the encoding of `input` to `out`.
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        for &b in input {
+            if self.at_line_start && b == b'.' {
+                out.push(b'.');
+            }
+            if b == b'\n' && !self.last_cr {
+                out.push(b'\r');
+            }
+            out.push(b);
+            self.at_line_start = b == b'\n';
+            self.last_cr = b == b'\r';
+        }
+    }
+
+    /// The end of the data: a line end if the message lacks its last one,
+    /// then `.CRLF`.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if !self.at_line_start {
+            out.extend_from_slice(if self.last_cr { b"\n" } else { b"\r\n" });
+        }
+        out.extend_from_slice(b".\r\n");
+    }
+}
+
+/// Whether the message has bytes above 127 (it then goes with
+/// `BODY=8BITMIME` when the server offers it).
+pub fn is_8bit(fd: &OwnedFd, offset: u64, size: u64) -> std::io::Result<bool> {
+    let file = std::fs::File::from(fd.try_clone()?);
+    let mut buf = vec![0u8; CHUNK];
+    let mut done = 0u64;
+    while done < size {
+        let want = usize::try_from((size - done).min(CHUNK as u64)).unwrap_or(CHUNK);
+        let n = file.read_at(&mut buf[..want], offset + done)?;
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().any(|&b| b >= 0x80) {
+            return Ok(true);
+        }
+        done += n as u64;
+    }
+    Ok(false)
+}
+
+/// Why the body could not be sent.
+#[derive(Debug)]
+pub enum SendError {
+    /// Reading the queue file failed (ours, not the server's fault).
+    Read(std::io::Error),
+    /// Writing to the server failed.
+    Write(std::io::Error),
+}
+
+/// Streams `size` bytes from `offset` of `fd`, encoded, to `to`; `size`
+/// `None`: to the end of the file. The queue file shrinking under us is a
+/// read error.
+pub fn send(
+    fd: &OwnedFd,
+    offset: u64,
+    size: Option<u64>,
+    to: &mut impl Write,
+) -> Result<(), SendError> {
+    let file = std::fs::File::from(fd.try_clone().map_err(SendError::Read)?);
+    let mut buf = vec![0u8; CHUNK];
+    let mut out = Vec::with_capacity(CHUNK + CHUNK / 8);
+    let mut enc = Encoder::default();
+    let mut done = 0u64;
+    loop {
+        let want = match size {
+            Some(s) if done >= s => break,
+            Some(s) => usize::try_from((s - done).min(CHUNK as u64)).unwrap_or(CHUNK),
+            None => CHUNK,
+        };
+        let n = file
+            .read_at(&mut buf[..want], offset + done)
+            .map_err(SendError::Read)?;
+        if n == 0 {
+            if size.is_some() {
+                return Err(SendError::Read(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the queue file is shorter than its message",
+                )));
+            }
+            break;
+        }
+        done += n as u64;
+        out.clear();
+        enc.feed(&buf[..n], &mut out);
+        to.write_all(&out).map_err(SendError::Write)?;
+    }
+    out.clear();
+    enc.finish(&mut out);
+    to.write_all(&out).map_err(SendError::Write)?;
+    to.flush().map_err(SendError::Write)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(chunks: &[&[u8]]) -> Vec<u8> {
+        let mut e = Encoder::default();
+        let mut out = Vec::new();
+        for c in chunks {
+            e.feed(c, &mut out);
+        }
+        e.finish(&mut out);
+        out
+    }
+
+    #[test]
+    fn line_ends_dots_and_the_end() {
+        assert_eq!(encode(&[b"a\nb\n"]), b"a\r\nb\r\n.\r\n");
+        assert_eq!(encode(&[b"a\r\nb"]), b"a\r\nb\r\n.\r\n");
+        assert_eq!(encode(&[b".x\n..\n.\n"]), b"..x\r\n...\r\n..\r\n.\r\n");
+        assert_eq!(encode(&[b"a.b\n"]), b"a.b\r\n.\r\n");
+        assert_eq!(encode(&[b""]), b".\r\n");
+        // Chunk boundaries change nothing.
+        assert_eq!(encode(&[b"a\r", b"\n.", b"b"]), b"a\r\n..b\r\n.\r\n");
+        assert_eq!(encode(&[b"a\r"]), b"a\r\n.\r\n");
+    }
+
+    #[test]
+    fn streams_a_slice_of_a_file() {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(b"ENVELOPE\nhello\n.dot\n\xe9t\xe9\n").unwrap();
+        let fd = OwnedFd::from(f);
+        let mut out = Vec::new();
+        send(&fd, 9, Some(11), &mut out).unwrap();
+        assert_eq!(out, b"hello\r\n..dot\r\n.\r\n");
+        assert!(!is_8bit(&fd, 9, 11).unwrap());
+        assert!(is_8bit(&fd, 9, 16).unwrap());
+        assert!(matches!(
+            send(&fd, 9, Some(100), &mut Vec::new()),
+            Err(SendError::Read(_))
+        ));
+    }
+}

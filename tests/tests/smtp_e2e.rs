@@ -1,0 +1,629 @@
+//! End to end, as root: `postern sendmail` → submit → qmgr → smtp → a
+//! remote server on loopback (several 127.0.0.x addresses stand for
+//! several hosts). The remote server is `tests/smtp_server.py`, which can
+//! offer STARTTLS with a certificate made here by `openssl`, require AUTH,
+//! refuse or defer recipients, drop the connection in the middle of the
+//! data, or never answer.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use postern_tests::{bin, eventually, run, run_with_input, Instance, Outcome, WAIT};
+
+const MASTER: &str = "local unix - n n - - local\n\
+                      submit unix n - n - - submit\n\
+                      qmgr fifo n - n 300 1 qmgr\n\
+                      smtp unix - - n - - smtp\n";
+
+/// A remote server: the Python script, killed on drop.
+struct Remote {
+    child: Child,
+    port: u16,
+    out: tempfile::TempDir,
+}
+
+impl Remote {
+    fn start(ip: &str, args: &[&str]) -> Remote {
+        let out = tempfile::tempdir().unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("smtp_server.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg("--listen")
+            .arg(format!("{ip}:0"))
+            .arg("--out")
+            .arg(out.path())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 smtp_server.py");
+        // Readiness: the server prints its port once it listens.
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .strip_prefix("ready ")
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("smtp_server.py did not start: {line:?}"));
+        Remote { child, port, out }
+    }
+
+    /// The messages received so far, oldest first: (envelope, data).
+    fn messages(&self) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        for n in 1.. {
+            let base = self.out.path().join(n.to_string());
+            let Ok(data) = std::fs::read(base.with_extension("eml")) else {
+                break;
+            };
+            let env = std::fs::read_to_string(base.with_extension("env")).unwrap();
+            out.push((env, data));
+        }
+        out
+    }
+
+    fn wait_messages(&self, n: usize, inst: &Instance) -> Vec<(String, Vec<u8>)> {
+        let ok = eventually(WAIT, || self.messages().len() >= n);
+        assert!(ok, "the server never had {n} messages:\n{}", inst.log());
+        self.messages()
+    }
+
+    fn max_sessions(&self) -> usize {
+        std::fs::read_to_string(self.out.path().join("sessions.max"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        // Already gone is fine: the test is over either way.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A test CA and a server certificate for 127.0.0.2 and relay.test.
+struct Certs {
+    dir: tempfile::TempDir,
+}
+
+impl Certs {
+    fn make() -> Certs {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        let openssl = |args: &[&str]| {
+            let out = run(Command::new("openssl").args(args).current_dir(dir.path()));
+            assert_eq!(out.code, Some(0), "openssl {args:?}: {out:?}");
+        };
+        std::fs::write(
+            p("leaf.ext"),
+            "subjectAltName=IP:127.0.0.2,DNS:relay.test\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=postern test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=relay.test",
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "leaf.ext",
+        ]);
+        Certs { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+}
+
+/// A running instance that sends remote mail through smtp.
+fn instance(main_extra: &str) -> Instance {
+    let mut inst = Instance::new(
+        &format!(
+            "minimal_backoff_time = 1s\nmaximal_backoff_time = 2s\nqueue_run_delay = 1s\n\
+             default_transport = smtp\nsmtp_tls_security_level = may\n\
+             smtp_helo_timeout = 3s\nsmtp_connect_timeout = 3s\n{main_extra}"
+        ),
+        MASTER,
+    );
+    inst.start();
+    inst
+}
+
+fn sendmail(inst: &Instance, args: &[&str], message: &[u8]) -> Outcome {
+    let out = run_with_input(
+        Command::new(bin("postern"))
+            .arg("-c")
+            .arg(inst.etc())
+            .arg("sendmail")
+            .args(args)
+            .env_remove("POSTERN_CONFIG"),
+        message,
+    );
+    assert_eq!(out.code, Some(0), "sendmail: {out:?}");
+    out
+}
+
+/// CRLF line ends back to LF (the server keeps what came over the wire).
+fn lf(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len());
+    for (i, &b) in data.iter().enumerate() {
+        if b == b'\r' && data.get(i + 1) == Some(&b'\n') {
+            continue;
+        }
+        out.push(b);
+    }
+    out
+}
+
+fn log_lines<'a>(log: &'a str, needle: &str) -> Vec<&'a str> {
+    log.lines().filter(|l| l.contains(needle)).collect()
+}
+
+#[test]
+fn relay_through_starttls_with_auth_arrives_byte_exact() {
+    let certs = Certs::make();
+    let remote = Remote::start(
+        "127.0.0.2",
+        &[
+            "--tls",
+            &certs.path("server.crt"),
+            &certs.path("server.key"),
+            "--auth",
+            "ann:s3cret:pw",
+        ],
+    );
+    let secrets = tempfile::tempdir().unwrap();
+    let passwd: PathBuf = secrets.path().join("sasl_passwd");
+    std::fs::write(
+        &passwd,
+        format!("[127.0.0.2]:{} ann:s3cret:pw\n", remote.port),
+    )
+    .unwrap();
+    std::fs::set_permissions(&passwd, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let inst = instance(&format!(
+        "relayhost = [127.0.0.2]:{}\nsmtp_tls_security_level = verify\nsmtp_tls_CAfile = {}\n\
+         smtp_sasl_auth_enable = yes\nsmtp_sasl_password_maps = {}\nsmtp_helo_name = client.test\n",
+        remote.port,
+        certs.path("ca.crt"),
+        passwd.display()
+    ));
+    let mut body = b"Subject: over TLS\nFrom: ann@localhost\n\n.a line with a dot\n..two dots\n.\n\
+                     caf\xc3\xa9 8-bit\n"
+        .to_vec();
+    body.extend(std::iter::repeat_n(b'x', 3000));
+    body.extend_from_slice(b"\nlast line without an end");
+    sendmail(
+        &inst,
+        &["-i", "-f", "ann@localhost", "bob@remote.test"],
+        &body,
+    );
+    let got = remote.wait_messages(1, &inst);
+    let (env, data) = &got[0];
+    assert!(env.contains("tls=yes"), "{env}");
+    assert!(env.contains("user=ann\n"), "{env}");
+    assert!(env.contains("helo=client.test\n"), "{env}");
+    assert!(
+        env.contains("from=ann@localhost\nto=bob@remote.test\n"),
+        "{env}"
+    );
+    // Every line went as CRLF; the body is the one sent, byte for byte (with
+    // the line end its last line lacked), after the headers, which postern
+    // completes (Received:, Date:, Message-ID:).
+    let received = lf(data);
+    assert!(!received.contains(&b'\r'));
+    let split = |m: &[u8]| {
+        let at = m
+            .windows(2)
+            .position(|w| w == b"\n\n")
+            .expect("a header end");
+        (m[..at + 1].to_vec(), m[at + 2..].to_vec())
+    };
+    let (sent_head, sent_body) = split(&body);
+    let (got_head, got_body) = split(&received);
+    let mut want = sent_body.clone();
+    want.push(b'\n');
+    assert!(
+        got_body == want,
+        "not byte-exact:\n{}",
+        String::from_utf8_lossy(&received)
+    );
+    let got_head = String::from_utf8_lossy(&got_head).to_string();
+    assert!(
+        got_head.contains(&*String::from_utf8_lossy(&sent_head)),
+        "{got_head}"
+    );
+    inst.wait_log("status=sent (250 2.0.0 Ok: queued as T1)", 1);
+    let log = inst.log();
+    let relay = format!("relay=127.0.0.2[127.0.0.2]:{}", remote.port);
+    let sent = log_lines(&log, "status=sent");
+    assert!(
+        sent[0].contains("postern/smtp[")
+            && sent[0].contains(&relay)
+            && sent[0].contains("dsn=2.0.0"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "Verified TLS connection established to 127.0.0.2[127.0.0.2]:{}: TLSv1_3",
+            remote.port
+        )),
+        "{log}"
+    );
+}
+
+#[test]
+fn passwords_go_in_plaintext_only_when_allowed() {
+    let remote = Remote::start("127.0.0.2", &["--auth", "ann:pw", "--auth-without-tls"]);
+    let secrets = tempfile::tempdir().unwrap();
+    let passwd = secrets.path().join("sasl_passwd");
+    std::fs::write(&passwd, format!("[127.0.0.2]:{} ann:pw\n", remote.port)).unwrap();
+    std::fs::set_permissions(&passwd, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let main = format!(
+        "relayhost = [127.0.0.2]:{}\nsmtp_tls_security_level = none\n\
+         smtp_sasl_auth_enable = yes\nsmtp_sasl_password_maps = {}\n",
+        remote.port,
+        passwd.display()
+    );
+    // By default PLAIN and LOGIN need TLS: the mail waits.
+    let inst = instance(&main);
+    sendmail(&inst, &["bob@remote.test"], b"Subject: secret\n\nhello\n");
+    inst.wait_log("status=deferred (SASL authentication failed; cannot authenticate to server 127.0.0.2[127.0.0.2]: no mechanism available (PLAIN and LOGIN need TLS", 1);
+    assert!(remote.messages().is_empty());
+    drop(inst);
+    // Allowed explicitly, they go without it.
+    let inst = instance(&format!("{main}smtp_sasl_security_options = noanonymous\n"));
+    sendmail(&inst, &["bob@remote.test"], b"Subject: secret\n\nhello\n");
+    let got = remote.wait_messages(1, &inst);
+    assert!(got[0].0.contains("tls=no\nuser=ann\n"), "{}", got[0].0);
+}
+
+#[test]
+fn verify_refuses_a_server_whose_certificate_names_another_host() {
+    let certs = Certs::make();
+    // The certificate names 127.0.0.2; this server is 127.0.0.3.
+    let remote = Remote::start(
+        "127.0.0.3",
+        &[
+            "--tls",
+            &certs.path("server.crt"),
+            &certs.path("server.key"),
+        ],
+    );
+    let inst = instance(&format!(
+        "relayhost = [127.0.0.3]:{}\nsmtp_tls_security_level = verify\nsmtp_tls_CAfile = {}\n",
+        remote.port,
+        certs.path("ca.crt")
+    ));
+    sendmail(&inst, &["bob@remote.test"], b"Subject: x\n\nhello\n");
+    inst.wait_log("status=deferred (Server certificate not verified", 1);
+    assert!(remote.messages().is_empty());
+    assert!(!inst.log().contains("status=sent"), "{}", inst.log());
+}
+
+#[test]
+fn opportunistic_tls_that_fails_falls_back_to_plaintext() {
+    let remote = Remote::start("127.0.0.2", &["--tls-broken"]);
+    let inst = instance(&format!("relayhost = [127.0.0.2]:{}\n", remote.port));
+    sendmail(&inst, &["bob@remote.test"], b"Subject: plain\n\nhello\n");
+    let got = remote.wait_messages(1, &inst);
+    assert!(got[0].0.contains("tls=no"), "{}", got[0].0);
+    inst.wait_log("status=sent (250 2.0.0 Ok: queued as T1)", 1);
+    assert!(
+        inst.log()
+            .contains("TLS is not required: trying 127.0.0.2[127.0.0.2]:"),
+        "{}",
+        inst.log()
+    );
+}
+
+#[test]
+fn a_refused_recipient_bounces_alone_and_a_deferred_one_is_retried() {
+    let remote = Remote::start(
+        "127.0.0.2",
+        &[
+            "--reject",
+            "bad@remote.test",
+            "--defer-once",
+            "later@remote.test",
+        ],
+    );
+    let inst = instance(&format!("relayhost = [127.0.0.2]:{}\n", remote.port));
+    sendmail(
+        &inst,
+        &[
+            "-f",
+            "sender@remote.test",
+            "good@remote.test",
+            "bad@remote.test",
+            "later@remote.test",
+        ],
+        b"Subject: three\n\nhello\n",
+    );
+    // The message to good, the bounce to the sender (through the relay
+    // too), then the retry to later.
+    let got = remote.wait_messages(3, &inst);
+    let to = |env: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix("to="))
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(to(&got[0].0), "good@remote.test");
+    let bounce = got
+        .iter()
+        .find(|(env, _)| to(env) == "sender@remote.test")
+        .expect("a bounce to the sender");
+    assert!(bounce.0.contains("from=\n"), "{}", bounce.0);
+    let text = String::from_utf8_lossy(&bounce.1);
+    assert!(text.contains("bad@remote.test"), "{text}");
+    assert!(
+        text.contains("550 5.1.1 <bad@remote.test>: Recipient address rejected: User unknown"),
+        "{text}"
+    );
+    assert!(!text.contains("good@remote.test"), "{text}");
+    assert!(got.iter().any(|(env, _)| to(env) == "later@remote.test"));
+    // The retry's log line follows the server's reply.
+    let retried = eventually(WAIT, || {
+        log_lines(&inst.log(), "to=<later@remote.test>")
+            .iter()
+            .any(|l| l.contains("status=sent"))
+    });
+    assert!(retried, "{}", inst.log());
+    let log = inst.log();
+    let bad = log_lines(&log, "to=<bad@remote.test>");
+    assert!(
+        bad[0].contains("dsn=5.1.1, status=bounced (host 127.0.0.2[127.0.0.2] said: 550 5.1.1"),
+        "{log}"
+    );
+    assert!(bad[0].contains("(in reply to RCPT TO command)"), "{log}");
+    let later = log_lines(&log, "to=<later@remote.test>");
+    assert!(later[0].contains("dsn=4.2.0, status=deferred"), "{log}");
+}
+
+#[test]
+fn broken_and_silent_servers_defer_and_a_dead_destination_does_not_hold_up_others() {
+    let good = Remote::start("127.0.0.2", &[]);
+    let dropper = Remote::start("127.0.0.4", &["--drop-data"]);
+    let silent = Remote::start("127.0.0.5", &["--silent"]);
+    // Nothing listens on 127.0.0.6 at this port.
+    let down = postern_tests::free_port();
+    let transport = tempfile::tempdir().unwrap();
+    let map = transport.path().join("transport");
+    std::fs::write(
+        &map,
+        format!(
+            "up.test smtp:[127.0.0.2]:{}\ndrop.test smtp:[127.0.0.4]:{}\n\
+             silent.test smtp:[127.0.0.5]:{}\ndown.test smtp:[127.0.0.6]:{down}\n",
+            good.port, dropper.port, silent.port
+        ),
+    )
+    .unwrap();
+    let inst = instance(&format!(
+        "transport_maps = {}\ninitial_destination_concurrency = 1\nminimal_backoff_time = 60s\n\
+         maximal_backoff_time = 60s\nsmtp_helo_timeout = 1s\n",
+        map.display()
+    ));
+    sendmail(&inst, &["x@drop.test"], b"Subject: dropped\n\nhello\n");
+    sendmail(&inst, &["x@silent.test"], b"Subject: silent\n\nhello\n");
+    sendmail(&inst, &["x@down.test"], b"Subject: down\n\nhello\n");
+    sendmail(&inst, &["x@up.test"], b"Subject: up\n\nhello\n");
+    let got = good.wait_messages(1, &inst);
+    assert!(got[0].0.contains("to=x@up.test"));
+    inst.wait_log("to=<x@drop.test>", 1);
+    inst.wait_log("to=<x@silent.test>", 1);
+    inst.wait_log("to=<x@down.test>", 1);
+    let log = inst.log();
+    let dropped = log_lines(&log, "to=<x@drop.test>");
+    assert!(
+        dropped[0]
+            .contains("status=deferred (lost connection with 127.0.0.4[127.0.0.4] while sending"),
+        "{log}"
+    );
+    assert!(dropped[0].contains("dsn=4.4.2"), "{log}");
+    assert!(dropper.messages().is_empty());
+    let silent_line = log_lines(&log, "to=<x@silent.test>");
+    assert!(
+        silent_line[0].contains(
+            "status=deferred (conversation with 127.0.0.5[127.0.0.5] timed out while receiving the initial server greeting)"
+        ),
+        "{log}"
+    );
+    let down_line = log_lines(&log, "to=<x@down.test>");
+    assert!(
+        down_line[0].contains(&format!(
+            "dsn=4.4.1, status=deferred (connect to 127.0.0.6[127.0.0.6]:{down}: Connection refused"
+        )),
+        "{log}"
+    );
+    // The failed destination is now dead for minimal_backoff_time: more
+    // mail for it is deferred without a connection attempt, while the other
+    // destinations go on.
+    sendmail(&inst, &["y@down.test"], b"Subject: down again\n\nhello\n");
+    sendmail(&inst, &["y@up.test"], b"Subject: up again\n\nhello\n");
+    good.wait_messages(2, &inst);
+    inst.wait_log("to=<y@down.test>", 1);
+    let log = inst.log();
+    let again = log_lines(&log, "to=<y@down.test>");
+    assert!(
+        again[0].contains("status=deferred (delivery temporarily suspended: connect to 127.0.0.6"),
+        "{log}"
+    );
+    assert!(
+        !log_lines(&log, "status=sent")
+            .iter()
+            .any(|l| l.contains("down.test")),
+        "{log}"
+    );
+}
+
+#[test]
+fn concurrency_to_one_destination_stays_within_its_limit() {
+    // Each end of data waits a moment at the server, so that deliveries
+    // overlap if the queue manager lets them.
+    let remote = Remote::start("127.0.0.2", &["--hold", "0.2"]);
+    let inst = instance(&format!(
+        "relayhost = [127.0.0.2]:{}\ninitial_destination_concurrency = 1\n\
+         smtp_destination_concurrency_limit = 2\nsmtp_destination_recipient_limit = 2\n",
+        remote.port
+    ));
+    for i in 0..8 {
+        sendmail(
+            &inst,
+            &[&format!("r{i}@remote.test")],
+            format!("Subject: {i}\n\nhello\n").as_bytes(),
+        );
+    }
+    // One message for three recipients goes in two deliveries (2 + 1).
+    sendmail(
+        &inst,
+        &["a@remote.test", "b@remote.test", "c@remote.test"],
+        b"Subject: three\n\nhello\n",
+    );
+    let got = remote.wait_messages(10, &inst);
+    let max = remote.max_sessions();
+    assert!((1..=2).contains(&max), "{max} sessions at once");
+    let split: Vec<&str> = got
+        .iter()
+        .filter_map(|(env, _)| env.lines().find_map(|l| l.strip_prefix("to=")))
+        .filter(|to| to.contains("a@") || to.contains("b@") || to.contains("c@"))
+        .collect();
+    assert_eq!(split.len(), 2, "{split:?}");
+    assert!(
+        split.iter().all(|to| to.split(',').count() <= 2),
+        "{split:?}"
+    );
+}
+
+/// Postfix's smtp-sink, killed on drop.
+struct Sink {
+    child: Child,
+    port: u16,
+    dumps: tempfile::TempDir,
+}
+
+impl Sink {
+    fn start() -> Sink {
+        let dumps = tempfile::tempdir().unwrap();
+        // smtp-sink drops to nobody, who writes the dumps.
+        std::fs::set_permissions(
+            dumps.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
+        let port = postern_tests::free_port();
+        let child = Command::new("/usr/sbin/smtp-sink")
+            .arg("-u")
+            .arg("nobody")
+            .arg("-d")
+            .arg(format!("{}/%H%M%S.", dumps.path().display()))
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("20")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("/usr/sbin/smtp-sink (Debian's postfix package)");
+        let sink = Sink { child, port, dumps };
+        // Readiness: it accepts connections.
+        let up = eventually(WAIT, || {
+            std::net::TcpStream::connect(("127.0.0.1", sink.port)).is_ok()
+        });
+        assert!(up, "smtp-sink never listened on port {}", sink.port);
+        sink
+    }
+
+    fn dumps(&self) -> Vec<String> {
+        std::fs::read_dir(self.dumps.path())
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .collect()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        // Already gone is fine: the test is over either way.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn many_messages_reach_postfixs_smtp_sink() {
+    let sink = Sink::start();
+    let inst = instance(&format!("relayhost = [127.0.0.1]:{}\n", sink.port));
+    for i in 0..20 {
+        sendmail(
+            &inst,
+            &[&format!("r{i}@remote.test")],
+            format!("Subject: sink {i}\n\nhello {i}\n").as_bytes(),
+        );
+    }
+    // A dump is written as the message arrives (smtp-sink writes LF line
+    // ends): wait for all of them whole.
+    let has_all = || {
+        let dumps = sink.dumps();
+        (0..20).all(|i| {
+            dumps
+                .iter()
+                .any(|d| d.contains(&format!("\n\nhello {i}\n")))
+        })
+    };
+    assert!(
+        eventually(WAIT, has_all),
+        "smtp-sink did not get all 20 messages:\n{}",
+        inst.log()
+    );
+    inst.wait_log("status=sent (250", 20);
+    assert!(!inst.log().contains("status=deferred"), "{}", inst.log());
+}
