@@ -26,7 +26,7 @@ pub mod destinations;
 pub mod handoff;
 pub mod instance;
 pub mod log;
-pub mod programs;
+pub use postern_conf::programs;
 pub mod queue_health;
 pub mod server;
 pub mod status;

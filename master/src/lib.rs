@@ -19,4 +19,5 @@
 pub mod control_server;
 pub mod endpoint;
 pub mod lifecycle;
+pub mod postfix;
 pub mod supervisor;

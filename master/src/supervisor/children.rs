@@ -12,6 +12,7 @@ use nix::unistd::Pid;
 use postern_common::status::{self as child_status, Message, FIRST_FREE_FD};
 use postern_sys as sys;
 
+use super::services::Service;
 use super::Master;
 use crate::lifecycle::{self, ExitVerdict};
 
@@ -46,6 +47,15 @@ impl Master {
             // its service's channel holds before judging the exit.
             let generation = self.services[i].generation;
             self.on_status(generation);
+            self.on_stderr(pid);
+            self.close_stderr(i, pid);
+            let left = self.services[i].reassembly.forget(pid);
+            if left > 0 {
+                log::warn!(
+                    "service {}: pid {pid} left a partial status record of {left} byte(s)",
+                    self.services[i].id()
+                );
+            }
             let throttle_for = self.services[i].throttle_time;
             let svc = &mut self.services[i];
             let Some(child) = svc.children.remove(&pid) else {
@@ -111,6 +121,10 @@ impl Master {
             };
             let now = Instant::now();
             let svc = &mut self.services[i];
+            if svc.postfix {
+                svc.postfix_records(sender, &buf[..n.min(buf.len())], now);
+                continue;
+            }
             let (pid, generation, update) =
                 match child_status::decode_message(&buf[..n.min(buf.len())]) {
                     Ok(Message::State(r)) => (r.pid, r.generation, Ok(r.state)),
@@ -152,6 +166,68 @@ impl Master {
         self.refresh(i, Instant::now());
     }
 
+    /// Reads what a Postfix daemon wrote on its standard error (its log
+    /// lines, `-V`) and keeps its last `fatal:` line; at most 64 KiB per
+    /// wakeup, the rest on the next one.
+    pub(super) fn on_stderr(&mut self, pid: i32) {
+        let Some(child) = self
+            .services
+            .iter_mut()
+            .find_map(|s| s.children.get_mut(&pid))
+        else {
+            return;
+        };
+        let Some((fd, token, rest)) = &mut child.stderr else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        for _ in 0..16 {
+            match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    rest.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(rest).into_owned();
+                    if let Some(line) = crate::postfix::fatal_line(&text) {
+                        child.fatal = Some(line);
+                    }
+                    // Keep only an unfinished last line (bounded).
+                    let keep = rest.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+                    rest.drain(..keep);
+                    if rest.len() > 4096 {
+                        rest.clear();
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return,
+            }
+        }
+        let raw = fd.as_raw_fd();
+        let token = *token;
+        // Asks for another event if more is waiting; should it fail, the
+        // pipe is still read at the daemon's exit.
+        let _ = self
+            .poll
+            .registry()
+            .reregister(&mut SourceFd(&raw), token, Interest::READABLE);
+    }
+
+    /// Stops watching the standard error of a Postfix daemon of service `i`.
+    pub(super) fn close_stderr(&mut self, i: usize, pid: i32) {
+        let Some((fd, token, _)) = self.services[i]
+            .children
+            .get_mut(&pid)
+            .and_then(|c| c.stderr.take())
+        else {
+            return;
+        };
+        self.tokens.remove(&token);
+        // Not registered any more only if the registration failed at start.
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&fd.as_raw_fd()));
+    }
+
     pub(super) fn on_connection(&mut self, generation: u32) {
         let Some(i) = self.service_index(generation) else {
             return;
@@ -163,6 +239,49 @@ impl Master {
         }
         self.start_child(i, now);
         self.refresh(i, now);
+    }
+}
+
+impl Service {
+    /// Applies what a Postfix daemon wrote on its status stream: whole
+    /// records of its own pid and generation count; anything else (from a
+    /// process that is not a child, for another pid or generation, with an
+    /// unknown state) is logged, rate-limited, and changes nothing.
+    fn postfix_records(&mut self, sender: Option<i32>, bytes: &[u8], now: Instant) {
+        let Some(sender) = sender.filter(|p| self.children.contains_key(p)) else {
+            self.warn_limited(
+                now,
+                &format!(
+                    "{} byte(s) on the status channel from pid {}, which is not its child: ignored",
+                    bytes.len(),
+                    sender.map_or("unknown".to_string(), |p| p.to_string())
+                ),
+            );
+            return;
+        };
+        for record in self.reassembly.push(sender, bytes) {
+            let problem = match record {
+                Err(e) => Some(format!("malformed status record from pid {sender} ignored: {e}")),
+                Ok(r) if r.pid != sender => Some(format!(
+                    "status record for pid {} sent by pid {sender}: ignored",
+                    r.pid
+                )),
+                Ok(r) => match self.children.get_mut(&sender) {
+                    Some(c) if c.generation == r.generation => {
+                        c.info = c.info.report(r.state);
+                        None
+                    }
+                    Some(c) => Some(format!(
+                        "status record from pid {sender} for generation {} (its generation is {}): ignored",
+                        r.generation, c.generation
+                    )),
+                    None => None,
+                },
+            };
+            if let Some(text) = problem {
+                self.warn_limited(now, &text);
+            }
+        }
     }
 }
 
@@ -204,10 +323,16 @@ pub(super) fn recv_with_sender(fd: &OwnedFd, buf: &mut [u8]) -> nix::Result<(usi
 
 /// A status channel: the master's end (non-blocking) and the child's end
 /// (at a descriptor number at or above FIRST_FREE_FD).
-pub(super) fn status_channel() -> nix::Result<(OwnedFd, OwnedFd)> {
+/// Postfix's daemons (`postfix`) get a stream socket, postern's children
+/// a sequenced-packet one.
+pub(super) fn status_channel(postfix: bool) -> nix::Result<(OwnedFd, OwnedFd)> {
     let (a, b) = socketpair(
         AddressFamily::Unix,
-        SockType::SeqPacket,
+        if postfix {
+            SockType::Stream
+        } else {
+            SockType::SeqPacket
+        },
         None,
         SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
     )?;

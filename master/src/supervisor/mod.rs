@@ -64,7 +64,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,7 @@ use mio::net::UnixListener;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use postern_common::account::{self, Account};
+use postern_common::status::FIRST_FREE_FD;
 use postern_common::sysexits;
 use postern_conf::{params, Config, ServicesFile, Source};
 use postern_sys as sys;
@@ -86,6 +87,7 @@ use postern_common::instance::{self, LockError, Paths, PidLock};
 mod children;
 mod control;
 mod launcher;
+mod prepare;
 mod reload;
 mod services;
 mod status;
@@ -276,9 +278,26 @@ fn start(opts: &Options) -> Result<Master, Fatal> {
         }
         Err(LockError::Io(e)) => return Err((sysexits::EX_OSERR, e)),
     };
+    // A Postfix instance: prepared as `postfix start` prepares it, and
+    // data_directory/master.lock held as Postfix's master holds it.
+    prepare::postfix_instance(&config)?;
+    let data_lock = if config.postfix_instance() {
+        match instance::lock_postfix_data(&config, &owner) {
+            Ok(l) => Some(l),
+            Err(LockError::Running(holder)) => {
+                return Err((
+                    1,
+                    format!("the Postfix instance is already running ({holder})"),
+                ))
+            }
+            Err(LockError::Io(e)) => return Err((sysexits::EX_OSERR, e)),
+        }
+    } else {
+        None
+    };
     nix::sys::prctl::set_child_subreaper(true)
         .map_err(|e| (sysexits::EX_OSERR, format!("PR_SET_CHILD_SUBREAPER: {e}")))?;
-    Master::new(opts, config, &owner, paths, (lock, queue_lock))
+    Master::new(opts, config, &owner, paths, (lock, queue_lock, data_lock))
 }
 
 /// Logs every reason `config` cannot be trusted (files or daemon programs
@@ -312,6 +331,8 @@ fn mail_owner(config: &Config) -> Result<Account, String> {
 enum Target {
     Status(u32),
     Listen(u32),
+    /// A Postfix daemon's standard error, by pid.
+    Stderr(i32),
 }
 
 struct Stop {
@@ -329,8 +350,9 @@ struct Master {
     /// Control connections being served, by token.
     control_clients: HashMap<Token, Client>,
     paths: Paths,
-    /// The instance's pid lock and its queue directory's lock.
-    _lock: (PidLock, PidLock),
+    /// The instance's pid lock, its queue directory's lock and, in a
+    /// Postfix instance, `data_directory/master.lock`.
+    _lock: (PidLock, PidLock, Option<PidLock>),
     services: Vec<Service>,
     tokens: HashMap<Token, Target>,
     next_token: usize,
@@ -342,6 +364,11 @@ struct Master {
     notified_status: String,
     /// Whether a service manager listens (`NOTIFY_SOCKET` is set).
     notify_enabled: bool,
+    /// Postfix's flow-control pipe (read end, write end), one for every
+    /// Postfix daemon; the master never reads or writes it.
+    flow: (OwnedFd, OwnedFd),
+    /// The generation of the next Postfix daemon forked (unique per fork).
+    next_fork_generation: u32,
 }
 
 fn os(e: impl std::fmt::Display, what: &str) -> Fatal {
@@ -354,7 +381,7 @@ impl Master {
         config: Config,
         owner: &Account,
         paths: Paths,
-        lock: (PidLock, PidLock),
+        lock: (PidLock, PidLock, Option<PidLock>),
     ) -> Result<Self, Fatal> {
         let poll = Poll::new().map_err(|e| os(e, "epoll"))?;
         let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGCHLD])
@@ -393,6 +420,8 @@ impl Master {
             stop: None,
             notified_status: String::new(),
             notify_enabled: std::env::var_os("NOTIFY_SOCKET").is_some(),
+            flow: flow_pipe().map_err(|e| os(e, "flow-control pipe"))?,
+            next_fork_generation: 1,
         };
         let config = master.config.clone();
         let mut kept = HashMap::new();
@@ -475,6 +504,7 @@ impl Master {
                     t => match self.tokens.get(&t).copied() {
                         Some(Target::Status(g)) => self.on_status(g),
                         Some(Target::Listen(g)) => self.on_connection(g),
+                        Some(Target::Stderr(pid)) => self.on_stderr(pid),
                         None => self.on_control_client(t),
                     },
                 }
@@ -522,6 +552,19 @@ impl Master {
             self.reap();
         }
     }
+}
+
+/// Postfix's flow-control pipe: non-blocking, close-on-exec, both ends
+/// above the fixed child descriptors.
+fn flow_pipe() -> nix::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC)?;
+    let high = |fd: OwnedFd| -> nix::Result<OwnedFd> {
+        if fd.as_raw_fd() >= FIRST_FREE_FD {
+            return Ok(fd);
+        }
+        sys::dup_at_least(fd.as_fd(), FIRST_FREE_FD)
+    };
+    Ok((high(r)?, high(w)?))
 }
 
 fn describe(source: &Source) -> String {

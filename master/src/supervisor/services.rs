@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
 use postern_common::check;
-use postern_common::programs;
 use postern_common::sysexits;
+use postern_conf::programs::Runner;
 use postern_conf::{params, Config, ServiceEntry};
 
 use super::children::status_channel;
@@ -21,12 +21,19 @@ use crate::endpoint::{self, BindTarget};
 use crate::lifecycle::{ChildInfo, ServiceLoad};
 
 /// A child the master knows.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(super) struct Child {
     pub(super) info: ChildInfo,
     pub(super) started: Instant,
-    /// The reason it sent before failing at startup (a fatal record).
+    /// The reason it sent before failing at startup (a fatal record), or
+    /// a Postfix daemon's own last `fatal:` line.
     pub(super) fatal: Option<String>,
+    /// A Postfix daemon's generation (unique per fork); 0 for postern's.
+    pub(super) generation: u32,
+    /// A Postfix daemon's standard error (its log lines, `-V`), read for
+    /// its `fatal:` line, with its event-loop token and what is left of
+    /// an unfinished line.
+    pub(super) stderr: Option<(OwnedFd, Token, Vec<u8>)>,
 }
 
 /// One running service.
@@ -38,6 +45,12 @@ pub(super) struct Service {
     /// per-service view of the configuration.
     pub(super) throttle_time: Duration,
     pub(super) program: PathBuf,
+    /// Run as a Postfix daemon (Postfix's contract: [`crate::postfix`]).
+    pub(super) postfix: bool,
+    /// A Postfix daemon's command line ([`crate::postfix::argv`]).
+    pub(super) postfix_argv: Vec<String>,
+    /// A Postfix service's status stream, reassembled per sender.
+    pub(super) reassembly: crate::postfix::Reassembly,
     pub(super) generation: u32,
     pub(super) targets: Vec<BindTarget>,
     pub(super) listeners: Vec<OwnedFd>,
@@ -117,16 +130,29 @@ impl Master {
         let view = config
             .for_service(entry)
             .map_err(|e| config_error(format!("service {id}: {e}")))?;
-        let program = programs::find(&entry.command)
-            .map(|p| config.daemon_directory().join(p.executable))
-            .ok_or_else(|| {
-                config_error(format!(
-                    "service {id}: program {} is not provided by postern",
-                    entry.command
-                ))
-            })?;
+        let (program, postfix) = match config.runner(entry) {
+            Runner::Postern(p) => (config.postern_directory().join(p.executable), false),
+            Runner::Postfix => {
+                let path = config.daemon_directory().join(&entry.command);
+                if !path.is_file() {
+                    return Err(config_error(format!(
+                        "service {id}: program {} is found neither among postern's programs nor in Postfix's daemon_directory {}",
+                        entry.command,
+                        config.daemon_directory().display()
+                    )));
+                }
+                (path, true)
+            }
+        };
         let targets = endpoint::targets(&view, entry)
             .map_err(|e| config_error(format!("service {id}: {e}")))?;
+        if postfix && targets.len() > crate::postfix::MAX_LISTEN_FDS {
+            return Err(config_error(format!(
+                "service {id}: {} addresses to listen on; a Postfix daemon takes at most {} here",
+                targets.len(),
+                crate::postfix::MAX_LISTEN_FDS
+            )));
+        }
         if targets.is_empty() {
             return Err(config_error(format!(
                 "service {id}: no address to listen on (check inet_interfaces and inet_protocols)"
@@ -142,7 +168,7 @@ impl Master {
             listeners.push(fd);
         }
         let (status, status_child) =
-            status_channel().map_err(|e| os(e, &format!("service {id}: status channel")))?;
+            status_channel(postfix).map_err(|e| os(e, &format!("service {id}: status channel")))?;
         let status_token = self.token();
         let listen_token = self.token();
         let generation = self.next_generation;
@@ -158,6 +184,35 @@ impl Master {
         self.tokens.insert(status_token, Target::Status(generation));
         self.tokens.insert(listen_token, Target::Listen(generation));
         let limit = view.process_limit(entry);
+        let postfix_argv = if postfix {
+            let loopback = match &entry.endpoint {
+                postern_conf::Endpoint::Inet { host: Some(h), .. } => h
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback()),
+                postern_conf::Endpoint::Inet { host: None, .. } => {
+                    view.list(params::INET_INTERFACES) == ["loopback-only"]
+                }
+                postern_conf::Endpoint::Local { .. } => true,
+            };
+            crate::postfix::argv(&crate::postfix::Launch {
+                command: &entry.command,
+                service: &entry.name,
+                kind: entry.kind,
+                limit,
+                unpriv: entry.unpriv,
+                chroot: entry.chroot,
+                stress: entry.kind == postern_conf::ServiceType::Inet
+                    && !loopback
+                    && limit != Some(1),
+                listeners: targets.len(),
+                overrides: &entry.overrides,
+                args: &entry.args,
+            })
+        } else {
+            Vec::new()
+        };
         let throttle_time = view.time(params::SERVICE_THROTTLE_TIME);
         // The first wake-up comes at once: a queue manager looks at the
         // queue as soon as the instance starts, as in Postfix.
@@ -166,6 +221,9 @@ impl Master {
             entry: entry.clone(),
             throttle_time,
             program,
+            postfix,
+            postfix_argv,
+            reassembly: Default::default(),
             generation,
             targets,
             listeners,
@@ -196,8 +254,17 @@ impl Master {
         keep: impl Fn(&BindTarget) -> bool,
     ) -> Vec<(BindTarget, OwnedFd)> {
         let id = svc.id();
-        for pid in svc.children.keys() {
+        for (pid, child) in &svc.children {
             self.retired.insert(*pid, id.clone());
+            if let Some((fd, token, _)) = &child.stderr {
+                self.tokens.remove(token);
+                // Closed with the service just below; deregistering first
+                // keeps epoll's set exact, and cannot fail for a watched fd.
+                let _ = self
+                    .poll
+                    .registry()
+                    .deregister(&mut SourceFd(&fd.as_raw_fd()));
+            }
         }
         self.tokens.remove(&svc.status_token);
         self.tokens.remove(&svc.listen_token);
@@ -248,14 +315,18 @@ pub(super) fn state(
     }
 }
 
-/// The services of `config` that the master runs: postern provides the
-/// program and supports the type.
+/// The services of `config` that the master runs: postern's programs on
+/// the types they support, Postfix's daemons on the types postern's
+/// master gives them (`postern check` reports the others).
 pub(super) fn startable(config: &Config) -> Vec<&ServiceEntry> {
     config
         .master
         .services
         .iter()
-        .filter(|s| programs::find(&s.command).is_some() && check::supported_type(s.kind))
+        .filter(|s| match config.runner(s) {
+            Runner::Postern(_) => check::supported_type(s.kind),
+            Runner::Postfix => check::postfix_type(s.kind),
+        })
         .collect()
 }
 

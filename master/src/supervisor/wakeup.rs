@@ -34,7 +34,7 @@ impl Master {
                     svc.next_wakeup = Some(now + w.interval);
                     if !w.only_if_used || svc.used {
                         for (t, held) in svc.targets.iter().zip(&svc.listeners) {
-                            if let Err(e) = endpoint::wake(t, held, self.owner) {
+                            if let Err(e) = endpoint::wake(t, held, self.owner, svc.postfix) {
                                 log::warn!("service {}: wakeup of {t}: {e}", svc.entry.id());
                             }
                         }
