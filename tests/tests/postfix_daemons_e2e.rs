@@ -355,3 +355,70 @@ fn write_policy(path: &Path) {
     .unwrap();
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
 }
+
+#[test]
+fn a_hostile_daemon_on_its_status_channel_does_not_confuse_the_master() {
+    // Postfix's daemons from a daemon_directory of links to the real ones,
+    // plus "flood": a daemon that writes garbage, half records, records for
+    // another pid and another generation, then floods its channel, and
+    // never reports a real state.
+    let pf = Postfix::new("", "flood unix n - n 1 1 flood");
+    let daemons = pf.inst.dir.path().join("daemons");
+    std::fs::create_dir(&daemons).unwrap();
+    for e in std::fs::read_dir("/usr/lib/postfix/sbin").unwrap() {
+        let e = e.unwrap();
+        std::os::unix::fs::symlink(e.path(), daemons.join(e.file_name())).unwrap();
+    }
+    std::fs::write(
+        daemons.join("flood"),
+        "#!/usr/bin/python3\n\
+         import os, struct, time\n\
+         me = os.getpid()\n\
+         gen = int(os.environ.get('GENERATION', '0'), 8)\n\
+         os.write(5, struct.pack('=iIi', 1, gen, 0))\n\
+         os.write(5, struct.pack('=iIi', me, gen + 1, 0))\n\
+         os.write(5, struct.pack('=iIi', me, gen, 7))\n\
+         os.write(5, b'\\xff' * 7)\n\
+         while True:\n\
+         \x20   os.write(5, b'garbage!' * 64)\n\
+         \x20   time.sleep(0.001)\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        daemons.join("flood"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    pf.inst
+        .append_main(&format!("daemon_directory = {}\n", daemons.display()));
+    let mut pf = pf;
+    pf.inst.start();
+    pf.inst
+        .wait_log("more status channel warning(s) suppressed", 1);
+    let log = pf.inst.log();
+    for expected in [
+        "service flood/unix: status record for pid 1 sent by pid",
+        "(its generation is",
+        "unknown state 7",
+    ] {
+        assert!(log.contains(expected), "{expected}:\n{log}");
+    }
+    // The other services are served as ever, and the master answers.
+    for _ in 0..5 {
+        let s = std::net::TcpStream::connect(("127.0.0.1", pf.port)).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let mut banner = String::new();
+        BufReader::new(&s).read_line(&mut banner).unwrap();
+        assert!(banner.starts_with("220 "), "{banner:?}");
+        (&s).write_all(b"QUIT\r\n").unwrap();
+    }
+    let status = pf.inst.status();
+    assert!(status.lines().any(|l| l.starts_with("flood ")), "{status}");
+    let out = pf.inst.stop(false);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        eventually(WAIT, || pf.daemons().is_empty()),
+        "left running: {:?}",
+        pf.daemons()
+    );
+}

@@ -179,6 +179,9 @@ impl Master {
                 // waiting on it: its limit is a design, not a bottleneck.
                 if svc.limit.is_some_and(|l| svc.children.len() as u32 >= l)
                     && svc.entry.kind != postern_conf::ServiceType::Fifo
+                    // Nor has a solitary Postfix daemon (qmgr, pickup,
+                    // postlogd: maxproc 1 is what they require).
+                    && !(svc.postfix && svc.limit == Some(1))
                     && svc
                         .last_limit_warning
                         .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60))

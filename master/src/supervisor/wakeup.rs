@@ -32,7 +32,9 @@ impl Master {
             if let (Some(due), Some(w)) = (svc.next_wakeup, svc.entry.wakeup) {
                 if due <= now {
                     svc.next_wakeup = Some(now + w.interval);
-                    if !w.only_if_used || svc.used {
+                    // Postfix's master skips the wakeups of a throttled service.
+                    let skip = svc.postfix && svc.throttled_until.is_some_and(|t| t > now);
+                    if (!w.only_if_used || svc.used) && !skip {
                         for (t, held) in svc.targets.iter().zip(&svc.listeners) {
                             if let Err(e) = endpoint::wake(t, held, self.owner, svc.postfix) {
                                 log::warn!("service {}: wakeup of {t}: {e}", svc.entry.id());
