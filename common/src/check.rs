@@ -458,6 +458,42 @@ fn check_postfix(config: &Config, s: &postern_conf::ServiceEntry, out: &mut Vec<
     }
 }
 
+/// The installed Postfix's `mail_version` (`postconf -d -h mail_version`
+/// from Postfix's `command_directory`), and whether postern's master
+/// speaks its daemons' contract: Postfix 3 (read from 3.7, unchanged to
+/// 3.12). `Err` says why not.
+pub fn postfix_version(config: &Config) -> Result<String, String> {
+    let dir = config
+        .main
+        .get("command_directory")
+        .map_or("/usr/sbin", |e| e.value.as_str());
+    let postconf = Path::new(dir).join("postconf");
+    let out = std::process::Command::new(&postconf)
+        .args(["-d", "-h", "mail_version"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| {
+            format!(
+                "cannot run {}: {e} (is Postfix installed?)",
+                postconf.display()
+            )
+        })?;
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || version.is_empty() {
+        return Err(format!(
+            "{} -d -h mail_version failed: {}",
+            postconf.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    if version.split('.').next() != Some("3") {
+        return Err(format!(
+            "Postfix {version} is installed; postern's master runs the daemons of Postfix 3 (their contract was read from 3.7 and is unchanged to 3.12)"
+        ));
+    }
+    Ok(version)
+}
+
 /// Debian's script that fills a Postfix chroot jail; `postern start` runs
 /// it, as Debian's `postfix start` does, when a Postfix service is chrooted.
 pub const CONFIGURE_INSTANCE: &str = "/usr/lib/postfix/configure-instance.sh";
@@ -473,6 +509,18 @@ fn check_postfix_instance(config: &Config, out: &mut Vec<Diagnostic>) {
         .services
         .iter()
         .find(|s| programs::postfix_instance(std::iter::once(s.command.as_str())));
+    match postfix_version(config) {
+        Ok(v) => out.push(Diagnostic::note(
+            &config.master.file,
+            first.map(|s| s.line),
+            format!("Postfix {v}'s daemons"),
+        )),
+        Err(why) => out.push(Diagnostic::error(
+            &config.master.file,
+            first.map(|s| s.line),
+            why,
+        )),
+    }
     out.push(Diagnostic::note(
         &config.master.file,
         first.map(|s| s.line),

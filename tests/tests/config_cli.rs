@@ -544,3 +544,33 @@ fn a_program_found_neither_among_postern_s_nor_postfix_s_is_an_error() {
         out.stderr
     );
 }
+
+#[test]
+fn postfix_of_another_major_version_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    // A postconf that reports Postfix 2.
+    std::fs::write(bin.join("postconf"), "#!/bin/sh\necho 2.11.3\n").unwrap();
+    std::fs::set_permissions(
+        bin.join("postconf"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("main.cf"),
+        format!("command_directory = {}\n", bin.display()),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("master.cf"), "smtp inet n - n - - smtpd\n").unwrap();
+    let c = dir.path().display().to_string();
+    let out = postern(&["-c", &c, "check"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "Postfix 2.11.3 is installed; postern's master runs the daemons of Postfix 3"
+        ),
+        "{}",
+        out.stderr
+    );
+}

@@ -59,6 +59,9 @@ pub(super) fn postfix_instance(config: &Config) -> Result<(), Fatal> {
     let Source::Dir(dir) = &config.source else {
         return Ok(());
     };
+    let version =
+        postern_common::check::postfix_version(config).map_err(|why| (sysexits::EX_CONFIG, why))?;
+    log::info!("a Postfix instance: Postfix {version}'s daemons");
     let postfix = command_directory(config).join("postfix");
     let mut check = Command::new(&postfix);
     check.arg("-c").arg(dir).arg("check");
