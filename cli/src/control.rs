@@ -133,7 +133,7 @@ pub fn start(source: &Source, foreground: bool) -> i32 {
             return sysexits::EX_CANTCREAT;
         }
     }
-    let master = config.daemon_directory().join("postern-master");
+    let master = config.postern_directory().join("postern-master");
     if !master.is_file() {
         eprintln!(
             "postern: fatal: {} does not exist (check daemon_directory)",

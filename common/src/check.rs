@@ -27,6 +27,7 @@ pub fn check(config: &Config) -> Vec<Diagnostic> {
     check_directories(config, &mut out);
     out.extend(trust(config));
     check_inet_interfaces(config, &mut out);
+    check_postfix_instance(config, &mut out);
     check_services(config, owner.as_ref(), &mut out);
     check_mail_flow(config, &mut out);
     check_local(config, &mut out);
@@ -37,7 +38,12 @@ pub fn check(config: &Config) -> Vec<Diagnostic> {
 /// has a local service.
 fn check_local(config: &Config, out: &mut Vec<Diagnostic>) {
     use crate::trusted::{self, Mode};
-    if !config.master.services.iter().any(|s| s.command == "local") {
+    if !config
+        .master
+        .services
+        .iter()
+        .any(|s| matches!(config.runner(s), programs::Runner::Postern(p) if p.name == "local"))
+    {
         return;
     }
     if let Source::Dir(_) = &config.source {
@@ -202,10 +208,17 @@ fn check_accounts(config: &Config, out: &mut Vec<Diagnostic>) -> Option<Account>
 }
 
 fn check_directories(config: &Config, out: &mut Vec<Diagnostic>) {
+    // data_directory is root's in a postern instance (the master's pid
+    // lock and control socket are there) and the mail owner's in a Postfix
+    // one (Postfix's daemons write there; postfix check sets it up).
+    let data_owner = if config.postfix_instance() {
+        None
+    } else {
+        Some(0)
+    };
     for (name, expected_owner) in [
         (params::QUEUE_DIRECTORY, Some(0)),
-        // Root's, unlike Postfix's: the master's pid lock and control socket are there.
-        (params::DATA_DIRECTORY, Some(0)),
+        (params::DATA_DIRECTORY, data_owner),
     ] {
         let dir = config.text(name);
         if !dir.starts_with('/') {
@@ -279,17 +292,25 @@ pub fn trust(config: &Config) -> Vec<Diagnostic> {
             }
         }
     }
-    let daemons = config.daemon_directory();
-    let mut programs: Vec<&str> = vec!["postern-master"];
+    let daemons = config.postern_directory();
+    let mut paths = vec![daemons.clone(), daemons.join("postern-master")];
+    let postfix = config.daemon_directory();
     for s in &config.master.services {
-        if let Some(p) = programs::find(&s.command) {
-            if !programs.contains(&p.executable) {
-                programs.push(p.executable);
+        let path = match config.runner(s) {
+            programs::Runner::Postern(p) => daemons.join(p.executable),
+            programs::Runner::Postfix => {
+                if !paths.contains(&postfix) {
+                    paths.push(postfix.clone());
+                }
+                postfix.join(&s.command)
             }
+        };
+        if !paths.contains(&path) {
+            paths.push(path);
         }
     }
-    let paths = std::iter::once(daemons.clone())
-        .chain(programs.iter().map(|p| daemons.join(p)))
+    let paths = paths
+        .into_iter()
         // Missing programs are start's to report; only what exists is run.
         .filter(|p| p.symlink_metadata().is_ok());
     for path in paths {
@@ -361,43 +382,159 @@ fn check_services(config: &Config, owner: Option<&Account>, out: &mut Vec<Diagno
                 ),
             ));
         }
-        if let Some(program) = programs::find(&s.command) {
-            check_provided(config, s, program, owner, out);
-        } else if let Some(meant) = programs::find(&s.name).filter(|p| {
-            // Postfix's master.cf names its SMTP server and client both
-            // "smtp" (inet smtpd, unix smtp): not a typo when another
-            // service of that name runs the program.
-            !config
-                .master
-                .services
-                .iter()
-                .any(|o| o.name == s.name && o.command == p.name)
-        }) {
-            // The service is named for a program postern provides, and
-            // runs something else: a typo that would stop mail.
-            out.push(Diagnostic::error(
-                file,
-                Some(s.line),
-                format!(
-                    "service {} runs '{}', which postern does not provide: did you mean '{}' ({})?",
-                    s.id(),
-                    s.command,
-                    meant.name,
-                    meant.doc
-                ),
-            ));
-        } else {
-            out.push(Diagnostic::warning(
-                file,
-                Some(s.line),
-                format!(
-                    "service {} runs '{}', which postern does not provide: the master will not start it",
-                    s.id(),
-                    s.command
-                ),
-            ));
+        match config.runner(s) {
+            programs::Runner::Postern(program) => {
+                out.push(Diagnostic::note(
+                    file,
+                    Some(s.line),
+                    format!(
+                        "service {}: postern's {} ({})",
+                        s.id(),
+                        program.name,
+                        config
+                            .postern_directory()
+                            .join(program.executable)
+                            .display()
+                    ),
+                ));
+                check_provided(config, s, program, owner, out);
+            }
+            programs::Runner::Postfix => check_postfix(config, s, out),
         }
     }
+}
+
+/// Checks a service run as a Postfix daemon: the program must be in
+/// Postfix's `daemon_directory`, on a type postern's master gives Postfix's
+/// daemons, and a chrooted one needs Debian's jail preparation.
+fn check_postfix(config: &Config, s: &postern_conf::ServiceEntry, out: &mut Vec<Diagnostic>) {
+    let file = &config.master.file;
+    let dir = config.daemon_directory();
+    let path = dir.join(&s.command);
+    if !path.is_file() {
+        let hint = match programs::find(&s.name) {
+            Some(meant) if !config.postfix_instance() => format!(
+                "which postern does not provide: did you mean '{}' ({})?",
+                meant.name, meant.doc
+            ),
+            _ => format!(
+                "which is found neither among postern's programs nor in Postfix's daemon_directory {}",
+                dir.display()
+            ),
+        };
+        out.push(Diagnostic::error(
+            file,
+            Some(s.line),
+            format!("service {} runs '{}', {hint}", s.id(), s.command),
+        ));
+        return;
+    }
+    out.push(Diagnostic::note(
+        file,
+        Some(s.line),
+        format!("service {}: Postfix daemon {}", s.id(), path.display()),
+    ));
+    if !postfix_type(s.kind) {
+        out.push(Diagnostic::error(
+            file,
+            Some(s.line),
+            format!(
+                "service {}: type {} is not supported for Postfix's daemons by postern's master (use inet, unix, unix-dgram or fifo)",
+                s.id(),
+                s.kind
+            ),
+        ));
+    }
+    if s.chroot && !Path::new(CONFIGURE_INSTANCE).is_file() {
+        out.push(Diagnostic::error(
+            file,
+            Some(s.line),
+            format!(
+                "service {}: chrooted, and {CONFIGURE_INSTANCE} (Debian's jail preparation) is missing: put n in the chroot column (the 5th field)",
+                s.id()
+            ),
+        ));
+    }
+}
+
+/// The installed Postfix's `mail_version` (`postconf -d -h mail_version`
+/// from Postfix's `command_directory`), and whether postern's master
+/// speaks its daemons' contract: Postfix 3 (read from 3.7, unchanged to
+/// 3.12). `Err` says why not.
+pub fn postfix_version(config: &Config) -> Result<String, String> {
+    let dir = config
+        .main
+        .get("command_directory")
+        .map_or("/usr/sbin", |e| e.value.as_str());
+    let postconf = Path::new(dir).join("postconf");
+    let out = std::process::Command::new(&postconf)
+        .args(["-d", "-h", "mail_version"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| {
+            format!(
+                "cannot run {}: {e} (is Postfix installed?)",
+                postconf.display()
+            )
+        })?;
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || version.is_empty() {
+        return Err(format!(
+            "{} -d -h mail_version failed: {}",
+            postconf.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    if version.split('.').next() != Some("3") {
+        return Err(format!(
+            "Postfix {version} is installed; postern's master runs the daemons of Postfix 3 (their contract was read from 3.7 and is unchanged to 3.12)"
+        ));
+    }
+    Ok(version)
+}
+
+/// Debian's script that fills a Postfix chroot jail; `postern start` runs
+/// it, as Debian's `postfix start` does, when a Postfix service is chrooted.
+pub const CONFIGURE_INSTANCE: &str = "/usr/lib/postfix/configure-instance.sh";
+
+/// In a Postfix instance: what applies (the defaults of Postfix, the names
+/// of postern's programs, the files Postfix's tools use).
+fn check_postfix_instance(config: &Config, out: &mut Vec<Diagnostic>) {
+    if !config.postfix_instance() {
+        return;
+    }
+    let first = config
+        .master
+        .services
+        .iter()
+        .find(|s| programs::postfix_instance(std::iter::once(s.command.as_str())));
+    match postfix_version(config) {
+        Ok(v) => out.push(Diagnostic::note(
+            &config.master.file,
+            first.map(|s| s.line),
+            format!("Postfix {v}'s daemons"),
+        )),
+        Err(why) => out.push(Diagnostic::error(
+            &config.master.file,
+            first.map(|s| s.line),
+            why,
+        )),
+    }
+    out.push(Diagnostic::note(
+        &config.master.file,
+        first.map(|s| s.line),
+        format!(
+            "a Postfix instance (master.cf runs Postfix's {}): Postfix's rules apply: mail_owner {}, queue_directory {}, data_directory {} (the mail owner's, mode 0700), Postfix's daemons from daemon_directory {}; \
+             the names local, pipe, qmgr, showq and spawn mean Postfix's daemons here, postern's are postern-local, postern-pipe, postern-spawn (from {}); \
+             postern start prepares the instance with postfix check, holds queue_directory/pid/master.pid and data_directory/master.lock as Postfix's master does (so postfix status, reload and stop reach it), and keeps its own control socket in queue_directory/pid/postern",
+            first.map_or("daemons", |s| s.command.as_str()),
+            config.text(MAIL_OWNER),
+            config.text(params::QUEUE_DIRECTORY),
+            config.text(params::DATA_DIRECTORY),
+            config.daemon_directory().display(),
+            postern_conf::installed_daemon_directory().display(),
+        ),
+    ));
 }
 
 /// The queue needs both ends: a configuration with a submit service or a
@@ -406,13 +543,12 @@ fn check_services(config: &Config, owner: Option<&Account>, out: &mut Vec<Diagno
 /// either, the instance runs other services only (spawn, local for
 /// `postern deliver`), which is fine.
 fn check_mail_flow(config: &Config, out: &mut Vec<Diagnostic>) {
-    let runs = |program: &str| {
-        config
-            .master
-            .services
-            .iter()
-            .any(|s| s.command == program && programs::find(&s.command).is_some())
-    };
+    let runs =
+        |program: &str| {
+            config.master.services.iter().any(
+                |s| matches!(config.runner(s), programs::Runner::Postern(p) if p.name == program),
+            )
+        };
     let (submit, qmgr, local) = (runs("submit"), runs("qmgr"), runs("local"));
     let file = &config.master.file;
     if submit && !qmgr {
@@ -549,4 +685,10 @@ pub fn supported_type(kind: ServiceType) -> bool {
         kind,
         ServiceType::Inet | ServiceType::Unix | ServiceType::Fifo
     )
+}
+
+/// Whether postern's master can run a Postfix daemon on this type (`pass`
+/// is not implemented).
+pub fn postfix_type(kind: ServiceType) -> bool {
+    supported_type(kind) || kind == ServiceType::UnixDgram
 }

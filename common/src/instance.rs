@@ -18,6 +18,15 @@
 //!         master.control      the control socket (status), root only
 //! ```
 //!
+//! In a Postfix instance (master.cf runs Postfix's daemons:
+//! `postern_conf::programs`) Postfix's layout applies instead: Postfix's
+//! `postfix check` creates the queue (as `postfix start` does),
+//! `data_directory` is the mail owner's (0700; the master holds
+//! `data_directory/master.lock` there as Postfix's master does, see
+//! [`lock_postfix_data`]), and the master's own files move to
+//! `queue_directory/pid/postern/` (root 0700), under directories that are
+//! root's in Postfix's layout too.
+//!
 //! The pid file and the control socket live in directories only root can
 //! change (unlike Postfix's mail-owner-owned data_directory), so that the
 //! mail owner can neither point `postern stop` at another process nor make
@@ -47,7 +56,11 @@ pub struct Paths {
 impl Paths {
     /// The paths of `config`'s instance.
     pub fn of(config: &Config) -> Self {
-        let master_dir = Path::new(config.text(params::DATA_DIRECTORY)).join("master");
+        let master_dir = if config.postfix_instance() {
+            Path::new(config.text(params::QUEUE_DIRECTORY)).join("pid/postern")
+        } else {
+            Path::new(config.text(params::DATA_DIRECTORY)).join("master")
+        };
         Paths {
             pid_file: master_dir.join("master.pid"),
             control: master_dir.join("master.control"),
@@ -89,6 +102,22 @@ pub fn ensure_directories(config: &Config, owner: &Account) -> Result<Vec<PathBu
     let queues =
         ["incoming", "active", "deferred", "hold", "corrupt", "slots"].map(|q| queue.join(q));
     let mut plan: Vec<(&Path, u32, u32, u32)> = Vec::new();
+    let pid_dir = queue.join("pid");
+    if config.postfix_instance() {
+        // The rest is Postfix's to create (`postfix check`, run by the master).
+        plan.extend([
+            (queue, 0, 0, 0o755),
+            (pid_dir.as_path(), 0, 0, 0o755),
+            (paths.master_dir.as_path(), 0, 0, 0o700),
+        ]);
+        let mut created = Vec::new();
+        for (path, uid, gid, mode) in plan {
+            if ensure_dir(path, uid, gid, mode)? {
+                created.push(path.to_path_buf());
+            }
+        }
+        return Ok(created);
+    }
     let (private, public) = (queue.join("private"), queue.join("public"));
     plan.push((queue, 0, 0, 0o755));
     plan.push((&private, owner.uid, owner.gid, 0o700));
@@ -190,6 +219,42 @@ pub fn lock_queue(queue_directory: &Path, what: &str) -> Result<PidLock, LockErr
     let dir = queue_directory.join("pid");
     ensure_dir(&dir, 0, 0, 0o755).map_err(LockError::Io)?;
     lock_file(&dir.join("master.pid"), what)
+}
+
+/// `data_directory/master.lock` of a Postfix instance, opened as the mail
+/// owner and locked as Postfix's master locks it (one master per data
+/// directory); held until dropped.
+pub fn lock_postfix_data(config: &Config, owner: &Account) -> Result<PidLock, LockError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = Path::new(config.text(params::DATA_DIRECTORY)).join("master.lock");
+    let who = postern_sys::privilege::MailOwner {
+        uid: owner.uid,
+        gid: owner.gid,
+    };
+    let file = postern_sys::privilege::as_filesystem_user(who, 0o077, || {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(&path)
+    })
+    .map_err(|e| {
+        LockError::Io(format!(
+            "cannot open {} as the mail owner: {e}",
+            path.display()
+        ))
+    })?
+    .map_err(|e| LockError::Io(format!("cannot open {}: {e}", path.display())))?;
+    if FileExt::try_lock_exclusive(&file).is_err() {
+        return Err(LockError::Running(format!(
+            "{} is locked by another master",
+            path.display()
+        )));
+    }
+    Ok(PidLock { _file: file })
 }
 
 /// The pid of the running master, if one holds the lock. The pid file, its

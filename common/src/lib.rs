@@ -27,7 +27,7 @@ pub mod handoff;
 pub mod instance;
 pub mod log;
 pub mod mail;
-pub mod programs;
+pub use postern_conf::programs;
 pub mod queue_health;
 pub mod server;
 pub mod status;

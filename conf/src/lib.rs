@@ -57,6 +57,7 @@ pub mod maincf;
 pub mod mastercf;
 pub mod params;
 pub mod policy;
+pub mod programs;
 pub mod transport;
 
 use std::collections::BTreeMap;
@@ -195,6 +196,16 @@ impl Layers<'_> {
                         None,
                     )),
                 },
+                (name, _)
+                    if programs::postfix_instance(
+                        self.master.services.iter().map(|s| s.command.as_str()),
+                    ) =>
+                {
+                    programs::POSTFIX_DEFAULTS
+                        .iter()
+                        .find(|(n, _)| *n == name)
+                        .map_or_else(|| spec.default.to_string(), |(_, d)| d.to_string())
+                }
                 _ => spec.default.to_string(),
             };
             return Some((spec.kind, default));
@@ -543,6 +554,28 @@ impl Config {
             return PathBuf::from(set);
         }
         installed_daemon_directory()
+    }
+
+    /// Whether master.cf names Postfix's own daemons (see [`programs`]).
+    pub fn postfix_instance(&self) -> bool {
+        programs::postfix_instance(self.master.services.iter().map(|s| s.command.as_str()))
+    }
+
+    /// Who runs `entry` (see [`programs::runner`]).
+    pub fn runner(&self, entry: &ServiceEntry) -> programs::Runner {
+        programs::runner(&entry.command, self.postfix_instance())
+    }
+
+    /// Where postern's own programs are: `daemon_directory` (as set, or the
+    /// running program's) outside a Postfix instance; inside one,
+    /// `daemon_directory` is Postfix's and postern's are where postern is
+    /// installed.
+    pub fn postern_directory(&self) -> PathBuf {
+        if self.postfix_instance() {
+            installed_daemon_directory()
+        } else {
+            self.daemon_directory()
+        }
     }
 
     /// The process limit of `entry` (`None` = unlimited).

@@ -108,6 +108,8 @@ params! {
         "Environment variables passed on to external commands (name, or name=value).";
     HOME_MAILBOX "home_mailbox" Kind::Text, "",
         "Mailbox relative to the home directory ('Mailbox' for mbox, 'Maildir/' for Maildir); empty: mail_spool_directory/<user>.";
+    IMPORT_ENVIRONMENT "import_environment" Kind::List, "MAIL_CONFIG MAIL_DEBUG MAIL_LOGTAG TZ XAUTHORITY DISPLAY LANG=C POSTLOG_SERVICE POSTLOG_HOSTNAME",
+        "The environment the master passes to Postfix's daemons (name, or name=value), as Postfix's master does; postern's own children get theirs from the master's.";
     INET_INTERFACES "inet_interfaces" Kind::List, "loopback-only",
         "Addresses inet services without a host part listen on: all, loopback-only, or addresses (Postfix's default is all; postern starts on loopback).";
     INET_PROTOCOLS "inet_protocols" Kind::ChoiceList(INET_PROTOCOL_NAMES), "all",

@@ -30,13 +30,17 @@ pub enum BindTarget {
     Unix(PathBuf),
     /// A named pipe path.
     Fifo(PathBuf),
+    /// A unix datagram socket path (Postfix's `unix-dgram`, postlogd's).
+    Dgram(PathBuf),
 }
 
 impl std::fmt::Display for BindTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BindTarget::Tcp(a) => write!(f, "{a}"),
-            BindTarget::Unix(p) | BindTarget::Fifo(p) => write!(f, "{}", p.display()),
+            BindTarget::Unix(p) | BindTarget::Fifo(p) | BindTarget::Dgram(p) => {
+                write!(f, "{}", p.display())
+            }
         }
     }
 }
@@ -110,6 +114,7 @@ pub fn targets(config: &Config, entry: &ServiceEntry) -> Result<Vec<BindTarget>,
             match entry.kind {
                 ServiceType::Unix => Ok(vec![BindTarget::Unix(path)]),
                 ServiceType::Fifo => Ok(vec![BindTarget::Fifo(path)]),
+                ServiceType::UnixDgram => Ok(vec![BindTarget::Dgram(path)]),
                 other => Err(format!("service type {other} is not supported by postern")),
             }
         }
@@ -130,6 +135,7 @@ pub fn open(target: &BindTarget, backlog: i32, owner: (u32, u32)) -> Result<Owne
         BindTarget::Tcp(addr) => open_tcp(addr, backlog),
         BindTarget::Unix(path) => open_unix(path, backlog, owner),
         BindTarget::Fifo(path) => open_fifo(path, owner),
+        BindTarget::Dgram(path) => open_dgram(path, owner),
     }
     .map_err(|e| format!("cannot listen on {target}: {e}"))?;
     high(fd).map_err(|e| format!("cannot move descriptor of {target}: {e}"))
@@ -160,9 +166,20 @@ fn open_tcp(addr: &SocketAddr, backlog: i32) -> std::io::Result<OwnedFd> {
 }
 
 fn open_unix(path: &Path, backlog: i32, owner: (u32, u32)) -> std::io::Result<OwnedFd> {
+    let fd = bind_unix(path, SockType::Stream, owner)?;
+    listen(&fd, Backlog::new(backlog).unwrap_or(Backlog::MAXCONN))?;
+    Ok(fd)
+}
+
+/// A unix datagram socket (mode 0666, like a unix endpoint): no listen.
+fn open_dgram(path: &Path, owner: (u32, u32)) -> std::io::Result<OwnedFd> {
+    bind_unix(path, SockType::Datagram, owner)
+}
+
+fn bind_unix(path: &Path, kind: SockType, owner: (u32, u32)) -> std::io::Result<OwnedFd> {
     let fd = socket(
         AddressFamily::Unix,
-        SockType::Stream,
+        kind,
         SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
         None,
     )?;
@@ -187,7 +204,6 @@ fn open_unix(path: &Path, backlog: i32, owner: (u32, u32)) -> std::io::Result<Ow
         bind(fd.as_raw_fd(), &addr)?;
         Ok(())
     })?;
-    listen(&fd, Backlog::new(backlog).unwrap_or(Backlog::MAXCONN))?;
     Ok(fd)
 }
 
@@ -242,28 +258,42 @@ fn open_fifo(path: &Path, owner: (u32, u32)) -> std::io::Result<OwnedFd> {
 
 /// Removes the file of a unix or fifo endpoint (when a service goes away).
 pub fn remove(target: &BindTarget) {
-    if let BindTarget::Unix(p) | BindTarget::Fifo(p) = target {
+    if let BindTarget::Unix(p) | BindTarget::Fifo(p) | BindTarget::Dgram(p) = target {
         let _ = std::fs::remove_file(p);
     }
 }
 
-/// Sends a wakeup (`W`) to an endpoint, as the master's wakeup timer does.
+/// Sends a wakeup to an endpoint, as the master's wakeup timer does: `W`
+/// for postern's children; for Postfix's daemons `W` and a NUL byte on a
+/// socket, `W` alone on a fifo (`postfix` true).
 /// `held` is the master's own descriptor of the endpoint. A fifo is written
 /// through it, never opened again by path: the path is in a directory the
 /// mail owner controls, and root must not open what may have been put
 /// there. A unix socket is connected to without blocking (a full backlog is
 /// an error, not a hang of the master) and with the mail owner's
 /// file-system rights.
-pub fn wake(target: &BindTarget, held: &OwnedFd, owner: (u32, u32)) -> std::io::Result<()> {
+pub fn wake(
+    target: &BindTarget,
+    held: &OwnedFd,
+    owner: (u32, u32),
+    postfix: bool,
+) -> std::io::Result<()> {
     use std::io::Write;
+    let on_socket: &[u8] = if postfix { b"W\0" } else { b"W" };
     match target {
         BindTarget::Tcp(addr) => {
             let mut s =
                 std::net::TcpStream::connect_timeout(addr, std::time::Duration::from_secs(1))?;
-            s.write_all(b"W")
+            s.write_all(on_socket)
         }
         // With the mail owner's rights: the socket is in its directory.
-        BindTarget::Unix(p) => as_owner(owner, 0, || postern_common::server::trigger_unix(p, b"W")),
+        BindTarget::Unix(p) => as_owner(owner, 0, || {
+            postern_common::server::trigger_unix(p, on_socket)
+        }),
+        BindTarget::Dgram(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "a unix-dgram service takes no wakeup",
+        )),
         BindTarget::Fifo(_) => {
             nix::unistd::write(held, b"W")?;
             Ok(())
@@ -299,7 +329,7 @@ mod tests {
             nix::unistd::geteuid().as_raw(),
             nix::unistd::getegid().as_raw(),
         );
-        wake(&BindTarget::Fifo(fifo), &held, me).unwrap();
+        wake(&BindTarget::Fifo(fifo), &held, me, false).unwrap();
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious\n");
         let mut buf = [0u8; 8];
         assert_eq!(nix::unistd::read(held.as_raw_fd(), &mut buf).unwrap(), 1);
@@ -324,7 +354,7 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let refused =
-                (0..64).any(|_| wake(&BindTarget::Unix(path.clone()), &held, me).is_err());
+                (0..64).any(|_| wake(&BindTarget::Unix(path.clone()), &held, me, false).is_err());
             let _ = tx.send(refused);
         });
         let refused = rx

@@ -8,7 +8,9 @@
 //! **Description**: reads main.cf and master.cf, owns every listening
 //! endpoint, forks children on demand, reads their status, reaps them,
 //! throttles crash loops, reloads on SIGHUP and stops on SIGTERM; answers
-//! the control socket ([`control_server`]). See [`supervisor`] for the
+//! the control socket ([`control_server`]). Runs postern's programs and,
+//! in a Postfix instance, Postfix's own daemons under Postfix's contract
+//! ([`postfix`]). See [`supervisor`] for the
 //! manual.
 //!
 //! **Security**: runs as root; only root can change what it runs as root
@@ -19,4 +21,5 @@
 pub mod control_server;
 pub mod endpoint;
 pub mod lifecycle;
+pub mod postfix;
 pub mod supervisor;

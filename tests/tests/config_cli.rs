@@ -266,28 +266,27 @@ fn stock_postfix_dirs() -> Vec<tempfile::TempDir> {
 }
 
 #[test]
-fn postfix_stock_configuration_parses_and_is_refused_for_want_of_submit_only() {
+fn postfix_stock_configuration_is_a_postfix_instance_of_postfix_s_daemons() {
     for dir in stock_postfix_dirs() {
         let c = dir.path().display().to_string();
         let out = postern(&["-c", &c, "check"]);
-        // It parses; what stops it is that mail could not move: Postfix's
-        // master.cf has a queue manager and no submit service.
-        assert_eq!(out.code, Some(1), "{out:?}");
+        // It parses and is valid: every line names one of Postfix's
+        // daemons, which the master runs (issue 17).
+        assert_eq!(out.code, Some(0), "{out:?}");
         for line in out.stderr.lines().filter(|l| !l.starts_with("postern: ")) {
             assert!(
-                line.contains(": warning: ")
-                    || line.contains(": note: ")
-                    || line.contains("no submit service")
-                        && line.contains("add the line 'submit unix n - n - - submit'"),
+                line.contains(": warning: ") || line.contains(": note: "),
                 "not a warning: {line}"
             );
         }
-        assert!(
-            out.stderr
-                .contains("service smtp/inet runs 'smtpd', which postern does not provide"),
-            "{}",
-            out.stderr
-        );
+        for expected in [
+            "a Postfix instance (master.cf runs Postfix's smtpd): Postfix's rules apply: mail_owner postfix",
+            "note: service smtp/inet: Postfix daemon /usr/lib/postfix/sbin/smtpd",
+            "note: service local/unix: Postfix daemon /usr/lib/postfix/sbin/local",
+            "note: service postlog/unix-dgram: Postfix daemon /usr/lib/postfix/sbin/postlogd",
+        ] {
+            assert!(out.stderr.contains(expected), "{expected}:\n{}", out.stderr);
+        }
         let listed = postern(&["-c", &c, "config", "-M"]);
         assert_eq!(listed.code, Some(0), "{listed:?}");
         assert!(
@@ -517,4 +516,61 @@ fn the_tools_called_directly_answer_help() {
         assert_eq!(out.code, Some(0), "{tool}: {out:?}");
         assert!(out.stdout.starts_with("usage: "), "{tool}: {}", out.stdout);
     }
+}
+
+#[test]
+fn a_program_found_neither_among_postern_s_nor_postfix_s_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy("/etc/postfix/main.cf", dir.path().join("main.cf")).unwrap();
+    std::fs::write(
+        dir.path().join("master.cf"),
+        "smtp inet n - n - - smtpd\n\
+         policy unix - n n - 0 postern-spawn user=nobody argv=/bin/cat\n\
+         odd unix - n n - - no-such-daemon\n",
+    )
+    .unwrap();
+    let c = dir.path().display().to_string();
+    let out = postern(&["-c", &c, "check"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("master.cf:3: service odd/unix runs 'no-such-daemon', which is found neither among postern's programs nor in Postfix's daemon_directory /usr/lib/postfix/sbin"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("master.cf:2: note: service policy/unix: postern's spawn"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn postfix_of_another_major_version_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    // A postconf that reports Postfix 2.
+    std::fs::write(bin.join("postconf"), "#!/bin/sh\necho 2.11.3\n").unwrap();
+    std::fs::set_permissions(
+        bin.join("postconf"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("main.cf"),
+        format!("command_directory = {}\n", bin.display()),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("master.cf"), "smtp inet n - n - - smtpd\n").unwrap();
+    let c = dir.path().display().to_string();
+    let out = postern(&["-c", &c, "check"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "Postfix 2.11.3 is installed; postern's master runs the daemons of Postfix 3"
+        ),
+        "{}",
+        out.stderr
+    );
 }
