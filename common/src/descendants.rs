@@ -96,12 +96,7 @@ fn processes_below(root: i32) -> HashMap<i32, ProcEntry> {
         };
         table = walked;
         let missed = std::iter::once(root)
-            .chain(
-                table
-                    .iter()
-                    .filter(|(_, e)| !e.zombie)
-                    .map(|(pid, _)| *pid),
-            )
+            .chain(table.iter().filter(|(_, e)| !e.zombie).map(|(pid, _)| *pid))
             .filter_map(postern_sys::procfs::children)
             .flatten()
             .any(|c| !table.contains_key(&c));

@@ -73,7 +73,10 @@ pub fn children(pid: i32) -> Option<Vec<i32>> {
         match std::fs::read_to_string(task.path().join("children")) {
             Ok(text) => {
                 any = true;
-                out.extend(text.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+                out.extend(
+                    text.split_whitespace()
+                        .filter_map(|p| p.parse::<i32>().ok()),
+                );
             }
             // The thread ended meanwhile (its directory went with it); else
             // the kernel has no such file.
