@@ -466,9 +466,10 @@ class Queue:
           "beside the default queue services), and with none, 3 starts each, interleaved")
         o(f"   {'services':>8} {'start s':<20} {'master RSS kB':<14} {'peak kB':<9} {'descriptors':<11}")
         results: dict[int, list] = {0: [], self.services: []}
+        self.reload_result: Optional[str] = None
         for rep in range(3):
             for n in (self.services, 0):
-                results[n].append(self.scale_once(n, rep))
+                results[n].append(self.scale_once(n, rep, reload=(rep == 0 and n > 0)))
         for n in (0, self.services):
             took = [r[0] for r in results[n] if r]
             last = next((r for r in reversed(results[n]) if r), None)
@@ -480,10 +481,15 @@ class Queue:
               f"{fds if fds is not None else '-':<11}")
         o("   targets (issue 16): 1,000 services start in under 1 s, master RSS under 20 MB "
           "(start: `postern start` until the master says it is ready; median (min-max))")
+        if self.reload_result:
+            o(f"   reload under load ({self.services} services): {self.reload_result}")
 
-    def scale_once(self, n: int, rep: int) -> Optional[tuple[float, dict, Optional[int]]]:
+    def scale_once(self, n: int, rep: int,
+                   reload: bool = False) -> Optional[tuple[float, dict, Optional[int]]]:
         """`postern start` of a fresh instance with n spawn services: the
-        time until ready, the master's memory and open descriptors."""
+        time until ready, the master's memory and open descriptors; with
+        reload, then `postern reload` in the middle of 4 s of connections
+        to one of the services (concurrency 8), and what the client saw."""
         etc = self.b.work / f"scale-{n}-{rep}/etc"
         if common.run([str(self.postern), "init", "--self-contained", str(etc)],
                       self.b.logfile("scale-init.log")) != 0:
@@ -515,9 +521,32 @@ class Queue:
             except OSError:
                 fds = None
             result = (took, common.memory(mpid), fds)
+            if reload:
+                self.reload_result = self.reload_under_load(etc)
         common.run([str(self.postern), "-c", str(etc), "stop"], self.b.logfile("scale-stop.log"),
                    timeout=60)
         return result
+
+    def reload_under_load(self, etc: Path) -> str:
+        queue = (common.output([str(self.postern), "-c", str(etc), "config", "-h",
+                                "queue_directory"]) or "").strip()
+        loadgen = common.release_dir() / "postern-loadgen"
+        if not os.access(loadgen, os.X_OK):
+            return f"not measured ({loadgen} missing)"
+        with open(self.b.logfile("scale-loadgen.log"), "a") as err:
+            lg = subprocess.Popen([str(loadgen), "--unix", f"{queue}/public/svc0", "--concurrency", "8",
+                                   "--duration", "4", "--timeout", "5"],
+                                  stdout=subprocess.PIPE, stderr=err, text=True)
+            time.sleep(1.5)  # in the middle of the load generator's run
+            t0 = time.monotonic()
+            rc = common.run([str(self.postern), "-c", str(etc), "reload"],
+                            self.b.logfile("scale-reload.log"), timeout=60)
+            took = time.monotonic() - t0
+            out, _ = lg.communicate(timeout=60)
+        r = stats.parse_loadgen(out)
+        return (f"postern reload exit {rc} in {took:.2f}s; the client made {stats.fmt_num(r['conns'])} "
+                f"connections, {stats.fmt_num(r['errors'])} failed (target 0), max latency "
+                f"{stats.fmt_num(r['max_ms'])} ms")
 
     # -- the run --------------------------------------------------------------------------------
 
