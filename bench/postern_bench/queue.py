@@ -80,6 +80,49 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
 
+class Sampler:
+    """Samples, every 0.1 s on a thread of its own, the memory of every
+    process below a master (found anew each time: children come and go)
+    until stopped; keeps per program name the largest peak RSS (VmHWM),
+    RSS and PSS seen and how many processes were seen. Peak RSS is the
+    kernel's high-water mark, so a short sample interval only matters for
+    processes that live less than one."""
+
+    def __init__(self, master: Optional[int], names: list[str]):
+        import threading
+        self.master, self.names = master, names
+        self.seen: dict[str, set[int]] = {n: set() for n in names}
+        self.best: dict[str, dict[str, Optional[int]]] = {n: common.memory(None) for n in names}
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        if master:
+            self.thread.start()
+
+    def sample(self) -> None:
+        for pid in common.tree([self.master]):
+            name = "master" if pid == self.master else common.comm(pid)
+            if name not in self.seen:
+                continue
+            self.seen[name].add(pid)
+            m = common.memory(pid)
+            for k, v in m.items():
+                if v is not None and (self.best[name][k] is None or v > self.best[name][k]):
+                    self.best[name][k] = v
+
+    def run(self) -> None:
+        while not self.stop_event.wait(0.1):
+            self.sample()
+
+    def rows(self) -> list[tuple[str, dict]]:
+        self.stop_event.set()
+        if self.thread.is_alive():
+            self.thread.join()
+        if self.master:
+            self.sample()
+        return [(f"{n.removeprefix('postern-')} ({len(self.seen[n])})", self.best[n])
+                for n in self.names]
+
+
 class Queue:
     def __init__(self, bench: Bench):
         self.b = bench
@@ -326,6 +369,8 @@ class Queue:
         if not self.postern_start(kind, tag):
             self.b.log("postern start failed")
             return None
+        sampler = Sampler(self.postern_master(), ["master", "postern-submit", "postern-qmgr",
+                                                  "postern-local"]) if measure else None
         os.sync()
         t0 = time.monotonic()
         if not self.loop(self.postern_sendmail(), loops):
@@ -333,8 +378,9 @@ class Queue:
         t1 = self.wait_full(kind, tag, f"postern {kind} loops={loops}")
         if t1:
             rate = self.count / (t1 - t0)
-        if measure:
-            self.measure_postern()
+        if sampler:
+            self.mem["postern"] = sampler.rows()
+            self.sendmail_peak["postern"] = self.peak_rss(self.postern_sendmail())
         self.stop_postern()
         self.drop_box(kind, tag)
         return rate
@@ -378,6 +424,8 @@ class Queue:
         if not self.postfix_start():
             self.b.log("postfix start failed")
             return None
+        sampler = Sampler(self.postfix_master(), ["master", "pickup", "cleanup", "qmgr",
+                                                  "local"]) if measure else None
         os.sync()
         t0 = time.monotonic()
         if not self.loop(self.postfix_sendmail(), loops):
@@ -386,8 +434,9 @@ class Queue:
         if t1:
             rate = self.count / (t1 - t0)
         self.postfix_settle()
-        if measure:
-            self.measure_postfix()
+        if sampler:
+            self.mem["postfix"] = sampler.rows()
+            self.sendmail_peak["postfix"] = self.peak_rss(self.postfix_sendmail())
         self.stop_postfix()
         self.drop_box(kind, tag)
         return rate
@@ -428,32 +477,12 @@ class Queue:
 
     # -- memory --------------------------------------------------------------------------
 
-    def measure_postern(self) -> None:
-        mpid = self.postern_master()
-        rows = [("master", common.memory(mpid))]
-        below = common.tree([mpid]) if mpid else set()
-        for name in ("postern-submit", "postern-qmgr", "postern-local"):
-            pids = [p for p in below if common.comm(p) == name]
-            m = [common.memory(p) for p in pids]
-            best = max(m, key=lambda x: x["VmHWM"] or 0) if m else common.memory(None)
-            rows.append((name.removeprefix("postern-") + f" ({len(pids)})", best))
-        self.mem["postern"] = rows
-        self.sendmail_peak["postern"] = self.peak_rss(self.postern_sendmail())
-
-    def measure_postfix(self) -> None:
+    def postfix_master(self) -> Optional[int]:
         try:
-            mpid = int((self.pf / "queue/pid/master.pid").read_text().strip())
+            pid = int((self.pf / "queue/pid/master.pid").read_text().strip())
         except (OSError, ValueError):
-            mpid = None
-        rows = [("master", common.memory(mpid))]
-        below = common.tree([mpid]) if mpid else set()
-        for name in ("pickup", "cleanup", "qmgr", "local"):
-            pids = [p for p in below if common.comm(p) == name]
-            m = [common.memory(p) for p in pids]
-            best = max(m, key=lambda x: x["VmHWM"] or 0) if m else common.memory(None)
-            rows.append((f"{name} ({len(pids)})", best))
-        self.mem["postfix"] = rows
-        self.sendmail_peak["postfix"] = self.peak_rss(self.postfix_sendmail())
+            return None
+        return pid if common.alive(pid) else None
 
     # -- scale -------------------------------------------------------------------------------
 
@@ -623,7 +652,8 @@ class Queue:
               f"{stats.fmt_mmm(stats.ratios(zip(e2e, fl)))}; 2 loops {stats.fmt_mmm(e2e2, 0)} /s "
               f"(target >= 900: {stats.verdict(e2e2, 900)})")
         o()
-        o("-- peak RSS (VmHWM, kB) after the first loop run; RSS and PSS now (the largest of each kind)")
+        o("-- memory during the first loop run (kB; sampled every 0.1 s; per program the largest peak RSS")
+        o("   (VmHWM), RSS and PSS of any of its processes, with how many processes were seen)")
         for side in ("postern", "postfix"):
             for name, m in self.mem.get(side, []):
                 o(f"   {side:<8} {name:<14} peak {common.kb(m['VmHWM']):>8}  RSS {common.kb(m['Rss']):>8}  "
