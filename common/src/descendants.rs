@@ -18,7 +18,8 @@
 //! children from this process (a few files when a command left nothing;
 //! a scan of all of `/proc` on a kernel without them), and killed through
 //! a pidfd (`pidfd_send_signal`), opened and then checked to still be
-//! below us, so a pid reused by an unrelated process is never signalled. A cgroup per command would do the same where
+//! below us, so a pid reused by an unrelated process is never signalled.
+//! A cgroup per command would do the same where
 //! the kernel lets a process create one; it is not used because cgroup v2
 //! delegation is not available in the containers postern runs and is tested
 //! in, while a subreaper needs no setup and no privilege.
@@ -429,6 +430,37 @@ mod tests {
         // A cycle in a racy snapshot does not loop for ever.
         let cyclic: HashMap<i32, ProcEntry> = [(30, p(31)), (31, p(30))].into_iter().collect();
         assert_eq!(below(30, &cyclic), vec![31]);
+    }
+
+    /// The walk down the children lists finds a grandchild, with its parent.
+    #[test]
+    fn the_walk_finds_every_process_below() {
+        let me = std::process::id() as i32;
+        // sh starts a sleep, says its pid, then waits for its standard
+        // input to close.
+        let mut sh = std::process::Command::new("/bin/sh")
+            .args(["-c", "sleep 30 & echo $!; read x"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(sh.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let sleep: i32 = line.trim().parse().unwrap();
+        let shell = sh.id() as i32;
+        let table = processes_below(me);
+        drop(sh.stdin.take());
+        // Best effort: the sleep is re-parented to init after the shell
+        // exits and ends on its own within 30 s either way.
+        let _ = kill(Pid::from_raw(sleep), Signal::SIGKILL);
+        sh.wait().unwrap();
+        assert_eq!(table.get(&shell).map(|e| e.ppid), Some(me), "{table:?}");
+        assert_eq!(table.get(&sleep).map(|e| e.ppid), Some(shell), "{table:?}");
+        assert!(below(me, &table).contains(&sleep), "{table:?}");
     }
 
     #[test]
