@@ -14,10 +14,12 @@
 //! process forked meanwhile is re-parented to us when its parent dies, and
 //! found in the next round).
 //!
-//! Processes are found by one scan of `/proc` per round (`ppid` of every
-//! process), and killed through a pidfd (`pidfd_send_signal`), opened and
-//! then checked to still be below us, so a pid reused by an unrelated
-//! process is never signalled. A cgroup per command would do the same where
+//! Processes are found per round by a walk down the kernel's lists of
+//! children from this process (a few files when a command left nothing;
+//! a scan of all of `/proc` on a kernel without them), and killed through
+//! a pidfd (`pidfd_send_signal`), opened and then checked to still be
+//! below us, so a pid reused by an unrelated process is never signalled.
+//! A cgroup per command would do the same where
 //! the kernel lets a process create one; it is not used because cgroup v2
 //! delegation is not available in the containers postern runs and is tested
 //! in, while a subreaper needs no setup and no privilege.
@@ -73,6 +75,82 @@ pub fn parse_stat(stat: &str) -> Option<ProcEntry> {
     })
 }
 
+/// `root` and every process below it, by pid: walked down from `root`
+/// through the kernel's lists of children ([`postern_sys::procfs::children`])
+/// — a few files for a command that started nothing, where a scan of all
+/// of `/proc` reads one file per process on the machine. The lists are not
+/// atomic, so the walk is repeated until a second reading of the lists of
+/// `root` and of every living process found names no process it missed: a
+/// process re-parented meanwhile (its parent died, so it went to the
+/// nearest subreaper, `root` or one below it, before its parent showed as
+/// a zombie) or forked meanwhile (by a parent that was alive, and is in
+/// the table as such) is then in it. Without those lists (a kernel without
+/// `CONFIG_PROC_CHILDREN`), every process on the system.
+fn processes_below(root: i32) -> HashMap<i32, ProcEntry> {
+    // A process that forks without end is killed in the callers' rounds
+    // (it is alive, so found); this bounds one snapshot.
+    const ATTEMPTS: usize = 8;
+    let mut table = HashMap::new();
+    for _ in 0..ATTEMPTS {
+        let Some(walked) = walk_below(root) else {
+            return processes();
+        };
+        table = walked;
+        let missed = std::iter::once(root)
+            .chain(table.iter().filter(|(_, e)| !e.zombie).map(|(pid, _)| *pid))
+            .filter_map(postern_sys::procfs::children)
+            .flatten()
+            .any(|c| !table.contains_key(&c));
+        if !missed {
+            break;
+        }
+    }
+    table
+}
+
+/// One walk of the children lists from `root` (in the table with parent
+/// 0); `None` when the kernel has no lists.
+fn walk_below(root: i32) -> Option<HashMap<i32, ProcEntry>> {
+    let mut table = HashMap::new();
+    table.insert(
+        root,
+        ProcEntry {
+            ppid: 0,
+            zombie: false,
+        },
+    );
+    let mut next = vec![root];
+    while let Some(parent) = next.pop() {
+        let children = match postern_sys::procfs::children(parent) {
+            Some(c) => c,
+            // The root must have lists; a process below it that is gone
+            // meanwhile has none (its children went to a subreaper).
+            None if parent == root => return None,
+            None => continue,
+        };
+        for child in children {
+            if table.contains_key(&child) {
+                continue;
+            }
+            if let Some(s) = postern_sys::procfs::stat(child) {
+                table.insert(
+                    child,
+                    ProcEntry {
+                        ppid: s.ppid,
+                        zombie: s.zombie(),
+                    },
+                );
+                // A zombie has no children: they were re-parented before
+                // it died.
+                if !s.zombie() {
+                    next.push(child);
+                }
+            }
+        }
+    }
+    Some(table)
+}
+
 /// Every process on the system, by pid.
 fn processes() -> HashMap<i32, ProcEntry> {
     postern_sys::procfs::pids()
@@ -119,7 +197,7 @@ pub fn below(root: i32, table: &HashMap<i32, ProcEntry>) -> Vec<i32> {
 pub fn kill_below_stopped(root: i32) {
     let deadline = Instant::now() + END_LIMIT;
     while Instant::now() < deadline {
-        let table = processes();
+        let table = processes_below(root);
         let tree = below(root, &table);
         let living: Vec<i32> = tree
             .iter()
@@ -172,7 +250,7 @@ pub fn end_all(command: Option<i32>) -> Result<usize, String> {
     let deadline = Instant::now() + END_LIMIT;
     let mut killed: HashSet<i32> = HashSet::new();
     loop {
-        let table = processes();
+        let table = processes_below(me);
         let tree = below(me, &table);
         let living: Vec<i32> = tree
             .iter()
@@ -267,7 +345,7 @@ pub fn finish_background(end: impl FnOnce() -> Result<usize, String>) -> Result<
                 break;
             }
         }
-        let table = processes();
+        let table = processes_below(me);
         let children: Vec<i32> = below(me, &table)
             .into_iter()
             .filter(|p| table.get(p).is_some_and(|e| e.ppid == me))
@@ -352,6 +430,37 @@ mod tests {
         // A cycle in a racy snapshot does not loop for ever.
         let cyclic: HashMap<i32, ProcEntry> = [(30, p(31)), (31, p(30))].into_iter().collect();
         assert_eq!(below(30, &cyclic), vec![31]);
+    }
+
+    /// The walk down the children lists finds a grandchild, with its parent.
+    #[test]
+    fn the_walk_finds_every_process_below() {
+        let me = std::process::id() as i32;
+        // sh starts a sleep, says its pid, then waits for its standard
+        // input to close.
+        let mut sh = std::process::Command::new("/bin/sh")
+            .args(["-c", "sleep 30 & echo $!; read x"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(sh.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let sleep: i32 = line.trim().parse().unwrap();
+        let shell = sh.id() as i32;
+        let table = processes_below(me);
+        drop(sh.stdin.take());
+        // Best effort: the sleep is re-parented to init after the shell
+        // exits and ends on its own within 30 s either way.
+        let _ = kill(Pid::from_raw(sleep), Signal::SIGKILL);
+        sh.wait().unwrap();
+        assert_eq!(table.get(&shell).map(|e| e.ppid), Some(me), "{table:?}");
+        assert_eq!(table.get(&sleep).map(|e| e.ppid), Some(shell), "{table:?}");
+        assert!(below(me, &table).contains(&sleep), "{table:?}");
     }
 
     #[test]

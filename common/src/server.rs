@@ -500,7 +500,9 @@ fn watchdog_secs(d: Duration) -> u32 {
 /// A child reads main.cf only: master.cf is the master's business (it may be
 /// mid-edit on disk), and the child's own part of it came on the command line.
 fn load_config(args: &ChildArgs) -> Result<Config, String> {
-    let loaded = Config::load_main_only(&args.source, &ServicesFile::system());
+    // No master.cf text is parsed, so no service name is looked up: an
+    // empty table instead of reading /etc/services.
+    let loaded = Config::load_main_only(&args.source, &ServicesFile::default());
     let config = loaded
         .into_result()
         .map_err(|e| format!("configuration: {e}"))?;

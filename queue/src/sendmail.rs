@@ -379,7 +379,9 @@ pub fn main_as(name: &str, args: &[String]) -> i32 {
         }
     };
     let source = source(&o);
-    let config = match Config::load_main_only(&source, &ServicesFile::system()).into_result() {
+    // main.cf alone: master.cf's services are not parsed, so no service
+    // name is looked up and /etc/services need not be read (an empty table).
+    let config = match Config::load_main_only(&source, &ServicesFile::default()).into_result() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("postern-sendmail: fatal: configuration: {e}");

@@ -15,7 +15,10 @@
 //! `user=name[:group]`. The connection is the command's standard input,
 //! output and error; no other descriptor is open in it. Its environment is
 //! `export_environment` plus `PATH=/usr/bin:/bin`; its working directory is
-//! `/`. The command leads its own session and process group. When it runs
+//! `/`. The command leads its own process group, in spawn's session when
+//! that has no controlling terminal (the master is a daemon) and in a
+//! session of its own when it has one, so that it never reaches the
+//! master's terminal ([`sys::Launcher::start`]). When it runs
 //! longer than `<service>_time_limit` (default `command_time_limit`), spawn
 //! kills its whole process group with SIGKILL, using root privileges so that
 //! the kill actually works (Postfix 3.7's spawn sends it with the mail
@@ -126,8 +129,9 @@ impl Spawn {
         })
     }
 
-    /// Starts the command with the connection as its descriptors 0-2, in its
-    /// own session, as the `user=` identity (see [`sys::Launcher`]).
+    /// Starts the command with the connection as its descriptors 0-2,
+    /// leading its own process group, as the `user=` identity (see
+    /// [`sys::Launcher`]).
     fn start(&mut self, conn: &OwnedFd) -> std::io::Result<i32> {
         let fd = conn.as_raw_fd();
         self.launcher.start([fd, fd, fd], &self.attrs.run_as)
@@ -145,7 +149,7 @@ impl Spawn {
                 false
             }
         };
-        // The command leads its own process group (setsid): at the limit all
+        // The command leads its own process group: at the limit all
         // of it is killed, and every descendant, in the group or not (this
         // process is a subreaper); when the command itself has ended,
         // whatever it left running too (a `job &` or a `setsid job &` would

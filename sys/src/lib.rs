@@ -421,7 +421,9 @@ pub fn start_writeback(file: &impl AsRawFd) -> io::Result<()> {
 /// (`clone(CLONE_VFORK)` alone, a fork), at fork's cost.
 ///
 /// In the child, in this order: the three given descriptors at 0, 1 and 2
-/// and every other descriptor closed; its own session (`setsid`);
+/// and every other descriptor closed; its own process group, and its own
+/// session (`setsid`) only if this process's session has a controlling
+/// terminal (see [`Launcher::start`]);
 /// effective uid 0 (the real or saved uid of the caller must be 0);
 /// working directory `/`; no supplementary groups, then gid and uid (real,
 /// effective and saved) changed to the requested identity, and a check that
@@ -547,7 +549,7 @@ struct LaunchArgs {
     failure: *mut LaunchFailure,
 }
 
-const LAUNCH_STEPS: [&str; 12] = [
+const LAUNCH_STEPS: [&str; 13] = [
     "",
     "setsid",
     "seteuid(0)",
@@ -560,6 +562,7 @@ const LAUNCH_STEPS: [&str; 12] = [
     "execve",
     "closing descriptors",
     "execve /bin/sh",
+    "setpgid",
 ];
 
 /// Whether `fs.suid_dumpable` keeps a process that changed ids out of its
@@ -634,7 +637,14 @@ impl Launcher {
 
     /// Starts the command with `stdio` as its descriptors 0, 1 and 2 (each
     /// must be 3 or above), as `run_as`; returns its pid once it has
-    /// exec'd. A failure in the child (before or at the exec) is returned
+    /// exec'd. The command leads its own process group (its pid); it also
+    /// leads its own session when this process's session has a controlling
+    /// terminal, so that it can never reach that terminal, and otherwise
+    /// stays in this session (one scheduling autogroup for the caller and
+    /// its commands: a session per command made each one a group of its
+    /// own under the kernel's session autogroups, and eight commands
+    /// outweighed everything else). The check is made in the child, just
+    /// before it chooses. A failure in the child (before or at the exec) is returned
     /// as an error naming the step, and the child is reaped.
     pub fn start(
         &mut self,
@@ -780,7 +790,32 @@ extern "C" fn launch_child(arg: *mut libc::c_void) -> libc::c_int {
         if libc::syscall(libc::SYS_close_range, 3i64, i64::from(u32::MAX), 0i64) < 0 {
             return fail(10);
         }
-        if libc::syscall(libc::SYS_setsid) < 0 {
+        // Its own process group always (the time limit kills the group).
+        // Its own session too when this session has a controlling terminal
+        // (the master runs in the foreground on one): a process of the
+        // session could open `/dev/tty` and, ignoring SIGTTOU, make itself
+        // the terminal's foreground group; a new session has no terminal
+        // and its leader is the command, which cannot get this one (it is
+        // held). Without a terminal (a daemon), the command stays in this
+        // session, which it cannot give one (only the session's leader
+        // can), so the whole instance is one scheduling autogroup instead
+        // of one per command. ENXIO is the kernel's "no controlling
+        // terminal"; any other answer is taken as having one.
+        let tty = libc::syscall(
+            libc::SYS_openat,
+            i64::from(libc::AT_FDCWD),
+            c"/dev/tty".as_ptr(),
+            i64::from(libc::O_RDONLY | libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC),
+        );
+        let no_terminal = tty < 0 && *libc::__errno_location() == libc::ENXIO;
+        if tty >= 0 {
+            libc::syscall(libc::SYS_close, tty);
+        }
+        if no_terminal {
+            if libc::syscall(libc::SYS_setpgid, 0i64, 0i64) < 0 {
+                return fail(12);
+            }
+        } else if libc::syscall(libc::SYS_setsid) < 0 {
             return fail(1);
         }
         if libc::syscall(libc::SYS_geteuid) != 0
@@ -952,7 +987,8 @@ mod tests {
             "this test runs as root (the launcher switches users)"
         );
         let script = "id -u; id -g; id -G; ls /proc/self/fd | wc -l; pwd; echo \"$X\"; \
-                      grep -E '^Sig(Blk|Ign)' /proc/self/status";
+                      grep -E '^Sig(Blk|Ign)' /proc/self/status; \
+                      echo $$ $(cut -d' ' -f5,6 /proc/$$/stat)";
         let env = vec![
             ("PATH".to_string(), "/usr/bin:/bin".to_string()),
             ("X".to_string(), "y z".to_string()),
@@ -975,12 +1011,36 @@ mod tests {
                     0
                 ))
             );
+            // Its own process group; its own session only if this one has
+            // a controlling terminal.
+            let (rest, ids) = out.trim_end().rsplit_once('\n').unwrap();
+            let ids: Vec<i32> = ids.split(' ').map(|n| n.parse().unwrap()).collect();
+            let sid = if has_controlling_terminal() {
+                pid
+            } else {
+                nix::unistd::getsid(None).unwrap().as_raw()
+            };
+            assert_eq!(ids, [pid, pid, sid], "pid, group, session");
             // ls sees 0, 1, 2 and its own directory descriptor.
             assert_eq!(
-                out,
+                format!("{rest}\n"),
                 "65534\n65534\n65534\n4\n/\ny z\nSigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n",
                 "shared memory: {shared}"
             );
+        }
+    }
+
+    /// Whether this process has a controlling terminal, asked as the
+    /// launched child asks it.
+    fn has_controlling_terminal() -> bool {
+        use std::os::unix::fs::OpenOptionsExt;
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+            .open("/dev/tty")
+        {
+            Ok(_) => true,
+            Err(e) => e.raw_os_error() != Some(libc::ENXIO),
         }
     }
 

@@ -60,6 +60,33 @@ pub fn pids() -> Vec<i32> {
         .unwrap_or_default()
 }
 
+/// The children of process `pid`, from `/proc/PID/task/TID/children` of
+/// each of its threads (the kernel lists a child under the thread that
+/// created it); `None` when the kernel has no such files
+/// (`CONFIG_PROC_CHILDREN`) or the process is gone. The list is not
+/// atomic: a child forked or re-parented meanwhile may be missing.
+pub fn children(pid: i32) -> Option<Vec<i32>> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut out = Vec::new();
+    let mut any = false;
+    for task in tasks.flatten() {
+        match std::fs::read_to_string(task.path().join("children")) {
+            Ok(text) => {
+                any = true;
+                out.extend(
+                    text.split_whitespace()
+                        .filter_map(|p| p.parse::<i32>().ok()),
+                );
+            }
+            // The thread ended meanwhile (its directory went with it); else
+            // the kernel has no such file.
+            Err(_) if !task.path().exists() => {}
+            Err(_) => return None,
+        }
+    }
+    any.then_some(out)
+}
+
 /// When process `pid` started, on the wall clock (its start in ticks after
 /// the boot time `/proc/stat` gives).
 pub fn started_at(pid: i32) -> Option<SystemTime> {
@@ -131,6 +158,14 @@ mod tests {
         let s = stat(me).unwrap();
         assert_eq!(s.ppid, nix::unistd::getppid().as_raw());
         assert!(pids().contains(&me));
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let listed = children(me).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(listed.contains(&(child.id() as i32)), "{listed:?}");
         let started = started_at(me).unwrap();
         assert!(own_status_kb("VmHWM").is_some_and(|kb| kb > 0));
         assert!(started <= SystemTime::now() + Duration::from_secs(1));

@@ -478,3 +478,131 @@ fn a_descendant_that_calls_setsid_does_not_escape_the_limit() {
     }
     inst.wait_log("exceeded the time limit of 2s: killed its process group", 1);
 }
+
+/// Process group and session of `pid` (`/proc/PID/stat` fields 5 and 6),
+/// and its controlling terminal's device number (field 7, 0 for none).
+fn group_session_tty(pid: i32) -> (i32, i32, i64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // After the command name in parentheses: state, ppid, pgrp, session, tty_nr.
+    let after = stat.rsplit_once(')').unwrap().1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    (
+        f[2].parse().unwrap(),
+        f[3].parse().unwrap(),
+        f[4].parse().unwrap(),
+    )
+}
+
+/// The command's own report: its pid, process group and session, then
+/// whether it could open its controlling terminal (`/dev/tty`).
+const REPORT: &str = "/bin/sh -c { read -r p c s pp g sid rest < /proc/$$/stat; echo $p $g $sid; \
+                      if (exec 3</dev/tty) 2>/dev/null; then echo tty; else echo no-tty; fi }";
+
+fn report(path: &std::path::Path) -> (i32, i32, i32, String) {
+    let out = String::from_utf8(unix_exchange(path, b"").unwrap()).unwrap();
+    let mut lines = out.lines();
+    let ids: Vec<i32> = lines
+        .next()
+        .unwrap_or_else(|| panic!("no report: {out:?}"))
+        .split(' ')
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3, "{out:?}");
+    (
+        ids[0],
+        ids[1],
+        ids[2],
+        lines.next().unwrap_or("").to_string(),
+    )
+}
+
+/// A command leads its own process group (the time limit kills the group)
+/// and stays in the master's session when the master has no controlling
+/// terminal (a daemon: one scheduling autogroup for the whole instance).
+#[test]
+fn a_command_leads_its_group_in_the_daemons_session() {
+    require_root();
+    let mut inst = Instance::new(
+        "",
+        &format!("report unix n n n - 2 spawn user=nobody argv={REPORT}"),
+    );
+    inst.start();
+    let master = inst.master_pid.unwrap() as i32;
+    let (_, master_session, master_tty) = group_session_tty(master);
+    assert_eq!(
+        master_tty, 0,
+        "postern start leaves the master without a terminal"
+    );
+    let (pid, group, session, tty) = report(&inst.public("report"));
+    assert_eq!(group, pid, "its own process group");
+    assert_eq!(session, master_session, "the master's session");
+    assert_eq!(tty, "no-tty");
+}
+
+/// With the master in the foreground on a terminal (a pseudo-terminal made
+/// its controlling terminal by `setsid -c`), a command leads its own
+/// session and cannot open that terminal.
+#[test]
+fn a_command_never_gets_the_foreground_masters_terminal() {
+    require_root();
+    let inst = Instance::new(
+        "",
+        &format!("report unix n n n - 2 spawn user=nobody argv={REPORT}"),
+    );
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = |fd: &std::os::fd::OwnedFd| std::process::Stdio::from(fd.try_clone().unwrap());
+    // The terminal's output (the master logs to it) is read and dropped so
+    // that the master never blocks on it; the reader ends with the terminal.
+    let mut output = std::fs::File::from(pty.master);
+    let drain = std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        // An error (EIO) is how a pseudo-terminal reports that no one has
+        // its other side open any more: the end of the output.
+        let _ = output.read_to_end(&mut sink);
+    });
+    let child = std::process::Command::new("setsid")
+        .arg("-c")
+        .arg(postern_tests::bin("postern"))
+        .arg("-c")
+        .arg(inst.etc())
+        .args(["start", "--foreground"])
+        .env_remove("POSTERN_CONFIG")
+        .stdin(slave(&pty.slave))
+        .stdout(slave(&pty.slave))
+        .stderr(slave(&pty.slave))
+        .spawn()
+        .expect("setsid -c postern start --foreground");
+    drop(pty.slave);
+    struct Reaped(std::process::Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            // Already gone when the test stopped it; else it is ended here.
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut master = Reaped(child);
+    let path = inst.public("report");
+    assert!(
+        eventually(WAIT, || UnixStream::connect(&path).is_ok()),
+        "the foreground master did not open its service\n{}",
+        inst.log()
+    );
+    let master_pid = master.0.id() as i32;
+    let (_, master_session, master_tty) = group_session_tty(master_pid);
+    assert_eq!(
+        master_session, master_pid,
+        "setsid -c made it a session leader"
+    );
+    assert_ne!(master_tty, 0, "the master has the terminal");
+    let (pid, group, session, tty) = report(&path);
+    assert_eq!(tty, "no-tty", "the command opened the master's terminal");
+    assert_eq!((group, session), (pid, pid), "its own group and session");
+    assert_eq!(inst.postern(&["stop"]).code, Some(0));
+    assert!(
+        eventually(WAIT, || matches!(master.0.try_wait(), Ok(Some(_)))),
+        "the foreground master did not exit"
+    );
+    drop(master);
+    drain.join().unwrap();
+}

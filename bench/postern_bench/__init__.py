@@ -1,0 +1,1 @@
+"""postern benchmark drivers (Python 3 standard library only)."""
