@@ -279,7 +279,9 @@ fn kill_9_anywhere_loses_duplicates_and_truncates_nothing() {
     ));
     std::fs::write(&policy, text).unwrap();
     // The program keeps each message it is given in a file of its own,
-    // renamed into place once whole.
+    // renamed into place once whole. It first pauses a moment, so that
+    // delivery processes live long enough to be killed however fast the
+    // rest of the pipeline is.
     let out_dir = inst.dir.path().join("program-out");
     std::fs::create_dir(&out_dir).unwrap();
     std::fs::set_permissions(&out_dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
@@ -287,7 +289,7 @@ fn kill_9_anywhere_loses_duplicates_and_truncates_nothing() {
     std::fs::write(
         &program,
         format!(
-            "#!/bin/sh\nt={d}/.part.$$\ncat > \"$t\" && mv \"$t\" {d}/msg.$$.$(date +%s%N)\n",
+            "#!/bin/sh\nsleep 0.02\nt={d}/.part.$$\ncat > \"$t\" && mv \"$t\" {d}/msg.$$.$(date +%s%N)\n",
             d = out_dir.display()
         ),
     )
@@ -348,7 +350,18 @@ fn kill_9_anywhere_loses_duplicates_and_truncates_nothing() {
                 let mut k = Kills::default();
                 // The master is killed once, a third of the way in or so.
                 let mut master_at = 20 + rng.below(30);
-                while !stop.load(Ordering::Relaxed) {
+                // Once the senders are done, the killing goes on while the
+                // queue still works, until a delivery process has been hit
+                // (the suite must attack what it claims to) or 30 s pass.
+                let mut extra: Option<Instant> = None;
+                loop {
+                    if stop.load(Ordering::Relaxed) {
+                        let until =
+                            *extra.get_or_insert_with(|| Instant::now() + Duration::from_secs(30));
+                        if k.after_write + k.delivery > 0 || Instant::now() >= until {
+                            break;
+                        }
+                    }
                     let local: Vec<u32> = inst.children_of("local");
                     let delivery: Vec<u32> = local.iter().flat_map(|&p| children(p)).collect();
                     match rng.below(100) {
