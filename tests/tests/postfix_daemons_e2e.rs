@@ -158,7 +158,16 @@ fn stock_postfix_delivers_smtp_to_a_mailbox_and_postfix_s_tools_reach_the_master
     assert_eq!(out.code, Some(0), "{out:?}");
     assert_eq!(out.stdout.trim(), "{}", "{out:?}");
     wait_mailbox(user, &subject, || pf.inst.log());
-    assert!(pf.inst.log().contains("status=sent (delivered to mailbox)"));
+    // Postfix's local logs after it has written the mailbox, through
+    // postlog: the line may trail the mail by a moment.
+    assert!(
+        eventually(WAIT, || pf
+            .inst
+            .log()
+            .contains("status=sent (delivered to mailbox)")),
+        "no delivery logged; log:\n{}",
+        pf.inst.log()
+    );
 
     // Postfix's sendmail (postdrop → pickup) and postqueue.
     let subject = token("sendmail");
