@@ -11,6 +11,8 @@
 //! **Security**: tests run as root on the test machine and create temporary
 //! directories only; what they start they kill.
 
+pub mod certs;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -244,6 +246,22 @@ impl Instance {
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("no master pid in {out:?}"));
         self.master_pid = Some(pid);
+    }
+
+    /// `postern -c ETC sendmail args...` with `message` as input, which
+    /// must exit 0.
+    pub fn sendmail(&self, args: &[&str], message: &[u8]) -> Outcome {
+        let out = run_with_input(
+            Command::new(bin("postern"))
+                .arg("-c")
+                .arg(self.etc())
+                .arg("sendmail")
+                .args(args)
+                .env_remove("POSTERN_CONFIG"),
+            message,
+        );
+        assert_eq!(out.code, Some(0), "sendmail: {out:?}");
+        out
     }
 
     /// `postern stop` (or abort), which must succeed; reaps the master.
