@@ -200,7 +200,7 @@ fn relay_through_starttls_with_auth_arrives_byte_exact() {
     );
     assert!(
         log.contains(&format!(
-            "Verified TLS connection established to 127.0.0.2[127.0.0.2]:{}: TLSv1_3",
+            "Verified TLS connection established to 127.0.0.2[127.0.0.2]:{}: TLSv1.3 with cipher TLS_",
             remote.port
         )),
         "{log}"
