@@ -110,6 +110,32 @@ pub fn postern(args: &[&str]) -> Outcome {
         .env_remove("POSTERN_CONFIG"))
 }
 
+/// A string no other test or run uses (`what-PID-NANOS`): a subject to
+/// find one message by in a shared mailbox.
+pub fn unique(what: &str) -> String {
+    format!(
+        "{what}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    )
+}
+
+/// Fails the test unless it runs as root where Debian's postfix package
+/// is installed (its daemons and stock files are test input).
+pub fn require_postfix() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "these tests run as root"
+    );
+    assert!(
+        Path::new("/usr/lib/postfix/sbin/smtpd").is_file()
+            && Path::new("/etc/postfix/main.cf").is_file(),
+        "Postfix is not installed: apt-get install postfix (see .ci/run)"
+    );
+}
+
 /// How long a readiness wait may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(30);
 

@@ -13,19 +13,10 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use postern_tests::{eventually, free_port, run, run_with_input, test_account, Instance, WAIT};
-
-fn require_postfix() {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "these tests run as root"
-    );
-    assert!(
-        Path::new("/usr/lib/postfix/sbin/smtpd").is_file()
-            && Path::new("/etc/postfix/main.cf").is_file(),
-        "Postfix is not installed: apt-get install postfix (see .ci/run)"
-    );
-}
+use postern_tests::{
+    eventually, free_port, require_postfix, run, run_with_input, test_account, unique, Instance,
+    WAIT,
+};
 
 /// A private Postfix instance from the stock files; `main_extra` and
 /// `master_extra` are appended.
@@ -117,17 +108,6 @@ fn wait_mailbox(user: &str, subject: &str, log: impl Fn() -> String) {
     assert!(ok, "{subject} never reached {path}; log:\n{}", log());
 }
 
-fn token(what: &str) -> String {
-    format!(
-        "{what}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    )
-}
-
 #[test]
 fn stock_postfix_delivers_smtp_to_a_mailbox_and_postfix_s_tools_reach_the_master() {
     let user = "pt-pfmail";
@@ -153,7 +133,7 @@ fn stock_postfix_delivers_smtp_to_a_mailbox_and_postfix_s_tools_reach_the_master
     );
 
     // SMTP in: smtpd → cleanup → qmgr → local → the mailbox.
-    let subject = token("smtp");
+    let subject = unique("smtp");
     let out = pf.smtp(&[&format!("{user}@localhost")], &subject);
     assert_eq!(out.code, Some(0), "{out:?}");
     assert_eq!(out.stdout.trim(), "{}", "{out:?}");
@@ -170,7 +150,7 @@ fn stock_postfix_delivers_smtp_to_a_mailbox_and_postfix_s_tools_reach_the_master
     );
 
     // Postfix's sendmail (postdrop → pickup) and postqueue.
-    let subject = token("sendmail");
+    let subject = unique("sendmail");
     let out = run_with_input(
         Command::new("sendmail")
             .arg("-C")
@@ -250,7 +230,7 @@ fn a_daemon_that_exits_at_once_is_reported_with_its_own_fatal_line() {
         "{status}"
     );
     // The other services are not confused: mail still goes in by SMTP.
-    let out = pf.smtp(&["nobody@localhost"], &token("queued"));
+    let out = pf.smtp(&["nobody@localhost"], &unique("queued"));
     assert_eq!(out.code, Some(0), "{out:?}");
     pf.inst.stop(false);
 }
@@ -333,7 +313,7 @@ fn a_postern_spawn_policy_service_answers_postfix_s_smtpd() {
         "{check:?}"
     );
     pf.inst.start();
-    let out = pf.smtp(&["blocked@localhost"], &token("blocked"));
+    let out = pf.smtp(&["blocked@localhost"], &unique("blocked"));
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(
         out.stdout.contains("refused")
@@ -341,7 +321,7 @@ fn a_postern_spawn_policy_service_answers_postfix_s_smtpd() {
         "{out:?}\nlog:\n{}",
         pf.inst.log()
     );
-    let subject = token("allowed");
+    let subject = unique("allowed");
     let out = pf.smtp(&[&format!("{user}@localhost")], &subject);
     assert_eq!(out.stdout.trim(), "{}", "{out:?}");
     wait_mailbox(user, &subject, || pf.inst.log());

@@ -22,7 +22,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use postern_tests::certs::TestCerts;
-use postern_tests::{eventually, free_port, proc_entries, run, test_account, Instance, WAIT};
+use postern_tests::{
+    eventually, free_port, proc_entries, require_postfix, run, test_account, unique, Instance, WAIT,
+};
 
 /// The far side's address (loopback; a host of its own).
 const FAR: &str = "127.0.0.2";
@@ -37,15 +39,7 @@ const MASTER: &str = "local unix - n n - - local\n\
                       smtp unix - - n - - smtp\n";
 
 fn require_postfix_and_dovecot() {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "these tests run as root"
-    );
-    assert!(
-        Path::new("/usr/lib/postfix/sbin/smtpd").is_file()
-            && Path::new("/etc/postfix/main.cf").is_file(),
-        "Postfix is not installed: apt-get install postfix (see .ci/run)"
-    );
+    require_postfix();
     assert!(
         Path::new("/usr/sbin/dovecot").is_file(),
         "Dovecot is not installed: apt-get install dovecot-core (see .ci/run)"
@@ -305,18 +299,6 @@ fn postern_to(far: &FarSide, certs: &TestCerts, secrets: &Path, extra: &str) -> 
     inst
 }
 
-/// A string no other run or test uses.
-fn token(what: &str) -> String {
-    format!(
-        "{what}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    )
-}
-
 /// The test account's Maildir messages that contain `needle`: (path, content).
 fn maildir_with(needle: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let new = PathBuf::from(format!("/home/{USER}/Maildir/new"));
@@ -370,7 +352,7 @@ fn relay_through_starttls_with_auth_to_postfix_arrives_byte_exact() {
     let far = FarSide::start(&certs);
     let secrets = tempfile::tempdir().unwrap();
     let inst = postern_to(&far, &certs, secrets.path(), "");
-    let subject = token("byte-exact");
+    let subject = unique("byte-exact");
     let mut message = format!(
         "Subject: {subject}\nFrom: {USER}@remote.test\nX-Test: folded\n\tcontinuation\n\n\
          .a line with a dot\n..two dots\n.\nFrom the start of a line\n\n\
@@ -471,7 +453,7 @@ fn verify_refuses_postfix_whose_certificate_names_another_host() {
     let far = FarSide::start(&certs);
     let secrets = tempfile::tempdir().unwrap();
     let inst = postern_to(&far, &certs, secrets.path(), "");
-    let subject = token("verify");
+    let subject = unique("verify");
     inst.sendmail(
         &[&format!("{USER}@remote.test")],
         format!("Subject: {subject}\n\nhello\n").as_bytes(),
@@ -503,8 +485,8 @@ fn a_recipient_postfix_refuses_bounces_alone_with_postfix_s_reply() {
     let far = FarSide::start(&certs);
     let secrets = tempfile::tempdir().unwrap();
     let inst = postern_to(&far, &certs, secrets.path(), "");
-    let subject = token("refused");
-    let unknown = format!("{}@remote.test", token("nosuch"));
+    let subject = unique("refused");
+    let unknown = format!("{}@remote.test", unique("nosuch"));
     let good = format!("{USER}@remote.test");
     // The sender is at the far side too: the bounce goes through Postfix
     // into the same Maildir.
