@@ -56,7 +56,8 @@ struct FarSide {
 }
 
 impl FarSide {
-    fn start(certs: &TestCerts) -> FarSide {
+    /// Starts it with `extra` main.cf settings beside the test's own.
+    fn start(certs: &TestCerts, extra: &str) -> FarSide {
         require_postfix_and_dovecot();
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
@@ -78,7 +79,7 @@ impl FarSide {
              smtpd_tls_security_level = may\nsmtpd_tls_auth_only = yes\nsmtpd_tls_loglevel = 1\n\
              smtpd_sasl_auth_enable = yes\nsmtpd_sasl_type = dovecot\n\
              smtpd_sasl_path = private/auth\n\
-             smtpd_relay_restrictions = permit_sasl_authenticated, reject\n",
+             smtpd_relay_restrictions = permit_sasl_authenticated, reject\n{extra}",
             d = d.display(),
             cert = certs.path("server.crt"),
             key = certs.path("server.key"),
@@ -165,6 +166,15 @@ impl FarSide {
 
     fn maillog(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
+    }
+
+    /// Waits until Postfix's log has `needle`, and returns the log: a
+    /// daemon's line reaches postlogd as a datagram and may be written a
+    /// moment after what it tells of (a mailbox written, a reply sent).
+    fn wait_maillog(&self, needle: &str) -> String {
+        let ok = eventually(WAIT, || self.maillog().contains(needle));
+        assert!(ok, "Postfix never logged {needle:?}:\n{}", self.maillog());
+        self.maillog()
     }
 
     /// Live processes of this instance: Postfix's master passes
@@ -349,7 +359,7 @@ fn log_lines<'a>(log: &'a str, needle: &str) -> Vec<&'a str> {
 fn relay_through_starttls_with_auth_to_postfix_arrives_byte_exact() {
     test_account(USER, "/bin/sh");
     let certs = TestCerts::make("relay.test", &format!("IP:{FAR},DNS:relay.test"));
-    let far = FarSide::start(&certs);
+    let far = FarSide::start(&certs, "");
     let secrets = tempfile::tempdir().unwrap();
     let inst = postern_to(&far, &certs, secrets.path(), "");
     let subject = unique("byte-exact");
@@ -419,9 +429,10 @@ fn relay_through_starttls_with_auth_to_postfix_arrives_byte_exact() {
         .nth(1)
         .and_then(|rest| rest.lines().next())
         .unwrap_or_else(|| panic!("no {tls_line:?} in:\n{log}"));
-    let pf = far.maillog();
+    let from = "Anonymous TLS connection established from localhost[127.0.0.1]: ";
+    let pf = far.wait_maillog(from);
     let theirs = pf
-        .split("Anonymous TLS connection established from localhost[127.0.0.1]: ")
+        .split(from)
         .nth(1)
         .and_then(|rest| rest.lines().next())
         .unwrap_or_else(|| panic!("Postfix logged no TLS session:\n{pf}"));
@@ -438,19 +449,16 @@ fn relay_through_starttls_with_auth_to_postfix_arrives_byte_exact() {
         .nth(1)
         .and_then(|s| s.split(')').next())
         .expect("a queue id");
-    assert!(
-        pf.contains(&format!(
-            "{queue_id}: client=localhost[127.0.0.1], sasl_method=PLAIN, sasl_username={SASL_USER}"
-        )),
-        "{queue_id}:\n{pf}"
-    );
+    far.wait_maillog(&format!(
+        "{queue_id}: client=localhost[127.0.0.1], sasl_method=PLAIN, sasl_username={SASL_USER}"
+    ));
 }
 
 #[test]
 fn verify_refuses_postfix_whose_certificate_names_another_host() {
     test_account(USER, "/bin/sh");
     let certs = TestCerts::make("elsewhere.test", "DNS:elsewhere.test,IP:127.0.0.9");
-    let far = FarSide::start(&certs);
+    let far = FarSide::start(&certs, "");
     let secrets = tempfile::tempdir().unwrap();
     let inst = postern_to(&far, &certs, secrets.path(), "");
     let subject = unique("verify");
@@ -482,7 +490,7 @@ fn verify_refuses_postfix_whose_certificate_names_another_host() {
 fn a_recipient_postfix_refuses_bounces_alone_with_postfix_s_reply() {
     test_account(USER, "/bin/sh");
     let certs = TestCerts::make("relay.test", &format!("IP:{FAR},DNS:relay.test"));
-    let far = FarSide::start(&certs);
+    let far = FarSide::start(&certs, "");
     let secrets = tempfile::tempdir().unwrap();
     let inst = postern_to(&far, &certs, secrets.path(), "");
     let subject = unique("refused");
@@ -525,4 +533,45 @@ fn a_recipient_postfix_refuses_bounces_alone_with_postfix_s_reply() {
         "{log}"
     );
     assert!(!log.contains("status=deferred"), "{log}");
+}
+
+#[test]
+fn a_message_over_postfix_s_size_limit_bounces_without_being_sent() {
+    test_account(USER, "/bin/sh");
+    let certs = TestCerts::make("relay.test", &format!("IP:{FAR},DNS:relay.test"));
+    let far = FarSide::start(&certs, "message_size_limit = 20000\n");
+    let secrets = tempfile::tempdir().unwrap();
+    let inst = postern_to(&far, &certs, secrets.path(), "");
+    let subject = unique("too-big");
+    let to = format!("{USER}@remote.test");
+    let mut message = format!("Subject: {subject}\n\n").into_bytes();
+    for _ in 0..400 {
+        message.extend_from_slice(&[b'y'; 76]);
+        message.push(b'\n');
+    }
+    inst.sendmail(&["-f", &to, &to], &message);
+    // Only the bounce (the headers, not the body) arrives.
+    let got = take_maildir(&subject, 1, &far, &inst);
+    let bounce = String::from_utf8_lossy(&got[0]);
+    let reason = format!("exceeds size limit 20000 of server {FAR}[{FAR}]");
+    assert!(
+        bounce.contains("Return-Path: <>") && bounce.contains(&reason),
+        "{bounce}"
+    );
+    let log = inst.log();
+    let line = log_lines(&log, "status=bounced");
+    assert!(
+        line.len() == 1
+            && line[0].contains(&format!("to=<{to}>"))
+            && line[0].contains("dsn=5.3.4, status=bounced (message size ")
+            && line[0].contains(&reason),
+        "{log}"
+    );
+    // Postfix took one message, the bounce: the big one never went.
+    let pf = far.wait_maillog("from=<>, size=");
+    assert_eq!(
+        pf.matches(": client=localhost[127.0.0.1]").count(),
+        1,
+        "{pf}"
+    );
 }
