@@ -11,10 +11,11 @@
 //! only these changed: the paths (queue, data, log), the smtpd listener
 //! (`127.0.0.2:PORT` instead of `smtp`, and no chroot on any service: a
 //! chroot would need copies of the system's files in the queue), the host
-//! and mydestination (`relay.test`, `remote.test`), TLS and SASL, and the
+//! and mydestination (`relay.test`, `remote.test`), TLS and SASL (relay
+//! for authenticated clients only), one test's `message_size_limit`, and the
 //! local delivery (stock `alias_maps` names an aliases.db a fresh machine
-//! lacks; stock `mailbox_command` is procmail into /var/mail: a Maildir is
-//! read back per message).
+//! lacks; Debian sets `mailbox_command` to procmail where procmail is
+//! installed: a Maildir, read back per message, is simpler to check).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
