@@ -2,7 +2,10 @@
 //! `/usr/lib/postfix/sbin`) under postern's master, in a private Postfix
 //! instance made from the package's stock main.cf and master.cf with only
 //! paths and the SMTP port changed (and `alias_maps` emptied: the stock
-//! value names the system's /etc/aliases.db, which a fresh machine lacks).
+//! value names the system's /etc/aliases.db, which a fresh machine lacks;
+//! `mailbox_command` emptied: Debian's postinst sets it to procmail when
+//! procmail is installed with Postfix, as it is on CI, and these tests look
+//! for Postfix local's own mailbox delivery).
 //! Mail goes in by SMTP (Python's smtplib) and Postfix's `sendmail`, and
 //! lands in a mailbox by Postfix's local; Postfix's own `postfix status`,
 //! `reload`, `stop` and `postqueue` reach postern's master.
@@ -44,7 +47,7 @@ impl Postfix {
         let main = format!(
             "{}\nqueue_directory = {d}/queue\ndata_directory = {d}/data\n\
              maillog_file = {d}/maillog\nmaillog_file_prefixes = {d}\n\
-             alias_maps =\nalias_database =\n{main_extra}\n",
+             alias_maps =\nalias_database =\nmailbox_command =\n{main_extra}\n",
             std::fs::read_to_string("/etc/postfix/main.cf").unwrap(),
             d = dir.display()
         );
