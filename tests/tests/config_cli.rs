@@ -338,6 +338,10 @@ fn check_rejects_types_postern_cannot_run_for_its_own_programs() {
         "echo unix n - n - 1 spawn user=nobody argv=/bin/cat\n",
     );
     let chrooted = append(&master, "local unix - n y - - local\n");
+    let pass = append(
+        &master,
+        "relay pass n n n - 1 spawn user=nobody argv=/bin/cat\n",
+    );
     let out = postern(&["-c", &etc(&dir), "check"]);
     assert_eq!(out.code, Some(1), "{out:?}");
     let shown = master.display();
@@ -346,6 +350,14 @@ fn check_rejects_types_postern_cannot_run_for_its_own_programs() {
         has(
             dgram,
             "service logger/unix-dgram: type unix-dgram is not supported by postern"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        has(
+            pass,
+            "service relay/pass: type pass is not supported by postern's own programs"
         ),
         "{}",
         out.stderr
