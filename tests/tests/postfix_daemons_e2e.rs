@@ -131,6 +131,16 @@ impl Postfix {
         ]);
     }
 
+    /// Sends a message to `user` by SMTP, every recipient accepted, and
+    /// waits until it is in `user`'s mailbox.
+    fn smtp_to_mailbox(&self, user: &str, what: &str) {
+        let subject = token(what);
+        let out = self.smtp(&[&format!("{user}@localhost")], &subject);
+        assert_eq!(out.code, Some(0), "{out:?}");
+        assert_eq!(out.stdout.trim(), "{}", "{out:?}");
+        wait_mailbox(user, &subject, || self.inst.log());
+    }
+
     /// Pids of the live processes that run with this instance's
     /// configuration (`MAIL_CONFIG` in their environment): its Postfix daemons.
     fn daemons(&self) -> Vec<u32> {
@@ -192,11 +202,7 @@ fn stock_postfix_delivers_smtp_to_a_mailbox_and_postfix_s_tools_reach_the_master
     );
 
     // SMTP in: smtpd → cleanup → qmgr → local → the mailbox.
-    let subject = token("smtp");
-    let out = pf.smtp(&[&format!("{user}@localhost")], &subject);
-    assert_eq!(out.code, Some(0), "{out:?}");
-    assert_eq!(out.stdout.trim(), "{}", "{out:?}");
-    wait_mailbox(user, &subject, || pf.inst.log());
+    pf.smtp_to_mailbox(user, "smtp");
     // Postfix's local logs after it has written the mailbox, through
     // postlog: the line may trail the mail by a moment. "to mailbox", or
     // "to command: procmail ..." where Debian's postinst found procmail
@@ -382,10 +388,7 @@ fn a_postern_spawn_policy_service_answers_postfix_s_smtpd() {
         "{out:?}\nlog:\n{}",
         pf.inst.log()
     );
-    let subject = token("allowed");
-    let out = pf.smtp(&[&format!("{user}@localhost")], &subject);
-    assert_eq!(out.stdout.trim(), "{}", "{out:?}");
-    wait_mailbox(user, &subject, || pf.inst.log());
+    pf.smtp_to_mailbox(user, "allowed");
     pf.inst.stop(false);
 }
 
@@ -506,11 +509,7 @@ fn postscreen_hands_an_smtp_client_to_smtpd_through_a_pass_service() {
 
     // SMTP in: postscreen → (the descriptor, over private/smtpd) smtpd →
     // cleanup → qmgr → local → the mailbox.
-    let subject = token("postscreen");
-    let out = pf.smtp(&[&format!("{user}@localhost")], &subject);
-    assert_eq!(out.code, Some(0), "{out:?}");
-    assert_eq!(out.stdout.trim(), "{}", "{out:?}");
-    wait_mailbox(user, &subject, || pf.inst.log());
+    pf.smtp_to_mailbox(user, "postscreen");
     let log = pf.inst.log();
     assert!(
         log.contains("postfix/postscreen[") && log.contains("PASS NEW [127.0.0.1]"),
