@@ -430,16 +430,26 @@ fn check_postfix(config: &Config, s: &postern_conf::ServiceEntry, out: &mut Vec<
         ));
         return;
     }
-    let how = match (s.kind, config.process_limit(s)) {
-        (ServiceType::Pass, _) => format!(
+    let mut how = String::new();
+    if s.kind == ServiceType::Pass {
+        how += &format!(
             "; a pass service: it receives its clients' descriptors (from postscreen) over {}",
             s.endpoint
-        ),
-        (ServiceType::Inet, Some(limit)) if limit > 1 => format!(
-            "; unless it listens on loopback only, under stress (-o stress=yes, for 1000s) when a client takes the last of its {limit} processes"
-        ),
-        _ => String::new(),
+        );
+    }
+    // Postfix's stress mode: services whose clients may be remote.
+    let remote = match s.kind {
+        ServiceType::Pass => Some(""),
+        ServiceType::Inet => Some("unless it listens on loopback only, "),
+        ServiceType::Unix | ServiceType::UnixDgram | ServiceType::Fifo => None,
     };
+    if let (Some(remote), Some(limit)) = (remote, config.process_limit(s)) {
+        if limit > 1 {
+            how += &format!(
+                "; {remote}under stress (-o stress=yes, for 1000s) when a client takes the last of its {limit} processes"
+            );
+        }
+    }
     out.push(Diagnostic::note(
         file,
         Some(s.line),

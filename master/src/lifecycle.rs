@@ -10,9 +10,9 @@
 //! only while it has no idle or starting child, is under its process limit,
 //! is not throttled and the master is not stopping.
 //!
-//! **Stress** ([`Stress`]), Postfix's master's rule for a public inet
-//! service of Postfix's (one not only on loopback, with a process limit
-//! above 1): a fork that takes the service's last process slot puts it
+//! **Stress** ([`Stress`]), Postfix's master's rule for a service of
+//! Postfix's whose clients may be remote (a public inet or a pass one,
+//! with a process limit above 1: `postfix::stress_eligible`): a fork that takes the service's last process slot puts it
 //! under stress for [`STRESS_STRETCH`] from that moment (each such fork
 //! starts the stretch again); children forked meanwhile get `-o
 //! stress=yes`, then `-o stress=` again. Entering stress renews the

@@ -510,6 +510,16 @@ fn postscreen_hands_an_smtp_client_to_smtpd_through_a_pass_service() {
     // SMTP in: postscreen → (the descriptor, over private/smtpd) smtpd →
     // cleanup → qmgr → local → the mailbox.
     pf.smtp_to_mailbox(user, "postscreen");
+    // The smtpd that took the client is the pass service's: `-t pass`,
+    // and `-o stress=` (remote clients are likely behind postscreen).
+    let children = smtpd_children(&pf);
+    assert!(
+        children.iter().any(
+            |(_, argv)| argv.windows(2).any(|w| w[0] == "-t" && w[1] == "pass")
+                && argv.iter().any(|a| a == "stress=")
+        ),
+        "{children:?}"
+    );
     let log = pf.inst.log();
     assert!(
         log.contains("postfix/postscreen[") && log.contains("PASS NEW [127.0.0.1]"),
@@ -567,7 +577,9 @@ fn a_public_smtpd_at_its_process_limit_forks_under_stress() {
     let (stressed, argv) = children.iter().find(|(p, _)| *p != calm).unwrap().clone();
     assert!(argv.iter().any(|a| a == "stress=yes"), "{argv:?}");
     pf.inst.wait_log(
-        &format!("service \"0.0.0.0:{port}\" (0.0.0.0:{port}) has reached its process limit \"2\""),
+        &format!(
+            "service \"0.0.0.0:{port}\" ([0.0.0.0]:{port}) has reached its process limit \"2\""
+        ),
         1,
     );
     // Entering stress renewed the service's status channel: the calm

@@ -471,11 +471,7 @@ impl Master {
                 log::warn!(
                     "service \"{}\" ({}) has reached its process limit \"{}\": new clients may experience noticeable delays",
                     svc.entry.name,
-                    svc.targets
-                        .iter()
-                        .map(|t| t.to_string())
-                        .collect::<Vec<_>>()
-                        .join(" "),
+                    crate::postfix::endpoint_name(&svc.entry.endpoint),
                     svc.limit.unwrap_or(0)
                 );
                 log::warn!(
