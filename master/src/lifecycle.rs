@@ -12,10 +12,11 @@
 //!
 //! **Stress** ([`Stress`]), Postfix's master's rule for a service of
 //! Postfix's whose clients may be remote (a public inet or a pass one,
-//! with a process limit above 1: `postfix::stress_eligible`): a fork that takes the service's last process slot puts it
-//! under stress for [`STRESS_STRETCH`] from that moment (each such fork
-//! starts the stretch again); children forked meanwhile get `-o
-//! stress=yes`, then `-o stress=` again. Entering stress renews the
+//! with a process limit above 1: `postfix::stress_eligible`): a fork that
+//! takes the service's last process slot puts it under stress for
+//! [`STRESS_STRETCH`] from that moment (each such fork starts the stretch
+//! again); children forked meanwhile get `-o stress=yes`, then `-o
+//! stress=` again. Entering stress renews the
 //! service's status channel, so that the children forked before leave at
 //! their convenience and their successors adapt. While such a service is
 //! at its limit with every child busy, the master warns once per stretch
