@@ -514,6 +514,7 @@ class Queue:
         o = self.b.out
         o()
         o(f"reproduce: BENCH_REPS={self.reps} BENCH_COUNT={self.count} BENCH_LOOPS=\"{' '.join(map(str, self.loops))}\" "
+          f"BENCH_KINDS=\"{' '.join(self.kinds)}\" "
           f"BENCH_SERVICES={self.services} scripts/bench-queue")
 
     def report(self, modes: list[str]) -> None:
@@ -524,12 +525,15 @@ class Queue:
           f"{self.count} messages of {self.size} bytes, {self.reps} repetitions")
         o(f"postern {common.commit()}; Postfix {common.postfix_version()}")
         if self.sink_port:
+            def conc(param: Callable[[str], str]) -> str:
+                limit = param("smtp_destination_concurrency_limit")
+                if limit.startswith("$"):
+                    limit = param(limit[1:].strip("{}"))
+                return f"{param('initial_destination_concurrency')} up to {limit}"
+
             o(f"smtp: to Postfix's smtp-sink on 127.0.0.1:{self.sink_port} (relayhost on both sides, "
-              "TLS off); postern initial_destination_concurrency = "
-              f"{self.pd.param('initial_destination_concurrency')}, "
-              f"smtp_destination_concurrency_limit = {self.pd.param('smtp_destination_concurrency_limit')}; "
-              f"Postfix {self.pf.param('initial_destination_concurrency')}, "
-              f"{self.pf.param('smtp_destination_concurrency_limit')} (defaults)")
+              f"TLS off); sessions at once to it (defaults): postern {conc(self.pd.param)}, "
+              f"Postfix {conc(self.pf.param)}")
         o()
         o(f"{'kind':<8} {'mode':<9} {'postern msg/s':<22} {'Postfix msg/s':<22} {'ratio':<22} target >= 2x")
         for kind in self.kinds:
