@@ -409,7 +409,8 @@ class Local:
                 else:
                     r = self.run_floor(item[1], rep)
                 self.res[(item, rep)] = r
-                self.b.log(f"rep {rep + 1} {label(item)} {item[1] if len(item) > 1 else ''}: "
+                where = f" {item[1]}" if len(item) > 1 else ""
+                self.b.log(f"rep {rep + 1} {label(item)}{where}: "
                            f"{stats.fmt_num(r.get('rate'))}/s, errors {stats.fmt_num(r.get('errors'))}")
         self.report()
         if self.mem:
