@@ -117,13 +117,14 @@ def env_words(name: str, default: str) -> list[str]:
 
 
 def run(cmd: list[str], log: Optional[Path] = None, timeout: float = 600, **kw) -> int:
-    """Runs cmd, output appended to log (or discarded); its exit status
-    (124 on timeout, 127 when it cannot be started)."""
+    """Runs cmd, output appended to log (or discarded), standard input
+    from /dev/null unless stdin= says otherwise; its exit status (124 on
+    timeout, 127 when it cannot be started)."""
+    kw.setdefault("stdin", subprocess.DEVNULL)
     with open(log, "a") if log else open(os.devnull, "w") as f:
         try:
             return subprocess.run(
-                cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                timeout=timeout, **kw
+                cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout, **kw
             ).returncode
         except subprocess.TimeoutExpired:
             return 124
@@ -339,6 +340,15 @@ def kb(x: Optional[int]) -> str:
 _used_ports: set[int] = set()
 
 
+def connects(port: int) -> bool:
+    """Whether something accepts a TCP connection on 127.0.0.1:port."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
 def pick_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now."""
     for _ in range(1000):
@@ -353,3 +363,80 @@ def pick_port() -> int:
         _used_ports.add(p)
         return p
     raise Fatal("no free TCP port")
+
+
+def loops(argv: list[str], count: int, parallel: int, stdin: bytes) -> bool:
+    """Runs argv count times in all, from `parallel` loops at once, stdin
+    on its standard input each time; False if one run failed. A loop
+    starts each run with posix_spawn (a vfork-style start, about what a
+    shell loop costs, the same for every program measured) and waits for
+    it before the next; the loops are processes of their own, so that they
+    run in parallel."""
+
+    def one_loop(n: int) -> bool:
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            for _ in range(n):
+                r, w = os.pipe()
+                pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=[
+                    (os.POSIX_SPAWN_DUP2, r, 0), (os.POSIX_SPAWN_DUP2, null, 1),
+                    (os.POSIX_SPAWN_CLOSE, w)])
+                os.close(r)
+                try:
+                    os.write(w, stdin)
+                except BrokenPipeError:
+                    pass  # it exited early: its status tells
+                os.close(w)
+                _, status = os.waitpid(pid, 0)
+                if os.waitstatus_to_exitcode(status) != 0:
+                    return False
+        finally:
+            os.close(null)
+        return True
+
+    shares = stats.shares(count, parallel)
+    if parallel == 1:
+        return one_loop(count)
+    pids = []
+    for n in shares:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = 0 if one_loop(n) else 1
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    ok = True
+    for pid in pids:
+        _, status = os.waitpid(pid, 0)
+        ok = ok and os.waitstatus_to_exitcode(status) == 0
+    return ok
+
+
+class LogCounter:
+    """Counts the lines of a log that contain needle, from where the log
+    ends now on: reads only what was appended since the last call, and
+    only whole lines."""
+
+    def __init__(self, path: Path, needle: str):
+        self.path, self.needle = path, needle.encode()
+        self.n = 0
+        self.rest = b""
+        try:
+            self.offset = path.stat().st_size
+        except OSError:
+            self.offset = 0
+
+    def count(self) -> int:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except OSError:
+            return self.n
+        self.offset += len(data)
+        lines = (self.rest + data).split(b"\n")
+        self.rest = lines.pop()
+        self.n += sum(1 for l in lines if self.needle in l)
+        return self.n

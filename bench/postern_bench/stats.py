@@ -54,19 +54,26 @@ def _num(text: str) -> Number:
     return None if math.isnan(v) else v
 
 
-def parse_loadgen(line: str) -> dict[str, Number]:
-    """The result line of postern-loadgen (`conns=N errors=E secs=S rate=R
-    p50_ms=P p99_ms=Q max_ms=M`) as numbers; a missing or unparsable field
-    (`nan`, `-`) is None, and so are the latencies when there were no
-    connections. Unknown fields are ignored."""
-    out: dict[str, Number] = {
-        k: None for k in ("conns", "errors", "secs", "rate", "p50_ms", "p99_ms", "max_ms")
-    }
+def parse_fields(line: str, keys: Sequence[str]) -> dict[str, Number]:
+    """The `key=value` words of a result line whose key is one of keys, as
+    numbers; a missing or unparsable field (`nan`, `-`) is None. Unknown
+    fields are ignored."""
+    out: dict[str, Number] = {k: None for k in keys}
     for word in line.split():
         key, sep, value = word.partition("=")
         if sep and key in out:
             out[key] = _num(value)
     return out
+
+
+def parse_loadgen(line: str) -> dict[str, Number]:
+    """The result line of postern-loadgen (`conns=N errors=E secs=S rate=R
+    p50_ms=P p99_ms=Q max_ms=M`), and of postern-deliverbench and the C
+    floors, which print the same fields (`deliveries=N` for `conns=N`), as
+    numbers (parse_fields); the latencies are None when there were no
+    connections."""
+    return parse_fields(line, ("conns", "deliveries", "errors", "secs", "rate", "p50_ms",
+                               "p99_ms", "max_ms", "peak_rss_kb"))
 
 
 def parse_kb_fields(text: str, names: Sequence[str]) -> dict[str, Optional[int]]:
@@ -141,3 +148,60 @@ def phases(marks: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
     """Durations between consecutive (name, time) marks, each named by the
     mark that ends it."""
     return [(name, t - marks[i][1]) for i, (name, t) in enumerate(marks[1:])]
+
+
+def median(values: Iterable[Number]) -> Number:
+    """The median of the numbers given (None values skipped), None if none."""
+    s = median_min_max(values)
+    return None if s is None else s[0]
+
+
+def fmt_range(values: Iterable[Number], digits: int = 0) -> str:
+    """"(min-max)" of the values, "" if there are none."""
+    s = median_min_max(values)
+    return "" if s is None else f"({s[1]:.{digits}f}-{s[2]:.{digits}f})"
+
+
+def target_met(values: Sequence[Number], target: float) -> str:
+    """Whether per-repetition ratios meet a target by their median, with how
+    many repetitions reach it: "MET (median; 2 of 3 repetitions >= 2x)"."""
+    v = [x for x in values if x is not None and not math.isnan(x)]
+    if not v:
+        return "n/a"
+    met = sum(1 for x in v if x >= target)
+    word = "MET" if (median(v) or 0) >= target else "NOT MET"
+    return f"{word} (median; {met} of {len(v)} repetitions >= {target:g}x)"
+
+
+def total(values: Iterable[Number]) -> str:
+    """The sum of per-repetition counts, "?" when one is unknown."""
+    v = list(values)
+    if any(x is None for x in v):
+        return "?"
+    return f"{sum(v):.0f}"
+
+
+def mbox_count(lines: Iterable[bytes]) -> int:
+    """Messages in an mbox: its lines that begin with "From " (a body line
+    that does is quoted as ">From " by every delivery agent measured)."""
+    return sum(1 for l in lines if l.startswith(b"From "))
+
+
+def count_status(lines: Iterable[str], statuses: Sequence[str]) -> int:
+    """Log lines of a delivery with one of the statuses (status=sent, ...)."""
+    keys = tuple(f"status={s}" for s in statuses)
+    return sum(1 for l in lines if any(k in l for k in keys))
+
+
+def rotation(items: Sequence, rep: int) -> list:
+    """The order of the runs in repetition rep (from 0): items rotated by
+    rep, so that no target always runs first."""
+    if not items:
+        return []
+    k = rep % len(items)
+    return list(items[k:]) + list(items[:k])
+
+
+def shares(count: int, parts: int) -> list[int]:
+    """count split into parts as even as can be (the first ones larger)."""
+    return [count // parts + (1 if i < count % parts else 0) for i in range(parts)]

@@ -81,5 +81,43 @@ class Parsing(unittest.TestCase):
         self.assertEqual(stats.phases(marks[:1]), [])
 
 
+class Helpers(unittest.TestCase):
+    def test_fields_and_deliverbench_line(self):
+        r = stats.parse_loadgen("deliveries=50 errors=0 secs=0.100 rate=500.0 p50_ms=1.5 "
+                                "p99_ms=3.0 max_ms=4.0")
+        self.assertEqual((r["deliveries"], r["rate"], r["errors"]), (50, 500.0, 0))
+        self.assertEqual(stats.parse_loadgen("size=1 recipients=10 secs=3 peak_rss_kb=1620")
+                         ["peak_rss_kb"], 1620)
+        self.assertEqual(stats.parse_fields("a=1 b=x c", ["a", "b", "c"]),
+                         {"a": 1, "b": None, "c": None})
+
+    def test_median_range_total(self):
+        self.assertEqual(stats.median([3, None, 1]), 2)
+        self.assertIsNone(stats.median([]))
+        self.assertEqual(stats.fmt_range([5.4, 1.2, 3]), "(1-5)")
+        self.assertEqual(stats.fmt_range([None]), "")
+        self.assertEqual(stats.total([1, 2, 0]), "3")
+        self.assertEqual(stats.total([1, None]), "?")
+
+    def test_target_met(self):
+        self.assertEqual(stats.target_met([2.5, 1.5, 2.1], 2), "MET (median; 2 of 3 repetitions >= 2x)")
+        self.assertEqual(stats.target_met([1.5, None], 2), "NOT MET (median; 0 of 1 repetitions >= 2x)")
+        self.assertEqual(stats.target_met([None], 2), "n/a")
+
+    def test_counts(self):
+        mbox = [b"From a  Sat\n", b"body\n", b">From quoted\n", b"From b  Sat\n"]
+        self.assertEqual(stats.mbox_count(mbox), 2)
+        log = ["x status=sent (250 ok)", "y status=deferred (421)", "z status=bounced", "w"]
+        self.assertEqual(stats.count_status(log, ("deferred", "bounced")), 2)
+        self.assertEqual(stats.count_status(log, ("sent",)), 1)
+
+    def test_rotation_and_shares(self):
+        self.assertEqual(stats.rotation("abc", 0), ["a", "b", "c"])
+        self.assertEqual(stats.rotation("abc", 4), ["b", "c", "a"])
+        self.assertEqual(stats.rotation([], 1), [])
+        self.assertEqual(stats.shares(10, 4), [3, 3, 2, 2])
+        self.assertEqual(sum(stats.shares(2001, 2)), 2001)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -405,8 +405,9 @@ fn check_services(config: &Config, owner: Option<&Account>, out: &mut Vec<Diagno
 }
 
 /// Checks a service run as a Postfix daemon: the program must be in
-/// Postfix's `daemon_directory`, on a type postern's master gives Postfix's
-/// daemons, and a chrooted one needs Debian's jail preparation.
+/// Postfix's `daemon_directory` (any type: postern's master gives Postfix's
+/// daemons all five, `pass` without a wakeup), and a chrooted one needs
+/// Debian's jail preparation.
 fn check_postfix(config: &Config, s: &postern_conf::ServiceEntry, out: &mut Vec<Diagnostic>) {
     let file = &config.master.file;
     let dir = config.daemon_directory();
@@ -429,19 +430,40 @@ fn check_postfix(config: &Config, s: &postern_conf::ServiceEntry, out: &mut Vec<
         ));
         return;
     }
+    let mut how = String::new();
+    if s.kind == ServiceType::Pass {
+        how += &format!(
+            "; a pass service: it receives its clients' descriptors (from postscreen) over {}",
+            s.endpoint
+        );
+    }
+    // Postfix's stress mode: services whose clients may be remote.
+    let remote = match s.kind {
+        ServiceType::Pass => Some(""),
+        ServiceType::Inet => Some("unless it listens on loopback only, "),
+        ServiceType::Unix | ServiceType::UnixDgram | ServiceType::Fifo => None,
+    };
+    if let (Some(remote), Some(limit)) = (remote, config.process_limit(s)) {
+        if limit > 1 {
+            how += &format!(
+                "; {remote}under stress (-o stress=yes, for 1000s) when a client takes the last of its {limit} processes"
+            );
+        }
+    }
     out.push(Diagnostic::note(
         file,
         Some(s.line),
-        format!("service {}: Postfix daemon {}", s.id(), path.display()),
+        format!("service {}: Postfix daemon {}{how}", s.id(), path.display()),
     ));
-    if !postfix_type(s.kind) {
+    // Postfix's master sends a wakeup to a pass service through a passed
+    // descriptor; postern's master does not (no stock service has one).
+    if s.kind == ServiceType::Pass && s.wakeup.is_some() {
         out.push(Diagnostic::error(
             file,
             Some(s.line),
             format!(
-                "service {}: type {} is not supported for Postfix's daemons by postern's master (use inet, unix, unix-dgram or fifo)",
-                s.id(),
-                s.kind
+                "service {}: a wakeup on a pass service is not supported by postern's master: put - in the wakeup column (the 6th field)",
+                s.id()
             ),
         ));
     }
@@ -587,7 +609,7 @@ fn check_provided(
     let mut err = |msg: String| errors.push(msg);
     if !supported_type(s.kind) {
         err(format!(
-            "type {} is not supported by postern (use inet, unix or fifo)",
+            "type {} is not supported by postern's own programs (use inet, unix or fifo; unix-dgram and pass are for Postfix's daemons)",
             s.kind
         ));
     }
@@ -685,10 +707,4 @@ pub fn supported_type(kind: ServiceType) -> bool {
         kind,
         ServiceType::Inet | ServiceType::Unix | ServiceType::Fifo
     )
-}
-
-/// Whether postern's master can run a Postfix daemon on this type (`pass`
-/// is not implemented).
-pub fn postfix_type(kind: ServiceType) -> bool {
-    supported_type(kind) || kind == ServiceType::UnixDgram
 }

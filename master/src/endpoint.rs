@@ -32,13 +32,19 @@ pub enum BindTarget {
     Fifo(PathBuf),
     /// A unix datagram socket path (Postfix's `unix-dgram`, postlogd's).
     Dgram(PathBuf),
+    /// A unix stream socket path over which descriptors are passed
+    /// (Postfix's `pass`, smtpd's behind postscreen).
+    Pass(PathBuf),
 }
 
 impl std::fmt::Display for BindTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BindTarget::Tcp(a) => write!(f, "{a}"),
-            BindTarget::Unix(p) | BindTarget::Fifo(p) | BindTarget::Dgram(p) => {
+            BindTarget::Unix(p)
+            | BindTarget::Fifo(p)
+            | BindTarget::Dgram(p)
+            | BindTarget::Pass(p) => {
                 write!(f, "{}", p.display())
             }
         }
@@ -115,7 +121,8 @@ pub fn targets(config: &Config, entry: &ServiceEntry) -> Result<Vec<BindTarget>,
                 ServiceType::Unix => Ok(vec![BindTarget::Unix(path)]),
                 ServiceType::Fifo => Ok(vec![BindTarget::Fifo(path)]),
                 ServiceType::UnixDgram => Ok(vec![BindTarget::Dgram(path)]),
-                other => Err(format!("service type {other} is not supported by postern")),
+                ServiceType::Pass => Ok(vec![BindTarget::Pass(path)]),
+                ServiceType::Inet => Err("an inet service has no local endpoint".to_string()),
             }
         }
     }
@@ -133,7 +140,7 @@ fn high(fd: OwnedFd) -> std::io::Result<OwnedFd> {
 pub fn open(target: &BindTarget, backlog: i32, owner: (u32, u32)) -> Result<OwnedFd, String> {
     let fd = match target {
         BindTarget::Tcp(addr) => open_tcp(addr, backlog),
-        BindTarget::Unix(path) => open_unix(path, backlog, owner),
+        BindTarget::Unix(path) | BindTarget::Pass(path) => open_unix(path, backlog, owner),
         BindTarget::Fifo(path) => open_fifo(path, owner),
         BindTarget::Dgram(path) => open_dgram(path, owner),
     }
@@ -258,7 +265,9 @@ fn open_fifo(path: &Path, owner: (u32, u32)) -> std::io::Result<OwnedFd> {
 
 /// Removes the file of a unix or fifo endpoint (when a service goes away).
 pub fn remove(target: &BindTarget) {
-    if let BindTarget::Unix(p) | BindTarget::Fifo(p) | BindTarget::Dgram(p) = target {
+    if let BindTarget::Unix(p) | BindTarget::Fifo(p) | BindTarget::Dgram(p) | BindTarget::Pass(p) =
+        target
+    {
         let _ = std::fs::remove_file(p);
     }
 }
@@ -293,6 +302,11 @@ pub fn wake(
         BindTarget::Dgram(_) => Err(std::io::Error::new(
             std::io::ErrorKind::Unsupported,
             "a unix-dgram service takes no wakeup",
+        )),
+        // `postern check` refuses a wakeup on a pass service.
+        BindTarget::Pass(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "a pass service takes no wakeup from postern's master",
         )),
         BindTarget::Fifo(_) => {
             nix::unistd::write(held, b"W")?;

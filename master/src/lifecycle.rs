@@ -9,6 +9,20 @@
 //! (it throttles only when a failed child's use count is 0). A service listens on its endpoints
 //! only while it has no idle or starting child, is under its process limit,
 //! is not throttled and the master is not stopping.
+//!
+//! **Stress** ([`Stress`]), Postfix's master's rule for a service of
+//! Postfix's whose clients may be remote (a public inet or a pass one,
+//! with a process limit above 1: `postfix::stress_eligible`): a fork that
+//! takes the service's last process slot puts it under stress for
+//! [`STRESS_STRETCH`] from that moment (each such fork starts the stretch
+//! again); children forked meanwhile get `-o stress=yes`, then `-o
+//! stress=` again. Entering stress renews the
+//! service's status channel, so that the children forked before leave at
+//! their convenience and their successors adapt. While such a service is
+//! at its limit with every child busy, the master warns once per stretch
+//! ([`busy_warning`]).
+
+use std::time::{Duration, Instant};
 
 use postern_common::status::ChildState;
 
@@ -120,10 +134,141 @@ pub fn should_listen(load: ServiceLoad) -> bool {
         && load.limit.is_none_or(|limit| load.children < limit)
 }
 
+/// How long a service stays under stress after a fork took its last
+/// process slot (Postfix's master: 1000 s, not configurable).
+pub const STRESS_STRETCH: Duration = Duration::from_secs(1000);
+
+/// The stress state of a service that can be under stress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stress {
+    /// Under stress until then.
+    pub until: Option<Instant>,
+    /// When the busy warning was last logged.
+    pub warned: Option<Instant>,
+}
+
+impl Stress {
+    /// Before a fork on demand, with `children` alive under `limit`:
+    /// whether this fork takes the last slot. Returns the new state and
+    /// whether the service enters stress now (it was not under stress: its
+    /// status channel is to be renewed).
+    pub fn on_fork(self, children: u32, limit: Option<u32>, now: Instant) -> (Stress, bool) {
+        let last_slot = limit.is_some_and(|l| children.saturating_add(1) >= l);
+        if !last_slot {
+            return (self, false);
+        }
+        let entering = !self.active(now);
+        (
+            Stress {
+                until: Some(now + STRESS_STRETCH),
+                ..self
+            },
+            entering,
+        )
+    }
+
+    /// Whether a child forked now runs under stress (`-o stress=yes`).
+    pub fn active(&self, now: Instant) -> bool {
+        self.until.is_some_and(|t| t > now)
+    }
+}
+
+/// Whether to log the busy warning now: the service is at its process
+/// limit with no child available, not throttled (the master does not
+/// listen for that reason alone), and the last warning is older than
+/// [`STRESS_STRETCH`]. Returns the new state when it warns.
+pub fn busy_warning(stress: Stress, load: ServiceLoad, now: Instant) -> Option<Stress> {
+    let at_limit = load.limit.is_some_and(|l| load.children >= l);
+    let due = stress
+        .warned
+        .is_none_or(|t| now.saturating_duration_since(t) > STRESS_STRETCH);
+    (at_limit && load.available == 0 && !load.throttled && !load.stopping && due).then_some(
+        Stress {
+            warned: Some(now),
+            ..stress
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use ChildState::{Available, Taken};
+
+    #[test]
+    fn stress_begins_at_the_last_slot_and_lasts_its_stretch() {
+        let t0 = Instant::now();
+        let calm = Stress::default();
+        // Forks below the last slot change nothing.
+        assert_eq!(calm.on_fork(0, Some(3), t0), (calm, false));
+        assert_eq!(calm.on_fork(1, Some(3), t0), (calm, false));
+        assert!(!calm.active(t0));
+        // Unlimited: never.
+        assert_eq!(calm.on_fork(5000, None, t0), (calm, false));
+        // The fork that takes the last slot: under stress, entered now.
+        let (s, entered) = calm.on_fork(2, Some(3), t0);
+        assert!(entered);
+        assert!(s.active(t0));
+        assert_eq!(s.until, Some(t0 + STRESS_STRETCH));
+        // Again later while under stress: the stretch starts again, and
+        // the channel is not renewed a second time.
+        let t1 = t0 + Duration::from_secs(600);
+        let (s, entered) = s.on_fork(2, Some(3), t1);
+        assert!(!entered);
+        assert_eq!(s.until, Some(t1 + STRESS_STRETCH));
+        // Forks below the limit keep the state: still under stress until
+        // the stretch ends, calm after (the pressure went away).
+        let (s, _) = s.on_fork(0, Some(3), t1 + Duration::from_secs(1));
+        assert!(s.active(t1 + STRESS_STRETCH - Duration::from_secs(1)));
+        assert!(!s.active(t1 + STRESS_STRETCH));
+        // Reaching the limit after the stretch: entered anew.
+        let t2 = t1 + STRESS_STRETCH + Duration::from_secs(1);
+        let (s, entered) = s.on_fork(2, Some(3), t2);
+        assert!(entered && s.active(t2));
+        // A fork past the limit (old children still counted) is a last slot too.
+        assert!(calm.on_fork(7, Some(3), t0).1);
+    }
+
+    #[test]
+    fn the_busy_warning_comes_once_per_stretch_at_the_limit() {
+        let t0 = Instant::now();
+        let busy = ServiceLoad {
+            children: 2,
+            available: 0,
+            limit: Some(2),
+            throttled: false,
+            stopping: false,
+        };
+        let s = busy_warning(Stress::default(), busy, t0).expect("warns at the limit");
+        assert_eq!(s.warned, Some(t0));
+        assert_eq!(busy_warning(s, busy, t0 + STRESS_STRETCH), None);
+        assert!(busy_warning(s, busy, t0 + STRESS_STRETCH + Duration::from_secs(1)).is_some());
+        // Not at the limit, a child available, throttled, stopping: no warning.
+        for load in [
+            ServiceLoad {
+                children: 1,
+                ..busy
+            },
+            ServiceLoad {
+                available: 1,
+                ..busy
+            },
+            ServiceLoad {
+                throttled: true,
+                ..busy
+            },
+            ServiceLoad {
+                stopping: true,
+                ..busy
+            },
+            ServiceLoad {
+                limit: None,
+                ..busy
+            },
+        ] {
+            assert_eq!(busy_warning(Stress::default(), load, t0), None, "{load:?}");
+        }
+    }
 
     #[test]
     fn child_transitions() {

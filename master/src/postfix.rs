@@ -29,16 +29,18 @@
 //! maxproc is 1, `-z` when it is 0 (the daemons that need one of these exit
 //! without it), `-n SERVICE` when the command is not named after the
 //! service, `-t TYPE`, `-u` unprivileged, `-c` chroot, `-o stress=` for a
-//! public inet service with more than one process, `-s N` for N listeners,
+//! public inet or a pass service with more than one process ([`stress_eligible`];
+//! `-o stress=yes` under stress, [`with_stress`]), `-s N` for N listeners,
 //! then master.cf's own `-o` options and arguments. postern adds `-V`: the
 //! daemon then also writes its log lines to standard error, which the
 //! master reads to report a daemon's own `fatal:` line.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::os::fd::RawFd;
 
 use postern_common::status::{ChildState, FIRST_FREE_FD};
-use postern_conf::{Override, ServiceType};
+use postern_conf::{Endpoint, Override, ServiceType};
 
 /// The read end of the flow-control pipe.
 pub const FLOW_READ_FD: RawFd = 3;
@@ -130,8 +132,9 @@ pub struct Launch<'a> {
     pub unpriv: bool,
     /// The chroot column.
     pub chroot: bool,
-    /// A public inet service (not only on loopback) with more than one
-    /// process: Postfix's master passes `-o stress=` to those.
+    /// A public inet service (not only on loopback) or a pass service with
+    /// a process limit above 1 ([`stress_eligible`]): Postfix's master
+    /// passes `-o stress=` to those.
     pub stress: bool,
     /// How many listening descriptors it gets.
     pub listeners: usize,
@@ -171,6 +174,49 @@ pub fn argv(l: &Launch<'_>) -> Vec<String> {
         v.extend(["-o".into(), format!("{}={}", o.name, o.value)]);
     }
     v.extend(l.args.iter().cloned());
+    v
+}
+
+/// Whether a service can be under stress, as Postfix's master decides: a
+/// process limit above 1 (unlimited is not), and clients that may be
+/// remote: an inet service on `addresses` that are not all loopback ones,
+/// or a pass service (behind a connection screener such as postscreen).
+/// Those get `-o stress=`.
+pub fn stress_eligible(kind: ServiceType, limit: Option<u32>, addresses: &[IpAddr]) -> bool {
+    let remote = match kind {
+        ServiceType::Inet => !addresses.iter().all(IpAddr::is_loopback),
+        ServiceType::Pass => true,
+        ServiceType::Unix | ServiceType::UnixDgram | ServiceType::Fifo => false,
+    };
+    remote && limit.is_some_and(|l| l > 1)
+}
+
+/// The name Postfix's master gives a service's endpoint in its log lines:
+/// `[host]:port` or `port` for inet, `private/NAME` or `public/NAME`.
+pub fn endpoint_name(endpoint: &Endpoint) -> String {
+    match endpoint {
+        Endpoint::Inet {
+            host: Some(h),
+            port,
+        } => format!(
+            "[{}]:{port}",
+            h.trim_start_matches('[').trim_end_matches(']')
+        ),
+        Endpoint::Inet { host: None, port } => port.to_string(),
+        Endpoint::Local { .. } => endpoint.to_string(),
+    }
+}
+
+/// `argv` ([`argv`]'s) for a daemon forked now: the master's own `-o
+/// stress=` becomes `-o stress=yes` under stress (master.cf's own `-o`
+/// options, after it, are untouched).
+pub fn with_stress(argv: &[String], stressed: bool) -> Vec<String> {
+    let mut v = argv.to_vec();
+    if stressed {
+        if let Some(i) = v.windows(2).position(|w| w[0] == "-o" && w[1] == "stress=") {
+            v[i + 1] = "stress=yes".into();
+        }
+    }
     v
 }
 
@@ -329,6 +375,57 @@ mod tests {
                 "flags=R"
             ]
         );
+    }
+
+    #[test]
+    fn stress_is_for_public_inet_services_with_several_processes() {
+        let public: [IpAddr; 2] = ["127.0.0.1".parse().unwrap(), "0.0.0.0".parse().unwrap()];
+        let loopback: [IpAddr; 2] = ["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
+        assert!(stress_eligible(ServiceType::Inet, Some(100), &public));
+        assert!(stress_eligible(ServiceType::Inet, Some(2), &public[1..]));
+        assert!(!stress_eligible(ServiceType::Inet, Some(100), &loopback));
+        assert!(!stress_eligible(ServiceType::Inet, Some(1), &public));
+        assert!(!stress_eligible(ServiceType::Inet, None, &public));
+        assert!(stress_eligible(ServiceType::Pass, Some(100), &[]));
+        assert!(!stress_eligible(ServiceType::Pass, Some(1), &[]));
+        assert!(!stress_eligible(ServiceType::Unix, Some(100), &[]));
+        assert!(!stress_eligible(ServiceType::Fifo, Some(100), &[]));
+        let names = [
+            (Some("0.0.0.0"), 25, "[0.0.0.0]:25"),
+            (Some("[::1]"), 2525, "[::1]:2525"),
+            (None, 25, "25"),
+        ];
+        for (host, port, name) in names {
+            let e = Endpoint::Inet {
+                host: host.map(String::from),
+                port,
+            };
+            assert_eq!(endpoint_name(&e), name);
+        }
+        let pass = Endpoint::Local {
+            name: "smtpd".into(),
+            private: true,
+        };
+        assert_eq!(endpoint_name(&pass), "private/smtpd");
+        let l = Launch {
+            kind: ServiceType::Inet,
+            stress: true,
+            args: &[],
+            ..launch("smtpd", "smtp", Some(100))
+        };
+        let mut base = argv(&l);
+        base.extend(["-o".to_string(), "stress=".to_string()]);
+        let stressed = with_stress(&base, true);
+        let at = |v: &[String]| {
+            v.iter()
+                .filter(|a| a.starts_with("stress="))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        // The master's own option changes; master.cf's own, after it, does not.
+        assert_eq!(at(&stressed), ["stress=yes", "stress="]);
+        assert_eq!(at(&with_stress(&base, false)), ["stress=", "stress="]);
+        assert_eq!(stressed.len(), base.len());
     }
 
     #[test]

@@ -301,6 +301,46 @@ fn postfix_stock_configuration_is_a_postfix_instance_of_postfix_s_daemons() {
 }
 
 #[test]
+fn check_takes_pass_services_for_postfix_s_daemons_and_says_which_may_be_under_stress() {
+    let dir = stock_postfix_dirs().remove(0);
+    let master = dir.path().join("master.cf");
+    let pass = append(&master, "smtpd pass - - n - - smtpd\n");
+    let woken = append(&master, "screened pass - - n 60 - smtpd\n");
+    let out = postern(&["-c", &dir.path().display().to_string(), "check"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let shown = master.display();
+    let has = |line: usize, text: &str| out.stderr.contains(&format!("{shown}:{line}: {text}"));
+    assert!(
+        has(
+            pass,
+            "note: service smtpd/pass: Postfix daemon /usr/lib/postfix/sbin/smtpd; a pass service: it receives its clients' descriptors (from postscreen) over private/smtpd; under stress (-o stress=yes, for 1000s) when a client takes the last of its 100 processes"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        has(
+            woken,
+            "service screened/pass: a wakeup on a pass service is not supported by postern's master"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("note: service smtp/inet: Postfix daemon /usr/lib/postfix/sbin/smtpd; unless it listens on loopback only, under stress"),
+        "{}",
+        out.stderr
+    );
+    // Not for a service only other daemons talk to.
+    assert!(
+        out.stderr
+            .contains("note: service cleanup/unix: Postfix daemon /usr/lib/postfix/sbin/cleanup\n"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
 fn without_a_directory_the_embedded_configuration_is_used() {
     let out = postern(&["check"]);
     if Path::new("/etc/postern/main.cf").is_file() {
@@ -338,6 +378,10 @@ fn check_rejects_types_postern_cannot_run_for_its_own_programs() {
         "echo unix n - n - 1 spawn user=nobody argv=/bin/cat\n",
     );
     let chrooted = append(&master, "local unix - n y - - local\n");
+    let pass = append(
+        &master,
+        "relay pass n n n - 1 spawn user=nobody argv=/bin/cat\n",
+    );
     let out = postern(&["-c", &etc(&dir), "check"]);
     assert_eq!(out.code, Some(1), "{out:?}");
     let shown = master.display();
@@ -346,6 +390,14 @@ fn check_rejects_types_postern_cannot_run_for_its_own_programs() {
         has(
             dgram,
             "service logger/unix-dgram: type unix-dgram is not supported by postern"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        has(
+            pass,
+            "service relay/pass: type pass is not supported by postern's own programs"
         ),
         "{}",
         out.stderr

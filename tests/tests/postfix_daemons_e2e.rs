@@ -2,7 +2,10 @@
 //! `/usr/lib/postfix/sbin`) under postern's master, in a private Postfix
 //! instance made from the package's stock main.cf and master.cf with only
 //! paths and the SMTP port changed (and `alias_maps` emptied: the stock
-//! value names the system's /etc/aliases.db, which a fresh machine lacks).
+//! value names the system's /etc/aliases.db, which a fresh machine lacks;
+//! `mailbox_command` emptied: Debian's postinst sets it to procmail when
+//! procmail is installed with Postfix, as it is on CI, and these tests look
+//! for Postfix local's own mailbox delivery).
 //! Mail goes in by SMTP (Python's smtplib) and Postfix's `sendmail`, and
 //! lands in a mailbox by Postfix's local; Postfix's own `postfix status`,
 //! `reload`, `stop` and `postqueue` reach postern's master.
@@ -35,7 +38,7 @@ impl Postfix {
         let main = format!(
             "{}\nqueue_directory = {d}/queue\ndata_directory = {d}/data\n\
              maillog_file = {d}/maillog\nmaillog_file_prefixes = {d}\n\
-             alias_maps =\nalias_database =\n{main_extra}\n",
+             alias_maps =\nalias_database =\nmailbox_command =\n{main_extra}\n",
             std::fs::read_to_string("/etc/postfix/main.cf").unwrap(),
             d = dir.display()
         );
@@ -81,6 +84,55 @@ impl Postfix {
             port = self.port,
         );
         run(Command::new("python3").arg("-c").arg(script))
+    }
+
+    /// Rewrites master.cf's lines: each `(from, to)` replaces the line
+    /// that starts with `from` (which must be there) by `to`.
+    fn edit_master(&self, edits: &[(&str, String)]) {
+        let path = self.etc().join("master.cf");
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        for (from, to) in edits {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(from))
+                .unwrap_or_else(|| panic!("no line {from:?} in master.cf:\n{text}"))
+                .to_string();
+            text = text.replacen(&line, to, 1);
+        }
+        std::fs::write(path, text).unwrap();
+    }
+
+    /// The stock master.cf's postscreen lines enabled, as its comments
+    /// say: postscreen on the SMTP port in place of smtpd, which becomes a
+    /// `pass` service behind it, with dnsblog and tlsproxy.
+    fn enable_postscreen(&self) {
+        let stock = std::fs::read_to_string("/etc/postfix/master.cf").unwrap();
+        let enabled = |start: &str| -> String {
+            let line = stock
+                .lines()
+                .find(|l| l.starts_with(start))
+                .unwrap_or_else(|| panic!("no line {start:?} in the stock master.cf"));
+            line[1..].to_string()
+        };
+        let screen = enabled("#smtp      inet");
+        assert!(screen.contains("postscreen"), "{screen}");
+        let smtpd = format!("127.0.0.1:{} ", self.port);
+        self.edit_master(&[
+            (smtpd.as_str(), screen.replacen("smtp ", &smtpd, 1)),
+            ("#smtpd     pass", enabled("#smtpd     pass")),
+            ("#dnsblog", enabled("#dnsblog")),
+            ("#tlsproxy", enabled("#tlsproxy")),
+        ]);
+    }
+
+    /// Sends a message to `user` by SMTP, every recipient accepted, and
+    /// waits until it is in `user`'s mailbox.
+    fn smtp_to_mailbox(&self, user: &str, what: &str) {
+        let subject = unique(what);
+        let out = self.smtp(&[&format!("{user}@localhost")], &subject);
+        assert_eq!(out.code, Some(0), "{out:?}");
+        assert_eq!(out.stdout.trim(), "{}", "{out:?}");
+        wait_mailbox(user, &subject, || self.inst.log());
     }
 
     /// Pids of the live processes that run with this instance's
@@ -133,13 +185,10 @@ fn stock_postfix_delivers_smtp_to_a_mailbox_and_postfix_s_tools_reach_the_master
     );
 
     // SMTP in: smtpd → cleanup → qmgr → local → the mailbox.
-    let subject = unique("smtp");
-    let out = pf.smtp(&[&format!("{user}@localhost")], &subject);
-    assert_eq!(out.code, Some(0), "{out:?}");
-    assert_eq!(out.stdout.trim(), "{}", "{out:?}");
-    wait_mailbox(user, &subject, || pf.inst.log());
+    pf.smtp_to_mailbox(user, "smtp");
     // Postfix's local logs after it has written the mailbox, through
-    // postlog: the line may trail the mail by a moment.
+    // postlog: the line may trail the mail by a moment (mailbox_command
+    // is emptied above, so it is local's own mailbox delivery).
     assert!(
         eventually(WAIT, || pf
             .inst
@@ -321,10 +370,7 @@ fn a_postern_spawn_policy_service_answers_postfix_s_smtpd() {
         "{out:?}\nlog:\n{}",
         pf.inst.log()
     );
-    let subject = unique("allowed");
-    let out = pf.smtp(&[&format!("{user}@localhost")], &subject);
-    assert_eq!(out.stdout.trim(), "{}", "{out:?}");
-    wait_mailbox(user, &subject, || pf.inst.log());
+    pf.smtp_to_mailbox(user, "allowed");
     pf.inst.stop(false);
 }
 
@@ -410,4 +456,128 @@ fn a_hostile_daemon_on_its_status_channel_does_not_confuse_the_master() {
         "left running: {:?}",
         pf.daemons()
     );
+}
+
+#[test]
+fn postscreen_hands_an_smtp_client_to_smtpd_through_a_pass_service() {
+    let user = "pt-pfscreen";
+    test_account(user, "/bin/sh");
+    // postscreen's pregreet test runs for real (127.0.0.1 is in
+    // mynetworks, which the stock access list would allowlist) with the
+    // shortest greeting wait it accepts.
+    let mut pf = Postfix::new("postscreen_access_list =\npostscreen_greet_wait = 1s", "");
+    pf.enable_postscreen();
+    let check = pf.inst.postern(&["check"]);
+    assert_eq!(check.code, Some(0), "{check:?}");
+    for note in [
+        format!(
+            "note: service 127.0.0.1:{}/inet: Postfix daemon /usr/lib/postfix/sbin/postscreen",
+            pf.port
+        ),
+        "note: service smtpd/pass: Postfix daemon /usr/lib/postfix/sbin/smtpd".to_string(),
+        "note: service dnsblog/unix: Postfix daemon".to_string(),
+        "note: service tlsproxy/unix: Postfix daemon".to_string(),
+    ] {
+        assert!(check.stderr.contains(&note), "{note}:\n{}", check.stderr);
+    }
+    pf.inst.start();
+    let status = pf.inst.status();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("smtpd ") && l.contains("pass") && l.contains("private/smtpd")),
+        "{status}"
+    );
+
+    // SMTP in: postscreen → (the descriptor, over private/smtpd) smtpd →
+    // cleanup → qmgr → local → the mailbox.
+    pf.smtp_to_mailbox(user, "postscreen");
+    // The smtpd that took the client is the pass service's: `-t pass`,
+    // and `-o stress=` (remote clients are likely behind postscreen).
+    let children = smtpd_children(&pf);
+    assert!(
+        children.iter().any(
+            |(_, argv)| argv.windows(2).any(|w| w[0] == "-t" && w[1] == "pass")
+                && argv.iter().any(|a| a == "stress=")
+        ),
+        "{children:?}"
+    );
+    let log = pf.inst.log();
+    assert!(
+        log.contains("postfix/postscreen[") && log.contains("PASS NEW [127.0.0.1]"),
+        "postscreen did not judge the client:\n{log}"
+    );
+    assert!(
+        log.contains("postfix/smtpd[") && log.contains("connect from localhost[127.0.0.1]"),
+        "smtpd did not take the client:\n{log}"
+    );
+    let out = pf.inst.stop(false);
+    assert_eq!(out.code, Some(0), "{out:?}");
+}
+
+/// The smtpd children of an instance's master, with their arguments.
+fn smtpd_children(pf: &Postfix) -> Vec<(u32, Vec<String>)> {
+    let master = pf.inst.master_pid.unwrap();
+    postern_tests::proc_entries()
+        .into_iter()
+        .filter(|p| p.ppid == master && p.state != 'Z')
+        .filter(|p| p.cmdline.first().is_some_and(|a| a == "smtpd"))
+        .map(|p| (p.pid, p.cmdline))
+        .collect()
+}
+
+#[test]
+fn a_public_smtpd_at_its_process_limit_forks_under_stress() {
+    // A public address (a service only on loopback is never under stress)
+    // and a process limit of 2: the second client takes the last slot.
+    let mut pf = Postfix::new("", "");
+    let port = pf.port;
+    pf.edit_master(&[(
+        &format!("127.0.0.1:{port} "),
+        format!("0.0.0.0:{port} inet n - y - 2 smtpd"),
+    )]);
+    pf.inst.start();
+    let greet = || {
+        let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let mut banner = String::new();
+        BufReader::new(&s).read_line(&mut banner).unwrap();
+        assert!(banner.starts_with("220 "), "{banner:?}");
+        s
+    };
+    // The first client is served by a child forked in calm: -o stress=.
+    let first = greet();
+    let children = smtpd_children(&pf);
+    assert_eq!(children.len(), 1, "{children:?}");
+    let (calm, argv) = children[0].clone();
+    assert!(argv.iter().any(|a| a == "stress="), "{argv:?}");
+    // The second, while the first is held, takes the last slot: its
+    // child is forked under stress, and the master warns as Postfix's does.
+    let second = greet();
+    let children = smtpd_children(&pf);
+    assert_eq!(children.len(), 2, "{children:?}");
+    let (stressed, argv) = children.iter().find(|(p, _)| *p != calm).unwrap().clone();
+    assert!(argv.iter().any(|a| a == "stress=yes"), "{argv:?}");
+    pf.inst.wait_log(
+        &format!(
+            "service \"0.0.0.0:{port}\" ([0.0.0.0]:{port}) has reached its process limit \"2\""
+        ),
+        1,
+    );
+    // Entering stress renewed the service's status channel: the calm
+    // child leaves once its client is done (it would otherwise wait
+    // max_idle for the next); the stressed one stays.
+    (&first).write_all(b"QUIT\r\n").unwrap();
+    drop(first);
+    assert!(
+        eventually(WAIT, || !smtpd_children(&pf)
+            .iter()
+            .any(|(p, _)| *p == calm)),
+        "the calm child {calm} stayed; log:\n{}",
+        pf.inst.log()
+    );
+    assert!(smtpd_children(&pf).iter().any(|(p, _)| *p == stressed));
+    (&second).write_all(b"QUIT\r\n").unwrap();
+    let out = pf.inst.stop(false);
+    assert_eq!(out.code, Some(0), "{out:?}");
 }

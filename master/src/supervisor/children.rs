@@ -237,8 +237,62 @@ impl Master {
             self.refresh(i, now);
             return;
         }
+        self.stress_before_fork(i, now);
         self.start_child(i, now);
         self.refresh(i, now);
+    }
+
+    /// Postfix's stress rule before a fork on demand ([`lifecycle::Stress`]):
+    /// a fork that takes the last process slot puts the service under
+    /// stress; entering it renews the status channel, so that the children
+    /// forked before leave at their convenience (idle ones at once, busy
+    /// ones after their client) and are replaced by children under stress.
+    fn stress_before_fork(&mut self, i: usize, now: Instant) {
+        let svc = &mut self.services[i];
+        let Some(stress) = svc.stress else {
+            return;
+        };
+        let (next, entering) = stress.on_fork(svc.children.len() as u32, svc.limit, now);
+        svc.stress = Some(next);
+        if !entering {
+            return;
+        }
+        log::info!(
+            "service {}: all {} processes in use: under stress for {}s, new processes get -o stress=yes",
+            svc.id(),
+            svc.limit.unwrap_or(0),
+            lifecycle::STRESS_STRETCH.as_secs()
+        );
+        // What the old channel holds still counts.
+        self.on_status(self.services[i].generation);
+        let svc = &mut self.services[i];
+        let (status, status_child) = match status_channel(svc.postfix) {
+            Ok(pair) => pair,
+            Err(e) => {
+                log::warn!(
+                    "service {}: cannot renew the status channel: {e}; its children stay",
+                    svc.id()
+                );
+                return;
+            }
+        };
+        let registry = self.poll.registry();
+        if let Err(e) = registry.register(
+            &mut SourceFd(&status.as_raw_fd()),
+            svc.status_token,
+            Interest::READABLE,
+        ) {
+            log::warn!(
+                "service {}: cannot watch a new status channel: {e}; its children stay",
+                svc.id()
+            );
+            return;
+        }
+        // Registered under the same token: the old one goes, and with it
+        // (both ends closed) the old children's link to the master.
+        let _ = registry.deregister(&mut SourceFd(&svc.status.as_raw_fd()));
+        svc.status = status;
+        svc.status_child = status_child;
     }
 }
 

@@ -5,7 +5,8 @@
 //! [`crate::postfix`]: the flow pipe at 3 and 4, the status stream at 5,
 //! listeners from 6, `MAIL_CONFIG` and an octal `GENERATION` among
 //! `import_environment`, umask 077, working directory `queue_directory`,
-//! standard error to the master for the daemon's `fatal:` line).
+//! standard error to the master for the daemon's `fatal:` line, and `-o
+//! stress=yes` while its service is under stress).
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
@@ -83,7 +84,9 @@ impl Master {
             cmd.env_clear()
                 .envs(env)
                 .current_dir(config.text(params::QUEUE_DIRECTORY));
-            if let Some((arg0, rest)) = svc.postfix_argv.split_first() {
+            let stressed = svc.stress.is_some_and(|s| s.active(now));
+            let argv = postfix::with_stress(&svc.postfix_argv, stressed);
+            if let Some((arg0, rest)) = argv.split_first() {
                 cmd.arg0(arg0).args(rest);
             }
             // Standard error comes to the master (the daemon's log lines).
@@ -182,6 +185,9 @@ impl Master {
                     // Nor has a solitary Postfix daemon (qmgr, pickup,
                     // postlogd: maxproc 1 is what they require).
                     && !(svc.postfix && svc.limit == Some(1))
+                    // A service that can be under stress has Postfix's
+                    // own warning instead (`Master::refresh`).
+                    && svc.stress.is_none()
                     && svc
                         .last_limit_warning
                         .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60))

@@ -462,7 +462,25 @@ impl Master {
             svc.throttle_reason = None;
             log::info!("service {}: throttle period over, serving again", svc.id());
         }
-        let want = lifecycle::should_listen(svc.load(stopping, now));
+        let load = svc.load(stopping, now);
+        if let Some(stress) = svc.stress {
+            if let Some(next) = lifecycle::busy_warning(stress, load, now) {
+                svc.stress = Some(next);
+                // The first line is Postfix's master's, word for word:
+                // log watchers look for it.
+                log::warn!(
+                    "service \"{}\" ({}) has reached its process limit \"{}\": new clients may experience noticeable delays",
+                    svc.entry.name,
+                    crate::postfix::endpoint_name(&svc.entry.endpoint),
+                    svc.limit.unwrap_or(0)
+                );
+                log::warn!(
+                    "service {}: raise its process limit (maxproc in master.cf) or shorten the time each client takes; see Postfix's STRESS_README for settings that adapt under stress",
+                    svc.id()
+                );
+            }
+        }
+        let want = lifecycle::should_listen(load);
         if want == svc.listening {
             return;
         }

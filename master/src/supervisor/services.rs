@@ -18,7 +18,7 @@ use postern_conf::{params, Config, ServiceEntry};
 use super::children::status_channel;
 use super::{os, Fatal, Master, Target};
 use crate::endpoint::{self, BindTarget};
-use crate::lifecycle::{ChildInfo, ServiceLoad};
+use crate::lifecycle::{ChildInfo, ServiceLoad, Stress};
 
 /// A child the master knows.
 #[derive(Debug)]
@@ -67,6 +67,9 @@ pub(super) struct Service {
     pub(super) used: bool,
     pub(super) next_wakeup: Option<Instant>,
     pub(super) limit: Option<u32>,
+    /// Postfix's stress mode, for a service that can be under stress
+    /// ([`crate::postfix::stress_eligible`]).
+    pub(super) stress: Option<Stress>,
     /// Status-channel warnings: (window start, logged in it, suppressed).
     pub(super) warnings: (Option<Instant>, u32, u32),
 }
@@ -184,18 +187,16 @@ impl Master {
         self.tokens.insert(status_token, Target::Status(generation));
         self.tokens.insert(listen_token, Target::Listen(generation));
         let limit = view.process_limit(entry);
+        let addresses: Vec<std::net::IpAddr> = targets
+            .iter()
+            .filter_map(|t| match t {
+                BindTarget::Tcp(a) => Some(a.ip()),
+                _ => None,
+            })
+            .collect();
+        let stress = (postfix && crate::postfix::stress_eligible(entry.kind, limit, &addresses))
+            .then(Stress::default);
         let postfix_argv = if postfix {
-            let loopback = match &entry.endpoint {
-                postern_conf::Endpoint::Inet { host: Some(h), .. } => h
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback()),
-                postern_conf::Endpoint::Inet { host: None, .. } => {
-                    view.list(params::INET_INTERFACES) == ["loopback-only"]
-                }
-                postern_conf::Endpoint::Local { .. } => true,
-            };
             crate::postfix::argv(&crate::postfix::Launch {
                 command: &entry.command,
                 service: &entry.name,
@@ -203,9 +204,7 @@ impl Master {
                 limit,
                 unpriv: entry.unpriv,
                 chroot: entry.chroot,
-                stress: entry.kind == postern_conf::ServiceType::Inet
-                    && !loopback
-                    && limit != Some(1),
+                stress: stress.is_some(),
                 listeners: targets.len(),
                 overrides: &entry.overrides,
                 args: &entry.args,
@@ -239,6 +238,7 @@ impl Master {
             used: false,
             next_wakeup,
             limit,
+            stress,
             warnings: (None, 0, 0),
         })
     }
@@ -316,8 +316,8 @@ pub(super) fn state(
 }
 
 /// The services of `config` that the master runs: postern's programs on
-/// the types they support, Postfix's daemons on the types postern's
-/// master gives them (`postern check` reports the others).
+/// the types they support (`postern check` reports the others), Postfix's
+/// daemons on every type.
 pub(super) fn startable(config: &Config) -> Vec<&ServiceEntry> {
     config
         .master
@@ -325,7 +325,7 @@ pub(super) fn startable(config: &Config) -> Vec<&ServiceEntry> {
         .iter()
         .filter(|s| match config.runner(s) {
             Runner::Postern(_) => check::supported_type(s.kind),
-            Runner::Postfix => check::postfix_type(s.kind),
+            Runner::Postfix => true,
         })
         .collect()
 }
