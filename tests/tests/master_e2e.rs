@@ -212,9 +212,13 @@ fn stop_under_load_leaves_nothing_and_start_works_again() {
     let stuck: Vec<UnixStream> = (0..2)
         .map(|_| UnixStream::connect(inst.public("stuck")).unwrap())
         .collect();
+    // Both stuck commands run (two `sleep 600` each): the load's `cat`s
+    // carry the marker too, so count the sleeps, or stop could come while
+    // a stuck connection still waits in the listen queue.
     assert!(eventually(WAIT, || proc_entries()
         .iter()
         .filter(|p| p.environ.contains(&marker))
+        .filter(|p| p.cmdline.first().is_some_and(|c| c.ends_with("sleep")))
         .count()
         >= 4));
     let out = inst.stop(false);
