@@ -418,48 +418,19 @@ pub fn message_file(fd: &OwnedFd, offset: u64, size: Option<u64>) -> io::Result<
     Ok(message)
 }
 
-/// Reads `size` bytes (or to the end of the file) from `offset` of the
-/// attached message file, at most [`MAX_MESSAGE`], into memory.
-pub fn read_message(fd: &OwnedFd, offset: u64, size: Option<u64>) -> io::Result<Vec<u8>> {
-    message_file(fd, offset, size)?.read_all()
-}
-
-/// What an agent received: each message with its body, and the attached
+/// What an agent received: each message left in its file
+/// ([`MessageFile`]), to be streamed from there, and the attached
 /// descriptors, which the agent keeps open (and its delivery processes
 /// inherit) until the deliveries are over: the queue manager's lock on the
 /// message lives with them (see [`lock_for_exchange`]).
-pub type Accepted = (Vec<(DeliveryRequest, Vec<u8>)>, Vec<OwnedFd>);
-
-/// As [`Accepted`], with each message left in its file ([`MessageFile`]),
-/// to be streamed from there.
-pub type AcceptedFiles = (Vec<(DeliveryRequest, MessageFile)>, Vec<OwnedFd>);
-
-/// Agent side of one exchange, up to the deliveries, with the messages read
-/// into memory: see [`accept_request_files`].
-pub fn accept_request(conn: &UnixStream, owner_uid: u32) -> Option<Accepted> {
-    let (messages, held) = accept_request_files(conn, owner_uid)?;
-    let mut out = Vec::with_capacity(messages.len());
-    for (request, message) in messages {
-        match message.read_all() {
-            Ok(body) => out.push((request, body)),
-            Err(e) => {
-                log::warn!(
-                    "queue id {}: cannot read the message: {e}; nothing delivered",
-                    request.queue_id
-                );
-                return None;
-            }
-        }
-    }
-    Some((out, held))
-}
+pub type Accepted = (Vec<(DeliveryRequest, MessageFile)>, Vec<OwnedFd>);
 
 /// Agent side of one exchange, up to the deliveries: the peer must be root
 /// or `owner_uid`; then the request frame and the attached message files
 /// (at most [`MAX_MESSAGE`] bytes in all), left in place. Every failure is
 /// logged (naming the peer) and gives `None`: the connection closes and
 /// nothing is delivered.
-pub fn accept_request_files(conn: &UnixStream, owner_uid: u32) -> Option<AcceptedFiles> {
+pub fn accept_request(conn: &UnixStream, owner_uid: u32) -> Option<Accepted> {
     let (peer, messages) = accept_descriptors(conn, owner_uid)?;
     let mut total = 0u64;
     let mut out = Vec::with_capacity(messages.len());
@@ -816,7 +787,12 @@ mod tests {
         assert_eq!(received.len(), requests.len());
         for (i, ((r, fd), sent)) in received.iter().zip(&requests).enumerate() {
             assert_eq!(r, sent);
-            let text = read_message(fd, 0, None).unwrap();
+            let mut text = Vec::new();
+            message_file(fd, 0, None)
+                .unwrap()
+                .reader()
+                .read_to_end(&mut text)
+                .unwrap();
             assert_eq!(text, format!("message {i}\n").into_bytes());
         }
     }
