@@ -185,6 +185,32 @@ pub struct Ended {
     pub unread: Option<String>,
 }
 
+/// A command that delivers mail (local's programs, pipe's commands), set
+/// up one way: `argv` run directly, exactly the environment `env`, working
+/// directory `cwd`, its own session and process group, nothing open but
+/// descriptors 0-2, and, when `run_as` is given, that identity for good
+/// (`sys::BeforeExec::run_as`; local's delivery process has switched
+/// already). spawn starts its commands with `sys::Launcher`, which makes
+/// the same steps without a fork.
+pub fn delivery_command(
+    argv: &[String],
+    env: &[(String, String)],
+    cwd: &std::path::Path,
+    run_as: Option<RunAs>,
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(cwd);
+    let mut steps = sys::BeforeExec::new().new_session().cloexec_from(3);
+    if let Some(who) = run_as {
+        steps = steps.run_as(who);
+    }
+    steps.install(&mut cmd);
+    cmd
+}
+
 /// Runs `cmd` — program, arguments, environment, directory and pre-exec
 /// setup (its own session, nothing but 0-2 open, identity) already given —
 /// with `envelope` and then the message (`body`, a

@@ -289,8 +289,15 @@ fn read_line_bounded(r: &mut impl BufRead, line: &mut Vec<u8>, max: usize) -> io
 /// their field by one space, the name and value trimmed, text decoded
 /// leniently, at most [`FIELD_LIMIT`] bytes of a value kept. A line without
 /// a colon is not a field. Stops when `each` returns `false`.
-pub fn for_each_field(
+pub fn for_each_field(message: impl Read, each: impl FnMut(&str, &str) -> bool) -> io::Result<()> {
+    for_each_field_up_to(message, FIELD_LIMIT, each)
+}
+
+/// As [`for_each_field`], keeping at most `limit` bytes of a field (for a
+/// header block already in memory, whose fields are all wanted whole).
+pub fn for_each_field_up_to(
     message: impl Read,
+    limit: usize,
     mut each: impl FnMut(&str, &str) -> bool,
 ) -> io::Result<()> {
     let mut r = BufReader::with_capacity(CHUNK, message);
@@ -303,15 +310,15 @@ pub fn for_each_field(
             None => true,
         }
     };
-    while read_line_bounded(&mut r, &mut line, FIELD_LIMIT)? {
+    while read_line_bounded(&mut r, &mut line, limit)? {
         if line.is_empty() {
             break;
         }
         if line.starts_with(b" ") || line.starts_with(b"\t") {
-            if !field.is_empty() && field.len() < FIELD_LIMIT {
+            if !field.is_empty() && field.len() < limit {
                 let rest = line.trim_ascii_start();
                 field.push(b' ');
-                field.extend_from_slice(&rest[..rest.len().min(FIELD_LIMIT - field.len())]);
+                field.extend_from_slice(&rest[..rest.len().min(limit - field.len())]);
             }
             continue;
         }

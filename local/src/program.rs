@@ -26,13 +26,11 @@
 //! output (sanitised, at most 4 KB) in the reason.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use postern_common::command::{run_with_message, sanitise};
+use postern_common::command::{delivery_command, run_with_message, sanitise};
 use postern_common::handoff::RecipientStatus;
 use postern_common::mail::{MessageFile, Quoting};
-use postern_sys as sys;
 
 pub use postern_common::trusted::{mode, Mode, INSECURE_PROGRAM, NO_PROGRAM, SUSPEND_PROGRAM};
 
@@ -118,16 +116,8 @@ pub struct Run<'a> {
 /// Runs one program; never returns success unless it exited 0.
 pub fn run(r: &Run<'_>) -> RecipientStatus {
     let program = r.argv[0].clone();
-    let mut cmd = Command::new(&r.argv[0]);
-    cmd.args(&r.argv[1..])
-        .env_clear()
-        .envs(r.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(r.cwd);
-    // Its own session, nothing but 0-2 open.
-    sys::BeforeExec::new()
-        .new_session()
-        .cloexec_from(3)
-        .install(&mut cmd);
+    // Its own session, nothing but 0-2 open; as this process's user.
+    let mut cmd = delivery_command(&r.argv, &r.env, r.cwd, None);
     // The program runs as this (already switched) process's user: the
     // kill needs no privilege. Whatever it started goes with it, in its
     // group or not (this process is its subreaper).

@@ -40,10 +40,11 @@
 //! **See also**: Postfix pipe(8); postern-spawn; `postern_queue::route`.
 
 use std::os::unix::net::UnixStream;
-use std::process::Command;
 use std::time::Duration;
 
-use postern_common::command::{run_with_message, CommandSpec, PipeSpec, SystemAccounts};
+use postern_common::command::{
+    delivery_command, run_with_message, CommandSpec, PipeSpec, SystemAccounts,
+};
 use postern_common::handoff::{
     self, DeliveryReply, DeliveryRequest, Destination, Instruction, RecipientStatus,
 };
@@ -51,7 +52,6 @@ use postern_common::mail::{from_line, MessageFile, Quoting};
 use postern_common::server::{self, Context, Handler, Privileges, Program, Request};
 use postern_conf::attributes::PipeFlags;
 use postern_conf::params;
-use postern_sys as sys;
 use postern_sys::privilege::{self, MailOwner};
 
 use crate::{command_environment, end_command_as_root};
@@ -180,16 +180,16 @@ impl Pipe {
             );
         }
         let program = self.attrs.argv[0].clone();
-        let args: Vec<String> = self.attrs.argv[1..]
-            .iter()
-            .map(|a| expand(a, req, instr))
+        let argv: Vec<String> = std::iter::once(program.clone())
+            .chain(self.attrs.argv[1..].iter().map(|a| expand(a, req, instr)))
             .collect();
-        let mut cmd = Command::new(&program);
-        cmd.args(&args)
-            .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .current_dir("/");
-        isolate(&mut cmd, &self.attrs);
+        // The user= identity, with no supplementary groups.
+        let mut cmd = delivery_command(
+            &argv,
+            &self.env,
+            std::path::Path::new("/"),
+            Some(self.attrs.run_as),
+        );
         // The command leads its own group; what it left running goes with
         // it, in its group or not (this process is its subreaper).
         let service = &self.service;
@@ -293,18 +293,6 @@ impl Pipe {
             })
             .collect()
     }
-}
-
-/// Sets up `cmd` the way every command pipe runs starts (spawn's go
-/// through [`sys::Launcher`], which does the same): its own
-/// session and process group, the `user=` identity with no supplementary
-/// groups, nothing open but descriptors 0-2.
-fn isolate(cmd: &mut Command, attrs: &CommandSpec) {
-    sys::BeforeExec::new()
-        .new_session()
-        .run_as(attrs.run_as)
-        .cloexec_from(3)
-        .install(cmd);
 }
 
 #[cfg(test)]
