@@ -359,16 +359,7 @@ pub fn absolute_config_dir(explicit: Option<PathBuf>) -> Result<Option<PathBuf>,
 
 /// Chooses the configuration: `-c`, `$POSTERN_CONFIG`, /etc/postern, embedded.
 pub fn source(explicit: Option<PathBuf>) -> Source {
-    if let Some(dir) = explicit.or_else(|| std::env::var_os("POSTERN_CONFIG").map(PathBuf::from)) {
-        return Source::Dir(dir);
-    }
-    let default = Path::new(DEFAULT_CONFIG_DIR);
-    if check::has_main_cf(default) {
-        return Source::Dir(default.to_path_buf());
-    }
-    // Everyone addresses the same instance, root or not (as sendmail
-    // does): the system layout.
-    Source::Embedded(Layout::system())
+    postern_common::instance::choose_source(explicit, &["POSTERN_CONFIG"])
 }
 
 pub fn describe(source: &Source) -> String {

@@ -6,19 +6,26 @@
 //! identity that [`RunAs`] refuses: uid or gid 0, the mail owner's uid or
 //! gid, id -1.
 //!
-//! A command that delivers mail (local's programs, the pipe transport) ends
-//! the same way: its output is collected within the time limit
+//! A command that delivers mail (local's programs, the pipe transport) runs
+//! the same way ([`run_with_message`]): its standard input is a few envelope
+//! lines and then the message, streamed from the queue file in pieces (so
+//! memory does not grow with the message); its output is collected within
+//! the time limit
 //! ([`collect_output`]), sanitised and capped ([`sanitise`]), and its exit
 //! status becomes a delivery status by sysexits ([`status_for_exit`]).
 
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::account::{self, Account};
 use crate::handoff::RecipientStatus;
+#[cfg(doc)]
+use crate::mail::MessageFile;
+use crate::mail::{copy_body, Quoting, Section};
 use postern_conf::attributes::{split_pipe, CommandAttributes, PipeFlags};
 use postern_sys as sys;
 use postern_sys::privilege::{MailOwner, RunAs};
@@ -172,11 +179,44 @@ pub struct Ended {
     pub output: Vec<u8>,
     /// It ran past the time limit.
     pub timed_out: bool,
+    /// Why the message could not be read to its end, if it could not: the
+    /// command's input was cut short, so whatever it says, the message was
+    /// not delivered.
+    pub unread: Option<String>,
+}
+
+/// A command that delivers mail (local's programs, pipe's commands), set
+/// up one way: `argv` run directly, exactly the environment `env`, working
+/// directory `cwd`, its own session and process group, nothing open but
+/// descriptors 0-2, and, when `run_as` is given, that identity for good
+/// (`sys::BeforeExec::run_as`; local's delivery process has switched
+/// already). spawn starts its commands with `sys::Launcher`, which makes
+/// the same steps without a fork.
+pub fn delivery_command(
+    argv: &[String],
+    env: &[(String, String)],
+    cwd: &std::path::Path,
+    run_as: Option<RunAs>,
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(cwd);
+    let mut steps = sys::BeforeExec::new().new_session().cloexec_from(3);
+    if let Some(who) = run_as {
+        steps = steps.run_as(who);
+    }
+    steps.install(&mut cmd);
+    cmd
 }
 
 /// Runs `cmd` — program, arguments, environment, directory and pre-exec
 /// setup (its own session, nothing but 0-2 open, identity) already given —
-/// with `input` on standard input and standard output and error collected,
+/// with `envelope` and then the message (`body`, a
+/// [`MessageFile::owned_reader`], copied by [`copy_body`] with `quoting`, in
+/// pieces) on standard input and standard
+/// output and error collected,
 /// for at most `limit`. At the limit, `end(pid)` ends the command and
 /// everything it started, wherever it went (normally
 /// [`crate::descendants::end_command`], with the rights it needs): this
@@ -186,20 +226,61 @@ pub struct Ended {
 /// caller, once it has reported, calls
 /// [`crate::descendants::finish_background`], which waits for it up to that
 /// deadline and kills what is left. `Err` when it could not be started.
-pub fn run_with_input(
+pub fn run_with_message(
     cmd: &mut std::process::Command,
-    input: Vec<u8>,
+    envelope: Vec<u8>,
+    mut body: Section<std::fs::File>,
+    quoting: Quoting,
     limit: Duration,
     end: impl FnOnce(i32),
 ) -> std::io::Result<Ended> {
     use std::io::Write;
-    run_with_writer(cmd, move |stdin| stdin.write_all(&input), limit, end)
+    // A message that cannot be read to its end must not be delivered cut
+    // short: the failure is noted before the command sees the end of its
+    // input (so before it can exit), and read after it has exited.
+    let unread: Arc<Mutex<Option<String>>> = Arc::default();
+    let noted = Arc::clone(&unread);
+    let input = move |stdin: &mut std::process::ChildStdin| {
+        stdin.write_all(&envelope)?;
+        let mut reader = NotingErrors {
+            inner: &mut body,
+            noted,
+        };
+        copy_body(&mut reader, stdin, quoting).map(|_| ())
+    };
+    let mut ended = run_with_writer(cmd, input, limit, end)?;
+    ended.unread = unread
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    Ok(ended)
 }
 
-/// As [`run_with_input`], with standard input written by `input` (in a
+/// A reader that notes its first error where [`run_with_message`] finds it.
+struct NotingErrors<'a, R> {
+    inner: &'a mut R,
+    noted: Arc<Mutex<Option<String>>>,
+}
+
+impl<R: Read> Read for NotingErrors<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(buf).inspect_err(|e| {
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                return;
+            }
+            let mut noted = self
+                .noted
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            noted.get_or_insert_with(|| e.to_string());
+        })
+    }
+}
+
+/// As [`run_with_message`], with standard input written by `input` (in a
 /// thread of its own, so that it may stream a message of any size while
 /// the output is collected).
-pub fn run_with_writer(
+fn run_with_writer(
     cmd: &mut std::process::Command,
     input: impl FnOnce(&mut std::process::ChildStdin) -> std::io::Result<()> + Send + 'static,
     limit: Duration,
@@ -238,6 +319,7 @@ pub fn run_with_writer(
         status: child.wait(),
         output,
         timed_out,
+        unread: None,
     })
 }
 
@@ -248,6 +330,12 @@ impl Ended {
     /// command in reasons ("program /x", "command /x").
     pub fn delivery_status(&self, program: &str, what: &str, limit: Duration) -> RecipientStatus {
         use std::os::unix::process::ExitStatusExt;
+        if let Some(e) = &self.unread {
+            return RecipientStatus::deferred(
+                "4.3.0",
+                format!("{what}: cannot read the message: {e}"),
+            );
+        }
         if self.timed_out {
             return RecipientStatus::bounced(
                 "5.3.0",
@@ -450,6 +538,7 @@ mod tests {
             status: Ok(std::process::ExitStatus::from_raw(status)),
             output: Vec::new(),
             timed_out,
+            unread: None,
         };
         let limit = Duration::from_secs(5);
         let s = ended(9, false).delivery_status("p", "program p", limit);

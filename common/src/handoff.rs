@@ -5,10 +5,11 @@
 //! `queue_directory/private/local`). The agent accepts only peers whose uid
 //! (`SO_PEERCRED`) is root's or the mail owner's.
 //!
-//! **Frames.** Each message is one frame: a 4-byte big-endian length, then
-//! that many bytes of postcard-encoded payload. The length is checked against
-//! [`MAX_FRAME`] before anything is allocated, on every read. Payloads carry
-//! [`PROTOCOL_VERSION`]; a frame of another version is refused.
+//! **Frames.** Each message is one frame of [`crate::frame`]: a 4-byte
+//! big-endian length, then that many bytes of postcard-encoded payload. The
+//! length is checked against [`MAX_FRAME`] before anything is allocated, on
+//! every read. Payloads carry [`PROTOCOL_VERSION`]; a frame of another
+//! version is refused.
 //!
 //! **Exchange.** The client sends one [`RequestFrame`]: one to [`MAX_BATCH`]
 //! [`DeliveryRequest`]s (messages), with the open message files attached to
@@ -43,6 +44,8 @@ use serde::{Deserialize, Serialize};
 
 use postern_sys as sys;
 
+pub use crate::frame::MAX_FRAME;
+use crate::frame::{self, FrameError};
 use crate::mail::MessageFile;
 
 /// The protocol version carried in every payload.
@@ -51,8 +54,6 @@ use crate::mail::MessageFile;
 pub const PROTOCOL_VERSION: u16 = 6;
 /// The most messages one request frame may carry.
 pub const MAX_BATCH: usize = 64;
-/// The largest frame either side accepts (payload bytes).
-pub const MAX_FRAME: u32 = 1 << 20;
 
 /// Where a recipient's copy goes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -286,50 +287,35 @@ pub enum HandoffError {
     },
 }
 
-/// One frame: the length prefix and the postcard payload of `value`.
-pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, HandoffError> {
-    let payload = postcard::to_stdvec(value).map_err(|e| HandoffError::Malformed(e.to_string()))?;
-    let len = u32::try_from(payload.len()).map_err(|_| HandoffError::Oversize(u32::MAX))?;
-    if len > MAX_FRAME {
-        return Err(HandoffError::Oversize(len));
+impl From<FrameError> for HandoffError {
+    fn from(e: FrameError) -> Self {
+        match e {
+            FrameError::Cut { .. } => {
+                HandoffError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, e.to_string()))
+            }
+            FrameError::Io { source, .. } => HandoffError::Io(source),
+            FrameError::Oversize { len, .. } => HandoffError::Oversize(len),
+            FrameError::TooLarge(len) => {
+                HandoffError::Oversize(u32::try_from(len).unwrap_or(u32::MAX))
+            }
+            FrameError::Malformed { reason, .. } => HandoffError::Malformed(reason),
+            FrameError::Unencodable(reason) => HandoffError::Malformed(reason),
+        }
     }
-    let mut frame = Vec::with_capacity(payload.len() + 4);
-    frame.extend_from_slice(&len.to_be_bytes());
-    frame.extend_from_slice(&payload);
-    Ok(frame)
 }
+
+/// The peer as the handoff's errors name it: the caller knows which
+/// agent or client it is and says so in its log line.
+const PEER: &str = "the connection";
 
 /// Reads one frame's payload (length checked before allocating).
-pub fn read_frame(r: &mut impl Read, first: &[u8]) -> Result<Vec<u8>, HandoffError> {
-    // A peer that closes mid-frame is named as such, not as "failed to
-    // fill whole buffer".
-    let cut = |e: io::Error| match e.kind() {
-        io::ErrorKind::UnexpectedEof => {
-            HandoffError::Io(io::Error::new(e.kind(), "the connection ended mid-frame"))
-        }
-        _ => HandoffError::Io(e),
-    };
-    let mut header = [0u8; 4];
-    let from_first = first.len().min(4);
-    header[..from_first].copy_from_slice(&first[..from_first]);
-    r.read_exact(&mut header[from_first..]).map_err(cut)?;
-    let len = u32::from_be_bytes(header);
-    if len > MAX_FRAME {
-        return Err(HandoffError::Oversize(len));
-    }
-    let mut payload = Vec::with_capacity(len as usize);
-    payload.extend_from_slice(&first[from_first..first.len().min(4 + len as usize)]);
-    let have = payload.len();
-    payload.resize(len as usize, 0);
-    r.read_exact(&mut payload[have..]).map_err(cut)?;
-    Ok(payload)
+fn read_frame(r: &mut impl Read, first: &[u8]) -> Result<Vec<u8>, HandoffError> {
+    Ok(frame::read(r, first, MAX_FRAME, PEER)?)
 }
 
-/// The version a payload starts with (every version's frames start with it).
+/// The version a payload starts with.
 fn version_of(payload: &[u8]) -> Result<u16, HandoffError> {
-    postcard::take_from_bytes::<u16>(payload)
-        .map(|(v, _)| v)
-        .map_err(|e| HandoffError::Malformed(e.to_string()))
+    Ok(frame::version_of(payload, PEER)?)
 }
 
 /// Decodes a request payload, checking the version and the batch size.
@@ -338,8 +324,7 @@ pub fn decode_request(payload: &[u8]) -> Result<RequestFrame, HandoffError> {
     if version != PROTOCOL_VERSION {
         return Err(HandoffError::Version(version));
     }
-    let req: RequestFrame =
-        postcard::from_bytes(payload).map_err(|e| HandoffError::Malformed(e.to_string()))?;
+    let req: RequestFrame = frame::decode(payload, PEER)?;
     if req.messages.is_empty() || req.messages.len() > MAX_BATCH {
         return Err(HandoffError::BatchSize(req.messages.len()));
     }
@@ -352,7 +337,7 @@ pub fn decode_reply(payload: &[u8]) -> Result<ReplyFrame, HandoffError> {
     if version != PROTOCOL_VERSION {
         return Err(HandoffError::Version(version));
     }
-    postcard::from_bytes(payload).map_err(|e| HandoffError::Malformed(e.to_string()))
+    Ok(frame::decode(payload, PEER)?)
 }
 
 /// Agent side: receives a request and the descriptors attached to it, one
@@ -398,11 +383,11 @@ pub fn receive_request(conn: &UnixStream) -> Result<Vec<(DeliveryRequest, OwnedF
 
 /// Agent side: sends the replies, one per message.
 pub fn send_reply(mut conn: &UnixStream, replies: Vec<DeliveryReply>) -> Result<(), HandoffError> {
-    let frame = ReplyFrame {
+    let reply = ReplyFrame {
         version: PROTOCOL_VERSION,
         replies,
     };
-    conn.write_all(&encode(&frame)?)?;
+    conn.write_all(&frame::encode(&reply)?)?;
     Ok(())
 }
 
@@ -433,48 +418,19 @@ pub fn message_file(fd: &OwnedFd, offset: u64, size: Option<u64>) -> io::Result<
     Ok(message)
 }
 
-/// Reads `size` bytes (or to the end of the file) from `offset` of the
-/// attached message file, at most [`MAX_MESSAGE`], into memory.
-pub fn read_message(fd: &OwnedFd, offset: u64, size: Option<u64>) -> io::Result<Vec<u8>> {
-    message_file(fd, offset, size)?.read_all()
-}
-
-/// What an agent received: each message with its body, and the attached
+/// What an agent received: each message left in its file
+/// ([`MessageFile`]), to be streamed from there, and the attached
 /// descriptors, which the agent keeps open (and its delivery processes
 /// inherit) until the deliveries are over: the queue manager's lock on the
 /// message lives with them (see [`lock_for_exchange`]).
-pub type Accepted = (Vec<(DeliveryRequest, Vec<u8>)>, Vec<OwnedFd>);
-
-/// As [`Accepted`], with each message left in its file ([`MessageFile`]),
-/// to be streamed from there.
-pub type AcceptedFiles = (Vec<(DeliveryRequest, MessageFile)>, Vec<OwnedFd>);
-
-/// Agent side of one exchange, up to the deliveries, with the messages read
-/// into memory: see [`accept_request_files`].
-pub fn accept_request(conn: &UnixStream, owner_uid: u32) -> Option<Accepted> {
-    let (messages, held) = accept_request_files(conn, owner_uid)?;
-    let mut out = Vec::with_capacity(messages.len());
-    for (request, message) in messages {
-        match message.read_all() {
-            Ok(body) => out.push((request, body)),
-            Err(e) => {
-                log::warn!(
-                    "queue id {}: cannot read the message: {e}; nothing delivered",
-                    request.queue_id
-                );
-                return None;
-            }
-        }
-    }
-    Some((out, held))
-}
+pub type Accepted = (Vec<(DeliveryRequest, MessageFile)>, Vec<OwnedFd>);
 
 /// Agent side of one exchange, up to the deliveries: the peer must be root
 /// or `owner_uid`; then the request frame and the attached message files
 /// (at most [`MAX_MESSAGE`] bytes in all), left in place. Every failure is
 /// logged (naming the peer) and gives `None`: the connection closes and
 /// nothing is delivered.
-pub fn accept_request_files(conn: &UnixStream, owner_uid: u32) -> Option<AcceptedFiles> {
+pub fn accept_request(conn: &UnixStream, owner_uid: u32) -> Option<Accepted> {
     let (peer, messages) = accept_descriptors(conn, owner_uid)?;
     let mut total = 0u64;
     let mut out = Vec::with_capacity(messages.len());
@@ -587,7 +543,7 @@ pub fn deliver_batch(
     let conn = UnixStream::connect(socket)?;
     conn.set_read_timeout(Some(timeout))?;
     conn.set_write_timeout(Some(timeout))?;
-    let frame = encode(&RequestFrame {
+    let frame = frame::encode(&RequestFrame {
         version: PROTOCOL_VERSION,
         messages: messages.iter().map(|(r, _)| (*r).clone()).collect(),
     })?;
@@ -706,7 +662,7 @@ mod tests {
             version: PROTOCOL_VERSION,
             messages: vec![request(), request()],
         };
-        let frame = encode(&r).unwrap();
+        let frame = frame::encode(&r).unwrap();
         let payload = read_frame(&mut &frame[..], &[]).unwrap();
         assert_eq!(decode_request(&payload).unwrap(), r);
         // The first bytes may already have been read (by recvmsg).
@@ -721,7 +677,7 @@ mod tests {
                 ],
             }],
         };
-        let frame = encode(&reply).unwrap();
+        let frame = frame::encode(&reply).unwrap();
         assert_eq!(
             decode_reply(&read_frame(&mut &frame[..], &[]).unwrap()).unwrap(),
             reply
@@ -748,7 +704,7 @@ mod tests {
             version: 99,
             messages: vec![request()],
         };
-        let frame = encode(&r).unwrap();
+        let frame = frame::encode(&r).unwrap();
         let payload = read_frame(&mut &frame[..], &[]).unwrap();
         assert!(matches!(
             decode_request(&payload),
@@ -795,7 +751,7 @@ mod tests {
             })
             .collect();
         let requests = vec![big; 8];
-        let frame = encode(&RequestFrame {
+        let frame = frame::encode(&RequestFrame {
             version: PROTOCOL_VERSION,
             messages: requests.clone(),
         })
@@ -831,7 +787,12 @@ mod tests {
         assert_eq!(received.len(), requests.len());
         for (i, ((r, fd), sent)) in received.iter().zip(&requests).enumerate() {
             assert_eq!(r, sent);
-            let text = read_message(fd, 0, None).unwrap();
+            let mut text = Vec::new();
+            message_file(fd, 0, None)
+                .unwrap()
+                .reader()
+                .read_to_end(&mut text)
+                .unwrap();
             assert_eq!(text, format!("message {i}\n").into_bytes());
         }
     }

@@ -40,7 +40,30 @@ use std::path::{Path, PathBuf};
 
 use crate::account::Account;
 use fs2::FileExt;
-use postern_conf::{params, Config};
+use postern_conf::embedded::Layout;
+use postern_conf::{params, Config, Source, DEFAULT_CONFIG_DIR};
+
+/// Which configuration a command uses, the one rule of `postern`,
+/// `sendmail` and `postern-queue`: `explicit` (`-c`, `-C`), else the first
+/// of the environment variables `vars` that is set and not empty, else
+/// the system's configuration directory when it holds a main.cf, else the
+/// embedded configuration with the system layout (everyone addresses the
+/// same instance, root or not, as sendmail does).
+pub fn choose_source(explicit: Option<PathBuf>, vars: &[&str]) -> Source {
+    let from_env = || {
+        vars.iter()
+            .find_map(|v| std::env::var_os(v).filter(|d| !d.is_empty()))
+            .map(PathBuf::from)
+    };
+    if let Some(dir) = explicit.or_else(from_env) {
+        return Source::Dir(dir);
+    }
+    let default = Path::new(DEFAULT_CONFIG_DIR);
+    if crate::check::has_main_cf(default) {
+        return Source::Dir(default.to_path_buf());
+    }
+    Source::Embedded(Layout::system())
+}
 
 /// Where an instance keeps the master's own files.
 #[derive(Debug, Clone)]

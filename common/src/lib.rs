@@ -5,7 +5,8 @@
 //! **Description**: the child skeleton every master-managed daemon runs on
 //! ([`server`]), the master↔child contract ([`status`]), the control
 //! protocol between `postern` and the master ([`control`]), an instance's
-//! layout on disk ([`instance`]), the configuration checks shared by
+//! layout on disk ([`instance`]), the one frame codec of its own channels
+//! ([`frame`]), the configuration checks shared by
 //! `postern check` and the master ([`check`], [`programs`]), the queue as
 //! `postern status` reports it ([`queue_health`]), the one log format
 //! ([`log`]), mail formatting streamed from the queue file ([`mail`]), account look-ups ([`account`]) and exit codes ([`sysexits`]).
@@ -23,6 +24,7 @@ pub mod command;
 pub mod control;
 pub mod descendants;
 pub mod destinations;
+pub mod frame;
 pub mod handoff;
 pub mod instance;
 pub mod log;

@@ -100,13 +100,6 @@ impl MessageFile {
         Ok(head)
     }
 
-    /// The whole message, in memory (for agents that need it so).
-    pub fn read_all(&self) -> io::Result<Vec<u8>> {
-        let mut body = Vec::with_capacity(usize::try_from(self.len).map_err(io::Error::other)?);
-        self.reader().read_to_end(&mut body)?;
-        Ok(body)
-    }
-
     /// What [`copy_body`] with [`Quoting::FromLines`] writes for it: read
     /// once (the same for every recipient), then remembered.
     pub fn quoted(&self) -> io::Result<Copied> {
@@ -254,13 +247,6 @@ pub fn from_line(sender: &str, arrival: u64) -> String {
     format!("From {sender}  {}\n", crate::log::asctime(arrival))
 }
 
-/// [`copy_body`] from a message in memory to a vector (for an agent that
-/// holds the message whole).
-pub fn copy_body_to_vec(body: &[u8], out: &mut Vec<u8>, quoting: Quoting) {
-    // Safe to ignore: reading a slice and writing a vector never fail.
-    let _ = copy_body(&mut &body[..], out, quoting);
-}
-
 /// Reads one line into `line` (without its `\n`, and without a `\r`
 /// before it), keeping at most `max` bytes of it; `false` at the end of
 /// the input.
@@ -303,8 +289,15 @@ fn read_line_bounded(r: &mut impl BufRead, line: &mut Vec<u8>, max: usize) -> io
 /// their field by one space, the name and value trimmed, text decoded
 /// leniently, at most [`FIELD_LIMIT`] bytes of a value kept. A line without
 /// a colon is not a field. Stops when `each` returns `false`.
-pub fn for_each_field(
+pub fn for_each_field(message: impl Read, each: impl FnMut(&str, &str) -> bool) -> io::Result<()> {
+    for_each_field_up_to(message, FIELD_LIMIT, each)
+}
+
+/// As [`for_each_field`], keeping at most `limit` bytes of a field (for a
+/// header block already in memory, whose fields are all wanted whole).
+pub fn for_each_field_up_to(
     message: impl Read,
+    limit: usize,
     mut each: impl FnMut(&str, &str) -> bool,
 ) -> io::Result<()> {
     let mut r = BufReader::with_capacity(CHUNK, message);
@@ -317,15 +310,15 @@ pub fn for_each_field(
             None => true,
         }
     };
-    while read_line_bounded(&mut r, &mut line, FIELD_LIMIT)? {
+    while read_line_bounded(&mut r, &mut line, limit)? {
         if line.is_empty() {
             break;
         }
         if line.starts_with(b" ") || line.starts_with(b"\t") {
-            if !field.is_empty() && field.len() < FIELD_LIMIT {
+            if !field.is_empty() && field.len() < limit {
                 let rest = line.trim_ascii_start();
                 field.push(b' ');
-                field.extend_from_slice(&rest[..rest.len().min(FIELD_LIMIT - field.len())]);
+                field.extend_from_slice(&rest[..rest.len().min(limit - field.len())]);
             }
             continue;
         }
@@ -366,7 +359,7 @@ mod tests {
         let mut out2 = Vec::new();
         let c2 = copy_body(&mut Trickle(input), &mut out2, Quoting::FromLines).unwrap();
         let mut out3 = b"prefix".to_vec();
-        copy_body_to_vec(input, &mut out3, Quoting::FromLines);
+        copy_body(&mut &input[..], &mut out3, Quoting::FromLines).unwrap();
         assert_eq!(&out3[6..], out.as_slice());
         assert_eq!(out, out2, "the same across piece boundaries");
         assert_eq!((c, c2.bytes), (c2, out.len() as u64));
@@ -410,7 +403,9 @@ mod tests {
         assert_eq!(c, message.quoted().unwrap());
         assert_eq!(out.len(), text.len() - 8 + 20_000);
         assert!(out.starts_with(b">From line 0\nbody 0\n>From line 1\n"));
-        assert_eq!(message.read_all().unwrap(), &text[8..]);
+        let mut all = Vec::new();
+        message.reader().read_to_end(&mut all).unwrap();
+        assert_eq!(all, &text[8..]);
         assert_eq!(message.head(5).unwrap(), b"From ");
         let short = MessageFile::new(tempfile::tempfile().unwrap(), 0, Some(1));
         assert!(short.unwrap_err().to_string().contains("the file holds 0"));

@@ -394,8 +394,10 @@ fn start<T>(
         crate::log::fatal(code, message)
     };
     // Until main.cf says where to log: stderr in the foreground, else syslog.
-    let early = crate::log::open_sink(args.stderr, "", "mail").unwrap_or(crate::log::Sink::Stderr);
-    crate::log::init("postern", program.name, early);
+    // Until main.cf is read: the default syslog_name and syslog_facility.
+    let early = crate::log::open_sink(args.stderr, "", params::default::SYSLOG_FACILITY)
+        .unwrap_or(crate::log::Sink::Stderr);
+    crate::log::init(params::default::SYSLOG_NAME, program.name, early);
     let config = match load_config(&args) {
         Ok(c) => c,
         Err(e) => return Err(fail(sysexits::EX_CONFIG, e)),

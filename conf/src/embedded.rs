@@ -34,8 +34,8 @@ impl Layout {
     /// The system layout: /var/spool/postern and /var/lib/postern.
     pub fn system() -> Self {
         Layout {
-            queue_directory: PathBuf::from("/var/spool/postern"),
-            data_directory: PathBuf::from("/var/lib/postern"),
+            queue_directory: PathBuf::from(crate::params::default::QUEUE_DIRECTORY),
+            data_directory: PathBuf::from(crate::params::default::DATA_DIRECTORY),
         }
     }
 

@@ -74,7 +74,7 @@ pub use params::{Kind, ParamSpec, Value};
 
 /// The configuration directory of the system instance (`config_directory`'s
 /// default), used when no `-c`, `$POSTERN_CONFIG` or `MAIL_CONFIG` names one.
-pub const DEFAULT_CONFIG_DIR: &str = "/etc/postern";
+pub const DEFAULT_CONFIG_DIR: &str = params::default::CONFIG_DIRECTORY;
 
 /// Where a configuration comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -53,9 +53,18 @@ macro_rules! params {
             #[doc = $doc]
             pub const $konst: &str = $name;
         )*
+        /// Each parameter's default, as main.cf text, under the name of its
+        /// key (`default::SYSLOG_NAME`): for a value needed before main.cf
+        /// is read, and for the few constants that must equal a default.
+        pub mod default {
+            $(
+                #[doc = concat!("The default of `", $name, "`.")]
+                pub const $konst: &str = $default;
+            )*
+        }
         /// Every declared parameter, sorted by name.
         pub static PARAMS: &[ParamSpec] = &[
-            $( ParamSpec { name: $name, kind: $kind, default: $default, doc: $doc }, )*
+            $( ParamSpec { name: $name, kind: $kind, default: default::$konst, doc: $doc }, )*
         ];
     };
 }
@@ -251,6 +260,15 @@ pub const SERVICE_SUFFIXES: &[(&str, Kind, &str)] = &[
 /// Looks up a declared parameter by name.
 pub fn spec(name: &str) -> Option<&'static ParamSpec> {
     PARAMS.iter().find(|p| p.name == name)
+}
+
+/// The default of parameter `name` (as main.cf text): a declared one's, or
+/// a per-service parameter's (`<service><suffix>`, any service); `None` for
+/// a name postern does not know.
+pub fn default_of(name: &str) -> Option<&'static str> {
+    spec(name)
+        .map(|p| p.default)
+        .or_else(|| service_param(name, |_| true).map(|(_, d)| d))
 }
 
 /// The kind and default of a per-service parameter `<service><suffix>`, if

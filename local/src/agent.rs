@@ -76,7 +76,7 @@ impl Handler for Local {
         let conn = UnixStream::from(fd);
         // `_held`: the message descriptors stay open (and are inherited
         // by the delivery processes) until this request is over.
-        let Some((messages, _held)) = handoff::accept_request_files(&conn, self.owner.uid) else {
+        let Some((messages, _held)) = handoff::accept_request(&conn, self.owner.uid) else {
             return;
         };
         let policy = self.settings.system_policy();

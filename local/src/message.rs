@@ -331,7 +331,7 @@ mod tests {
         }
         fn for_program(&self, original: Option<&str>) -> Vec<u8> {
             let mut out = self.program_envelope(original);
-            out.extend_from_slice(&self.body.read_all().unwrap());
+            std::io::Read::read_to_end(&mut self.body.reader(), &mut out).unwrap();
             out
         }
         fn is_loop(&self) -> bool {

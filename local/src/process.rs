@@ -6,7 +6,8 @@
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use postern_common::handoff::{self, RecipientStatus};
+use postern_common::frame::{self, FrameError};
+use postern_common::handoff::RecipientStatus;
 use postern_sys::privilege::{self, RunAs};
 use postern_sys::{self as sys, Forked};
 
@@ -45,12 +46,9 @@ pub(crate) fn in_child_as(
                     format!("cannot switch to uid {}: {e}", run_as.uid()),
                 )),
             };
-            // Length-prefixed, so that the parent need not wait for the exit.
-            let bytes = postcard::to_stdvec(&status).unwrap_or_default();
-            let mut framed = (bytes.len() as u32).to_le_bytes().to_vec();
-            framed.extend_from_slice(&bytes);
+            // One frame, so that the parent need not wait for the exit.
             let mut w = std::fs::File::from(write_end);
-            let _ = std::io::Write::write_all(&mut w, &framed);
+            let _ = frame::send(&mut w, &status, "the agent");
             drop(w);
             // Reported: now what the programs left running may finish, up
             // to their time limit (the agent does not wait for this).
@@ -161,47 +159,35 @@ pub(crate) fn try_reap_reported(pid: i32) -> bool {
     }
 }
 
-/// Reads the child's length-prefixed report within `limit`. A child that
-/// is found stopped (checked at least once a second) gets no more time.
+/// Reads the child's report (one frame) within `limit`. A child that is
+/// found stopped (checked at least once a second) gets no more time.
 fn read_status(fd: OwnedFd, pid: i32, limit: Duration) -> Result<Vec<RecipientStatus>, String> {
-    use std::io::Read;
-    use std::time::Instant;
-    let deadline = Instant::now() + limit;
-    let mut file = std::fs::File::from(fd);
-    let mut read_exact = |buf: &mut [u8]| -> Result<(), String> {
-        let mut got = 0;
-        while got < buf.len() {
-            loop {
-                let now = Instant::now();
-                if now >= deadline {
-                    return Err("no report within the time limit".into());
-                }
-                let slice = deadline.min(now + Duration::from_secs(1));
-                if postern_sys::wait::readable_by(&file, slice) {
-                    break;
-                }
-                if is_stopped(pid) {
-                    return Err("it was stopped by a signal before it reported".into());
-                }
-            }
-            match file.read(&mut buf[got..]) {
-                Ok(0) => return Err("it died without a report".into()),
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.to_string()),
-            }
+    let stopped = || {
+        if is_stopped(pid) {
+            Err(std::io::Error::other(
+                "it was stopped by a signal before it reported",
+            ))
+        } else {
+            Ok(())
         }
-        Ok(())
     };
-    let mut len = [0u8; 4];
-    read_exact(&mut len)?;
-    let len = u32::from_le_bytes(len) as usize;
-    if len > handoff::MAX_FRAME as usize {
-        return Err("report too large".into());
-    }
-    let mut bytes = vec![0u8; len];
-    read_exact(&mut bytes)?;
-    postcard::from_bytes(&bytes).map_err(|_| "its report does not decode".to_string())
+    let mut r = frame::Deadline::new(
+        std::fs::File::from(fd),
+        std::time::Instant::now() + limit,
+        Duration::from_secs(1),
+        stopped,
+    );
+    let peer = format!("delivery process {pid}");
+    let payload = frame::read(&mut r, &[], frame::MAX_FRAME, &peer).map_err(|e| match e {
+        FrameError::Cut { .. } => "it died without a report".to_string(),
+        FrameError::Io { source, .. } if source.kind() == std::io::ErrorKind::TimedOut => {
+            "no report within the time limit".to_string()
+        }
+        FrameError::Io { source, .. } => source.to_string(),
+        FrameError::Oversize { .. } => "report too large".to_string(),
+        e => e.to_string(),
+    })?;
+    frame::decode(&payload, &peer).map_err(|_| "its report does not decode".to_string())
 }
 
 #[cfg(test)]
@@ -224,16 +210,14 @@ mod tests {
             RecipientStatus::delivered("ok"),
             RecipientStatus::deferred("4.2.0", "later"),
         ];
-        let payload = postcard::to_stdvec(&statuses).unwrap();
-        let mut framed = (payload.len() as u32).to_le_bytes().to_vec();
-        framed.extend_from_slice(&payload);
+        let framed = frame::encode(&statuses).unwrap();
         assert_eq!(report(&framed).unwrap(), statuses);
         let cut = report(&framed[..framed.len() - 1]).unwrap_err();
         assert!(cut.contains("died without a report"), "{cut}");
         assert!(report(b"").unwrap_err().contains("died without a report"));
-        let huge = (handoff::MAX_FRAME + 1).to_le_bytes();
+        let huge = frame::prefix(frame::MAX_FRAME + 1);
         assert!(report(&huge).unwrap_err().contains("too large"));
-        let garbage = [3, 0, 0, 0, 0xff, 0xff, 0xff];
+        let garbage = [0, 0, 0, 3, 0xff, 0xff, 0xff];
         assert!(report(&garbage).unwrap_err().contains("does not decode"));
     }
 }

@@ -25,16 +25,12 @@
 //! something); 75 and 71 defer; anything else bounces, with the program's
 //! output (sanitised, at most 4 KB) in the reason.
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use postern_common::command::{run_with_writer, sanitise};
+use postern_common::command::{delivery_command, run_with_message, sanitise};
 use postern_common::handoff::RecipientStatus;
-use postern_common::mail::{copy_body, MessageFile, Quoting};
-use postern_sys as sys;
+use postern_common::mail::{MessageFile, Quoting};
 
 pub use postern_common::trusted::{mode, Mode, INSECURE_PROGRAM, NO_PROGRAM, SUSPEND_PROGRAM};
 
@@ -117,40 +113,11 @@ pub struct Run<'a> {
     pub failure_is_75: bool,
 }
 
-/// A reader that notes its first error where [`run`] finds it.
-struct NotingErrors<'a, R> {
-    inner: &'a mut R,
-    noted: Arc<Mutex<Option<String>>>,
-}
-
-impl<R: Read> Read for NotingErrors<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.inner.read(buf).inspect_err(|e| {
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                return;
-            }
-            let mut noted = self
-                .noted
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            noted.get_or_insert_with(|| e.to_string());
-        })
-    }
-}
-
 /// Runs one program; never returns success unless it exited 0.
 pub fn run(r: &Run<'_>) -> RecipientStatus {
     let program = r.argv[0].clone();
-    let mut cmd = Command::new(&r.argv[0]);
-    cmd.args(&r.argv[1..])
-        .env_clear()
-        .envs(r.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(r.cwd);
-    // Its own session, nothing but 0-2 open.
-    sys::BeforeExec::new()
-        .new_session()
-        .cloexec_from(3)
-        .install(&mut cmd);
+    // Its own session, nothing but 0-2 open; as this process's user.
+    let mut cmd = delivery_command(&r.argv, &r.env, r.cwd, None);
     // The program runs as this (already switched) process's user: the
     // kill needs no privilege. Whatever it started goes with it, in its
     // group or not (this process is its subreaper).
@@ -159,8 +126,7 @@ pub fn run(r: &Run<'_>) -> RecipientStatus {
             log::warn!("program {program}: {e}");
         }
     };
-    let envelope = r.envelope.clone();
-    let mut body = match r.message.owned_reader() {
+    let body = match r.message.owned_reader() {
         Ok(b) => b,
         Err(e) => {
             return RecipientStatus::deferred(
@@ -169,20 +135,14 @@ pub fn run(r: &Run<'_>) -> RecipientStatus {
             )
         }
     };
-    // A message that cannot be read to its end must not be delivered cut
-    // short: the failure is noted before the program sees the end of its
-    // input (so before it can exit), and read after it has exited.
-    let unread: Arc<Mutex<Option<String>>> = Arc::default();
-    let noted = Arc::clone(&unread);
-    let input = move |stdin: &mut std::process::ChildStdin| {
-        stdin.write_all(&envelope)?;
-        let mut reader = NotingErrors {
-            inner: &mut body,
-            noted,
-        };
-        copy_body(&mut reader, stdin, Quoting::None).map(|_| ())
-    };
-    let ended = match run_with_writer(&mut cmd, input, r.limit, end) {
+    let ended = match run_with_message(
+        &mut cmd,
+        r.envelope.clone(),
+        body,
+        Quoting::None,
+        r.limit,
+        end,
+    ) {
         Ok(e) => e,
         Err(e) => {
             let permanent = matches!(
@@ -197,11 +157,7 @@ pub fn run(r: &Run<'_>) -> RecipientStatus {
             };
         }
     };
-    let unread = unread
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .take();
-    if let Some(e) = unread {
+    if let Some(e) = &ended.unread {
         return RecipientStatus::deferred(
             "4.3.0",
             format!("program {program}: cannot read the message: {e}"),

@@ -55,7 +55,7 @@ impl Settings {
             },
             lock: mbox::LockPolicy {
                 methods,
-                attempts: u32::try_from(c.int(params::DELIVER_LOCK_ATTEMPTS)).unwrap_or(20),
+                attempts: u32::try_from(c.int(params::DELIVER_LOCK_ATTEMPTS)).unwrap_or(u32::MAX),
                 delay: c.time(params::DELIVER_LOCK_DELAY),
                 stale: c.time(params::STALE_LOCK_TIME),
             },

@@ -10,27 +10,21 @@ pub struct Field {
     pub value: String,
 }
 
-/// Splits a header block (text up to the first empty line) into fields.
-/// Lines that are neither `name: value` nor continuations are skipped.
+/// The fields of a header block (text up to the first empty line), by the
+/// one header parser, `postern_common::mail::for_each_field`, each value
+/// whole. Lines that are neither `name: value` nor continuations are
+/// skipped.
 pub fn fields(block: &str) -> Vec<Field> {
-    let mut out: Vec<Field> = Vec::new();
-    for line in block.lines() {
-        if line.starts_with([' ', '\t']) {
-            if let Some(last) = out.last_mut() {
-                last.value.push(' ');
-                last.value.push_str(line.trim());
-            }
-            continue;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            if !name.is_empty() && !name.contains([' ', '\t']) {
-                out.push(Field {
-                    name: name.to_string(),
-                    value: value.trim().to_string(),
-                });
-            }
-        }
-    }
+    let mut out = Vec::new();
+    // Reading a string cannot fail.
+    let _ =
+        postern_common::mail::for_each_field_up_to(block.as_bytes(), usize::MAX, |name, value| {
+            out.push(Field {
+                name: name.to_string(),
+                value: value.to_string(),
+            });
+            true
+        });
     out
 }
 

@@ -57,7 +57,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use postern_common::{account, sysexits};
 use postern_conf::embedded::Layout;
-use postern_conf::{params, Config, ServicesFile, Source, DEFAULT_CONFIG_DIR};
+use postern_conf::{params, Config, ServicesFile, Source};
 
 use crate::headers;
 use crate::submit::{self, SubmitError, SubmitRequest, Timing, SUBMIT_VERSION};
@@ -238,16 +238,7 @@ pub fn source(o: &Options) -> Source {
             data_directory: d.clone(),
         });
     }
-    for var in ["POSTERN_CONFIG", "MAIL_CONFIG"] {
-        if let Some(d) = std::env::var_os(var).filter(|v| !v.is_empty()) {
-            return Source::Dir(PathBuf::from(d));
-        }
-    }
-    let default = Path::new(DEFAULT_CONFIG_DIR);
-    if default.join("main.cf").exists() {
-        return Source::Dir(default.to_path_buf());
-    }
-    Source::Embedded(Layout::system())
+    postern_common::instance::choose_source(None, &["POSTERN_CONFIG", "MAIL_CONFIG"])
 }
 
 /// Reads the message: line ends normalised, a lone `.` ending it unless

@@ -9,9 +9,9 @@
 //! mail owner always may) and sends the listing. No set-uid program.
 //!
 //! **Protocol, version 1** ([`SHOWQ_VERSION`]). A unix stream connection to
-//! `queue_directory/public/showq`; frames are a 4-byte big-endian length and
-//! a postcard payload of at most `handoff::MAX_FRAME` bytes, as in the
-//! handoff protocol, each starting with the version.
+//! `queue_directory/public/showq`; frames are `postern_common::frame`'s (a
+//! 4-byte big-endian length and a postcard payload of at most
+//! `frame::MAX_FRAME` bytes), each starting with the version.
 //!
 //! 1. The client sends one [`ShowqRequest`] (at most 64 bytes of payload,
 //!    all of it within [`REQUEST_DEADLINE`]: a slow or idle client is cut,
@@ -24,13 +24,13 @@
 //!
 //! The client prints the listing in Postfix's mailq layout ([`format`]).
 
-use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use postern_common::account;
-use postern_common::handoff::{self, HandoffError};
+use postern_common::frame::{self, FrameError};
+use postern_common::handoff;
 use postern_common::log::asctime;
 use postern_common::server::{Context, Handler, Privileges, Program, Request};
 use postern_conf::params;
@@ -139,52 +139,17 @@ pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
 /// The largest request payload accepted (a request is a version number).
 const MAX_REQUEST: u32 = 64;
 
-/// Reads exactly `buf.len()` bytes before `deadline`.
-fn read_exact_by(
-    conn: &UnixStream,
-    buf: &mut [u8],
-    deadline: std::time::Instant,
-) -> Result<(), String> {
-    use std::io::Read;
-    let mut got = 0;
-    while got < buf.len() {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return Err(format!(
-                "no complete request within {}s",
-                REQUEST_DEADLINE.as_secs()
-            ));
-        }
-        let _ = conn.set_read_timeout(Some(left));
-        match (&*conn).read(&mut buf[got..]) {
-            Ok(0) => return Err("the connection ended mid-request".into()),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            // The read timeout (what was left of the deadline) ran out.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    Ok(())
-}
-
 /// The request frame (a length and a postcard payload), read within
 /// [`REQUEST_DEADLINE`] and at most [`MAX_REQUEST`] bytes.
-fn read_request(conn: &UnixStream) -> Result<ShowqRequest, String> {
-    let deadline = std::time::Instant::now() + REQUEST_DEADLINE;
-    let mut header = [0u8; 4];
-    read_exact_by(conn, &mut header, deadline)?;
-    let len = u32::from_be_bytes(header);
-    if len > MAX_REQUEST {
-        return Err(format!("a request of {len} bytes (at most {MAX_REQUEST})"));
+fn read_request(conn: &UnixStream, peer: &str) -> Result<ShowqRequest, String> {
+    let mut r = frame::Deadline::until(conn, std::time::Instant::now() + REQUEST_DEADLINE);
+    match frame::read(&mut r, &[], MAX_REQUEST, peer) {
+        Ok(payload) => frame::decode(&payload, peer).map_err(|e| e.to_string()),
+        Err(FrameError::Io { source, .. }) if source.kind() == std::io::ErrorKind::TimedOut => Err(
+            format!("no complete request within {}s", REQUEST_DEADLINE.as_secs()),
+        ),
+        Err(e) => Err(e.to_string()),
     }
-    let mut payload = vec![0u8; len as usize];
-    read_exact_by(conn, &mut payload, deadline)?;
-    postcard::from_bytes(&payload).map_err(|e| e.to_string())
 }
 
 impl Showq {
@@ -196,17 +161,16 @@ impl Showq {
     }
 }
 
-fn send(mut conn: &UnixStream, item: Item) -> Result<(), HandoffError> {
-    let frame = handoff::encode(&ShowqReply {
+fn send(mut conn: &UnixStream, item: Item) -> Result<(), FrameError> {
+    let reply = ShowqReply {
         version: SHOWQ_VERSION,
         item,
-    })?;
-    conn.write_all(&frame)?;
-    Ok(())
+    };
+    frame::send(&mut conn, &reply, "the client")
 }
 
 /// Sends every message of the queue at `root` to `conn`, then End.
-fn list(root: &Path, conn: &UnixStream) -> Result<(), HandoffError> {
+fn list(root: &Path, conn: &UnixStream) -> Result<(), FrameError> {
     for queue in LISTED {
         for id in queuefile::ids_in(&root.join(queue)).unwrap_or_default() {
             // Gone meanwhile (delivered, moved) or unreadable: not listed.
@@ -254,7 +218,7 @@ impl Handler for Showq {
             return;
         };
         let _ = conn.set_write_timeout(Some(TIMEOUT));
-        let request = read_request(&conn);
+        let request = read_request(&conn, "the client");
         let result = match request {
             Ok(req) if req.version != SHOWQ_VERSION => send(
                 &conn,
@@ -300,19 +264,22 @@ pub fn request(socket: &Path, timeout: Duration) -> Result<Vec<Item>, String> {
         .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
     let _ = conn.set_read_timeout(Some(timeout));
     let _ = conn.set_write_timeout(Some(timeout));
-    let frame = handoff::encode(&ShowqRequest {
+    let request = ShowqRequest {
         version: SHOWQ_VERSION,
-    })
-    .map_err(|e| e.to_string())?;
-    (&conn)
-        .write_all(&frame)
+    };
+    frame::send(&mut &conn, &request, "the showq service")
         .map_err(|e| format!("cannot send the request: {e}"))?;
+    read_listing(&conn, "the showq service")
+}
+
+/// Reads the listing's frames from `peer` up to its end or its refusal.
+fn read_listing(conn: &UnixStream, peer: &str) -> Result<Vec<Item>, String> {
     let mut items = Vec::new();
     loop {
-        let mut r = &conn;
-        let payload = handoff::read_frame(&mut r, &[]).map_err(|e| e.to_string())?;
+        let payload =
+            frame::read(&mut &*conn, &[], frame::MAX_FRAME, peer).map_err(|e| e.to_string())?;
         let reply: ShowqReply =
-            postcard::from_bytes(&payload).map_err(|e| format!("bad reply: {e}"))?;
+            frame::decode(&payload, peer).map_err(|e| format!("bad reply: {e}"))?;
         if reply.version != SHOWQ_VERSION {
             return Err(format!("reply of protocol version {}", reply.version));
         }
@@ -330,17 +297,7 @@ pub fn read_directly(root: &Path) -> Result<Vec<Item>, String> {
     let (a, b) = UnixStream::pair().map_err(|e| e.to_string())?;
     let root = root.to_path_buf();
     let writer = std::thread::spawn(move || list(&root, &a).map_err(|e| e.to_string()));
-    let mut items = Vec::new();
-    loop {
-        let mut r = &b;
-        let payload = handoff::read_frame(&mut r, &[]).map_err(|e| e.to_string())?;
-        let reply: ShowqReply = postcard::from_bytes(&payload).map_err(|e| e.to_string())?;
-        match reply.item {
-            Item::End => break,
-            Item::Refused(why) => return Err(why),
-            item => items.push(item),
-        }
-    }
+    let items = read_listing(&b, "the listing thread")?;
     writer
         .join()
         .map_err(|_| "the listing thread failed".to_string())??;
@@ -501,15 +458,15 @@ mod tests {
                 reason: None,
             },
         ] {
-            let frame = handoff::encode(&ShowqReply {
+            let bytes = frame::encode(&ShowqReply {
                 version: SHOWQ_VERSION,
                 item: item.clone(),
             })
             .unwrap();
-            let payload = handoff::read_frame(&mut &frame[..], &[]).unwrap();
+            let payload = frame::read(&mut &bytes[..], &[], frame::MAX_FRAME, "p").unwrap();
             let back: ShowqReply = postcard::from_bytes(&payload).unwrap();
             assert_eq!(back.item, item);
         }
-        assert!(handoff::read_frame(&mut &[0xff, 0, 0, 0][..], &[]).is_err());
+        assert!(frame::read(&mut &[0xff, 0, 0, 0][..], &[], frame::MAX_FRAME, "p").is_err());
     }
 }

@@ -2,9 +2,9 @@
 //! message to the queue.
 //!
 //! **Protocol, version 2** ([`SUBMIT_VERSION`]). A unix stream connection
-//! to `queue_directory/public/submit`. Frames are a 4-byte big-endian
-//! length and a postcard payload of at most `handoff::MAX_FRAME` bytes, as
-//! in the handoff protocol; both payloads start with the version.
+//! to `queue_directory/public/submit`. Frames are `postern_common::frame`'s
+//! (a 4-byte big-endian length and a postcard payload of at most
+//! `frame::MAX_FRAME` bytes); both payloads start with the version.
 //!
 //! 1. The client sends one [`SubmitRequest`] frame (the envelope).
 //! 2. The service answers one [`SubmitReply`]: [`Answer::Ready`] (with its
@@ -12,8 +12,8 @@
 //!    connection alive), or
 //!    [`Answer::Refused`] and it closes. It may refuse before it reads the
 //!    request (too many submissions in progress from that uid: 4.7.0).
-//! 3. The client sends the message as chunks: a 4-byte big-endian length,
-//!    1 to [`MAX_CHUNK`] bytes, then that many message bytes;
+//! 3. The client sends the message as chunks: a frame's length prefix
+//!    (1 to [`MAX_CHUNK`]), then that many message bytes;
 //!    [`KEEPALIVE`] (`0xFFFFFFFF`, no bytes) while it waits for its own
 //!    input; and finally [`END_OF_MESSAGE`] (a length of 0). A longer chunk
 //!    is a protocol error.
@@ -59,7 +59,8 @@ use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use postern_common::account;
-use postern_common::handoff::{self, HandoffError};
+use postern_common::frame::{self, FrameError};
+use postern_common::handoff;
 use postern_common::server::{Context, Handler, Privileges, Program, Request};
 use postern_conf::params;
 use serde::{Deserialize, Serialize};
@@ -342,19 +343,16 @@ impl Submit {
         let mut buf = vec![0u8; MAX_CHUNK as usize];
         let mut head = HeadScan::default();
         let mut reader = conn;
-        let incomplete = |e: std::io::Error| match e.kind() {
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+        let incomplete = |e: FrameError| match e {
+            FrameError::Io { source, .. } if timed_out(&source) => {
                 Failure::Aborted(format!("no input for {}s", self.input_timeout.as_secs()))
             }
-            std::io::ErrorKind::UnexpectedEof => {
-                Failure::Aborted("the connection ended".to_string())
-            }
-            _ => Failure::Aborted(format!("cannot read: {e}")),
+            FrameError::Cut { .. } => Failure::Aborted("the connection ended".to_string()),
+            FrameError::Io { source, .. } => Failure::Aborted(format!("cannot read: {source}")),
+            e => Failure::Aborted(format!("cannot read: {e}")),
         };
         loop {
-            let mut header = [0u8; 4];
-            reader.read_exact(&mut header).map_err(incomplete)?;
-            let len = u32::from_be_bytes(header);
+            let len = frame::read_length(&mut reader, CLIENT).map_err(incomplete)?;
             if len == END_OF_MESSAGE {
                 break;
             }
@@ -368,7 +366,7 @@ impl Submit {
                 )));
             }
             let chunk = &mut buf[..len as usize];
-            reader.read_exact(chunk).map_err(incomplete)?;
+            frame::read_exact(&mut reader, chunk, CLIENT).map_err(incomplete)?;
             if self.size_limit > 0
                 && writer.size() + u64::from(len) > self.size_limit + received.len() as u64
             {
@@ -464,14 +462,27 @@ impl HeadScan {
     }
 }
 
+/// The client, as the service's errors name it (the log line adds its
+/// uid and pid).
+const CLIENT: &str = "the client";
+/// The service, as the client's errors name it.
+const SERVICE: &str = "the submit service";
+
+/// Whether a read failed for want of input within its timeout.
+fn timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
 /// Sends one answer frame.
-fn send_reply(mut conn: &UnixStream, answer: Answer) -> Result<(), HandoffError> {
-    let frame = handoff::encode(&SubmitReply {
+fn send_reply(mut conn: &UnixStream, answer: Answer) -> Result<(), FrameError> {
+    let reply = SubmitReply {
         version: SUBMIT_VERSION,
         answer,
-    })?;
-    conn.write_all(&frame)?;
-    Ok(())
+    };
+    frame::send(&mut conn, &reply, CLIENT)
 }
 
 impl Handler for Submit {
@@ -514,17 +525,9 @@ impl Handler for Submit {
         };
         let result = match read_request(&conn) {
             Ok(req) => self.store(&conn, &req, uid),
-            Err(HandoffError::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                Err(Failure::Aborted(format!(
-                    "no request for {}s",
-                    self.input_timeout.as_secs()
-                )))
-            }
+            Err(FrameError::Io { source, .. }) if timed_out(&source) => Err(Failure::Aborted(
+                format!("no request for {}s", self.input_timeout.as_secs()),
+            )),
             Err(e) => {
                 log::warn!("bad submission from pid {pid} (uid {uid}): {e}; nothing queued");
                 Err(Failure::Refused(refuse(
@@ -565,10 +568,9 @@ impl Handler for Submit {
     }
 }
 
-fn read_request(conn: &UnixStream) -> Result<SubmitRequest, HandoffError> {
-    let mut r = conn;
-    let payload = handoff::read_frame(&mut r, &[])?;
-    postcard::from_bytes(&payload).map_err(|e| HandoffError::Malformed(e.to_string()))
+fn read_request(mut conn: &UnixStream) -> Result<SubmitRequest, FrameError> {
+    let payload = frame::read(&mut conn, &[], frame::MAX_FRAME, CLIENT)?;
+    frame::decode(&payload, CLIENT)
 }
 
 /// Why a submission did not end with a queue id, as the client sees it.
@@ -636,11 +638,11 @@ fn connect(socket: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
 }
 
 /// Reads one answer frame.
-fn read_reply(conn: &UnixStream) -> Result<Answer, String> {
-    let mut r = conn;
-    let payload = handoff::read_frame(&mut r, &[]).map_err(|e| e.to_string())?;
+fn read_reply(mut conn: &UnixStream) -> Result<Answer, String> {
+    let payload =
+        frame::read(&mut conn, &[], frame::MAX_FRAME, SERVICE).map_err(|e| e.to_string())?;
     let reply: SubmitReply =
-        postcard::from_bytes(&payload).map_err(|e| format!("bad reply: {e}"))?;
+        frame::decode(&payload, SERVICE).map_err(|e| format!("bad reply: {e}"))?;
     if reply.version != SUBMIT_VERSION {
         return Err(format!("reply of protocol version {}", reply.version));
     }
@@ -677,9 +679,9 @@ pub fn submit(
     })?;
     let _ = conn.set_read_timeout(Some(timeout));
     let _ = conn.set_write_timeout(Some(timeout));
-    let frame = handoff::encode(request).map_err(|e| SubmitError::NotQueued(e.to_string()))?;
+    let envelope = frame::encode(request).map_err(|e| SubmitError::NotQueued(e.to_string()))?;
     let mut w = &conn;
-    if let Err(e) = w.write_all(&frame) {
+    if let Err(e) = w.write_all(&envelope) {
         return Err(not_queued(&conn, format!("cannot send the envelope: {e}")));
     }
     let mut keepalive = timing.keepalive;
@@ -712,7 +714,7 @@ pub fn submit(
     let failed = |e: std::io::Error| SubmitError::Input(format!("cannot read the message: {e}"));
     let gone = || SubmitError::Input("cannot read the message: the reading thread ended".into());
     let mut pending: Vec<u8> = Vec::new();
-    let mut chunk: Vec<u8> = Vec::with_capacity(MAX_CHUNK as usize + 4);
+    let mut chunk: Vec<u8> = Vec::with_capacity(MAX_CHUNK as usize + frame::PREFIX);
     let mut ended = false;
     while !ended {
         // Wait for input, telling the service so while it is slow.
@@ -722,7 +724,7 @@ pub fn submit(
             Ok(Input::Failed(e)) => return Err(failed(e)),
             Err(mpsc::RecvTimeoutError::Disconnected) => return Err(gone()),
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                if let Err(e) = w.write_all(&KEEPALIVE.to_be_bytes()) {
+                if let Err(e) = w.write_all(&frame::prefix(KEEPALIVE)) {
                     return Err(not_queued(&conn, format!("cannot send the message: {e}")));
                 }
                 continue;
@@ -741,7 +743,7 @@ pub fn submit(
         for piece in pending.chunks(MAX_CHUNK as usize) {
             chunk.clear();
             // A piece is at most MAX_CHUNK bytes: the cast cannot truncate.
-            chunk.extend_from_slice(&(piece.len() as u32).to_be_bytes());
+            chunk.extend_from_slice(&frame::prefix(piece.len() as u32));
             chunk.extend_from_slice(piece);
             if let Err(e) = w.write_all(&chunk) {
                 return Err(not_queued(&conn, format!("cannot send the message: {e}")));
@@ -749,7 +751,7 @@ pub fn submit(
         }
         pending.clear();
     }
-    if let Err(e) = w.write_all(&END_OF_MESSAGE.to_be_bytes()) {
+    if let Err(e) = w.write_all(&frame::prefix(END_OF_MESSAGE)) {
         return Err(not_queued(
             &conn,
             format!("cannot send the end of the message: {e}"),
@@ -831,13 +833,13 @@ mod tests {
             Answer::Queued("ABC".into()),
             Answer::Refused(refuse("4.7.0", "busy")),
         ] {
-            let frame = handoff::encode(&SubmitReply {
+            let bytes = frame::encode(&SubmitReply {
                 version: SUBMIT_VERSION,
                 answer: answer.clone(),
             })
             .unwrap();
             let (a, b) = UnixStream::pair().unwrap();
-            (&a).write_all(&frame).unwrap();
+            (&a).write_all(&bytes).unwrap();
             assert_eq!(read_reply(&b).unwrap(), answer);
         }
         let (a, b) = UnixStream::pair().unwrap();

@@ -195,7 +195,8 @@ impl Settings {
             passwords,
             sasl_noplaintext: has(params::SMTP_SASL_SECURITY_OPTIONS, "noplaintext"),
             sasl_tls_noplaintext: has(params::SMTP_SASL_TLS_SECURITY_OPTIONS, "noplaintext"),
-            mx_address_limit: usize::try_from(c.int(params::SMTP_MX_ADDRESS_LIMIT)).unwrap_or(5),
+            mx_address_limit: usize::try_from(c.int(params::SMTP_MX_ADDRESS_LIMIT))
+                .unwrap_or(usize::MAX),
         })
     }
 }

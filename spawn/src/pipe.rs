@@ -14,7 +14,8 @@
 //! (`postern_common::handoff`, message descriptor attached; only root or the
 //! mail owner may connect). For each recipient it runs the `argv=` command
 //! directly (no shell) as `user=name[:group]`, with the message on standard
-//! input, the environment `export_environment` plus `PATH=/usr/bin:/bin`,
+//! input (streamed from the queue file: memory does not grow with the
+//! message), the environment `export_environment` plus `PATH=/usr/bin:/bin`,
 //! working directory `/`, in its own session, descriptors 0–2 only. In the
 //! arguments after the program, `${sender}`, `${recipient}`, `${user}` (the
 //! recipient's local part without extension), `${extension}`, `${domain}`,
@@ -39,18 +40,18 @@
 //! **See also**: Postfix pipe(8); postern-spawn; `postern_queue::route`.
 
 use std::os::unix::net::UnixStream;
-use std::process::Command;
 use std::time::Duration;
 
-use postern_common::command::{run_with_input, CommandSpec, PipeSpec, SystemAccounts};
+use postern_common::command::{
+    delivery_command, run_with_message, CommandSpec, PipeSpec, SystemAccounts,
+};
 use postern_common::handoff::{
     self, DeliveryReply, DeliveryRequest, Destination, Instruction, RecipientStatus,
 };
-use postern_common::mail::{copy_body_to_vec, from_line, Quoting};
+use postern_common::mail::{from_line, MessageFile, Quoting};
 use postern_common::server::{self, Context, Handler, Privileges, Program, Request};
 use postern_conf::attributes::PipeFlags;
 use postern_conf::params;
-use postern_sys as sys;
 use postern_sys::privilege::{self, MailOwner};
 
 use crate::{command_environment, end_command_as_root};
@@ -93,15 +94,10 @@ struct Pipe {
     owner_uid: u32,
 }
 
-/// The command's standard input: the envelope lines `flags=` asks for,
-/// then the message (with `From ` lines quoted for `>`).
-pub fn input(
-    flags: &PipeFlags,
-    req: &DeliveryRequest,
-    instr: &Instruction,
-    body: &[u8],
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 256);
+/// The start of the command's standard input: the envelope lines `flags=`
+/// asks for (the message follows, quoted as [`quoting`] says).
+pub fn envelope(flags: &PipeFlags, req: &DeliveryRequest, instr: &Instruction) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
     if flags.from_line {
         out.extend_from_slice(from_line(&req.sender, req.arrival).as_bytes());
     }
@@ -123,14 +119,17 @@ pub fn input(
     if flags.delivered_to {
         out.extend_from_slice(format!("Delivered-To: {}\n", instr.recipient).as_bytes());
     }
-    // The one copy routine every writer of a message uses.
-    let quoting = if flags.quote_from {
+    out
+}
+
+/// How the message follows the envelope lines: `flags=>` quotes `From `
+/// lines with `>`.
+pub fn quoting(flags: &PipeFlags) -> Quoting {
+    if flags.quote_from {
         Quoting::FromLines
     } else {
         Quoting::None
-    };
-    copy_body_to_vec(body, &mut out, quoting);
-    out
+    }
 }
 
 /// Replaces the macros in one argument.
@@ -165,7 +164,12 @@ pub fn expand(arg: &str, req: &DeliveryRequest, instr: &Instruction) -> String {
 }
 
 impl Pipe {
-    fn deliver(&self, req: &DeliveryRequest, instr: &Instruction, body: &[u8]) -> RecipientStatus {
+    fn deliver(
+        &self,
+        req: &DeliveryRequest,
+        instr: &Instruction,
+        message: &MessageFile,
+    ) -> RecipientStatus {
         if !matches!(instr.destination, Destination::Transport { .. }) {
             return RecipientStatus::bounced(
                 "5.3.5",
@@ -176,16 +180,16 @@ impl Pipe {
             );
         }
         let program = self.attrs.argv[0].clone();
-        let args: Vec<String> = self.attrs.argv[1..]
-            .iter()
-            .map(|a| expand(a, req, instr))
+        let argv: Vec<String> = std::iter::once(program.clone())
+            .chain(self.attrs.argv[1..].iter().map(|a| expand(a, req, instr)))
             .collect();
-        let mut cmd = Command::new(&program);
-        cmd.args(&args)
-            .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .current_dir("/");
-        isolate(&mut cmd, &self.attrs);
+        // The user= identity, with no supplementary groups.
+        let mut cmd = delivery_command(
+            &argv,
+            &self.env,
+            std::path::Path::new("/"),
+            Some(self.attrs.run_as),
+        );
         // The command leads its own group; what it left running goes with
         // it, in its group or not (this process is its subreaper).
         let service = &self.service;
@@ -194,8 +198,25 @@ impl Pipe {
                 log::error!("service {service}: {e}");
             }
         };
-        let input = input(&self.flags, req, instr, body);
-        match run_with_input(&mut cmd, input, self.time_limit, end) {
+        let body = match message.owned_reader() {
+            Ok(b) => b,
+            Err(e) => {
+                return RecipientStatus::deferred(
+                    "4.3.0",
+                    format!("command {program}: cannot read the message: {e}"),
+                )
+            }
+        };
+        let envelope = envelope(&self.flags, req, instr);
+        // Each recipient's copy is streamed from the queue file afresh.
+        match run_with_message(
+            &mut cmd,
+            envelope,
+            body,
+            quoting(&self.flags),
+            self.time_limit,
+            end,
+        ) {
             Ok(ended) => {
                 ended.delivery_status(&program, &format!("command {program}"), self.time_limit)
             }
@@ -223,8 +244,8 @@ impl Handler for Pipe {
         // One command per message and recipient, in order.
         let replies = messages
             .iter()
-            .map(|(req, body)| DeliveryReply {
-                statuses: self.deliver_message(req, body),
+            .map(|(req, message)| DeliveryReply {
+                statuses: self.deliver_message(req, message),
             })
             .collect();
         if let Err(e) = handoff::send_reply(&conn, replies) {
@@ -249,11 +270,15 @@ impl Handler for Pipe {
 }
 
 impl Pipe {
-    fn deliver_message(&self, req: &DeliveryRequest, body: &[u8]) -> Vec<RecipientStatus> {
+    fn deliver_message(
+        &self,
+        req: &DeliveryRequest,
+        message: &MessageFile,
+    ) -> Vec<RecipientStatus> {
         req.recipients
             .iter()
             .map(|instr| {
-                let st = self.deliver(req, instr, body);
+                let st = self.deliver(req, instr, message);
                 log::info!(
                     "{}: to=<{}>, service={}, command={}, status={:?} ({}) {}",
                     req.queue_id,
@@ -270,21 +295,10 @@ impl Pipe {
     }
 }
 
-/// Sets up `cmd` the way every command pipe runs starts (spawn's go
-/// through [`sys::Launcher`], which does the same): its own
-/// session and process group, the `user=` identity with no supplementary
-/// groups, nothing open but descriptors 0-2.
-fn isolate(cmd: &mut Command, attrs: &CommandSpec) {
-    sys::BeforeExec::new()
-        .new_session()
-        .run_as(attrs.run_as)
-        .cloexec_from(3)
-        .install(cmd);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use postern_common::mail::copy_body;
 
     #[test]
     fn macros() {
@@ -331,7 +345,9 @@ mod tests {
             delivered_to: true,
             quote_from: true,
         };
-        let text = String::from_utf8(input(&flags, &req, &instr, b"S: x\n\nFrom me\n")).unwrap();
+        let mut input = envelope(&flags, &req, &instr);
+        copy_body(&mut &b"S: x\n\nFrom me\n"[..], &mut input, quoting(&flags)).unwrap();
+        let text = String::from_utf8(input).unwrap();
         assert_eq!(
             text,
             "From ann@example.org  Thu Jan  1 00:00:00 1970\nReturn-Path: <ann@example.org>\n\

@@ -98,7 +98,7 @@ impl BeforeExec {
                 nix::unistd::dup2(from, to)?;
             }
             if let Some(who) = self.run_as {
-                privilege::drop_ids(who.uid(), who.gid())
+                privilege::drop_ids(&privilege::ProcessWide, who.uid(), who.gid())
                     .map_err(|_| io::Error::from_raw_os_error(libc::EPERM))?;
             }
             if let Some(first) = self.cloexec_from {
@@ -424,10 +424,11 @@ pub fn start_writeback(file: &impl AsRawFd) -> io::Result<()> {
 /// and every other descriptor closed; its own process group, and its own
 /// session (`setsid`) only if this process's session has a controlling
 /// terminal (see [`Launcher::start`]);
-/// effective uid 0 (the real or saved uid of the caller must be 0);
-/// working directory `/`; no supplementary groups, then gid and uid (real,
-/// effective and saved) changed to the requested identity, and a check that
-/// root cannot be regained; every signal at its default action and none
+/// working directory `/`; the one privilege drop (`privilege::drop_ids`,
+/// made with this thread's raw system calls): effective uid 0 (the real or
+/// saved uid of the caller must be 0), no supplementary groups, then gid
+/// and uid (real, effective and saved) changed to the requested identity,
+/// and a check that root cannot be regained; every signal at its default action and none
 /// blocked; then `execve` of the command with exactly the prepared
 /// environment. A command name without a `/` is looked for in the `PATH` of
 /// that environment (else `/usr/bin:/bin`), and a file that is not an
@@ -818,29 +819,25 @@ extern "C" fn launch_child(arg: *mut libc::c_void) -> libc::c_int {
         } else if libc::syscall(libc::SYS_setsid) < 0 {
             return fail(1);
         }
-        if libc::syscall(libc::SYS_geteuid) != 0
-            && libc::syscall(libc::SYS_setresuid, -1i64, 0i64, -1i64) < 0
-        {
-            return fail(2);
-        }
         if libc::syscall(libc::SYS_chdir, c"/".as_ptr()) < 0 {
             return fail(8);
         }
-        if libc::syscall(libc::SYS_setgroups, 0i64, std::ptr::null::<libc::gid_t>()) < 0 {
-            return fail(3);
-        }
-        let (u, g) = (i64::from(args.uid), i64::from(args.gid));
-        if libc::syscall(libc::SYS_setresgid, g, g, g) < 0 {
-            return fail(4);
-        }
-        if libc::syscall(libc::SYS_setresuid, u, u, u) < 0 {
-            return fail(5);
-        }
-        if libc::syscall(libc::SYS_setresuid, -1i64, 0i64, -1i64) == 0
-            || libc::syscall(libc::SYS_setresuid, 0i64, 0i64, 0i64) == 0
-        {
-            *libc::__errno_location() = libc::EPERM;
-            return fail(6);
+        // The one privilege drop, with this thread's raw system calls.
+        if let Err(failure) = privilege::drop_ids(&privilege::ThisThread, args.uid, args.gid) {
+            let (step, errno) = match failure {
+                privilege::DropFailure::Call(call, errno) => {
+                    let step = match call {
+                        "seteuid(0)" => 2,
+                        "setgroups" => 3,
+                        "setresgid" => 4,
+                        _ => 5,
+                    };
+                    (step, errno as libc::c_int)
+                }
+                privilege::DropFailure::Regainable => (6, libc::EPERM),
+            };
+            *libc::__errno_location() = errno;
+            return fail(step);
         }
         // Every signal to its default action (a handler of the parent must
         // never run here; an ignored signal would stay ignored in the

@@ -5,7 +5,10 @@
 //!   mail owner's, and not -1 (security invariant 1).
 //! - [`drop_to`] drops supplementary groups, then the gid, then the uid
 //!   (real, effective and saved), and verifies that root cannot be regained.
-//!   It is async-signal-safe, so it can run between fork and exec.
+//!   It is async-signal-safe, so it can run between fork and exec. Its
+//!   steps (`drop_ids`) are the only privilege drop: `BeforeExec::run_as`
+//!   and the `Launcher`'s vfork-style child make the same steps, the latter
+//!   with raw system calls that change its own thread alone.
 //! - [`MailOwnerEffective`] and [`as_root`] are the temporary switches of a
 //!   privileged child (spawn, local): idle with the mail owner as effective
 //!   uid, root only for the operations that need it.
@@ -93,7 +96,7 @@ fn failed(call: &'static str) -> impl Fn(nix::Error) -> PrivilegeError {
 /// [`crate::BeforeExec::run_as`], which makes the same calls without
 /// allocating.
 pub fn drop_to(uid: u32, gid: u32) -> Result<(), PrivilegeError> {
-    drop_ids(uid, gid).map_err(|f| match f {
+    drop_ids(&ProcessWide, uid, gid).map_err(|f| match f {
         DropFailure::Call(call, errno) => failed(call)(errno),
         DropFailure::Regainable => {
             PrivilegeError::Refused("root privileges could be regained after dropping them".into())
@@ -110,23 +113,99 @@ pub(crate) enum DropFailure {
     Regainable,
 }
 
-/// [`drop_to`]'s system calls; async-signal-safe (no allocation, on success
-/// or failure), so it may run between fork and exec.
-pub(crate) fn drop_ids(uid: u32, gid: u32) -> Result<(), DropFailure> {
-    let call = |name: &'static str| move |errno| DropFailure::Call(name, errno);
-    let (u, g) = (Uid::from_raw(uid), Gid::from_raw(gid));
-    // An effective uid that is not root cannot change groups: become root first
-    // (allowed when the real or saved uid is 0).
-    if !Uid::effective().is_root() {
-        seteuid(Uid::from_raw(0)).map_err(call("seteuid(0)"))?;
+/// The system calls of an identity change, by who they act for.
+pub(crate) trait IdCalls {
+    /// Whether the effective uid is 0.
+    fn effective_root(&self) -> bool;
+    /// Effective uid 0 (`setresuid(-1, 0, -1)`).
+    fn become_root(&self) -> nix::Result<()>;
+    /// No supplementary groups.
+    fn clear_groups(&self) -> nix::Result<()>;
+    /// Real, effective and saved gid.
+    fn set_gid(&self, gid: u32) -> nix::Result<()>;
+    /// Real, effective and saved uid.
+    fn set_uid(&self, uid: u32) -> nix::Result<()>;
+}
+
+/// glibc's calls (through nix), which change every thread of the process:
+/// for [`drop_to`] and for a forked child before its exec.
+pub(crate) struct ProcessWide;
+
+impl IdCalls for ProcessWide {
+    fn effective_root(&self) -> bool {
+        Uid::effective().is_root()
     }
-    setgroups(&[]).map_err(call("setgroups"))?;
-    setresgid(g, g, g).map_err(call("setresgid"))?;
-    setresuid(u, u, u).map_err(call("setresuid"))?;
-    if uid != 0
-        && (seteuid(Uid::from_raw(0)).is_ok()
-            || setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).is_ok())
-    {
+    fn become_root(&self) -> nix::Result<()> {
+        seteuid(Uid::from_raw(0))
+    }
+    fn clear_groups(&self) -> nix::Result<()> {
+        setgroups(&[])
+    }
+    fn set_gid(&self, gid: u32) -> nix::Result<()> {
+        let g = Gid::from_raw(gid);
+        setresgid(g, g, g)
+    }
+    fn set_uid(&self, uid: u32) -> nix::Result<()> {
+        let u = Uid::from_raw(uid);
+        setresuid(u, u, u)
+    }
+}
+
+/// Raw system calls, which change the calling thread alone: for the
+/// vfork-style child of [`crate::Launcher`], which shares its parent's
+/// memory, where glibc's wrappers would signal the parent's threads to
+/// change them too.
+pub(crate) struct ThisThread;
+
+/// A raw system call's result: `Err` with errno when it returned < 0.
+fn raw(ret: libc::c_long) -> nix::Result<()> {
+    if ret < 0 {
+        Err(nix::Error::last())
+    } else {
+        Ok(())
+    }
+}
+
+impl IdCalls for ThisThread {
+    fn effective_root(&self) -> bool {
+        // SAFETY: geteuid takes no arguments and cannot fail.
+        unsafe { libc::syscall(libc::SYS_geteuid) == 0 }
+    }
+    fn become_root(&self) -> nix::Result<()> {
+        // SAFETY: integer arguments only.
+        raw(unsafe { libc::syscall(libc::SYS_setresuid, -1i64, 0i64, -1i64) })
+    }
+    fn clear_groups(&self) -> nix::Result<()> {
+        // SAFETY: a count of 0 with a null list: the kernel reads nothing.
+        raw(unsafe { libc::syscall(libc::SYS_setgroups, 0i64, std::ptr::null::<libc::gid_t>()) })
+    }
+    fn set_gid(&self, gid: u32) -> nix::Result<()> {
+        let g = i64::from(gid);
+        // SAFETY: integer arguments only.
+        raw(unsafe { libc::syscall(libc::SYS_setresgid, g, g, g) })
+    }
+    fn set_uid(&self, uid: u32) -> nix::Result<()> {
+        let u = i64::from(uid);
+        // SAFETY: integer arguments only.
+        raw(unsafe { libc::syscall(libc::SYS_setresuid, u, u, u) })
+    }
+}
+
+/// The one privilege drop, behind [`drop_to`], [`crate::BeforeExec::run_as`]
+/// and [`crate::Launcher`]: effective root if need be (allowed when the real
+/// or saved uid is 0: an effective uid that is not root cannot change
+/// groups), no supplementary groups, then the gid, then the uid, and a check
+/// that root cannot be regained. Async-signal-safe (no allocation, on
+/// success or failure), so it may run between fork (or clone) and exec.
+pub(crate) fn drop_ids(calls: &impl IdCalls, uid: u32, gid: u32) -> Result<(), DropFailure> {
+    let call = |name: &'static str| move |errno| DropFailure::Call(name, errno);
+    if !calls.effective_root() {
+        calls.become_root().map_err(call("seteuid(0)"))?;
+    }
+    calls.clear_groups().map_err(call("setgroups"))?;
+    calls.set_gid(gid).map_err(call("setresgid"))?;
+    calls.set_uid(uid).map_err(call("setresuid"))?;
+    if uid != 0 && (calls.become_root().is_ok() || calls.set_uid(0).is_ok()) {
         return Err(DropFailure::Regainable);
     }
     Ok(())

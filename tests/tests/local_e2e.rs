@@ -11,6 +11,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use postern_common::frame;
 use postern_common::handoff::{self, DeliveryRequest, Destination, Instruction, Outcome};
 use postern_tests::{run, test_account, Instance, WAIT};
 
@@ -614,7 +615,7 @@ fn malformed_frames_and_foreign_peers_are_refused_and_service_continues() {
         message_fd(b"x"),
         request(ANN, Destination::Mailbox("/tmp/never".into())),
     );
-    let short = handoff::encode(&handoff::RequestFrame {
+    let short = frame::encode(&handoff::RequestFrame {
         version: handoff::PROTOCOL_VERSION,
         messages: vec![req.clone(), req],
     })
@@ -667,7 +668,7 @@ fn malformed_frames_and_foreign_peers_are_refused_and_service_continues() {
 
 /// A well-formed request frame (sent without the message descriptor).
 fn postcard_free_request() -> Vec<u8> {
-    handoff::encode(&handoff::RequestFrame {
+    frame::encode(&handoff::RequestFrame {
         version: handoff::PROTOCOL_VERSION,
         messages: vec![request(ANN, Destination::Mailbox("/tmp/never".into()))],
     })

@@ -35,6 +35,8 @@ impl Postfix {
         let etc = inst.etc();
         let dir = inst.dir.path();
         let port = free_port();
+        // The system's main.cf with the instance's own directories; no
+        // mailbox_command (Debian sets procmail there when it is installed).
         let main = format!(
             "{}\nqueue_directory = {d}/queue\ndata_directory = {d}/data\n\
              maillog_file = {d}/maillog\nmaillog_file_prefixes = {d}\n\

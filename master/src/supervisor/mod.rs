@@ -180,7 +180,12 @@ pub fn main() -> i32 {
             .and_then(|fd| sys::adopt_inherited(fd).ok())
             .map(std::fs::File::from),
     );
-    postern_common::log::init("postern", "master", postern_common::log::Sink::Stderr);
+    // Until main.cf is read: the default syslog_name.
+    postern_common::log::init(
+        params::default::SYSLOG_NAME,
+        "master",
+        postern_common::log::Sink::Stderr,
+    );
     if let Err(e) = inherited {
         log::warn!("cannot mark inherited descriptors close-on-exec: {e}");
     }
