@@ -19,6 +19,8 @@ const FAY: &str = "pq-fay";
 const GUS: &str = "pq-gus";
 /// Only the program retry test uses this account.
 const HAL: &str = "pq-hal";
+/// Only the killed-qmgr test uses this account.
+const IVY: &str = "pq-ivy";
 
 const MASTER: &str = "local unix - n n - - local\n\
                       submit unix n - n - - submit\n\
@@ -36,7 +38,7 @@ impl Mail {
     }
 
     fn with_master(main_extra: &str, aliases: &str, master: &str) -> Mail {
-        for u in [DAN, EVE, FAY, GUS, HAL] {
+        for u in [DAN, EVE, FAY, GUS, HAL, IVY] {
             let (_, _, home) = test_account(u, "/bin/bash");
             // The queue manager (the mail owner) must search homes for .forward.
             std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -374,6 +376,46 @@ fn a_deferring_program_is_retried_with_growing_intervals_until_it_succeeds() {
     );
     assert!(log.contains("exited with status 75: try later"), "{log}");
     forward(HAL, "", 0o644);
+}
+
+#[test]
+fn a_killed_queue_manager_is_back_for_the_deferred_mail_before_its_next_wakeup() {
+    let m = Mail::new("", "");
+    let dir = m.scratch();
+    // Defers once, then takes the message.
+    m.install(
+        "once",
+        &format!(
+            "if [ -e {d}/tried ]; then cat > {d}/got; exit 0; fi\n\
+             touch {d}/tried; echo 'not yet'; exit 75",
+            d = dir.display()
+        ),
+    );
+    forward(IVY, "\"|once\"\n", 0o644);
+    let out = m.sendmail(&[IVY], b"Subject: after the crash\n\nx\n");
+    assert_eq!(out.code, Some(0), "{out:?}");
+    m.inst.wait_log("deferred; next attempt in", 1);
+    // The retry is due in a second, but the queue manager is gone, and
+    // nothing triggers it: without the master's early wakeup it would wait
+    // for the 300 s one (longer than this test waits).
+    let qmgr = m.inst.children_of("qmgr");
+    assert_eq!(qmgr.len(), 1, "{qmgr:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(qmgr[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let got = dir.join("got");
+    let ok = eventually(WAIT, || {
+        std::fs::read_to_string(&got).is_ok_and(|t| t.contains("Subject: after the crash"))
+    });
+    assert!(ok, "never delivered after the kill:\n{}", m.inst.log());
+    assert!(
+        m.inst.log().contains("killed by signal 9"),
+        "{}",
+        m.inst.log()
+    );
+    forward(IVY, "", 0o644);
 }
 
 #[test]

@@ -16,6 +16,10 @@ use super::services::Service;
 use super::Master;
 use crate::lifecycle::{self, ExitVerdict};
 
+/// How soon a service with a wakeup is woken after its process ended
+/// abnormally (see [`Master::on_exit`]).
+const RESTART_WAKEUP: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Master {
     pub(super) fn reap(&mut self) {
         loop {
@@ -68,7 +72,20 @@ impl Master {
                         "service {}: process {} pid {pid} {how}",
                         svc.id(),
                         svc.program.display()
-                    )
+                    );
+                    // postern's qmgr (or any of its services with a wakeup)
+                    // ended abnormally: what it held — active messages,
+                    // deferred retries — waits for a process, and none is
+                    // started before a trigger or the next wakeup (300s
+                    // for qmgr). Wake it soon; a second apart at most, so
+                    // a process that keeps crashing does not loop hot.
+                    // Postfix's daemons keep Postfix's master's rhythm.
+                    if let (Some(w), false) = (svc.entry.wakeup, svc.postfix) {
+                        let soon = now + RESTART_WAKEUP.min(w.interval);
+                        if svc.next_wakeup.is_none_or(|t| t > soon) {
+                            svc.next_wakeup = Some(soon);
+                        }
+                    }
                 }
                 ExitVerdict::Throttle => {
                     let reason = startup_failure(&how, child.fatal.as_deref());
