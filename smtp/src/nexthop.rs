@@ -124,19 +124,56 @@ pub fn mx_order(mut records: Vec<(u16, String)>) -> Vec<String> {
     out
 }
 
-fn not_found(what: &str, detail: impl std::fmt::Display) -> RecipientStatus {
-    RecipientStatus::bounced(
-        "5.4.4",
-        format!("Host or domain name not found. Name service error for {what}: {detail}"),
-    )
+/// What a name server's failure to answer means for the mail: only an
+/// authoritative "no such name" or "no such record" is final; a server
+/// that fails (SERVFAIL, REFUSED, any other code) or does not answer
+/// says nothing about the name, and the lookup is tried again later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// NXDOMAIN: the name does not exist.
+    NoSuchName,
+    /// NOERROR without an answer: the name exists, without that record.
+    NoData,
+    /// Anything else: a time-out, no server, a failure code.
+    Temporary,
+}
+
+impl Failure {
+    fn of(kind: &hickory_resolver::error::ResolveErrorKind) -> Failure {
+        use hickory_resolver::error::ResolveErrorKind;
+        use hickory_resolver::proto::op::ResponseCode;
+        match kind {
+            ResolveErrorKind::NoRecordsFound { response_code, .. } => match *response_code {
+                ResponseCode::NXDomain => Failure::NoSuchName,
+                ResponseCode::NoError => Failure::NoData,
+                _ => Failure::Temporary,
+            },
+            _ => Failure::Temporary,
+        }
+    }
+
+    /// The status of every recipient when the lookup of `what` failed so,
+    /// in the words of the C resolver's messages (as Postfix logs them).
+    fn status(self, what: &str, detail: impl std::fmt::Display) -> RecipientStatus {
+        let (dsn, detail) = match self {
+            Failure::NoSuchName => ("5.4.4", "Host not found".to_string()),
+            Failure::NoData => (
+                "5.4.4",
+                "Host found but no data record of requested type".to_string(),
+            ),
+            Failure::Temporary => ("4.4.3", detail.to_string()),
+        };
+        let text =
+            format!("Host or domain name not found. Name service error for {what}: {detail}");
+        match self {
+            Failure::Temporary => RecipientStatus::deferred(dsn, text).of_site(),
+            _ => RecipientStatus::bounced(dsn, text),
+        }
+    }
 }
 
 fn lookup_failed(what: &str, detail: impl std::fmt::Display) -> RecipientStatus {
-    RecipientStatus::deferred(
-        "4.4.3",
-        format!("Host or domain name not found. Name service error for {what}: {detail}"),
-    )
-    .of_site()
+    Failure::Temporary.status(what, detail)
 }
 
 /// The servers of `hop`, at most `limit` (0: no limit), in the order to
@@ -149,7 +186,11 @@ pub fn servers(
     let mut out = Vec::new();
     if hop.mx {
         let resolver = resolver()?;
-        let hosts = mx_hosts(&resolver, &hop.host)?;
+        let (hosts, exchangers) = match mx_hosts(&resolver, &hop.host)? {
+            Some(hosts) => (hosts, true),
+            None => (vec![hop.host.clone()], false),
+        };
+        let mut failed = None;
         for name in hosts {
             match resolver.lookup_ip(format!("{name}.").as_str()) {
                 Ok(ips) => {
@@ -162,14 +203,34 @@ pub fn servers(
                             }),
                     )
                 }
-                Err(e) => log::info!("{name}: no address: {e}"),
+                Err(e) => {
+                    log::info!("{name}: no address: {e}");
+                    let what = match e.kind() {
+                        hickory_resolver::error::ResolveErrorKind::NoRecordsFound {
+                            query, ..
+                        } => format!("name={name} type={}", query.query_type()),
+                        _ => format!("name={name} type=A"),
+                    };
+                    failed = Some((Failure::of(e.kind()), what, e));
+                }
             }
         }
         if out.is_empty() {
-            return Err(lookup_failed(
-                &format!("name={} type=A", hop.host),
-                "no address of any mail exchanger",
-            ));
+            return Err(match failed {
+                // A domain without mail exchangers and without an address
+                // takes no mail (RFC 5321 5.1).
+                Some((failure, what, e)) if !exchangers => failure.status(&what, e),
+                // Mail exchangers none of which has an address: perhaps
+                // for now; tried again.
+                _ => lookup_failed(
+                    &format!("name={} type=A", hop.host),
+                    if exchangers {
+                        "no address of any mail exchanger"
+                    } else {
+                        "no address of an enabled family (inet_protocols)"
+                    },
+                ),
+            });
         }
     } else {
         let addrs = (hop.host.as_str(), hop.port)
@@ -201,13 +262,13 @@ fn resolver() -> Result<hickory_resolver::Resolver, RecipientStatus> {
         .map_err(|e| lookup_failed("the resolver configuration", e))
 }
 
-/// The MX hosts of `domain`, or the domain itself when it has none.
+/// The MX hosts of `domain` in the order to try them, or `None` when it
+/// has no MX records (its own addresses stand in, RFC 5321 5.1). A failed
+/// lookup is a failure, not an absence: the address is not tried instead.
 fn mx_hosts(
     resolver: &hickory_resolver::Resolver,
     domain: &str,
-) -> Result<Vec<String>, RecipientStatus> {
-    use hickory_resolver::error::ResolveErrorKind;
-    use hickory_resolver::proto::op::ResponseCode;
+) -> Result<Option<Vec<String>>, RecipientStatus> {
     let what = format!("name={domain} type=MX");
     // A fully qualified name: the search list does not apply.
     match resolver.mx_lookup(format!("{domain}.").as_str()) {
@@ -224,17 +285,11 @@ fn mx_hosts(
                     format!("Domain {domain} does not accept mail (nullMX)"),
                 ));
             }
-            Ok(hosts)
+            Ok(Some(hosts))
         }
-        Err(e) => match e.kind() {
-            ResolveErrorKind::NoRecordsFound { response_code, .. }
-                if *response_code == ResponseCode::NXDomain =>
-            {
-                Err(not_found(&what, "host not found"))
-            }
-            // No MX records: the domain's own addresses (RFC 5321 5.1).
-            ResolveErrorKind::NoRecordsFound { .. } => Ok(vec![domain.to_string()]),
-            _ => Err(lookup_failed(&what, e)),
+        Err(e) => match Failure::of(e.kind()) {
+            Failure::NoData => Ok(None),
+            failure => Err(failure.status(&what, e)),
         },
     }
 }
@@ -290,6 +345,62 @@ mod tests {
             (30, "a.test.".into()),
         ]);
         assert_eq!(order, vec!["a.test", "b.test", "c.test"]);
+    }
+
+    fn no_records(code: hickory_resolver::proto::op::ResponseCode) -> Failure {
+        Failure::of(&hickory_resolver::error::ResolveErrorKind::NoRecordsFound {
+            query: Box::default(),
+            soa: None,
+            negative_ttl: None,
+            response_code: code,
+            trusted: true,
+        })
+    }
+
+    #[test]
+    fn only_authoritative_answers_are_final() {
+        use hickory_resolver::error::ResolveErrorKind;
+        use hickory_resolver::proto::op::ResponseCode;
+        assert_eq!(no_records(ResponseCode::NXDomain), Failure::NoSuchName);
+        assert_eq!(no_records(ResponseCode::NoError), Failure::NoData);
+        // hickory reports SERVFAIL and REFUSED as "no records" too: they
+        // are failures of the server, never an absence of MX records (that
+        // would send the mail to the domain's address instead).
+        for code in [
+            ResponseCode::ServFail,
+            ResponseCode::Refused,
+            ResponseCode::FormErr,
+            ResponseCode::NotImp,
+        ] {
+            assert_eq!(no_records(code), Failure::Temporary, "{code}");
+        }
+        assert_eq!(Failure::of(&ResolveErrorKind::Timeout), Failure::Temporary);
+        assert_eq!(
+            Failure::of(&ResolveErrorKind::NoConnections),
+            Failure::Temporary
+        );
+    }
+
+    #[test]
+    fn lookup_failures_bounce_or_defer() {
+        let what = "name=nowhere.test type=MX";
+        let st = Failure::NoSuchName.status(what, "ignored");
+        assert!(!st.site_failure && st.dsn == "5.4.4", "{st:?}");
+        assert_eq!(
+            st.reason,
+            "Host or domain name not found. Name service error for name=nowhere.test type=MX: Host not found"
+        );
+        let st = Failure::NoData.status("name=a.test type=AAAA", "ignored");
+        assert!(
+            st.dsn == "5.4.4"
+                && st
+                    .reason
+                    .ends_with("type=AAAA: Host found but no data record of requested type"),
+            "{st:?}"
+        );
+        let st = Failure::Temporary.status(what, "request timed out");
+        assert!(st.site_failure && st.dsn == "4.4.3", "{st:?}");
+        assert!(st.reason.ends_with("type=MX: request timed out"), "{st:?}");
     }
 
     #[test]
