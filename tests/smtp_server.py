@@ -4,7 +4,8 @@
 It stands for a remote mail server with the faults the tests need: a
 recipient refused for good (--reject) or once for now (--defer-once),
 a connection dropped in the middle of DATA (--drop-data), a server that
-never answers (--silent), STARTTLS (--tls CERT KEY) and AUTH PLAIN/LOGIN
+never answers (--silent), one that turns every client away at the
+greeting (--greeting "421 ..."), STARTTLS (--tls CERT KEY) and AUTH PLAIN/LOGIN
 offered only over TLS (--auth USER:PASS). Each accepted message is saved
 in --out as N.eml (the data as received, dot-stuffing undone, CRLF kept)
 with N.env (client name, TLS, authenticated user, sender, recipients);
@@ -43,6 +44,8 @@ def parse_args():
                    help="offer STARTTLS, then answer the handshake with garbage")
     p.add_argument("--hold", type=float, default=0.0,
                    help="seconds to wait before answering the end of data")
+    p.add_argument("--greeting",
+                   help="greet with this reply (e.g. a 421) and close")
     return p.parse_args()
 
 
@@ -120,6 +123,9 @@ class Session(socketserver.StreamRequestHandler):
                 # Hold the connection without a word until the client leaves.
                 while self.request.recv(4096):
                     pass
+                return
+            if ARGS.greeting:
+                self.send(ARGS.greeting)
                 return
             self.send("220 server.test ESMTP test")
             self.session()

@@ -258,6 +258,34 @@ impl Instance {
     /// `postern start`, which must succeed.
     pub fn start(&mut self) {
         let out = self.postern(&["start"]);
+        self.started(out);
+    }
+
+    /// `postern start` in a private mount namespace (`unshare --mount
+    /// --propagation private`) where `resolv_conf` is bind-mounted on
+    /// `/etc/resolv.conf`: the master and every child it starts resolve
+    /// names through the servers that file names, while the machine's own
+    /// file stays as it is. `postern stop` from outside still reaches the
+    /// master (the instance directory is the same in both namespaces).
+    pub fn start_with_resolv_conf(&mut self, resolv_conf: &Path) {
+        let out = run(Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--"])
+            .args([
+                "sh",
+                "-ec",
+                r#"mount --bind "$0" /etc/resolv.conf; exec "$@""#,
+            ])
+            .arg(resolv_conf)
+            .arg(bin("postern"))
+            .arg("-c")
+            .arg(self.etc())
+            .arg("start")
+            .env_remove("POSTERN_CONFIG"));
+        self.started(out);
+    }
+
+    /// Checks what `postern start` left and records the master's pid.
+    fn started(&mut self, out: Outcome) {
         assert_eq!(
             out.code,
             Some(0),
