@@ -3,7 +3,10 @@
 //! servers to try: MX records in preference order with a fall-back to the
 //! host's own addresses (hickory-resolver, the system's resolver settings
 //! and their time limits), or, in brackets, the host's addresses without
-//! an MX lookup (getaddrinfo: /etc/hosts and NSS).
+//! an MX lookup (getaddrinfo: /etc/hosts and NSS). Only an authoritative
+//! answer that a name or record does not exist is final (a bounce); a
+//! server that fails or does not answer defers the mail, and a failed MX
+//! lookup is never taken for an absence of MX records.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 

@@ -12,6 +12,7 @@
 //! directories only; what they start they kill.
 
 pub mod certs;
+pub mod remote;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -7,87 +7,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use postern_tests::certs::TestCerts;
+use postern_tests::remote::Remote;
 use postern_tests::{eventually, Instance, WAIT};
 
 const MASTER: &str = "local unix - n n - - local\n\
                       submit unix n - n - - submit\n\
                       qmgr fifo n - n 300 1 qmgr\n\
                       smtp unix - - n - - smtp\n";
-
-/// A remote server: the Python script, killed on drop.
-struct Remote {
-    child: Child,
-    port: u16,
-    out: tempfile::TempDir,
-}
-
-impl Remote {
-    fn start(ip: &str, args: &[&str]) -> Remote {
-        let out = tempfile::tempdir().unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("smtp_server.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg("--listen")
-            .arg(format!("{ip}:0"))
-            .arg("--out")
-            .arg(out.path())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 smtp_server.py");
-        // Readiness: the server prints its port once it listens.
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .strip_prefix("ready ")
-            .and_then(|p| p.trim().parse().ok())
-            .unwrap_or_else(|| panic!("smtp_server.py did not start: {line:?}"));
-        Remote { child, port, out }
-    }
-
-    /// The messages received so far, oldest first: (envelope, data).
-    fn messages(&self) -> Vec<(String, Vec<u8>)> {
-        let mut out = Vec::new();
-        for n in 1.. {
-            let base = self.out.path().join(n.to_string());
-            let Ok(data) = std::fs::read(base.with_extension("eml")) else {
-                break;
-            };
-            let env = std::fs::read_to_string(base.with_extension("env")).unwrap();
-            out.push((env, data));
-        }
-        out
-    }
-
-    fn wait_messages(&self, n: usize, inst: &Instance) -> Vec<(String, Vec<u8>)> {
-        let ok = eventually(WAIT, || self.messages().len() >= n);
-        assert!(ok, "the server never had {n} messages:\n{}", inst.log());
-        self.messages()
-    }
-
-    fn max_sessions(&self) -> usize {
-        std::fs::read_to_string(self.out.path().join("sessions.max"))
-            .ok()
-            .and_then(|t| t.trim().parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Remote {
-    fn drop(&mut self) {
-        // Already gone is fine: the test is over either way.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A running instance that sends remote mail through smtp.
 fn instance(main_extra: &str) -> Instance {

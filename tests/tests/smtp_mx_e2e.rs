@@ -12,12 +12,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::BufRead;
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use postern_tests::remote::Remote;
 use postern_tests::{eventually, Instance, WAIT};
 
 const MASTER: &str = "local unix - n n - - local\n\
@@ -114,70 +114,20 @@ fn resolv_conf(dir: &Path, ip: &str) -> PathBuf {
     path
 }
 
-/// A remote server on `ip`:25: the Python script, killed on drop.
-struct Remote {
-    child: Child,
-    out: tempfile::TempDir,
+/// A remote server on `ip`:25.
+fn remote(ip: &str, args: &[&str]) -> Remote {
+    let remote = Remote::start_at(&format!("{ip}:25"), args);
+    assert_eq!(remote.port, 25);
+    remote
 }
 
-impl Remote {
-    fn start(ip: &str, args: &[&str]) -> Remote {
-        let out = tempfile::tempdir().unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("smtp_server.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg("--listen")
-            .arg(format!("{ip}:25"))
-            .arg("--out")
-            .arg(out.path())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 smtp_server.py");
-        // Readiness: the server prints its port once it listens.
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(
-            line, "ready 25\n",
-            "smtp_server.py did not start on {ip}:25"
-        );
-        Remote { child, out }
-    }
-
-    /// The envelopes of the messages received so far, oldest first.
-    fn envelopes(&self) -> Vec<String> {
-        (1..)
-            .map_while(|n| std::fs::read_to_string(self.out.path().join(format!("{n}.env"))).ok())
-            .collect()
-    }
-
-    fn wait_messages(&self, n: usize, inst: &Instance, dns: &Dns) -> Vec<String> {
-        let ok = eventually(WAIT, || self.envelopes().len() >= n);
-        assert!(
-            ok,
-            "the server never had {n} messages:\n{}\ndnsmasq:\n{}",
-            inst.log(),
-            dns.log()
-        );
-        self.envelopes()
-    }
-
-    fn sessions(&self) -> usize {
-        std::fs::read_to_string(self.out.path().join("sessions.max"))
-            .ok()
-            .and_then(|t| t.trim().parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Remote {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The envelope of each message `remote` received, once it has `n`.
+fn envelopes(remote: &Remote, n: usize, inst: &Instance) -> Vec<String> {
+    remote
+        .wait_messages(n, inst)
+        .into_iter()
+        .map(|(env, _)| env)
+        .collect()
 }
 
 /// A running instance without a relayhost whose resolver is `dns_ip`.
@@ -216,16 +166,16 @@ fn mail_goes_to_the_mx_hosts_in_preference_order() {
             "--host-record=mx2.mx.test,127.0.0.22",
         ],
     );
-    let busy = Remote::start("127.0.0.21", &["--greeting", "421 4.3.2 try again later"]);
-    let good = Remote::start("127.0.0.22", &[]);
+    let busy = remote("127.0.0.21", &["--greeting", "421 4.3.2 try again later"]);
+    let good = remote("127.0.0.22", &[]);
     let inst = instance(dns.ip);
     send(&inst, "bob@mx.test");
-    let got = good.wait_messages(1, &inst, &dns);
+    let got = envelopes(&good, 1, &inst);
     assert!(got[0].contains("to=bob@mx.test\n"), "{}", got[0]);
     inst.wait_log("status=sent", 1);
     let log = inst.log();
     // The preferred host was tried first and turned the client away.
-    assert_eq!(busy.sessions(), 1, "{log}");
+    assert_eq!(busy.max_sessions(), 1, "{log}");
     let refused = log
         .find("host mx1.mx.test[127.0.0.21] refused to talk to me: 421 4.3.2 try again later")
         .unwrap_or_else(|| panic!("{log}"));
@@ -241,7 +191,7 @@ fn mail_goes_to_the_mx_hosts_in_preference_order() {
     // The preferred host down altogether: the next one still gets the mail.
     drop(busy);
     send(&inst, "carl@mx.test");
-    let got = good.wait_messages(2, &inst, &dns);
+    let got = envelopes(&good, 2, &inst);
     assert!(got[1].contains("to=carl@mx.test\n"), "{}", got[1]);
     inst.wait_log("status=sent", 2);
     let log = inst.log();
@@ -264,10 +214,10 @@ fn a_domain_without_mx_records_gets_mail_at_its_own_address() {
         "127.0.0.32",
         &["--local=/test/", "--host-record=plain.test,127.0.0.23"],
     );
-    let remote = Remote::start("127.0.0.23", &[]);
+    let remote = remote("127.0.0.23", &[]);
     let inst = instance(dns.ip);
     send(&inst, "dora@plain.test");
-    let got = remote.wait_messages(1, &inst, &dns);
+    let got = envelopes(&remote, 1, &inst);
     assert!(got[0].contains("to=dora@plain.test\n"), "{}", got[0]);
     inst.wait_log("status=sent", 1);
     let log = inst.log();
@@ -349,7 +299,7 @@ fn a_failed_mx_lookup_defers_and_does_not_fall_back_to_the_address() {
     // The MX question is REFUSED (the server has no upstream), the A one
     // answered: a failure, not an absence of MX records.
     let dns = Dns::start("127.0.0.34", &["--host-record=refused.test,127.0.0.24"]);
-    let remote = Remote::start("127.0.0.24", &[]);
+    let remote = remote("127.0.0.24", &[]);
     let inst = instance(dns.ip);
     send(&inst, "gus@refused.test");
     // Deferred, then deferred again on the retry.
@@ -370,7 +320,7 @@ fn a_failed_mx_lookup_defers_and_does_not_fall_back_to_the_address() {
         "{}",
         dns.log()
     );
-    assert_eq!(remote.sessions(), 0, "{log}");
+    assert_eq!(remote.max_sessions(), 0, "{log}");
     assert!(
         !log.contains("status=sent") && !log.contains("status=bounced"),
         "{log}"
