@@ -10,7 +10,8 @@ offered only over TLS (--auth USER:PASS). Each accepted message is saved
 in --out as N.eml (the data as received, dot-stuffing undone, CRLF kept)
 with N.env (client name, TLS, authenticated user, sender, recipients);
 sessions.max holds the most sessions open at once (a session ends
-at QUIT). Prints "ready PORT"
+at QUIT). --listen takes ADDRESS:PORT, an IPv6 address in brackets
+([::1]:0); port 0 picks a free one. Prints "ready PORT"
 once listening.
 """
 
@@ -247,6 +248,9 @@ class Server(socketserver.ThreadingTCPServer):
 
 def main():
     host, port = ARGS.listen.rsplit(":", 1)
+    host = host.strip("[]")
+    if ":" in host:
+        Server.address_family = socket.AF_INET6
     srv = Server((host, int(port)), Session)
     print("ready %d" % srv.server_address[1], flush=True)
     srv.serve_forever()

@@ -188,7 +188,7 @@ pub fn servers(
 ) -> Result<Vec<Server>, RecipientStatus> {
     let mut out = Vec::new();
     if hop.mx {
-        let resolver = resolver()?;
+        let resolver = resolver(families)?;
         let (hosts, exchangers) = match mx_hosts(&resolver, &hop.host)? {
             Some(hosts) => (hosts, true),
             None => (vec![hop.host.clone()], false),
@@ -260,9 +260,26 @@ pub fn servers(
     Ok(out)
 }
 
-fn resolver() -> Result<hickory_resolver::Resolver, RecipientStatus> {
-    hickory_resolver::Resolver::from_system_conf()
+/// A resolver with the system's settings (/etc/resolv.conf, /etc/hosts)
+/// that asks for the address records of the enabled families.
+fn resolver(families: Families) -> Result<hickory_resolver::Resolver, RecipientStatus> {
+    let (config, mut opts) = hickory_resolver::system_conf::read_system_conf()
+        .map_err(|e| lookup_failed("the resolver configuration", e))?;
+    opts.ip_strategy = ip_strategy(families);
+    hickory_resolver::Resolver::new(config, opts)
         .map_err(|e| lookup_failed("the resolver configuration", e))
+}
+
+/// Which address records to ask for: those of the enabled families, both
+/// at once when both are (hickory's default asks for AAAA only when there
+/// is no A record, which leaves an IPv6-only client without a server).
+fn ip_strategy(families: Families) -> hickory_resolver::config::LookupIpStrategy {
+    use hickory_resolver::config::LookupIpStrategy;
+    match (families.v4, families.v6) {
+        (true, false) => LookupIpStrategy::Ipv4Only,
+        (false, true) => LookupIpStrategy::Ipv6Only,
+        _ => LookupIpStrategy::Ipv4AndIpv6,
+    }
 }
 
 /// The MX hosts of `domain` in the order to try them, or `None` when it
@@ -404,6 +421,15 @@ mod tests {
         let st = Failure::Temporary.status(what, "request timed out");
         assert!(st.site_failure && st.dsn == "4.4.3", "{st:?}");
         assert!(st.reason.ends_with("type=MX: request timed out"), "{st:?}");
+    }
+
+    #[test]
+    fn address_records_of_the_enabled_families() {
+        use hickory_resolver::config::LookupIpStrategy;
+        let f = |v4, v6| ip_strategy(Families { v4, v6 });
+        assert_eq!(f(true, false), LookupIpStrategy::Ipv4Only);
+        assert_eq!(f(false, true), LookupIpStrategy::Ipv6Only);
+        assert_eq!(f(true, true), LookupIpStrategy::Ipv4AndIpv6);
     }
 
     #[test]

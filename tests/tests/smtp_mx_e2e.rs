@@ -130,12 +130,15 @@ fn envelopes(remote: &Remote, n: usize, inst: &Instance) -> Vec<String> {
         .collect()
 }
 
-/// A running instance without a relayhost whose resolver is `dns_ip`.
-fn instance(dns_ip: &str) -> Instance {
+/// A running instance without a relayhost whose resolver is `dns_ip`
+/// (IPv4 unless `main_extra` says otherwise).
+fn instance(dns_ip: &str, main_extra: &str) -> Instance {
     let mut inst = Instance::new(
-        "minimal_backoff_time = 1s\nmaximal_backoff_time = 2s\nqueue_run_delay = 1s\n\
-         default_transport = smtp\nsmtp_tls_security_level = none\ninet_protocols = ipv4\n\
-         smtp_helo_timeout = 5s\nsmtp_connect_timeout = 5s\n",
+        &format!(
+            "minimal_backoff_time = 1s\nmaximal_backoff_time = 2s\nqueue_run_delay = 1s\n\
+             default_transport = smtp\nsmtp_tls_security_level = none\ninet_protocols = ipv4\n\
+             smtp_helo_timeout = 5s\nsmtp_connect_timeout = 5s\n{main_extra}"
+        ),
         MASTER,
     );
     let conf = resolv_conf(inst.dir.path(), dns_ip);
@@ -168,7 +171,7 @@ fn mail_goes_to_the_mx_hosts_in_preference_order() {
     );
     let busy = remote("127.0.0.21", &["--greeting", "421 4.3.2 try again later"]);
     let good = remote("127.0.0.22", &[]);
-    let inst = instance(dns.ip);
+    let inst = instance(dns.ip, "");
     send(&inst, "bob@mx.test");
     let got = envelopes(&good, 1, &inst);
     assert!(got[0].contains("to=bob@mx.test\n"), "{}", got[0]);
@@ -215,7 +218,7 @@ fn a_domain_without_mx_records_gets_mail_at_its_own_address() {
         &["--local=/test/", "--host-record=plain.test,127.0.0.23"],
     );
     let remote = remote("127.0.0.23", &[]);
-    let inst = instance(dns.ip);
+    let inst = instance(dns.ip, "");
     send(&inst, "dora@plain.test");
     let got = envelopes(&remote, 1, &inst);
     assert!(got[0].contains("to=dora@plain.test\n"), "{}", got[0]);
@@ -242,7 +245,7 @@ fn a_domain_that_does_not_exist_or_has_no_address_bounces() {
         "127.0.0.33",
         &["--local=/test/", "--txt-record=noaddr.test,no mail here"],
     );
-    let inst = instance(dns.ip);
+    let inst = instance(dns.ip, "");
     send(&inst, "eve@nowhere.test");
     send(&inst, "ian@noaddr.test");
     inst.wait_log("status=bounced", 2);
@@ -276,7 +279,7 @@ fn a_domain_that_does_not_exist_or_has_no_address_bounces() {
 #[test]
 fn an_unreachable_name_server_defers_and_never_bounces() {
     // Nothing listens on 127.0.0.39:53.
-    let inst = instance("127.0.0.39");
+    let inst = instance("127.0.0.39", "");
     send(&inst, "fred@mx.test");
     inst.wait_log("status=deferred", 2);
     let log = inst.log();
@@ -300,7 +303,7 @@ fn a_failed_mx_lookup_defers_and_does_not_fall_back_to_the_address() {
     // answered: a failure, not an absence of MX records.
     let dns = Dns::start("127.0.0.34", &["--host-record=refused.test,127.0.0.24"]);
     let remote = remote("127.0.0.24", &[]);
-    let inst = instance(dns.ip);
+    let inst = instance(dns.ip, "");
     send(&inst, "gus@refused.test");
     // Deferred, then deferred again on the retry.
     inst.wait_log("status=deferred", 2);
@@ -325,4 +328,36 @@ fn a_failed_mx_lookup_defers_and_does_not_fall_back_to_the_address() {
         !log.contains("status=sent") && !log.contains("status=bounced"),
         "{log}"
     );
+}
+
+#[test]
+fn an_ipv6_only_client_reaches_a_dual_stack_domain_over_ipv6() {
+    let dns = Dns::start(
+        "127.0.0.35",
+        &["--local=/test/", "--host-record=dual.test,127.0.0.25,::1"],
+    );
+    let remote = Remote::start("[::1]", &[]);
+    // `host:port`: an MX lookup (there is none: the domain's addresses),
+    // at the server's port.
+    let map = tempfile::tempdir().unwrap();
+    let transport = map.path().join("transport");
+    std::fs::write(
+        &transport,
+        format!("dual.test smtp:dual.test:{}\n", remote.port),
+    )
+    .unwrap();
+    let inst = instance(
+        dns.ip,
+        &format!(
+            "inet_protocols = ipv6\ntransport_maps = {}\n",
+            transport.display()
+        ),
+    );
+    send(&inst, "hal@dual.test");
+    let got = envelopes(&remote, 1, &inst);
+    assert!(got[0].contains("to=hal@dual.test\n"), "{}", got[0]);
+    inst.wait_log("status=sent", 1);
+    let log = inst.log();
+    let relay = format!("relay=dual.test[::1]:{}", remote.port);
+    assert!(log_lines(&log, "status=sent")[0].contains(&relay), "{log}");
 }
