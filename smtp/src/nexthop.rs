@@ -188,33 +188,21 @@ pub fn servers(
 ) -> Result<Vec<Server>, RecipientStatus> {
     let mut out = Vec::new();
     if hop.mx {
-        let resolver = resolver(families)?;
+        let resolver = resolver()?;
         let (hosts, exchangers) = match mx_hosts(&resolver, &hop.host)? {
             Some(hosts) => (hosts, true),
             None => (vec![hop.host.clone()], false),
         };
         let mut failed = None;
         for name in hosts {
-            match resolver.lookup_ip(format!("{name}.").as_str()) {
-                Ok(ips) => {
-                    out.extend(
-                        ips.iter()
-                            .filter(|ip| families.allows(ip))
-                            .map(|ip| Server {
-                                name: name.clone(),
-                                addr: SocketAddr::new(ip, hop.port),
-                            }),
-                    )
-                }
-                Err(e) => {
-                    log::info!("{name}: no address: {e}");
-                    let what = match e.kind() {
-                        hickory_resolver::error::ResolveErrorKind::NoRecordsFound {
-                            query, ..
-                        } => format!("name={name} type={}", query.query_type()),
-                        _ => format!("name={name} type=A"),
-                    };
-                    failed = Some((Failure::of(e.kind()), what, e));
+            match addresses(&resolver, &name, families) {
+                Ok(ips) => out.extend(ips.into_iter().map(|ip| Server {
+                    name: name.clone(),
+                    addr: SocketAddr::new(ip, hop.port),
+                })),
+                Err(why) => {
+                    log::info!("{name}: no address: {}", why.detail);
+                    failed = Some(why);
                 }
             }
         }
@@ -222,16 +210,12 @@ pub fn servers(
             return Err(match failed {
                 // A domain without mail exchangers and without an address
                 // takes no mail (RFC 5321 5.1).
-                Some((failure, what, e)) if !exchangers => failure.status(&what, e),
+                Some(why) if !exchangers => why.failure.status(&why.what, &why.detail),
                 // Mail exchangers none of which has an address: perhaps
                 // for now; tried again.
                 _ => lookup_failed(
                     &format!("name={} type=A", hop.host),
-                    if exchangers {
-                        "no address of any mail exchanger"
-                    } else {
-                        "no address of an enabled family (inet_protocols)"
-                    },
+                    "no address of any mail exchanger",
                 ),
             });
         }
@@ -260,26 +244,72 @@ pub fn servers(
     Ok(out)
 }
 
-/// A resolver with the system's settings (/etc/resolv.conf, /etc/hosts)
-/// that asks for the address records of the enabled families.
-fn resolver(families: Families) -> Result<hickory_resolver::Resolver, RecipientStatus> {
-    let (config, mut opts) = hickory_resolver::system_conf::read_system_conf()
-        .map_err(|e| lookup_failed("the resolver configuration", e))?;
-    opts.ip_strategy = ip_strategy(families);
-    hickory_resolver::Resolver::new(config, opts)
+fn resolver() -> Result<hickory_resolver::Resolver, RecipientStatus> {
+    hickory_resolver::Resolver::from_system_conf()
         .map_err(|e| lookup_failed("the resolver configuration", e))
 }
 
-/// Which address records to ask for: those of the enabled families, both
-/// at once when both are (hickory's default asks for AAAA only when there
-/// is no A record, which leaves an IPv6-only client without a server).
-fn ip_strategy(families: Families) -> hickory_resolver::config::LookupIpStrategy {
-    use hickory_resolver::config::LookupIpStrategy;
-    match (families.v4, families.v6) {
-        (true, false) => LookupIpStrategy::Ipv4Only,
-        (false, true) => LookupIpStrategy::Ipv6Only,
-        _ => LookupIpStrategy::Ipv4AndIpv6,
+/// Why a host has no address: the lookup that failed and how.
+struct Unresolved {
+    failure: Failure,
+    /// `name=HOST type=A`.
+    what: String,
+    detail: String,
+}
+
+/// The addresses of `name` in the enabled families, from DNS (A records,
+/// then AAAA; each family asked for on its own, so that one family's
+/// records do not hide the other's), or why it has none: a temporary
+/// failure of either lookup before a final one, so that a name is never
+/// taken for addressless while one of its lookups merely failed.
+fn addresses(
+    resolver: &hickory_resolver::Resolver,
+    name: &str,
+    families: Families,
+) -> Result<Vec<IpAddr>, Unresolved> {
+    let fqdn = format!("{name}.");
+    let mut ips = Vec::new();
+    let mut failures = Vec::new();
+    let mut failed = |e: hickory_resolver::error::ResolveError, rtype: &str| {
+        failures.push(Unresolved {
+            failure: Failure::of(e.kind()),
+            what: format!("name={name} type={rtype}"),
+            detail: e.to_string(),
+        })
+    };
+    if families.v4 {
+        match resolver.ipv4_lookup(fqdn.as_str()) {
+            Ok(found) => ips.extend(found.iter().map(|a| IpAddr::V4(a.0))),
+            Err(e) => failed(e, "A"),
+        }
     }
+    if families.v6 {
+        match resolver.ipv6_lookup(fqdn.as_str()) {
+            Ok(found) => ips.extend(found.iter().map(|a| IpAddr::V6(a.0))),
+            Err(e) => failed(e, "AAAA"),
+        }
+    }
+    if !ips.is_empty() {
+        return Ok(ips);
+    }
+    Err(most_telling(failures, name))
+}
+
+/// Of the failed address lookups of `name`, the one to report: the first
+/// temporary failure (the name may well have addresses), else the first.
+fn most_telling(mut failures: Vec<Unresolved>, name: &str) -> Unresolved {
+    if failures.is_empty() {
+        return Unresolved {
+            failure: Failure::Temporary,
+            what: format!("name={name} type=A"),
+            detail: "no address family enabled (inet_protocols)".to_string(),
+        };
+    }
+    let at = failures
+        .iter()
+        .position(|u| u.failure == Failure::Temporary)
+        .unwrap_or(0);
+    failures.swap_remove(at)
 }
 
 /// The MX hosts of `domain` in the order to try them, or `None` when it
@@ -424,12 +454,32 @@ mod tests {
     }
 
     #[test]
-    fn address_records_of_the_enabled_families() {
-        use hickory_resolver::config::LookupIpStrategy;
-        let f = |v4, v6| ip_strategy(Families { v4, v6 });
-        assert_eq!(f(true, false), LookupIpStrategy::Ipv4Only);
-        assert_eq!(f(false, true), LookupIpStrategy::Ipv6Only);
-        assert_eq!(f(true, true), LookupIpStrategy::Ipv4AndIpv6);
+    fn a_temporary_address_failure_outweighs_a_final_one() {
+        let u = |failure, rtype: &str| Unresolved {
+            failure,
+            what: format!("name=a.test type={rtype}"),
+            detail: String::new(),
+        };
+        let pick = most_telling(
+            vec![u(Failure::NoData, "A"), u(Failure::Temporary, "AAAA")],
+            "a.test",
+        );
+        assert_eq!(
+            (pick.failure, pick.what.as_str()),
+            (Failure::Temporary, "name=a.test type=AAAA")
+        );
+        let pick = most_telling(
+            vec![u(Failure::NoData, "A"), u(Failure::NoData, "AAAA")],
+            "a.test",
+        );
+        assert_eq!(
+            (pick.failure, pick.what.as_str()),
+            (Failure::NoData, "name=a.test type=A")
+        );
+        assert_eq!(
+            most_telling(Vec::new(), "a.test").failure,
+            Failure::Temporary
+        );
     }
 
     #[test]
