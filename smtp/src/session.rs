@@ -323,18 +323,13 @@ fn start_tls(
         .ok()
         .and_then(|t| *t)
         .unwrap_or(tls::Trust::Untrusted);
-    let version = tls
-        .conn
-        .protocol_version()
-        .and_then(|v| v.as_str())
-        .unwrap_or("TLS");
-    let cipher = tls
-        .conn
-        .negotiated_cipher_suite()
-        .and_then(|c| c.suite().as_str())
-        .unwrap_or("unknown");
+    let summary = tls::session_summary(
+        tls.conn.protocol_version(),
+        tls.conn.negotiated_cipher_suite().map(|c| c.suite()),
+        tls.conn.negotiated_key_exchange_group().map(|g| g.name()),
+    );
     log::info!(
-        "{} TLS connection established to {}:{}: {version} with cipher {cipher}",
+        "{} TLS connection established to {}:{}: {summary}",
         trust.word(),
         c.who,
         server.addr.port()

@@ -1,7 +1,9 @@
 //! TLS for the smtp agent (rustls, ring): the security levels with
 //! Postfix's meaning, the trust anchors (`smtp_tls_CAfile`,
 //! `smtp_tls_CApath`, else the platform's roots), the client certificate,
-//! and what the log says of a connection (Verified, Trusted, Untrusted).
+//! and what the log says of a connection (Verified, Trusted, Untrusted;
+//! the protocol, cipher and key exchange by the OpenSSL names Postfix's
+//! log uses).
 //!
 //! - `none`: no STARTTLS.
 //! - `may`: STARTTLS when offered; any certificate is accepted.
@@ -20,7 +22,8 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+    CertificateError, CipherSuite, ClientConfig, DigitallySignedStruct, NamedGroup,
+    ProtocolVersion, RootCertStore, SignatureScheme,
 };
 
 /// `smtp_tls_security_level`.
@@ -81,6 +84,62 @@ impl Trust {
             Trust::Untrusted => "Untrusted",
         }
     }
+}
+
+/// What the log says of an established session, as Postfix's log says it
+/// (OpenSSL's names, which log readers match):
+/// `TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits) key-exchange
+/// X25519`. A protocol, suite or group without an OpenSSL name keeps
+/// rustls's (the bits and the key exchange are then left out).
+pub fn session_summary(
+    version: Option<ProtocolVersion>,
+    suite: Option<CipherSuite>,
+    group: Option<NamedGroup>,
+) -> String {
+    let version = match version {
+        Some(ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        Some(v) => v.as_str().unwrap_or("TLS"),
+        None => "TLS",
+    };
+    let cipher = match suite.map(openssl_cipher) {
+        Some(Ok((name, bits))) => format!("{name} ({bits}/{bits} bits)"),
+        Some(Err(suite)) => suite.as_str().unwrap_or("unknown").to_string(),
+        None => "unknown".to_string(),
+    };
+    let kex = match group {
+        Some(NamedGroup::X25519) => " key-exchange X25519",
+        Some(NamedGroup::X448) => " key-exchange X448",
+        Some(NamedGroup::secp256r1) => " key-exchange ECDHE (prime256v1)",
+        Some(NamedGroup::secp384r1) => " key-exchange ECDHE (secp384r1)",
+        Some(NamedGroup::secp521r1) => " key-exchange ECDHE (secp521r1)",
+        _ => "",
+    };
+    format!("{version} with cipher {cipher}{kex}")
+}
+
+/// OpenSSL's name of a suite rustls offers, and its key length in bits.
+fn openssl_cipher(suite: CipherSuite) -> Result<(&'static str, u32), CipherSuite> {
+    Ok(match suite {
+        CipherSuite::TLS13_AES_128_GCM_SHA256 => ("TLS_AES_128_GCM_SHA256", 128),
+        CipherSuite::TLS13_AES_256_GCM_SHA384 => ("TLS_AES_256_GCM_SHA384", 256),
+        CipherSuite::TLS13_CHACHA20_POLY1305_SHA256 => ("TLS_CHACHA20_POLY1305_SHA256", 256),
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 => {
+            ("ECDHE-ECDSA-AES128-GCM-SHA256", 128)
+        }
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 => {
+            ("ECDHE-ECDSA-AES256-GCM-SHA384", 256)
+        }
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 => {
+            ("ECDHE-ECDSA-CHACHA20-POLY1305", 256)
+        }
+        CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => ("ECDHE-RSA-AES128-GCM-SHA256", 128),
+        CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => ("ECDHE-RSA-AES256-GCM-SHA384", 256),
+        CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => {
+            ("ECDHE-RSA-CHACHA20-POLY1305", 256)
+        }
+        other => return Err(other),
+    })
 }
 
 /// Reads PEM certificates from a file.
@@ -295,4 +354,52 @@ impl Tls {
 pub fn server_name(name: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(name.to_string())
         .map_err(|e| format!("{name}: not a usable TLS server name: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_are_described_with_openssls_names_as_postfix_logs_them() {
+        // As Postfix 3.7's smtp logged a session with its smtpd (OpenSSL 3).
+        assert_eq!(
+            session_summary(
+                Some(ProtocolVersion::TLSv1_3),
+                Some(CipherSuite::TLS13_AES_256_GCM_SHA384),
+                Some(NamedGroup::X25519)
+            ),
+            "TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits) key-exchange X25519"
+        );
+        assert_eq!(
+            session_summary(
+                Some(ProtocolVersion::TLSv1_2),
+                Some(CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256),
+                Some(NamedGroup::secp256r1)
+            ),
+            "TLSv1.2 with cipher ECDHE-RSA-AES128-GCM-SHA256 (128/128 bits) \
+             key-exchange ECDHE (prime256v1)"
+        );
+        assert_eq!(
+            session_summary(
+                Some(ProtocolVersion::TLSv1_3),
+                Some(CipherSuite::TLS13_CHACHA20_POLY1305_SHA256),
+                None
+            ),
+            "TLSv1.3 with cipher TLS_CHACHA20_POLY1305_SHA256 (256/256 bits)"
+        );
+    }
+
+    #[test]
+    fn what_has_no_openssl_name_keeps_rustls_s() {
+        assert_eq!(
+            session_summary(
+                Some(ProtocolVersion::TLSv1_3),
+                Some(CipherSuite::TLS13_AES_128_CCM_SHA256),
+                Some(NamedGroup::X25519MLKEM768)
+            ),
+            "TLSv1.3 with cipher TLS13_AES_128_CCM_SHA256"
+        );
+        assert_eq!(session_summary(None, None, None), "TLS with cipher unknown");
+    }
 }

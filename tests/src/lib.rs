@@ -11,6 +11,8 @@
 //! **Security**: tests run as root on the test machine and create temporary
 //! directories only; what they start they kill.
 
+pub mod certs;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -106,6 +108,32 @@ pub fn postern(args: &[&str]) -> Outcome {
     run(Command::new(bin("postern"))
         .args(args)
         .env_remove("POSTERN_CONFIG"))
+}
+
+/// A string no other test or run uses (`what-PID-NANOS`): a subject to
+/// find one message by in a shared mailbox.
+pub fn unique(what: &str) -> String {
+    format!(
+        "{what}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    )
+}
+
+/// Fails the test unless it runs as root where Debian's postfix package
+/// is installed (its daemons and stock files are test input).
+pub fn require_postfix() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "these tests run as root"
+    );
+    assert!(
+        Path::new("/usr/lib/postfix/sbin/smtpd").is_file()
+            && Path::new("/etc/postfix/main.cf").is_file(),
+        "Postfix is not installed: apt-get install postfix (see .ci/run)"
+    );
 }
 
 /// How long a readiness wait may take before the test fails.
@@ -244,6 +272,22 @@ impl Instance {
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("no master pid in {out:?}"));
         self.master_pid = Some(pid);
+    }
+
+    /// `postern -c ETC sendmail args...` with `message` as input, which
+    /// must exit 0.
+    pub fn sendmail(&self, args: &[&str], message: &[u8]) -> Outcome {
+        let out = run_with_input(
+            Command::new(bin("postern"))
+                .arg("-c")
+                .arg(self.etc())
+                .arg("sendmail")
+                .args(args)
+                .env_remove("POSTERN_CONFIG"),
+            message,
+        );
+        assert_eq!(out.code, Some(0), "sendmail: {out:?}");
+        out
     }
 
     /// `postern stop` (or abort), which must succeed; reaps the master.

@@ -16,19 +16,10 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use postern_tests::{eventually, free_port, run, run_with_input, test_account, Instance, WAIT};
-
-fn require_postfix() {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "these tests run as root"
-    );
-    assert!(
-        Path::new("/usr/lib/postfix/sbin/smtpd").is_file()
-            && Path::new("/etc/postfix/main.cf").is_file(),
-        "Postfix is not installed: apt-get install postfix (see .ci/run)"
-    );
-}
+use postern_tests::{
+    eventually, free_port, require_postfix, run, run_with_input, test_account, unique, Instance,
+    WAIT,
+};
 
 /// A private Postfix instance from the stock files; `main_extra` and
 /// `master_extra` are appended.
@@ -137,7 +128,7 @@ impl Postfix {
     /// Sends a message to `user` by SMTP, every recipient accepted, and
     /// waits until it is in `user`'s mailbox.
     fn smtp_to_mailbox(&self, user: &str, what: &str) {
-        let subject = token(what);
+        let subject = unique(what);
         let out = self.smtp(&[&format!("{user}@localhost")], &subject);
         assert_eq!(out.code, Some(0), "{out:?}");
         assert_eq!(out.stdout.trim(), "{}", "{out:?}");
@@ -167,17 +158,6 @@ fn wait_mailbox(user: &str, subject: &str, log: impl Fn() -> String) {
         std::fs::read_to_string(&path).is_ok_and(|m| m.contains(&format!("Subject: {subject}")))
     });
     assert!(ok, "{subject} never reached {path}; log:\n{}", log());
-}
-
-fn token(what: &str) -> String {
-    format!(
-        "{what}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    )
 }
 
 #[test]
@@ -219,7 +199,7 @@ fn stock_postfix_delivers_smtp_to_a_mailbox_and_postfix_s_tools_reach_the_master
     );
 
     // Postfix's sendmail (postdrop → pickup) and postqueue.
-    let subject = token("sendmail");
+    let subject = unique("sendmail");
     let out = run_with_input(
         Command::new("sendmail")
             .arg("-C")
@@ -299,7 +279,7 @@ fn a_daemon_that_exits_at_once_is_reported_with_its_own_fatal_line() {
         "{status}"
     );
     // The other services are not confused: mail still goes in by SMTP.
-    let out = pf.smtp(&["nobody@localhost"], &token("queued"));
+    let out = pf.smtp(&["nobody@localhost"], &unique("queued"));
     assert_eq!(out.code, Some(0), "{out:?}");
     pf.inst.stop(false);
 }
@@ -382,7 +362,7 @@ fn a_postern_spawn_policy_service_answers_postfix_s_smtpd() {
         "{check:?}"
     );
     pf.inst.start();
-    let out = pf.smtp(&["blocked@localhost"], &token("blocked"));
+    let out = pf.smtp(&["blocked@localhost"], &unique("blocked"));
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(
         out.stdout.contains("refused")
