@@ -73,8 +73,9 @@ impl Remote {
         self.messages()
     }
 
-    fn max_sessions(&self) -> usize {
-        std::fs::read_to_string(self.out.path().join("sessions.max"))
+    /// A count the server keeps in file `name` (0 before the first).
+    fn counter(&self, name: &str) -> usize {
+        std::fs::read_to_string(self.out.path().join(name))
             .ok()
             .and_then(|t| t.trim().parse().ok())
             .unwrap_or(0)
@@ -91,13 +92,17 @@ impl Drop for Remote {
 
 /// A running instance that sends remote mail through smtp.
 fn instance(main_extra: &str) -> Instance {
+    instance_with(main_extra, MASTER)
+}
+
+fn instance_with(main_extra: &str, master: &str) -> Instance {
     let mut inst = Instance::new(
         &format!(
             "minimal_backoff_time = 1s\nmaximal_backoff_time = 2s\nqueue_run_delay = 1s\n\
              default_transport = smtp\nsmtp_tls_security_level = may\n\
              smtp_helo_timeout = 3s\nsmtp_connect_timeout = 3s\n{main_extra}"
         ),
-        MASTER,
+        master,
     );
     inst.start();
     inst
@@ -433,8 +438,10 @@ fn concurrency_to_one_destination_stays_within_its_limit() {
         b"Subject: three\n\nhello\n",
     );
     let got = remote.wait_messages(10, &inst);
-    let max = remote.max_sessions();
-    assert!((1..=2).contains(&max), "{max} sessions at once");
+    // Deliveries at once, that is; a session kept open between two is not
+    // one.
+    let max = remote.counter("transactions.max");
+    assert!((1..=2).contains(&max), "{max} transactions at once");
     let split: Vec<&str> = got
         .iter()
         .filter_map(|(env, _)| env.lines().find_map(|l| l.strip_prefix("to=")))
@@ -445,6 +452,91 @@ fn concurrency_to_one_destination_stays_within_its_limit() {
         split.iter().all(|to| to.split(',').count() <= 2),
         "{split:?}"
     );
+}
+
+/// One smtp process, so that every delivery goes through the same one
+/// (and its cached session).
+const MASTER_ONE_SMTP: &str = "local unix - n n - - local\n\
+                               submit unix n - n - - submit\n\
+                               qmgr fifo n - n 300 1 qmgr\n\
+                               smtp unix - - n - 1 smtp\n";
+
+#[test]
+fn deliveries_to_one_relay_reuse_the_session_and_a_stop_ends_it() {
+    let remote = Remote::start("127.0.0.2", &[]);
+    // A cache time limit far longer than the test: the session stays.
+    let mut inst = instance_with(
+        &format!(
+            "relayhost = [127.0.0.2]:{}\nsmtp_connection_cache_time_limit = 600s\n",
+            remote.port
+        ),
+        MASTER_ONE_SMTP,
+    );
+    for i in 0..4 {
+        inst.sendmail(
+            &[&format!("r{i}@remote.test")],
+            format!("Subject: {i}\n\nhello\n").as_bytes(),
+        );
+    }
+    remote.wait_messages(4, &inst);
+    inst.wait_log("status=sent", 4);
+    assert_eq!(remote.counter("connections"), 1, "{}", inst.log());
+    let log = inst.log();
+    let sent = log_lines(&log, "status=sent");
+    assert!(
+        sent.iter().any(|l| l.contains(&format!(
+            "relay=127.0.0.2[127.0.0.2]:{}, conn_use=4, delay=",
+            remote.port
+        ))),
+        "{log}"
+    );
+    assert_eq!(
+        sent.iter().filter(|l| !l.contains("conn_use=")).count(),
+        1,
+        "{log}"
+    );
+    // The session is still open; a stop closes it with QUIT and does not
+    // wait for it.
+    assert_eq!(remote.counter("quits"), 0);
+    let out = inst.stop(false);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        eventually(WAIT, || remote.counter("quits") == 1),
+        "no QUIT at stop:\n{}",
+        inst.log()
+    );
+}
+
+#[test]
+fn a_kept_session_the_server_closed_is_replaced_without_deferring() {
+    // "rset": the server closes the session while it waits for the next
+    // message; "mail": it is still there, but goes away without a word at
+    // the next MAIL FROM.
+    for how in ["rset", "mail"] {
+        let remote = Remote::start("127.0.0.2", &["--close-idle", how]);
+        let inst = instance_with(
+            &format!(
+                "relayhost = [127.0.0.2]:{}\nsmtp_connection_cache_time_limit = 600s\n",
+                remote.port
+            ),
+            MASTER_ONE_SMTP,
+        );
+        inst.sendmail(&["one@remote.test"], b"Subject: one\n\nhello\n");
+        inst.wait_log("status=sent", 1);
+        inst.sendmail(&["two@remote.test"], b"Subject: two\n\nhello\n");
+        inst.wait_log("status=sent", 2);
+        let log = inst.log();
+        assert_eq!(remote.messages().len(), 2, "{how}: {log}");
+        assert!(!log.contains("status=deferred"), "{how}: {log}");
+        assert!(!log.contains("conn_use="), "{how}: {log}");
+        assert_eq!(remote.counter("connections"), 2, "{how}: {log}");
+        if how == "mail" {
+            assert!(
+                log.contains("the cached session with 127.0.0.2[127.0.0.2]:"),
+                "{how}: {log}"
+            );
+        }
+    }
 }
 
 /// Postfix's smtp-sink, killed on drop.
