@@ -3,7 +3,8 @@
 //! several hosts). The remote server is `tests/smtp_server.py`, which can
 //! offer STARTTLS with a certificate made here by `openssl`, require AUTH,
 //! refuse or defer recipients, drop the connection in the middle of the
-//! data, or never answer.
+//! data, never answer, or close a session kept between two messages; it
+//! counts connections, QUITs and transactions at once.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -124,6 +125,26 @@ fn log_lines<'a>(log: &'a str, needle: &str) -> Vec<&'a str> {
     log.lines().filter(|l| l.contains(needle)).collect()
 }
 
+/// main.cf lines for `remote` (started with `--tls` by `certs` and
+/// `--auth ann:s3cret:pw`) as the relay, at `verify`, with AUTH; the
+/// password table is written in `secrets`.
+fn verified_relay_with_auth(remote: &Remote, certs: &TestCerts, secrets: &Path) -> String {
+    let passwd: PathBuf = secrets.join("sasl_passwd");
+    std::fs::write(
+        &passwd,
+        format!("[127.0.0.2]:{} ann:s3cret:pw\n", remote.port),
+    )
+    .unwrap();
+    std::fs::set_permissions(&passwd, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    format!(
+        "relayhost = [127.0.0.2]:{}\nsmtp_tls_security_level = verify\nsmtp_tls_CAfile = {}\n\
+         smtp_sasl_auth_enable = yes\nsmtp_sasl_password_maps = {}\nsmtp_helo_name = client.test\n",
+        remote.port,
+        certs.path("ca.crt"),
+        passwd.display()
+    )
+}
+
 #[test]
 fn relay_through_starttls_with_auth_arrives_byte_exact() {
     let certs = TestCerts::make("relay.test", "IP:127.0.0.2,DNS:relay.test");
@@ -138,20 +159,7 @@ fn relay_through_starttls_with_auth_arrives_byte_exact() {
         ],
     );
     let secrets = tempfile::tempdir().unwrap();
-    let passwd: PathBuf = secrets.path().join("sasl_passwd");
-    std::fs::write(
-        &passwd,
-        format!("[127.0.0.2]:{} ann:s3cret:pw\n", remote.port),
-    )
-    .unwrap();
-    std::fs::set_permissions(&passwd, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let inst = instance(&format!(
-        "relayhost = [127.0.0.2]:{}\nsmtp_tls_security_level = verify\nsmtp_tls_CAfile = {}\n\
-         smtp_sasl_auth_enable = yes\nsmtp_sasl_password_maps = {}\nsmtp_helo_name = client.test\n",
-        remote.port,
-        certs.path("ca.crt"),
-        passwd.display()
-    ));
+    let inst = instance(&verified_relay_with_auth(&remote, &certs, secrets.path()));
     let mut body = b"Subject: over TLS\nFrom: ann@localhost\n\n.a line with a dot\n..two dots\n.\n\
                      caf\xc3\xa9 8-bit\n"
         .to_vec();
@@ -505,6 +513,74 @@ fn deliveries_to_one_relay_reuse_the_session_and_a_stop_ends_it() {
         "no QUIT at stop:\n{}",
         inst.log()
     );
+}
+
+#[test]
+fn a_session_with_tls_and_auth_is_reused_without_a_new_handshake() {
+    let certs = TestCerts::make("relay.test", "IP:127.0.0.2,DNS:relay.test");
+    let remote = Remote::start(
+        "127.0.0.2",
+        &[
+            "--tls",
+            &certs.path("server.crt"),
+            &certs.path("server.key"),
+            "--auth",
+            "ann:s3cret:pw",
+        ],
+    );
+    let secrets = tempfile::tempdir().unwrap();
+    let inst = instance_with(
+        &format!(
+            "{}smtp_connection_cache_time_limit = 600s\n",
+            verified_relay_with_auth(&remote, &certs, secrets.path())
+        ),
+        MASTER_ONE_SMTP,
+    );
+    for i in 0..3 {
+        inst.sendmail(
+            &[&format!("r{i}@remote.test")],
+            format!("Subject: {i}\n\nhello\n").as_bytes(),
+        );
+    }
+    let got = remote.wait_messages(3, &inst);
+    inst.wait_log("status=sent", 3);
+    // Each message went over TLS, authenticated, on the one connection.
+    for (env, _) in &got {
+        assert!(env.contains("tls=yes\nuser=ann\n"), "{env}");
+    }
+    assert_eq!(remote.counter("connections"), 1, "{}", inst.log());
+    let log = inst.log();
+    assert_eq!(
+        log.matches("TLS connection established").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("conn_use=3, delay="), "{log}");
+}
+
+#[test]
+fn a_kept_session_unused_for_the_cache_time_limit_is_closed() {
+    let remote = Remote::start("127.0.0.2", &[]);
+    let inst = instance_with(
+        &format!(
+            "relayhost = [127.0.0.2]:{}\nsmtp_connection_cache_time_limit = 1s\n",
+            remote.port
+        ),
+        MASTER_ONE_SMTP,
+    );
+    inst.sendmail(&["one@remote.test"], b"Subject: one\n\nhello\n");
+    inst.wait_log("status=sent", 1);
+    // The idle process says QUIT once the limit has passed (max_idle is
+    // 100s: the process itself stays).
+    assert!(
+        eventually(WAIT, || remote.counter("quits") == 1),
+        "the kept session was never closed:\n{}",
+        inst.log()
+    );
+    inst.sendmail(&["two@remote.test"], b"Subject: two\n\nhello\n");
+    inst.wait_log("status=sent", 2);
+    assert_eq!(remote.counter("connections"), 2, "{}", inst.log());
+    assert!(!inst.log().contains("conn_use="), "{}", inst.log());
 }
 
 #[test]
