@@ -63,20 +63,23 @@ def write_file(name, value):
     os.replace(tmp, os.path.join(ARGS.out, name))
 
 
+def record_peak(current, peak, name, delta):
+    """Adds delta to state[current]; a new peak goes to file `name`.
+    Called with the lock held."""
+    state[current] += delta
+    if state[current] > state[peak]:
+        state[peak] = state[current]
+        write_file(name, state[peak])
+
+
 def record_busy(delta):
     with lock:
-        state["busy"] += delta
-        if state["busy"] > state["busy_max"]:
-            state["busy_max"] = state["busy"]
-            write_file("transactions.max", state["busy_max"])
+        record_peak("busy", "busy_max", "transactions.max", delta)
 
 
 def record_open(delta):
     with lock:
-        state["open"] += delta
-        if state["open"] > state["max"]:
-            state["max"] = state["open"]
-            write_file("sessions.max", state["max"])
+        record_peak("open", "max", "sessions.max", delta)
         if delta > 0:
             state["connections"] += 1
             write_file("connections", state["connections"])

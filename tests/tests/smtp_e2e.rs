@@ -121,12 +121,38 @@ fn lf(data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Messages "Subject: i" for r0@remote.test, r1@remote.test, ...
+fn send_numbered(inst: &Instance, n: usize) {
+    for i in 0..n {
+        inst.sendmail(
+            &[&format!("r{i}@remote.test")],
+            format!("Subject: {i}\n\nhello\n").as_bytes(),
+        );
+    }
+}
+
 fn log_lines<'a>(log: &'a str, needle: &str) -> Vec<&'a str> {
     log.lines().filter(|l| l.contains(needle)).collect()
 }
 
-/// main.cf lines for `remote` (started with `--tls` by `certs` and
-/// `--auth ann:s3cret:pw`) as the relay, at `verify`, with AUTH; the
+/// A remote server on 127.0.0.2 with STARTTLS (a certificate for
+/// relay.test and 127.0.0.2) and AUTH for ann.
+fn tls_auth_remote() -> (TestCerts, Remote) {
+    let certs = TestCerts::make("relay.test", "IP:127.0.0.2,DNS:relay.test");
+    let remote = Remote::start(
+        "127.0.0.2",
+        &[
+            "--tls",
+            &certs.path("server.crt"),
+            &certs.path("server.key"),
+            "--auth",
+            "ann:s3cret:pw",
+        ],
+    );
+    (certs, remote)
+}
+
+/// main.cf lines for the server of [`tls_auth_remote`] as the relay, at `verify`, with AUTH; the
 /// password table is written in `secrets`.
 fn verified_relay_with_auth(remote: &Remote, certs: &TestCerts, secrets: &Path) -> String {
     let passwd: PathBuf = secrets.join("sasl_passwd");
@@ -147,17 +173,7 @@ fn verified_relay_with_auth(remote: &Remote, certs: &TestCerts, secrets: &Path) 
 
 #[test]
 fn relay_through_starttls_with_auth_arrives_byte_exact() {
-    let certs = TestCerts::make("relay.test", "IP:127.0.0.2,DNS:relay.test");
-    let remote = Remote::start(
-        "127.0.0.2",
-        &[
-            "--tls",
-            &certs.path("server.crt"),
-            &certs.path("server.key"),
-            "--auth",
-            "ann:s3cret:pw",
-        ],
-    );
+    let (certs, remote) = tls_auth_remote();
     let secrets = tempfile::tempdir().unwrap();
     let inst = instance(&verified_relay_with_auth(&remote, &certs, secrets.path()));
     let mut body = b"Subject: over TLS\nFrom: ann@localhost\n\n.a line with a dot\n..two dots\n.\n\
@@ -434,12 +450,7 @@ fn concurrency_to_one_destination_stays_within_its_limit() {
          smtp_destination_concurrency_limit = 2\nsmtp_destination_recipient_limit = 2\n",
         remote.port
     ));
-    for i in 0..8 {
-        inst.sendmail(
-            &[&format!("r{i}@remote.test")],
-            format!("Subject: {i}\n\nhello\n").as_bytes(),
-        );
-    }
+    send_numbered(&inst, 8);
     // One message for three recipients goes in two deliveries (2 + 1).
     inst.sendmail(
         &["a@remote.test", "b@remote.test", "c@remote.test"],
@@ -469,23 +480,24 @@ const MASTER_ONE_SMTP: &str = "local unix - n n - - local\n\
                                qmgr fifo n - n 300 1 qmgr\n\
                                smtp unix - - n - 1 smtp\n";
 
+/// An instance relaying through `remote` with one smtp process, whose
+/// kept session lasts `cache_limit` unused.
+fn through_one_smtp_process(remote: &Remote, cache_limit: &str) -> Instance {
+    instance_with(
+        &format!(
+            "relayhost = [127.0.0.2]:{}\nsmtp_connection_cache_time_limit = {cache_limit}\n",
+            remote.port
+        ),
+        MASTER_ONE_SMTP,
+    )
+}
+
 #[test]
 fn deliveries_to_one_relay_reuse_the_session_and_a_stop_ends_it() {
     let remote = Remote::start("127.0.0.2", &[]);
     // A cache time limit far longer than the test: the session stays.
-    let mut inst = instance_with(
-        &format!(
-            "relayhost = [127.0.0.2]:{}\nsmtp_connection_cache_time_limit = 600s\n",
-            remote.port
-        ),
-        MASTER_ONE_SMTP,
-    );
-    for i in 0..4 {
-        inst.sendmail(
-            &[&format!("r{i}@remote.test")],
-            format!("Subject: {i}\n\nhello\n").as_bytes(),
-        );
-    }
+    let mut inst = through_one_smtp_process(&remote, "600s");
+    send_numbered(&inst, 4);
     remote.wait_messages(4, &inst);
     inst.wait_log("status=sent", 4);
     assert_eq!(remote.counter("connections"), 1, "{}", inst.log());
@@ -517,17 +529,7 @@ fn deliveries_to_one_relay_reuse_the_session_and_a_stop_ends_it() {
 
 #[test]
 fn a_session_with_tls_and_auth_is_reused_without_a_new_handshake() {
-    let certs = TestCerts::make("relay.test", "IP:127.0.0.2,DNS:relay.test");
-    let remote = Remote::start(
-        "127.0.0.2",
-        &[
-            "--tls",
-            &certs.path("server.crt"),
-            &certs.path("server.key"),
-            "--auth",
-            "ann:s3cret:pw",
-        ],
-    );
+    let (certs, remote) = tls_auth_remote();
     let secrets = tempfile::tempdir().unwrap();
     let inst = instance_with(
         &format!(
@@ -536,12 +538,7 @@ fn a_session_with_tls_and_auth_is_reused_without_a_new_handshake() {
         ),
         MASTER_ONE_SMTP,
     );
-    for i in 0..3 {
-        inst.sendmail(
-            &[&format!("r{i}@remote.test")],
-            format!("Subject: {i}\n\nhello\n").as_bytes(),
-        );
-    }
+    send_numbered(&inst, 3);
     let got = remote.wait_messages(3, &inst);
     inst.wait_log("status=sent", 3);
     // Each message went over TLS, authenticated, on the one connection.
@@ -561,13 +558,7 @@ fn a_session_with_tls_and_auth_is_reused_without_a_new_handshake() {
 #[test]
 fn a_kept_session_unused_for_the_cache_time_limit_is_closed() {
     let remote = Remote::start("127.0.0.2", &[]);
-    let inst = instance_with(
-        &format!(
-            "relayhost = [127.0.0.2]:{}\nsmtp_connection_cache_time_limit = 1s\n",
-            remote.port
-        ),
-        MASTER_ONE_SMTP,
-    );
+    let inst = through_one_smtp_process(&remote, "1s");
     inst.sendmail(&["one@remote.test"], b"Subject: one\n\nhello\n");
     inst.wait_log("status=sent", 1);
     // The idle process says QUIT once the limit has passed (max_idle is
@@ -590,13 +581,7 @@ fn a_kept_session_the_server_closed_is_replaced_without_deferring() {
     // the next MAIL FROM.
     for how in ["rset", "mail"] {
         let remote = Remote::start("127.0.0.2", &["--close-idle", how]);
-        let inst = instance_with(
-            &format!(
-                "relayhost = [127.0.0.2]:{}\nsmtp_connection_cache_time_limit = 600s\n",
-                remote.port
-            ),
-            MASTER_ONE_SMTP,
-        );
+        let inst = through_one_smtp_process(&remote, "600s");
         inst.sendmail(&["one@remote.test"], b"Subject: one\n\nhello\n");
         inst.wait_log("status=sent", 1);
         inst.sendmail(&["two@remote.test"], b"Subject: two\n\nhello\n");
