@@ -153,8 +153,9 @@ impl Cache {
     }
 
     /// The kept session, if it may serve a request for `key`; a session
-    /// that may not is closed with QUIT.
-    pub fn take(&mut self, key: &Key, s: &Settings) -> Option<Session> {
+    /// that may not is closed with QUIT (not waited for: the request is
+    /// for someone else).
+    pub fn take(&mut self, key: &Key) -> Option<Session> {
         let kept = self.kept.take()?;
         let verdict = decide(
             &self.limits,
@@ -171,7 +172,7 @@ impl Cache {
             "closing the session with {} ({verdict:?})",
             kept.session.relay()
         );
-        kept.session.quit(s);
+        kept.session.close();
         None
     }
 

@@ -332,7 +332,7 @@ pub fn deliver(
         size,
     };
     let key = cache::Key::new(&hop, &nexthop, s);
-    if let Some(mut session) = cache.take(&key, s) {
+    if let Some(mut session) = cache.take(&key) {
         if session.alive() {
             let (statuses, after) = session.deliver(&msg, s);
             if after != After::Stale {

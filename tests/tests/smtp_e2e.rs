@@ -575,6 +575,41 @@ fn a_kept_session_unused_for_the_cache_time_limit_is_closed() {
 }
 
 #[test]
+fn a_request_for_another_next_hop_closes_the_kept_session() {
+    let first = Remote::start("127.0.0.2", &[]);
+    let second = Remote::start("127.0.0.3", &[]);
+    let transport = tempfile::tempdir().unwrap();
+    let map = transport.path().join("transport");
+    std::fs::write(
+        &map,
+        format!(
+            "first.test smtp:[127.0.0.2]:{}\nsecond.test smtp:[127.0.0.3]:{}\n",
+            first.port, second.port
+        ),
+    )
+    .unwrap();
+    let inst = instance_with(
+        &format!(
+            "transport_maps = {}\nsmtp_connection_cache_time_limit = 600s\n",
+            map.display()
+        ),
+        MASTER_ONE_SMTP,
+    );
+    inst.sendmail(&["x@first.test"], b"Subject: first\n\nhello\n");
+    inst.wait_log("status=sent", 1);
+    assert_eq!(first.counter("quits"), 0);
+    inst.sendmail(&["x@second.test"], b"Subject: second\n\nhello\n");
+    inst.wait_log("status=sent", 2);
+    assert!(
+        eventually(WAIT, || first.counter("quits") == 1),
+        "the first relay's session was never closed:\n{}",
+        inst.log()
+    );
+    assert_eq!(second.counter("quits"), 0, "{}", inst.log());
+    assert_eq!(second.messages().len(), 1);
+}
+
+#[test]
 fn a_kept_session_the_server_closed_is_replaced_without_deferring() {
     // "rset": the server closes the session while it waits for the next
     // message; "mail": it is still there, but goes away without a word at
