@@ -10,9 +10,14 @@ offered only over TLS (--auth USER:PASS). Each accepted message is saved
 in --out as N.eml (the data as received, dot-stuffing undone, CRLF kept)
 with N.env (client name, TLS, authenticated user, sender, recipients);
 sessions.max holds the most sessions open at once (a session ends
-at QUIT). --listen takes ADDRESS:PORT, an IPv6 address in brackets
-([::1]:0); port 0 picks a free one. Prints "ready PORT"
-once listening.
+at QUIT), transactions.max the most mail transactions at once (MAIL FROM
+until the reply to the end of data, RSET or the end of the session),
+connections the connections accepted so far, quits the QUIT
+commands. --close-idle stands for a
+server that ends a session kept open between two messages: "rset" closes
+it after answering RSET, "mail" at its second MAIL FROM, without a reply.
+--listen takes ADDRESS:PORT, an IPv6 address in brackets ([::1]:0); port 0
+picks a free one. Prints "ready PORT" once listening.
 """
 
 import argparse
@@ -26,7 +31,8 @@ import threading
 import time
 
 lock = threading.Lock()
-state = {"open": 0, "max": 0, "count": 0, "deferred": set()}
+state = {"open": 0, "max": 0, "count": 0, "deferred": set(),
+         "busy": 0, "busy_max": 0, "connections": 0, "quits": 0}
 
 
 def parse_args():
@@ -47,21 +53,40 @@ def parse_args():
                    help="seconds to wait before answering the end of data")
     p.add_argument("--greeting",
                    help="greet with this reply (e.g. a 421) and close")
+    p.add_argument("--close-idle", choices=["rset", "mail"])
     return p.parse_args()
 
 
 ARGS = parse_args()
 
 
+def write_file(name, value):
+    tmp = os.path.join(ARGS.out, "." + name)
+    with open(tmp, "w") as f:
+        f.write(str(value))
+    os.replace(tmp, os.path.join(ARGS.out, name))
+
+
+def record_peak(current, peak, name, delta):
+    """Adds delta to state[current]; a new peak goes to file `name`.
+    Called with the lock held."""
+    state[current] += delta
+    if state[current] > state[peak]:
+        state[peak] = state[current]
+        write_file(name, state[peak])
+
+
+def record_busy(delta):
+    with lock:
+        record_peak("busy", "busy_max", "transactions.max", delta)
+
+
 def record_open(delta):
     with lock:
-        state["open"] += delta
-        if state["open"] > state["max"]:
-            state["max"] = state["open"]
-            tmp = os.path.join(ARGS.out, ".sessions.max")
-            with open(tmp, "w") as f:
-                f.write(str(state["max"]))
-            os.replace(tmp, os.path.join(ARGS.out, "sessions.max"))
+        record_peak("open", "max", "sessions.max", delta)
+        if delta > 0:
+            state["connections"] += 1
+            write_file("connections", state["connections"])
 
 
 class Session(socketserver.StreamRequestHandler):
@@ -70,6 +95,13 @@ class Session(socketserver.StreamRequestHandler):
         self.tls = False
         self.user = None
         self.helo = None
+        self.busy = False
+        self.mails = 0
+
+    def transaction(self, busy):
+        if busy != self.busy:
+            self.busy = busy
+            record_busy(1 if busy else -1)
 
     def send(self, line):
         self.wfile.write((line + "\r\n").encode())
@@ -133,6 +165,7 @@ class Session(socketserver.StreamRequestHandler):
         except (EOFError, ConnectionError, ssl.SSLError, OSError):
             pass
         finally:
+            self.transaction(False)
             if self.counted:
                 record_open(-1)
 
@@ -169,11 +202,15 @@ class Session(socketserver.StreamRequestHandler):
             elif verb == "AUTH" and ARGS.auth and (self.tls or ARGS.auth_without_tls):
                 self.auth(words)
             elif verb == "MAIL":
+                self.mails += 1
+                if ARGS.close_idle == "mail" and self.mails == 2:
+                    return
                 if ARGS.auth and not self.user:
                     self.send("530 5.7.0 Authentication required")
                     continue
                 sender = line[line.index(":") + 1:].split(">")[0].lstrip(" <")
                 rcpts = []
+                self.transaction(True)
                 self.send("250 2.1.0 Ok")
             elif verb == "RCPT":
                 if sender is None:
@@ -222,12 +259,16 @@ class Session(socketserver.StreamRequestHandler):
                         self.helo, "yes" if self.tls else "no", self.user or "",
                         sender, ",".join(rcpts)))
                 os.replace(base + ".eml.tmp", base + ".eml")
+                self.transaction(False)
                 self.send("250 2.0.0 Ok: queued as T%d" % n)
                 sender = None
                 rcpts = []
             elif verb == "RSET":
                 sender, rcpts = None, []
+                self.transaction(False)
                 self.send("250 2.0.0 Ok")
+                if ARGS.close_idle == "rset":
+                    return
             elif verb == "NOOP":
                 self.send("250 2.0.0 Ok")
             elif verb == "QUIT":
@@ -235,6 +276,9 @@ class Session(socketserver.StreamRequestHandler):
                 # start the next one at once.
                 record_open(-1)
                 self.counted = False
+                with lock:
+                    state["quits"] += 1
+                    write_file("quits", state["quits"])
                 self.send("221 2.0.0 Bye")
                 return
             else:

@@ -50,8 +50,9 @@ use crate::mail::MessageFile;
 
 /// The protocol version carried in every payload.
 /// Version 5 added [`Instruction::original_recipient`]; version 6
-/// [`RecipientStatus::relay`] and [`RecipientStatus::site_failure`].
-pub const PROTOCOL_VERSION: u16 = 6;
+/// [`RecipientStatus::relay`] and [`RecipientStatus::site_failure`];
+/// version 7 [`RecipientStatus::conn_use`].
+pub const PROTOCOL_VERSION: u16 = 7;
 /// The most messages one request frame may carry.
 pub const MAX_BATCH: usize = 64;
 
@@ -162,6 +163,9 @@ pub struct RecipientStatus {
     /// would take a session): the queue manager counts it against the
     /// destination's concurrency and may suspend it for a while.
     pub site_failure: bool,
+    /// Which use of a reused connection this delivery was (the log's
+    /// `conn_use=`, 2 and up); `None`: the connection's first.
+    pub conn_use: Option<u32>,
 }
 
 impl RecipientStatus {
@@ -175,6 +179,7 @@ impl RecipientStatus {
             uncertain: false,
             relay: None,
             site_failure: false,
+            conn_use: None,
         }
     }
     /// Deferred with `dsn` (4.x.y).
@@ -187,6 +192,7 @@ impl RecipientStatus {
             uncertain: false,
             relay: None,
             site_failure: false,
+            conn_use: None,
         }
     }
     /// Bounced with `dsn` (5.x.y).
@@ -199,6 +205,7 @@ impl RecipientStatus {
             uncertain: false,
             relay: None,
             site_failure: false,
+            conn_use: None,
         }
     }
     /// Deferred (4.3.0) without knowing whether a copy was written (the
@@ -217,6 +224,12 @@ impl RecipientStatus {
     /// The same, saying where the delivery went (`relay=` in the log).
     pub fn via(mut self, relay: impl Into<String>) -> Self {
         self.relay = Some(relay.into());
+        self
+    }
+    /// The same, delivered over a connection used for the `n`th time
+    /// (`conn_use=` in the log when `n` is 2 or more).
+    pub fn on_use(mut self, n: u32) -> Self {
+        self.conn_use = (n > 1).then_some(n);
         self
     }
     /// The same, marked as a failure of the whole next hop.

@@ -18,15 +18,18 @@
 //! 6. waits for work: an epoll set holding the listening endpoints with
 //!    `EPOLLEXCLUSIVE` (one connection wakes one idle child, not all of them)
 //!    and the status channel (end-of-file means: exit now, we are idle), with
-//!    `max_idle` as the timeout;
+//!    `max_idle` as the timeout (counted from the last request); a handler
+//!    that holds something while idle (smtp's cached session) may ask to be
+//!    woken earlier ([`Handler::idle_deadline`], [`Handler::idle`]);
 //! 7. per request: reports `Taken`, arms the `daemon_timeout` watchdog
 //!    (`alarm`: the default SIGALRM action ends the process), calls the
-//!    handler, disarms, reports `Available`; exits after `max_use` requests.
+//!    handler, disarms, reports `Available`; exits after `max_use` requests,
+//!    calling [`Handler::finish`] first on every way out of the loop.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{send, MsgFlags, SockFlag};
@@ -289,6 +292,21 @@ pub trait Handler {
     /// Serves one request. Errors are the handler's to log; the skeleton
     /// goes on with the next request either way.
     fn handle(&mut self, ctx: &Context, request: Request);
+
+    /// When the handler wants [`Handler::idle`] called if no request came
+    /// by then (smtp: when its cached session expires); `None`: never.
+    fn idle_deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    /// The idle deadline passed without a request. Must not block (the
+    /// process is counted as available meanwhile) and must move or clear
+    /// the deadline.
+    fn idle(&mut self, _ctx: &Context) {}
+
+    /// The process is about to exit (stop, reload, `max_use`, `max_idle`,
+    /// the master gone): let go of what is held, without waiting on peers.
+    fn finish(&mut self, _ctx: &Context) {}
 }
 
 /// Runs a daemon; returns its exit status.
@@ -297,7 +315,9 @@ pub fn run<H: Handler>(program: Program, setup: impl FnOnce(&Context) -> Result<
         Ok(started) => started,
         Err(code) => return code,
     };
-    serve(&ctx, &mut handler, &endpoints, program.ipc_timeout)
+    let code = serve(&ctx, &mut handler, &endpoints, program.ipc_timeout);
+    handler.finish(&ctx);
+    code
 }
 
 /// A persistent daemon (the queue manager): it runs its own event loop and
@@ -662,18 +682,32 @@ fn serve<H: Handler>(
     if !report(&endpoints.status, generation, ChildState::Available) {
         return 0;
     }
-    let timeout = EpollTimeout::try_from(max_idle.min(Duration::from_secs(86400)))
-        .unwrap_or(EpollTimeout::NONE);
+    let max_idle = max_idle.min(Duration::from_secs(86400));
     let mut events = [EpollEvent::empty(); 8];
     let mut uses = 0u64;
+    let mut idle_since = Instant::now();
     loop {
+        // Wake at max_idle, or earlier when the handler asks to (and then
+        // go on waiting for the rest of max_idle).
+        let idle_end = idle_since + max_idle;
+        let handler_due = handler.idle_deadline().filter(|&d| d < idle_end);
+        let wake = handler_due.unwrap_or(idle_end);
+        let timeout = EpollTimeout::try_from(wake.saturating_duration_since(Instant::now()))
+            .unwrap_or(EpollTimeout::NONE);
         let n = match epoll.wait(&mut events, timeout) {
             Ok(n) => n,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return crate::log::fatal(sysexits::EX_OSERR, format!("epoll_wait: {e}")),
         };
         if n == 0 {
-            return 0; // max_idle
+            if handler_due.is_some_and(|d| d <= Instant::now()) {
+                handler.idle(ctx);
+                continue;
+            }
+            if Instant::now() >= idle_end {
+                return 0; // max_idle
+            }
+            continue;
         }
         for ev in &events[..n] {
             if ev.data() == STATUS_TOKEN {
@@ -695,6 +729,7 @@ fn serve<H: Handler>(
             nix::unistd::alarm::set(watchdog_secs(watchdog));
             handler.handle(ctx, request);
             nix::unistd::alarm::cancel();
+            idle_since = Instant::now();
             uses += 1;
             if uses >= max_use {
                 return 0;

@@ -183,6 +183,14 @@ params! {
         "Local IPv6 address the smtp agent connects from; empty: the system's choice.";
     SMTP_CONNECT_TIMEOUT "smtp_connect_timeout" Kind::Time { unit: 's' }, "30s",
         "Time limit for the smtp agent's TCP connection to a server.";
+    SMTP_CONNECTION_CACHE_ON_DEMAND "smtp_connection_cache_on_demand" Kind::Bool, "yes",
+        "Whether an smtp process keeps its session open after a delivery, for its next request to the same next hop (postern's cache is per process).";
+    SMTP_CONNECTION_CACHE_TIME_LIMIT "smtp_connection_cache_time_limit" Kind::Time { unit: 's' }, "2s",
+        "How long an smtp process keeps an unused session open while it waits for its next request.";
+    SMTP_CONNECTION_REUSE_COUNT_LIMIT "smtp_connection_reuse_count_limit" Kind::Int { min: 0 }, "0",
+        "How many times a session may be reused after its first delivery (0: no limit).";
+    SMTP_CONNECTION_REUSE_TIME_LIMIT "smtp_connection_reuse_time_limit" Kind::Time { unit: 's' }, "300s",
+        "How long after it was opened a session may still be reused.";
     SMTP_DATA_DONE_TIMEOUT "smtp_data_done_timeout" Kind::Time { unit: 's' }, "600s",
         "Time limit for the server's reply to the end of the message.";
     SMTP_DATA_INIT_TIMEOUT "smtp_data_init_timeout" Kind::Time { unit: 's' }, "120s",
@@ -201,6 +209,8 @@ params! {
         "Time limit for the server's reply to QUIT.";
     SMTP_RCPT_TIMEOUT "smtp_rcpt_timeout" Kind::Time { unit: 's' }, "300s",
         "Time limit for the server's reply to RCPT TO.";
+    SMTP_RSET_TIMEOUT "smtp_rset_timeout" Kind::Time { unit: 's' }, "20s",
+        "Time limit for the server's reply to RSET, which ends a delivery whose session is kept for the next.";
     SMTP_SASL_AUTH_ENABLE "smtp_sasl_auth_enable" Kind::Bool, "no",
         "Whether the smtp agent authenticates (AUTH PLAIN or LOGIN) where smtp_sasl_password_maps has a password.";
     SMTP_SASL_PASSWORD_MAPS "smtp_sasl_password_maps" Kind::Text, "",

@@ -116,6 +116,15 @@ pub fn send(
         done += n as u64;
         out.clear();
         enc.feed(&buf[..n], &mut out);
+        if size.is_some_and(|s| done >= s) {
+            // The final dot goes in the same write as the end of the text:
+            // a small write of its own would wait for the acknowledgement of
+            // the previous one (Nagle's algorithm against the server's
+            // delayed ACK: some 40 ms per message on Linux).
+            enc.finish(&mut out);
+            to.write_all(&out).map_err(SendError::Write)?;
+            return to.flush().map_err(SendError::Write);
+        }
         to.write_all(&out).map_err(SendError::Write)?;
     }
     out.clear();
@@ -164,5 +173,34 @@ mod tests {
             send(&fd, 9, Some(100), &mut Vec::new()),
             Err(SendError::Read(_))
         ));
+    }
+
+    /// Records each write apart.
+    #[derive(Default)]
+    struct Writes(Vec<Vec<u8>>);
+
+    impl Write for Writes {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.push(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_final_dot_goes_with_the_end_of_the_text() {
+        let mut f = tempfile::tempfile().unwrap();
+        let text = vec![b'x'; CHUNK + 10];
+        f.write_all(&text).unwrap();
+        let fd = OwnedFd::from(f);
+        let mut small = Writes::default();
+        send(&fd, 0, Some(10), &mut small).unwrap();
+        assert_eq!(small.0, vec![b"xxxxxxxxxx\r\n.\r\n".to_vec()]);
+        let mut large = Writes::default();
+        send(&fd, 0, Some(text.len() as u64), &mut large).unwrap();
+        assert_eq!(large.0.len(), 2);
+        assert!(large.0[1].ends_with(b"xx\r\n.\r\n"));
     }
 }

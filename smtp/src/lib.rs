@@ -23,7 +23,9 @@
 //! a connection broken before the server acknowledged the data is
 //! deferred, never sent. When no server would take a session, the status
 //! says so and is marked a site failure, which the queue manager counts
-//! against the destination.
+//! against the destination. After a delivery the server accepted, the
+//! process keeps the session for its next request to the same next hop
+//! ([`cache`]).
 //!
 //! **Security**: runs as the mail owner (master.cf unpriv `-`), never as
 //! root; the skeleton drops privileges after setup, which reads (as root,
@@ -50,7 +52,11 @@
 //! [30s], `smtp_helo_timeout` [300s], `smtp_mail_timeout` [300s],
 //! `smtp_rcpt_timeout` [300s], `smtp_data_init_timeout` [120s],
 //! `smtp_data_xfer_timeout` [180s], `smtp_data_done_timeout` [600s],
-//! `smtp_quit_timeout` [300s], `smtp_starttls_timeout` [300s]; in the queue
+//! `smtp_quit_timeout` [300s], `smtp_starttls_timeout` [300s],
+//! `smtp_rset_timeout` [20s], `smtp_connection_cache_on_demand` [yes],
+//! `smtp_connection_cache_time_limit` [2s],
+//! `smtp_connection_reuse_count_limit` [0],
+//! `smtp_connection_reuse_time_limit` [300s]; in the queue
 //! manager: `smtp_destination_concurrency_limit`
 //! [$default_destination_concurrency_limit],
 //! `smtp_destination_recipient_limit` [50].
@@ -62,6 +68,7 @@
 //! 4954, 2920, 1870, 6152.
 
 pub mod body;
+pub mod cache;
 pub mod nexthop;
 pub mod reply;
 pub mod sasl;
@@ -71,14 +78,15 @@ pub mod tls;
 use std::net::IpAddr;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use postern_common::handoff::{self, DeliveryReply, Destination, RecipientStatus};
 use postern_common::server::{self, Context, Handler, Privileges, Program, Request};
 use postern_conf::{params, Config};
 
+use crate::cache::Cache;
 use crate::nexthop::Families;
-use crate::session::{Attempt, Message};
+use crate::session::{After, Failed, Message};
 
 /// The time limits of a session's stages.
 #[derive(Debug, Clone)]
@@ -99,6 +107,8 @@ pub struct Timeouts {
     pub data_done: Duration,
     /// `smtp_quit_timeout`.
     pub quit: Duration,
+    /// `smtp_rset_timeout`.
+    pub rset: Duration,
     /// `smtp_starttls_timeout`.
     pub starttls: Duration,
 }
@@ -187,6 +197,7 @@ impl Settings {
                 data_xfer: c.time(params::SMTP_DATA_XFER_TIMEOUT),
                 data_done: c.time(params::SMTP_DATA_DONE_TIMEOUT),
                 quit: c.time(params::SMTP_QUIT_TIMEOUT),
+                rset: c.time(params::SMTP_RSET_TIMEOUT),
                 starttls: c.time(params::SMTP_STARTTLS_TIMEOUT),
             },
             tls_level: level,
@@ -213,6 +224,7 @@ pub fn run() -> i32 {
             Ok(Smtp {
                 settings: Settings::load(&ctx.config, ctx.mail_owner.uid)?,
                 owner_uid: ctx.mail_owner.uid,
+                cache: Cache::new(cache::Limits::load(&ctx.config)),
             })
         },
     )
@@ -223,6 +235,8 @@ pub fn run() -> i32 {
 struct Smtp {
     settings: Settings,
     owner_uid: u32,
+    /// The session kept from the last delivery, if any.
+    cache: Cache,
 }
 
 impl Handler for Smtp {
@@ -238,20 +252,36 @@ impl Handler for Smtp {
         let replies = messages
             .iter()
             .map(|(req, fd)| DeliveryReply {
-                statuses: deliver(req, fd, &self.settings),
+                statuses: deliver(req, fd, &self.settings, &mut self.cache),
             })
             .collect();
         if let Err(e) = handoff::send_reply(&conn, replies) {
             log::warn!("cannot send the delivery statuses to the queue manager: {e}");
         }
     }
+
+    fn idle_deadline(&self) -> Option<Instant> {
+        self.cache.deadline()
+    }
+
+    fn idle(&mut self, _ctx: &Context) {
+        self.cache.close();
+    }
+
+    fn finish(&mut self, _ctx: &Context) {
+        self.cache.close();
+    }
 }
 
-/// Delivers one message to its next hop: one status per recipient.
+/// Delivers one message to its next hop: one status per recipient. Over
+/// the cached session when it serves this next hop (a dead one is dropped
+/// and a new session opened, nothing deferred); the session used is left
+/// in the cache when it may serve another request.
 pub fn deliver(
     req: &handoff::DeliveryRequest,
     fd: &std::os::fd::OwnedFd,
     s: &Settings,
+    cache: &mut Cache,
 ) -> Vec<RecipientStatus> {
     let n = req.recipients.len();
     let all = |st: RecipientStatus| vec![st; n];
@@ -290,10 +320,6 @@ pub fn deliver(
             }
         },
     };
-    let servers = match nexthop::servers(&hop, s.families, s.mx_address_limit) {
-        Ok(list) => list,
-        Err(st) => return all(st),
-    };
     let msg = Message {
         queue_id: &req.queue_id,
         sender: &req.sender,
@@ -306,21 +332,50 @@ pub fn deliver(
         offset: req.message_offset,
         size,
     };
+    let key = cache::Key::new(&hop, &nexthop, s);
+    if let Some(mut session) = cache.take(&key) {
+        if session.alive() {
+            let (statuses, after) = session.deliver(&msg, s);
+            if after != After::Stale {
+                cache.put(key, session, after, s);
+                return statuses;
+            }
+            log::info!(
+                "{}: the cached session with {} was gone; opening a new one",
+                req.queue_id,
+                session.relay()
+            );
+        } else {
+            log::debug!(
+                "{}: the cached session with {} was closed by the server",
+                req.queue_id,
+                session.relay()
+            );
+        }
+    }
+    let servers = match nexthop::servers(&hop, s.families, s.mx_address_limit) {
+        Ok(list) => list,
+        Err(st) => return all(st),
+    };
     let mut last = None;
     for server in &servers {
-        let mut result = session::attempt(server, &hop, &nexthop, &msg, s, true);
-        if let Attempt::WithoutTls(st) = result {
+        let mut opened = session::open(server, &hop, &nexthop, s, true);
+        if let Err(Failed::WithoutTls(st)) = &opened {
             log::info!(
                 "{}: {}; TLS is not required: trying {} again without it",
                 req.queue_id,
                 st.reason,
                 server.label()
             );
-            result = session::attempt(server, &hop, &nexthop, &msg, s, false);
+            opened = session::open(server, &hop, &nexthop, s, false);
         }
-        match result {
-            Attempt::Done(statuses) => return statuses,
-            Attempt::Next(st) | Attempt::WithoutTls(st) => {
+        match opened {
+            Ok(mut session) => {
+                let (statuses, after) = session.deliver(&msg, s);
+                cache.put(key, session, after, s);
+                return statuses;
+            }
+            Err(Failed::Next(st) | Failed::WithoutTls(st)) => {
                 log::info!("{}: {}", req.queue_id, st.reason);
                 last = Some(st);
             }

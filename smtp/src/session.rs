@@ -2,7 +2,10 @@
 //! EHLO is refused), STARTTLS as the TLS level asks, AUTH when configured,
 //! then MAIL FROM, RCPT TO per recipient and DATA — pipelined when the
 //! server offers PIPELINING — and QUIT. Every read and write has the time
-//! limit of its stage (`smtp_*_timeout`).
+//! limit of its stage (`smtp_*_timeout`). A [`Session`] outlives its
+//! first transaction: after one the server accepted, RSET puts it back
+//! between transactions, and the caller may keep it for its next request
+//! ([`crate::cache`]).
 //!
 //! A failure before MAIL FROM (no connection, a refused greeting or EHLO,
 //! TLS required but unavailable or unverified, authentication refused) is
@@ -14,7 +17,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::OwnedFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use postern_common::handoff::RecipientStatus;
 use rustls::{ClientConnection, StreamOwned};
@@ -43,17 +46,51 @@ pub struct Message<'a> {
     pub size: u64,
 }
 
-/// The end of an attempt with one server.
+/// Why no session could be opened with one server.
 #[derive(Debug)]
-pub enum Attempt {
-    /// One status per recipient.
-    Done(Vec<RecipientStatus>),
+pub enum Failed {
     /// This server would not do: try the next one (the status says why,
     /// for when none will).
     Next(RecipientStatus),
     /// At `may`, STARTTLS failed: try this server again without TLS, as
     /// Postfix's opportunistic TLS does.
     WithoutTls(RecipientStatus),
+}
+
+/// What a mail transaction left its session fit for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    /// The server accepted the message and the session is between
+    /// transactions: it may serve another (after RSET).
+    Reusable,
+    /// Anything else: an error, a refusal, an unknown state. QUIT if the
+    /// connection is still there; never reuse.
+    Unusable,
+    /// The connection was gone before the server answered MAIL FROM:
+    /// nothing was sent. On a reused session, the delivery is tried again
+    /// over a new one.
+    Stale,
+}
+
+/// An open session with one server, between mail transactions.
+pub struct Session {
+    client: Client,
+    ext: Extensions,
+    /// `name[address]:port`, the log's `relay=`.
+    relay: String,
+    /// When the connection was made.
+    pub opened: Instant,
+    /// Mail transactions begun over it.
+    pub uses: u32,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("relay", &self.relay)
+            .field("uses", &self.uses)
+            .finish_non_exhaustive()
+    }
 }
 
 enum Stream {
@@ -420,16 +457,17 @@ fn mail_from(msg: &Message<'_>, ext: &Extensions, eight_bit: bool) -> String {
     line
 }
 
-/// One attempt at delivering `msg` through `server`.
-pub fn attempt(
+/// Opens a session with `server`: connection, greeting, EHLO, STARTTLS
+/// (unless `allow_tls` is false), AUTH; ready for a mail transaction.
+pub fn open(
     server: &Server,
     hop: &NextHop,
     nexthop_text: &str,
-    msg: &Message<'_>,
     s: &Settings,
     allow_tls: bool,
-) -> Attempt {
+) -> Result<Session, Failed> {
     let who = format!("{}[{}]", server.name, server.addr.ip());
+    let relay = server.label();
     let tcp = match connect(server, s) {
         Ok(t) => t,
         Err(e) => {
@@ -441,48 +479,128 @@ pub fn attempt(
             } else {
                 e.to_string()
             };
-            return Attempt::Next(
-                RecipientStatus::deferred("4.4.1", format!("connect to {}: {e}", server.label()))
-                    .of_site(),
-            );
+            return Err(Failed::Next(
+                RecipientStatus::deferred("4.4.1", format!("connect to {relay}: {e}")).of_site(),
+            ));
         }
     };
+    let opened = Instant::now();
     let mut c = Client {
         stream: Some(Stream::Plain(tcp)),
         buf: Vec::new(),
         who,
     };
-    let result = converse(&mut c, server, hop, nexthop_text, msg, s, allow_tls);
-    if c.stream.is_some() {
-        c.quit(s.timeouts.quit);
-    }
-    let relay = server.label();
-    match result {
-        Attempt::Done(statuses) => Attempt::Done(
-            statuses
-                .into_iter()
-                .map(|st| st.via(relay.clone()))
-                .collect(),
-        ),
-        Attempt::Next(st) => Attempt::Next(st.via(relay).of_site()),
-        Attempt::WithoutTls(st) => Attempt::WithoutTls(st.via(relay).of_site()),
+    match handshake(&mut c, server, hop, nexthop_text, s, allow_tls) {
+        Ok(ext) => Ok(Session {
+            client: c,
+            ext,
+            relay,
+            opened,
+            uses: 0,
+        }),
+        Err(failed) => {
+            if c.stream.is_some() {
+                c.quit(s.timeouts.quit);
+            }
+            Err(match failed {
+                Failed::Next(st) => Failed::Next(st.via(relay).of_site()),
+                Failed::WithoutTls(st) => Failed::WithoutTls(st.via(relay).of_site()),
+            })
+        }
     }
 }
 
-fn converse(
+impl Session {
+    /// `name[address]:port`.
+    pub fn relay(&self) -> &str {
+        &self.relay
+    }
+
+    /// One mail transaction: a status per recipient (naming the relay and,
+    /// on a reused connection, the use), and what the session is fit for.
+    pub fn deliver(&mut self, msg: &Message<'_>, s: &Settings) -> (Vec<RecipientStatus>, After) {
+        self.uses = self.uses.saturating_add(1);
+        let (statuses, after) = transaction(&mut self.client, &self.ext, msg, s);
+        let statuses = statuses
+            .into_iter()
+            .map(|st| st.via(self.relay.clone()).on_use(self.uses))
+            .collect();
+        let after = if self.client.stream.is_none() && after == After::Reusable {
+            After::Unusable
+        } else {
+            after
+        };
+        (statuses, after)
+    }
+
+    /// RSET, to end the transaction state before the session waits for
+    /// another: true when the server answered 2xx.
+    pub fn reset(&mut self, s: &Settings) -> bool {
+        match self.client.command("RSET", s.timeouts.rset) {
+            Ok(r) if r.class() == 2 => true,
+            Ok(r) => {
+                log::debug!("{}: RSET answered {}", self.client.who, r.text());
+                false
+            }
+            Err(b) => {
+                log::debug!("{}: RSET: {}", self.client.who, b.detail);
+                false
+            }
+        }
+    }
+
+    /// True when the connection looks usable: not closed by the server,
+    /// nothing unread (a server about to leave says 421 first).
+    pub fn alive(&self) -> bool {
+        let Some(stream) = &self.client.stream else {
+            return false;
+        };
+        if !self.client.buf.is_empty() {
+            return false;
+        }
+        let tcp = stream.tcp();
+        let mut byte = [0u8; 1];
+        let peeked = tcp.set_nonblocking(true).and_then(|()| tcp.peek(&mut byte));
+        let restored = tcp.set_nonblocking(false);
+        matches!(peeked, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) && restored.is_ok()
+    }
+
+    /// QUIT, waiting for the reply (at most `smtp_quit_timeout`).
+    pub fn quit(mut self, s: &Settings) {
+        if self.client.stream.is_some() {
+            self.client.quit(s.timeouts.quit);
+        }
+    }
+
+    /// QUIT without waiting for the reply, then close: for a session given
+    /// up while the process is idle or about to exit, which must not wait
+    /// on the server.
+    pub fn close(mut self) {
+        let who = self.client.who.clone();
+        if self.client.stream.is_some() {
+            if let Err(b) = self.client.send(b"QUIT\r\n", Duration::from_secs(1)) {
+                log::debug!("{who}: QUIT: {}", b.detail);
+            }
+        }
+    }
+}
+
+/// Greeting, EHLO, STARTTLS, AUTH: the extensions the server offers.
+fn handshake(
     c: &mut Client,
     server: &Server,
     hop: &NextHop,
     nexthop_text: &str,
-    msg: &Message<'_>,
     s: &Settings,
     allow_tls: bool,
-) -> Attempt {
+) -> Result<Extensions, Failed> {
     let greeting = match c.reply(s.timeouts.helo) {
         Ok(r) => r,
         Err(b) => {
             c.stream = None;
-            return Attempt::Next(c.broken(&b, "receiving the initial server greeting"));
+            return Err(Failed::Next(
+                c.broken(&b, "receiving the initial server greeting"),
+            ));
         }
     };
     if greeting.class() != 2 {
@@ -492,12 +610,9 @@ fn converse(
         } else {
             RecipientStatus::deferred(&greeting.dsn(), text)
         };
-        return Attempt::Next(st);
+        return Err(Failed::Next(st));
     }
-    let mut ext = match hello(c, s) {
-        Ok(e) => e,
-        Err(st) => return Attempt::Next(st),
-    };
+    let mut ext = hello(c, s).map_err(Failed::Next)?;
     let mut tls_active = false;
     let level = s.tls_level;
     if level != Level::None && ext.starttls && allow_tls {
@@ -509,35 +624,43 @@ fn converse(
             Err(st) => {
                 // The connection is in an unknown TLS state: not reused.
                 c.stream = None;
-                return if level == Level::May {
-                    Attempt::WithoutTls(st)
+                return Err(if level == Level::May {
+                    Failed::WithoutTls(st)
                 } else {
-                    Attempt::Next(st)
-                };
+                    Failed::Next(st)
+                });
             }
         }
     } else if level.required() {
-        return Attempt::Next(RecipientStatus::deferred(
+        return Err(Failed::Next(RecipientStatus::deferred(
             "4.7.4",
             format!("TLS is required, but was not offered by host {}", c.who),
-        ));
+        )));
     }
     if s.sasl_enable {
         if let Some(creds) = s.passwords.find(nexthop_text, &hop.host, hop.port) {
             if ext.auth.is_empty() {
                 log::warn!("{}: offers no AUTH; sending without authentication", c.who);
-            } else if let Err(st) = authenticate(c, &ext, creds, tls_active, s) {
-                return Attempt::Next(st);
+            } else {
+                authenticate(c, &ext, creds, tls_active, s).map_err(Failed::Next)?;
             }
         }
     }
-    transaction(c, &ext, msg, s)
+    Ok(ext)
 }
 
-/// MAIL, RCPT, DATA and the body.
-fn transaction(c: &mut Client, ext: &Extensions, msg: &Message<'_>, s: &Settings) -> Attempt {
+/// MAIL, RCPT, DATA and the body: a status per recipient, and what the
+/// session is fit for afterwards (reusable only once the server accepted
+/// the message).
+fn transaction(
+    c: &mut Client,
+    ext: &Extensions,
+    msg: &Message<'_>,
+    s: &Settings,
+) -> (Vec<RecipientStatus>, After) {
     let n = msg.recipients.len();
-    let all = |st: RecipientStatus| Attempt::Done(vec![st; n]);
+    let all = |st: RecipientStatus| (vec![st; n], After::Unusable);
+    let stale = |st: RecipientStatus| (vec![st; n], After::Stale);
     if let Some(limit) = ext.size.filter(|&l| l > 0 && msg.size > l) {
         return all(RecipientStatus::bounced(
             "5.3.4",
@@ -566,11 +689,11 @@ fn transaction(c: &mut Client, ext: &Extensions, msg: &Message<'_>, s: &Settings
         }
         batch.push_str("DATA\r\n");
         if let Err(b) = c.send(batch.as_bytes(), s.timeouts.mail) {
-            return all(c.broken(&b, "sending MAIL FROM"));
+            return stale(c.broken(&b, "sending MAIL FROM"));
         }
         let mail_reply = match c.reply(s.timeouts.mail) {
             Ok(r) => r,
-            Err(b) => return all(c.broken(&b, "sending MAIL FROM")),
+            Err(b) => return stale(c.broken(&b, "sending MAIL FROM")),
         };
         for st in statuses.iter_mut() {
             match c.reply(s.timeouts.rcpt) {
@@ -595,7 +718,7 @@ fn transaction(c: &mut Client, ext: &Extensions, msg: &Message<'_>, s: &Settings
         match c.command(&mail, s.timeouts.mail) {
             Ok(r) if r.class() == 2 => {}
             Ok(r) => return all(c.said(&r, "MAIL FROM command")),
-            Err(b) => return all(c.broken(&b, "sending MAIL FROM")),
+            Err(b) => return stale(c.broken(&b, "sending MAIL FROM")),
         }
         for (st, r) in statuses.iter_mut().zip(&rcpts) {
             match c.command(r, s.timeouts.rcpt) {
@@ -608,7 +731,7 @@ fn transaction(c: &mut Client, ext: &Extensions, msg: &Message<'_>, s: &Settings
             .flatten()
             .any(|st| st.outcome == postern_common::handoff::Outcome::Delivered)
         {
-            return Attempt::Done(statuses.into_iter().flatten().collect());
+            return (statuses.into_iter().flatten().collect(), After::Unusable);
         }
         data_reply = match c.command("DATA", s.timeouts.data_init) {
             Ok(r) => r,
@@ -625,7 +748,12 @@ fn transaction(c: &mut Client, ext: &Extensions, msg: &Message<'_>, s: &Settings
         .map(|(i, _)| i)
         .collect();
     let finish = |statuses: Vec<Option<RecipientStatus>>, for_accepted: &RecipientStatus| {
-        Attempt::Done(
+        let after = if for_accepted.outcome == postern_common::handoff::Outcome::Delivered {
+            After::Reusable
+        } else {
+            After::Unusable
+        };
+        (
             statuses
                 .into_iter()
                 .enumerate()
@@ -636,7 +764,8 @@ fn transaction(c: &mut Client, ext: &Extensions, msg: &Message<'_>, s: &Settings
                         st.unwrap_or_else(|| RecipientStatus::deferred("4.3.0", "no reply"))
                     }
                 })
-                .collect(),
+                .collect::<Vec<_>>(),
+            after,
         )
     };
     if data_reply.class() != 3 {

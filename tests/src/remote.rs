@@ -74,7 +74,13 @@ impl Remote {
 
     /// The most sessions it had open at once (0: never connected to).
     pub fn max_sessions(&self) -> usize {
-        std::fs::read_to_string(self.out.path().join("sessions.max"))
+        self.counter("sessions.max")
+    }
+
+    /// A count the server keeps in file `name` (0 before the first):
+    /// `sessions.max`, `transactions.max`, `connections`, `quits`.
+    pub fn counter(&self, name: &str) -> usize {
+        std::fs::read_to_string(self.out.path().join(name))
             .ok()
             .and_then(|t| t.trim().parse().ok())
             .unwrap_or(0)

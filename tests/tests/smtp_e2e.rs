@@ -3,7 +3,8 @@
 //! several hosts). The remote server is `tests/smtp_server.py`, which can
 //! offer STARTTLS with a certificate made here by `openssl`, require AUTH,
 //! refuse or defer recipients, drop the connection in the middle of the
-//! data, or never answer.
+//! data, never answer, or close a session kept between two messages; it
+//! counts connections, QUITs and transactions at once.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -21,13 +22,17 @@ const MASTER: &str = "local unix - n n - - local\n\
 
 /// A running instance that sends remote mail through smtp.
 fn instance(main_extra: &str) -> Instance {
+    instance_with(main_extra, MASTER)
+}
+
+fn instance_with(main_extra: &str, master: &str) -> Instance {
     let mut inst = Instance::new(
         &format!(
             "minimal_backoff_time = 1s\nmaximal_backoff_time = 2s\nqueue_run_delay = 1s\n\
              default_transport = smtp\nsmtp_tls_security_level = may\n\
              smtp_helo_timeout = 3s\nsmtp_connect_timeout = 3s\n{main_extra}"
         ),
-        MASTER,
+        master,
     );
     inst.start();
     inst
@@ -45,12 +50,23 @@ fn lf(data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Messages "Subject: i" for r0@remote.test, r1@remote.test, ...
+fn send_numbered(inst: &Instance, n: usize) {
+    for i in 0..n {
+        inst.sendmail(
+            &[&format!("r{i}@remote.test")],
+            format!("Subject: {i}\n\nhello\n").as_bytes(),
+        );
+    }
+}
+
 fn log_lines<'a>(log: &'a str, needle: &str) -> Vec<&'a str> {
     log.lines().filter(|l| l.contains(needle)).collect()
 }
 
-#[test]
-fn relay_through_starttls_with_auth_arrives_byte_exact() {
+/// A remote server on 127.0.0.2 with STARTTLS (a certificate for
+/// relay.test and 127.0.0.2) and AUTH for ann.
+fn tls_auth_remote() -> (TestCerts, Remote) {
     let certs = TestCerts::make("relay.test", "IP:127.0.0.2,DNS:relay.test");
     let remote = Remote::start(
         "127.0.0.2",
@@ -62,21 +78,33 @@ fn relay_through_starttls_with_auth_arrives_byte_exact() {
             "ann:s3cret:pw",
         ],
     );
-    let secrets = tempfile::tempdir().unwrap();
-    let passwd: PathBuf = secrets.path().join("sasl_passwd");
+    (certs, remote)
+}
+
+/// main.cf lines for the server of [`tls_auth_remote`] as the relay, at `verify`, with AUTH; the
+/// password table is written in `secrets`.
+fn verified_relay_with_auth(remote: &Remote, certs: &TestCerts, secrets: &Path) -> String {
+    let passwd: PathBuf = secrets.join("sasl_passwd");
     std::fs::write(
         &passwd,
         format!("[127.0.0.2]:{} ann:s3cret:pw\n", remote.port),
     )
     .unwrap();
     std::fs::set_permissions(&passwd, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let inst = instance(&format!(
+    format!(
         "relayhost = [127.0.0.2]:{}\nsmtp_tls_security_level = verify\nsmtp_tls_CAfile = {}\n\
          smtp_sasl_auth_enable = yes\nsmtp_sasl_password_maps = {}\nsmtp_helo_name = client.test\n",
         remote.port,
         certs.path("ca.crt"),
         passwd.display()
-    ));
+    )
+}
+
+#[test]
+fn relay_through_starttls_with_auth_arrives_byte_exact() {
+    let (certs, remote) = tls_auth_remote();
+    let secrets = tempfile::tempdir().unwrap();
+    let inst = instance(&verified_relay_with_auth(&remote, &certs, secrets.path()));
     let mut body = b"Subject: over TLS\nFrom: ann@localhost\n\n.a line with a dot\n..two dots\n.\n\
                      caf\xc3\xa9 8-bit\n"
         .to_vec();
@@ -351,20 +379,17 @@ fn concurrency_to_one_destination_stays_within_its_limit() {
          smtp_destination_concurrency_limit = 2\nsmtp_destination_recipient_limit = 2\n",
         remote.port
     ));
-    for i in 0..8 {
-        inst.sendmail(
-            &[&format!("r{i}@remote.test")],
-            format!("Subject: {i}\n\nhello\n").as_bytes(),
-        );
-    }
+    send_numbered(&inst, 8);
     // One message for three recipients goes in two deliveries (2 + 1).
     inst.sendmail(
         &["a@remote.test", "b@remote.test", "c@remote.test"],
         b"Subject: three\n\nhello\n",
     );
     let got = remote.wait_messages(10, &inst);
-    let max = remote.max_sessions();
-    assert!((1..=2).contains(&max), "{max} sessions at once");
+    // Deliveries at once, that is; a session kept open between two is not
+    // one.
+    let max = remote.counter("transactions.max");
+    assert!((1..=2).contains(&max), "{max} transactions at once");
     let split: Vec<&str> = got
         .iter()
         .filter_map(|(env, _)| env.lines().find_map(|l| l.strip_prefix("to=")))
@@ -375,6 +400,168 @@ fn concurrency_to_one_destination_stays_within_its_limit() {
         split.iter().all(|to| to.split(',').count() <= 2),
         "{split:?}"
     );
+}
+
+/// One smtp process, so that every delivery goes through the same one
+/// (and its cached session).
+const MASTER_ONE_SMTP: &str = "local unix - n n - - local\n\
+                               submit unix n - n - - submit\n\
+                               qmgr fifo n - n 300 1 qmgr\n\
+                               smtp unix - - n - 1 smtp\n";
+
+/// An instance relaying through `remote` with one smtp process, whose
+/// kept session lasts `cache_limit` unused.
+fn through_one_smtp_process(remote: &Remote, cache_limit: &str) -> Instance {
+    instance_with(
+        &format!(
+            "relayhost = [127.0.0.2]:{}\nsmtp_connection_cache_time_limit = {cache_limit}\n",
+            remote.port
+        ),
+        MASTER_ONE_SMTP,
+    )
+}
+
+#[test]
+fn deliveries_to_one_relay_reuse_the_session_and_a_stop_ends_it() {
+    let remote = Remote::start("127.0.0.2", &[]);
+    // A cache time limit far longer than the test: the session stays.
+    let mut inst = through_one_smtp_process(&remote, "600s");
+    send_numbered(&inst, 4);
+    remote.wait_messages(4, &inst);
+    inst.wait_log("status=sent", 4);
+    assert_eq!(remote.counter("connections"), 1, "{}", inst.log());
+    let log = inst.log();
+    let sent = log_lines(&log, "status=sent");
+    assert!(
+        sent.iter().any(|l| l.contains(&format!(
+            "relay=127.0.0.2[127.0.0.2]:{}, conn_use=4, delay=",
+            remote.port
+        ))),
+        "{log}"
+    );
+    assert_eq!(
+        sent.iter().filter(|l| !l.contains("conn_use=")).count(),
+        1,
+        "{log}"
+    );
+    // The session is still open; a stop closes it with QUIT and does not
+    // wait for it.
+    assert_eq!(remote.counter("quits"), 0);
+    let out = inst.stop(false);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        eventually(WAIT, || remote.counter("quits") == 1),
+        "no QUIT at stop:\n{}",
+        inst.log()
+    );
+}
+
+#[test]
+fn a_session_with_tls_and_auth_is_reused_without_a_new_handshake() {
+    let (certs, remote) = tls_auth_remote();
+    let secrets = tempfile::tempdir().unwrap();
+    let inst = instance_with(
+        &format!(
+            "{}smtp_connection_cache_time_limit = 600s\n",
+            verified_relay_with_auth(&remote, &certs, secrets.path())
+        ),
+        MASTER_ONE_SMTP,
+    );
+    send_numbered(&inst, 3);
+    let got = remote.wait_messages(3, &inst);
+    inst.wait_log("status=sent", 3);
+    // Each message went over TLS, authenticated, on the one connection.
+    for (env, _) in &got {
+        assert!(env.contains("tls=yes\nuser=ann\n"), "{env}");
+    }
+    assert_eq!(remote.counter("connections"), 1, "{}", inst.log());
+    let log = inst.log();
+    assert_eq!(
+        log.matches("TLS connection established").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("conn_use=3, delay="), "{log}");
+}
+
+#[test]
+fn a_kept_session_unused_for_the_cache_time_limit_is_closed() {
+    let remote = Remote::start("127.0.0.2", &[]);
+    let inst = through_one_smtp_process(&remote, "1s");
+    inst.sendmail(&["one@remote.test"], b"Subject: one\n\nhello\n");
+    inst.wait_log("status=sent", 1);
+    // The idle process says QUIT once the limit has passed (max_idle is
+    // 100s: the process itself stays).
+    assert!(
+        eventually(WAIT, || remote.counter("quits") == 1),
+        "the kept session was never closed:\n{}",
+        inst.log()
+    );
+    inst.sendmail(&["two@remote.test"], b"Subject: two\n\nhello\n");
+    inst.wait_log("status=sent", 2);
+    assert_eq!(remote.counter("connections"), 2, "{}", inst.log());
+    assert!(!inst.log().contains("conn_use="), "{}", inst.log());
+}
+
+#[test]
+fn a_request_for_another_next_hop_closes_the_kept_session() {
+    let first = Remote::start("127.0.0.2", &[]);
+    let second = Remote::start("127.0.0.3", &[]);
+    let transport = tempfile::tempdir().unwrap();
+    let map = transport.path().join("transport");
+    std::fs::write(
+        &map,
+        format!(
+            "first.test smtp:[127.0.0.2]:{}\nsecond.test smtp:[127.0.0.3]:{}\n",
+            first.port, second.port
+        ),
+    )
+    .unwrap();
+    let inst = instance_with(
+        &format!(
+            "transport_maps = {}\nsmtp_connection_cache_time_limit = 600s\n",
+            map.display()
+        ),
+        MASTER_ONE_SMTP,
+    );
+    inst.sendmail(&["x@first.test"], b"Subject: first\n\nhello\n");
+    inst.wait_log("status=sent", 1);
+    assert_eq!(first.counter("quits"), 0);
+    inst.sendmail(&["x@second.test"], b"Subject: second\n\nhello\n");
+    inst.wait_log("status=sent", 2);
+    assert!(
+        eventually(WAIT, || first.counter("quits") == 1),
+        "the first relay's session was never closed:\n{}",
+        inst.log()
+    );
+    assert_eq!(second.counter("quits"), 0, "{}", inst.log());
+    assert_eq!(second.messages().len(), 1);
+}
+
+#[test]
+fn a_kept_session_the_server_closed_is_replaced_without_deferring() {
+    // "rset": the server closes the session while it waits for the next
+    // message; "mail": it is still there, but goes away without a word at
+    // the next MAIL FROM.
+    for how in ["rset", "mail"] {
+        let remote = Remote::start("127.0.0.2", &["--close-idle", how]);
+        let inst = through_one_smtp_process(&remote, "600s");
+        inst.sendmail(&["one@remote.test"], b"Subject: one\n\nhello\n");
+        inst.wait_log("status=sent", 1);
+        inst.sendmail(&["two@remote.test"], b"Subject: two\n\nhello\n");
+        inst.wait_log("status=sent", 2);
+        let log = inst.log();
+        assert_eq!(remote.messages().len(), 2, "{how}: {log}");
+        assert!(!log.contains("status=deferred"), "{how}: {log}");
+        assert!(!log.contains("conn_use="), "{how}: {log}");
+        assert_eq!(remote.counter("connections"), 2, "{how}: {log}");
+        if how == "mail" {
+            assert!(
+                log.contains("the cached session with 127.0.0.2[127.0.0.2]:"),
+                "{how}: {log}"
+            );
+        }
+    }
 }
 
 /// Postfix's smtp-sink, killed on drop.

@@ -194,9 +194,13 @@ impl Qmgr {
             } else {
                 format!(", orig_to=<{orig}>")
             };
+            // Postfix's smtp names a reused connection after the relay.
+            let conn_use = st
+                .conn_use
+                .map_or(String::new(), |n| format!(", conn_use={n}"));
             log::info!(
                 target: agent,
-                "{}: to=<{}>{orig_note}, relay={}, {delays}, dsn={}, status={word} ({})",
+                "{}: to=<{}>{orig_note}, relay={}{conn_use}, {delays}, dsn={}, status={word} ({})",
                 job.id,
                 item.instr.recipient,
                 st.relay.as_deref().unwrap_or(relay),
