@@ -7,7 +7,8 @@
 //! AUTH; any other request closes it with QUIT first. A session is used at
 //! most `1 + smtp_connection_reuse_count_limit` times (0: no limit) and not
 //! reused once `smtp_connection_reuse_time_limit` has passed since it was
-//! opened. Never kept after an error, a refusal or in an unknown state
+//! opened. Never kept after an error, a refusal, in an unknown state, or
+//! with a backup MX (only with the next hop's most preferred servers)
 //! ([`crate::session::After`]).
 //!
 //! Postfix shares its cache between processes through its `scache`
@@ -177,18 +178,28 @@ impl Cache {
     }
 
     /// After a transaction: keeps the session for the next request if it
-    /// may be kept and answers RSET; else says QUIT.
-    pub fn put(&mut self, key: Key, mut session: Session, after: After, s: &Settings) {
+    /// may be kept and answers RSET; else says QUIT. `primary`: the server
+    /// is one of the next hop's most preferred ([`crate::nexthop::Server`]);
+    /// a session with a backup MX is never kept.
+    pub fn put(
+        &mut self,
+        key: Key,
+        mut session: Session,
+        after: After,
+        primary: bool,
+        s: &Settings,
+    ) {
         if let Some(old) = self.kept.take() {
             old.session.close();
         }
-        let keep = may_keep(
-            &self.limits,
-            after,
-            session.uses,
-            session.opened,
-            Instant::now(),
-        );
+        let keep = primary
+            && may_keep(
+                &self.limits,
+                after,
+                session.uses,
+                session.opened,
+                Instant::now(),
+            );
         if keep && session.reset(s) {
             self.kept = Some(Kept {
                 key,

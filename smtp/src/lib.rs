@@ -337,7 +337,8 @@ pub fn deliver(
         if session.alive() {
             let (statuses, after) = session.deliver(&msg, s);
             if after != After::Stale {
-                cache.put(key, session, after, s);
+                // Kept before, so with a primary server.
+                cache.put(key, session, after, true, s);
                 return statuses;
             }
             log::info!(
@@ -372,7 +373,7 @@ pub fn deliver(
         match opened {
             Ok(mut session) => {
                 let (statuses, after) = session.deliver(&msg, s);
-                cache.put(key, session, after, s);
+                cache.put(key, session, after, server.primary, s);
                 return statuses;
             }
             Err(Failed::Next(st) | Failed::WithoutTls(st)) => {

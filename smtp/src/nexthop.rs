@@ -86,6 +86,13 @@ pub struct Server {
     pub name: String,
     /// Its address and port.
     pub addr: SocketAddr,
+    /// Whether it is one of the next hop's most preferred servers (the MX
+    /// hosts of the lowest preference, or the host itself without MX): only
+    /// a session with such a server is kept for the next request to the
+    /// same next hop, as Postfix keeps only those under the destination's
+    /// name, so that mail does not stick to a backup MX once the primary
+    /// is back.
+    pub primary: bool,
 }
 
 impl Server {
@@ -114,14 +121,16 @@ impl Families {
 }
 
 /// The MX hosts in the order to try them: lowest preference first (equal
-/// ones in the order given), each name once.
-pub fn mx_order(mut records: Vec<(u16, String)>) -> Vec<String> {
+/// ones in the order given), each name once, with whether it has the
+/// lowest preference ([`Server::primary`]).
+pub fn mx_ranked(mut records: Vec<(u16, String)>) -> Vec<(String, bool)> {
     records.sort_by_key(|(pref, _)| *pref);
-    let mut out: Vec<String> = Vec::new();
-    for (_, name) in records {
+    let best = records.first().map(|(pref, _)| *pref);
+    let mut out: Vec<(String, bool)> = Vec::new();
+    for (pref, name) in records {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
-        if !out.contains(&name) {
-            out.push(name);
+        if !out.iter().any(|(n, _)| *n == name) {
+            out.push((name, Some(pref) == best));
         }
     }
     out
@@ -191,14 +200,15 @@ pub fn servers(
         let resolver = resolver()?;
         let (hosts, exchangers) = match mx_hosts(&resolver, &hop.host)? {
             Some(hosts) => (hosts, true),
-            None => (vec![hop.host.clone()], false),
+            None => (vec![(hop.host.clone(), true)], false),
         };
         let mut failed = None;
-        for name in hosts {
+        for (name, primary) in hosts {
             match addresses(&resolver, &name, families) {
                 Ok(ips) => out.extend(ips.into_iter().map(|ip| Server {
                     name: name.clone(),
                     addr: SocketAddr::new(ip, hop.port),
+                    primary,
                 })),
                 Err(why) => {
                     log::info!("{name}: no address: {}", why.detail);
@@ -229,6 +239,7 @@ pub fn servers(
                 .map(|addr| Server {
                     name: hop.host.clone(),
                     addr,
+                    primary: true,
                 }),
         );
         if out.is_empty() {
@@ -318,18 +329,18 @@ fn most_telling(mut failures: Vec<Unresolved>, name: &str) -> Unresolved {
 fn mx_hosts(
     resolver: &hickory_resolver::Resolver,
     domain: &str,
-) -> Result<Option<Vec<String>>, RecipientStatus> {
+) -> Result<Option<Vec<(String, bool)>>, RecipientStatus> {
     let what = format!("name={domain} type=MX");
     // A fully qualified name: the search list does not apply.
     match resolver.mx_lookup(format!("{domain}.").as_str()) {
         Ok(mx) => {
-            let hosts = mx_order(
+            let hosts = mx_ranked(
                 mx.iter()
                     .map(|r| (r.preference(), r.exchange().to_utf8()))
                     .collect(),
             );
             // A null MX (RFC 7505): the domain takes no mail.
-            if hosts.iter().all(|h| h.is_empty()) {
+            if hosts.iter().all(|(h, _)| h.is_empty()) {
                 return Err(RecipientStatus::bounced(
                     "5.1.10",
                     format!("Domain {domain} does not accept mail (nullMX)"),
@@ -388,13 +399,24 @@ mod tests {
 
     #[test]
     fn mx_preference_order() {
-        let order = mx_order(vec![
+        let order = mx_ranked(vec![
             (20, "b.test.".into()),
             (10, "A.test.".into()),
             (20, "c.test.".into()),
             (30, "a.test.".into()),
+            (10, "d.test.".into()),
         ]);
-        assert_eq!(order, vec!["a.test", "b.test", "c.test"]);
+        let want = [
+            ("a.test", true),
+            ("d.test", true),
+            ("b.test", false),
+            ("c.test", false),
+        ];
+        assert_eq!(
+            order,
+            want.map(|(n, p)| (n.to_string(), p)).to_vec(),
+            "lowest preference first and primary, each name once"
+        );
     }
 
     fn no_records(code: hickory_resolver::proto::op::ResponseCode) -> Failure {
