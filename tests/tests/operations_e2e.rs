@@ -417,14 +417,25 @@ fn an_ordinary_user_addresses_the_same_instance_and_is_told_to_be_root() {
     std::fs::copy(bin("postern"), &postern).unwrap();
     std::fs::set_permissions(&postern, std::fs::Permissions::from_mode(0o755)).unwrap();
     let as_nobody = |args: &[&str]| {
-        postern_tests::run(
-            Command::new("setpriv")
-                .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
-                .arg(&postern)
-                .args(args)
-                .env("HOME", dir.path())
-                .env_remove("POSTERN_CONFIG"),
-        )
+        let run = || {
+            postern_tests::run(
+                Command::new("setpriv")
+                    .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+                    .arg(&postern)
+                    .args(args)
+                    .env("HOME", dir.path())
+                    .env_remove("POSTERN_CONFIG"),
+            )
+        };
+        // The copy was open for writing a moment ago, and a process another
+        // test thread forked meanwhile may hold that descriptor until its
+        // own exec: the kernel then refuses to run the file (ETXTBSY).
+        let mut out = run();
+        let deadline = std::time::Instant::now() + postern_tests::WAIT;
+        while out.stderr.contains("Text file busy") && std::time::Instant::now() < deadline {
+            out = run();
+        }
+        out
     };
     let mine = as_nobody(&["config", "-h", "queue_directory"]);
     let roots = postern_tests::postern(&["config", "-h", "queue_directory"]);
