@@ -519,6 +519,11 @@ pub fn accept_descriptors(
 /// within its own time limit (local kills a delivery process at its limit,
 /// and what a program left behind at the program's), and the caller is the
 /// exchange's own thread.
+///
+/// Through `fs2` (one of the crates the project's design names) rather than
+/// std's `File::lock`, which needs Rust 1.89, above this workspace's
+/// `rust-version`; fs2 is unmaintained, but it is a thin `flock(2)` wrapper
+/// with nothing left to fix, and it goes once the minimum Rust allows.
 pub fn lock_for_exchange(file: &std::fs::File, exclusive: bool) -> io::Result<()> {
     if exclusive {
         fs2::FileExt::lock_exclusive(file)

@@ -179,6 +179,11 @@ static LOGGER: std::sync::OnceLock<Logger> = std::sync::OnceLock::new();
 
 /// The UTC civil date and time of `secs` since the epoch:
 /// (year, month 1-12, day 1-31, hour, minute, second).
+///
+/// Written here rather than taken from a date crate: postern writes three
+/// fixed UTC formats (log stamps, mbox `From ` lines, `Date:` headers), which
+/// need only this conversion, unit-tested against known dates; the date
+/// crates bring time-zone and parsing machinery none of them uses.
 pub fn civil(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
     let days = (secs / 86400) as i64;
     let rem = (secs % 86400) as u32;
