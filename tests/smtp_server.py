@@ -35,6 +35,7 @@ HOSTILE = {
     "longline": "greet with a line of megabytes without a newline",
     "endless": "answer EHLO with 250- lines forever",
     "manyext": "list 5000 EHLO extensions (then behave)",
+    "drip": "answer EHLO with a 250- line every 0.2s, forever",
     "garbage": "refuse RCPT with NUL, invalid UTF-8 and a bare CR in the text",
     "code000": "answer MAIL with code 000",
     "code999": "answer MAIL with code 999",
@@ -191,6 +192,10 @@ class Session(socketserver.StreamRequestHandler):
                 while True:
                     self.wfile.write(b"250-more\r\n" * 1024)
                     self.wfile.flush()
+            elif verb == "EHLO" and ARGS.hostile == "drip":
+                while True:
+                    self.send("250-slowly")
+                    time.sleep(0.2)
             elif verb == "EHLO" and ARGS.hostile == "manyext":
                 self.helo = words[1] if len(words) > 1 else ""
                 self.wfile.write(b"250-server.test\r\n")

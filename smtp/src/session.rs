@@ -14,7 +14,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::OwnedFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use postern_common::handoff::RecipientStatus;
 use rustls::{ClientConnection, StreamOwned};
@@ -147,8 +147,11 @@ impl Client {
             .ok_or_else(|| std::io::Error::other("no connection"))
     }
 
-    /// Reads one reply within `limit` per read.
+    /// Reads one reply, all of it within `limit`.
     fn reply(&mut self, limit: Duration) -> Result<Reply, Broken> {
+        // The whole reply within `limit`: a server dripping it a line or a
+        // byte at a time does not stretch the limit.
+        let deadline = Instant::now() + limit;
         loop {
             match reply::parse(&self.buf) {
                 Ok(Parsed::Reply(r, used)) => {
@@ -164,10 +167,14 @@ impl Client {
                     return Err(Broken::protocol(format!("malformed reply: {e}")));
                 }
             }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Broken::from_io(&std::io::ErrorKind::TimedOut.into()));
+            }
             let stream = self.stream().map_err(|e| Broken::from_io(&e))?;
             stream
                 .tcp()
-                .set_read_timeout(Some(limit.max(Duration::from_millis(1))))
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
                 .map_err(|e| Broken::from_io(&e))?;
             let mut chunk = [0u8; 4096];
             match stream.read(&mut chunk) {
@@ -819,6 +826,52 @@ fn transaction(c: &mut Client, ext: &Extensions, msg: &Message<'_>, s: &Settings
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client connected to a local server that writes `script`, one
+    /// item every `every`, then holds the connection.
+    fn scripted(script: Vec<&'static [u8]>, every: Duration) -> Client {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            for item in script {
+                if s.write_all(item).is_err() {
+                    return;
+                }
+                std::thread::sleep(every);
+            }
+            let _ = s.read(&mut [0u8; 16]);
+        });
+        Client {
+            stream: Some(Stream::Plain(TcpStream::connect(addr).unwrap())),
+            buf: Vec::new(),
+            who: "peer[127.0.0.1]".into(),
+        }
+    }
+
+    #[test]
+    fn a_dripped_reply_times_out_within_its_limit() {
+        let mut c = scripted(vec![b"250-slowly\r\n"; 1000], Duration::from_millis(20));
+        let start = Instant::now();
+        let b = c.reply(Duration::from_millis(300)).unwrap_err();
+        assert!(b.timed_out, "{b:?}");
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_reply_ahead_of_its_command_is_a_protocol_error() {
+        let mut c = scripted(
+            vec![b"354 go\r\n250 2.0.0 Ok: queued as LIE\r\n"],
+            Duration::ZERO,
+        );
+        let limit = Duration::from_secs(10);
+        assert_eq!(c.reply(limit).unwrap().code, 354);
+        let b = c.unsolicited("the message body").unwrap_err();
+        assert!(b.protocol && b.detail.contains("queued as LIE"), "{b:?}");
+        // The connection is dropped: nothing more is sent on it.
+        assert!(c.stream.is_none());
+        assert!(c.send(b"QUIT\r\n", limit).is_err());
+    }
 
     #[test]
     fn mail_from_parameters() {

@@ -1,7 +1,8 @@
 //! End to end, as root: the smtp agent against next hops that break the
 //! protocol on purpose (`tests/smtp_server.py --hostile MODE`), one domain
 //! each, routed by `transport_maps`: a reply line of megabytes, `250-`
-//! forever, thousands of EHLO extensions, NUL and invalid UTF-8 in a
+//! forever, a reply dripped a line at a time past the time limit,
+//! thousands of EHLO extensions, NUL and invalid UTF-8 in a
 //! reply, codes out of range or changing within a reply, 250 to DATA, a
 //! 250 for the end of data sent with the 354 (before the dot), an
 //! unsolicited reply after the greeting. Each ends as it must — deferred
@@ -28,6 +29,10 @@ const CASES: &[(&str, &str)] = &[
     (
         "endless",
         "dsn=4.5.0, status=deferred (protocol error with 127.0.0.3[127.0.0.3] while performing the EHLO handshake: malformed reply: reply longer than 262144 bytes)",
+    ),
+    (
+        "drip",
+        "dsn=4.4.2, status=deferred (conversation with 127.0.0.3[127.0.0.3] timed out while performing the EHLO handshake)",
     ),
     ("manyext", "dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as T1)"),
     (
@@ -82,7 +87,7 @@ fn hostile_servers_end_in_clear_outcomes_and_good_mail_still_goes() {
         &format!(
             "default_transport = smtp\nsmtp_tls_security_level = may\n\
              transport_maps = {}\nminimal_backoff_time = 60s\nmaximal_backoff_time = 60s\n\
-             queue_run_delay = 60s\nsmtp_helo_timeout = 10s\nsmtp_connect_timeout = 3s\n",
+             queue_run_delay = 60s\nsmtp_helo_timeout = 3s\nsmtp_connect_timeout = 3s\n",
             map.display()
         ),
         MASTER,
@@ -117,4 +122,33 @@ fn hostile_servers_end_in_clear_outcomes_and_good_mail_still_goes() {
     }
     assert!(!log.contains("panicked"), "{log}");
     assert!(!log.contains("fatal"), "{log}");
+}
+
+#[test]
+fn plaintext_garbage_after_starttls_defers_when_tls_is_required() {
+    // 220 to STARTTLS, then plaintext instead of a handshake.
+    let remote = Remote::start("127.0.0.3", &["--tls-broken"]);
+    let mut inst = Instance::new(
+        &format!(
+            "default_transport = smtp\nsmtp_tls_security_level = encrypt\n\
+             relayhost = [127.0.0.3]:{}\nminimal_backoff_time = 60s\n\
+             maximal_backoff_time = 60s\nqueue_run_delay = 60s\nsmtp_helo_timeout = 3s\n",
+            remote.port
+        ),
+        MASTER,
+    );
+    inst.start();
+    inst.sendmail(&["x@tls.test"], b"Subject: tls\n\nhello\n");
+    inst.wait_log("to=<x@tls.test>", 1);
+    let log = inst.log();
+    let line = log.lines().find(|l| l.contains("to=<x@tls.test>")).unwrap();
+    // Whether the garbage came with the 220 or after it, TLS is refused.
+    assert!(
+        line.contains("dsn=4.7.5, status=deferred (")
+            && line.contains("127.0.0.3[127.0.0.3]")
+            && (line.contains("plaintext after the STARTTLS reply")
+                || line.contains("Cannot start TLS: handshake failure")),
+        "{log}"
+    );
+    assert!(remote.messages().is_empty());
 }
