@@ -16,6 +16,7 @@ connections the connections accepted so far, quits the QUIT
 commands. --close-idle stands for a
 server that ends a session kept open between two messages: "rset" closes
 it after answering RSET, "mail" at its second MAIL FROM, without a reply.
+--hostile MODE breaks the protocol on purpose (see HOSTILE).
 --listen takes ADDRESS:PORT, an IPv6 address in brackets ([::1]:0); port 0
 picks a free one. Prints "ready PORT" once listening.
 """
@@ -33,6 +34,23 @@ import time
 lock = threading.Lock()
 state = {"open": 0, "max": 0, "count": 0, "deferred": set(),
          "busy": 0, "busy_max": 0, "connections": 0, "quits": 0}
+
+
+# The --hostile modes (tests/tests/smtp_hostile_e2e.rs).
+HOSTILE = {
+    "longline": "greet with a line of megabytes without a newline",
+    "endless": "answer EHLO with 250- lines forever",
+    "manyext": "list 5000 EHLO extensions (then behave)",
+    "drip": "answer EHLO with a 250- line every 0.2s, forever",
+    "garbage": "refuse RCPT with NUL, invalid UTF-8 and a bare CR in the text",
+    "code000": "answer MAIL with code 000",
+    "code999": "answer MAIL with code 999",
+    "code2x0": "answer MAIL with code 2x0",
+    "mixed": "answer MAIL with a reply whose code changes between lines",
+    "data250": "answer DATA with 250 instead of 354",
+    "liar": "send 250 for the end of data together with the 354",
+    "early": "send an unsolicited reply right after the greeting",
+}
 
 
 def parse_args():
@@ -54,6 +72,8 @@ def parse_args():
     p.add_argument("--greeting",
                    help="greet with this reply (e.g. a 421) and close")
     p.add_argument("--close-idle", choices=["rset", "mail"])
+    p.add_argument("--hostile", choices=sorted(HOSTILE),
+                   help="break the protocol this way")
     return p.parse_args()
 
 
@@ -160,7 +180,22 @@ class Session(socketserver.StreamRequestHandler):
             if ARGS.greeting:
                 self.send(ARGS.greeting)
                 return
-            self.send("220 server.test ESMTP test")
+            if ARGS.hostile == "longline":
+                chunk = b"x" * 65536
+                self.wfile.write(b"220 ")
+                for _ in range(64):
+                    self.wfile.write(chunk)
+                self.wfile.flush()
+                # Then wait for the client to leave.
+                while self.request.recv(4096):
+                    pass
+                return
+            if ARGS.hostile == "early":
+                # One write: the extra reply arrives with the greeting.
+                self.wfile.write(b"220 server.test ESMTP\r\n250 2.0.0 unsolicited\r\n")
+                self.wfile.flush()
+            else:
+                self.send("220 server.test ESMTP test")
             self.session()
         except (EOFError, ConnectionError, ssl.SSLError, OSError):
             pass
@@ -186,7 +221,21 @@ class Session(socketserver.StreamRequestHandler):
             line = self.readline().decode("utf-8", "replace").rstrip("\r\n")
             words = line.split()
             verb = words[0].upper() if words else ""
-            if verb == "EHLO":
+            if verb == "EHLO" and ARGS.hostile == "endless":
+                while True:
+                    self.wfile.write(b"250-more\r\n" * 1024)
+                    self.wfile.flush()
+            elif verb == "EHLO" and ARGS.hostile == "drip":
+                while True:
+                    self.send("250-slowly")
+                    time.sleep(0.2)
+            elif verb == "EHLO" and ARGS.hostile == "manyext":
+                self.helo = words[1] if len(words) > 1 else ""
+                self.wfile.write(b"250-server.test\r\n")
+                for i in range(5000):
+                    self.wfile.write(b"250-X-EXTENSION-%d\r\n" % i)
+                self.send("250 PIPELINING")
+            elif verb == "EHLO":
                 self.helo = words[1] if len(words) > 1 else ""
                 self.ehlo_lines(self.helo)
             elif verb == "HELO":
@@ -210,6 +259,13 @@ class Session(socketserver.StreamRequestHandler):
                     continue
                 sender = line[line.index(":") + 1:].split(">")[0].lstrip(" <")
                 rcpts = []
+                bad = {"code000": b"000 2.1.0 Ok\r\n", "code999": b"999 2.1.0 Ok\r\n",
+                       "code2x0": b"2x0 2.1.0 Ok\r\n",
+                       "mixed": b"250-2.1.0 Ok\r\n550 5.1.0 no\r\n"}.get(ARGS.hostile)
+                if bad:
+                    self.wfile.write(bad)
+                    self.wfile.flush()
+                    continue
                 self.transaction(True)
                 self.send("250 2.1.0 Ok")
             elif verb == "RCPT":
@@ -217,6 +273,10 @@ class Session(socketserver.StreamRequestHandler):
                     self.send("503 5.5.1 Error: need MAIL command")
                     continue
                 addr = line[line.index(":") + 1:].split(">")[0].lstrip(" <")
+                if ARGS.hostile == "garbage":
+                    self.wfile.write(b"550 5.1.1 bad\x00\xff\xfe\rnews\r\n")
+                    self.wfile.flush()
+                    continue
                 if addr in ARGS.reject:
                     self.send("550 5.1.1 <%s>: Recipient address rejected: User unknown" % addr)
                     continue
@@ -233,7 +293,14 @@ class Session(socketserver.StreamRequestHandler):
                 if not rcpts:
                     self.send("554 5.5.1 Error: no valid recipients")
                     continue
-                self.send("354 End data with <CR><LF>.<CR><LF>")
+                if ARGS.hostile == "data250":
+                    self.send("250 2.0.0 Ok")
+                    continue
+                if ARGS.hostile == "liar":
+                    self.wfile.write(b"354 go ahead\r\n250 2.0.0 Ok: queued as LIE\r\n")
+                    self.wfile.flush()
+                else:
+                    self.send("354 End data with <CR><LF>.<CR><LF>")
                 data = bytearray()
                 while True:
                     l = self.readline()

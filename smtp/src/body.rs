@@ -81,15 +81,29 @@ pub enum SendError {
     Write(std::io::Error),
 }
 
-/// Streams `size` bytes from `offset` of `fd`, encoded, to `to`; `size`
-/// `None`: to the end of the file. The queue file shrinking under us is a
-/// read error.
+/// Streams `size` bytes from `offset` of `fd`, encoded, to `to`, with the
+/// final dot; `size` `None`: to the end of the file. The queue file
+/// shrinking under us is a read error.
 pub fn send(
     fd: &OwnedFd,
     offset: u64,
     size: Option<u64>,
     to: &mut impl Write,
 ) -> Result<(), SendError> {
+    let end = send_body(fd, offset, size, to)?;
+    to.write_all(&end).map_err(SendError::Write)?;
+    to.flush().map_err(SendError::Write)
+}
+
+/// As [`send`], but without the end of the data: returns it (the last
+/// line end if missing, then `.CRLF`), for the caller to send once it
+/// checked the server said nothing meanwhile.
+pub fn send_body(
+    fd: &OwnedFd,
+    offset: u64,
+    size: Option<u64>,
+    to: &mut impl Write,
+) -> Result<Vec<u8>, SendError> {
     let file = std::fs::File::from(fd.try_clone().map_err(SendError::Read)?);
     let mut buf = vec![0u8; CHUNK];
     let mut out = Vec::with_capacity(CHUNK + CHUNK / 8);
@@ -127,10 +141,10 @@ pub fn send(
         }
         to.write_all(&out).map_err(SendError::Write)?;
     }
+    to.flush().map_err(SendError::Write)?;
     out.clear();
     enc.finish(&mut out);
-    to.write_all(&out).map_err(SendError::Write)?;
-    to.flush().map_err(SendError::Write)
+    Ok(out)
 }
 
 #[cfg(test)]

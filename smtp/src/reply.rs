@@ -3,10 +3,16 @@
 //! Pure: the session ([`crate::session`]) does the I/O.
 
 /// The longest reply line accepted (RFC 5321 says 512 with the code; a
-/// generous bound still bounds memory).
+/// generous bound still bounds memory): a longer one is a protocol error.
 pub const MAX_LINE: usize = 4096;
-/// The most lines of one reply.
+/// The most lines of one reply kept; further lines are read and dropped
+/// (a server may list thousands of EHLO extensions).
 pub const MAX_LINES: usize = 100;
+/// The most bytes of one reply on the wire, all lines together: a longer
+/// one (`250-` forever) is a protocol error.
+pub const MAX_REPLY: usize = 256 * 1024;
+/// The most bytes of a reply's text as logged and put in a DSN.
+pub const MAX_TEXT: usize = 2048;
 
 /// One complete reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,7 +33,8 @@ pub enum Parsed {
 }
 
 /// Parses the reply at the start of `buf` (lines end with CRLF, a bare LF
-/// is accepted). Errors name what is wrong, for the log.
+/// is accepted; control characters and invalid UTF-8 in the text become
+/// `?`). Errors name what is wrong, for the log.
 pub fn parse(buf: &[u8]) -> Result<Parsed, String> {
     let mut pos = 0;
     let mut lines = Vec::new();
@@ -37,8 +44,14 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, String> {
             if buf.len() - pos > MAX_LINE {
                 return Err(format!("reply line longer than {MAX_LINE} bytes"));
             }
+            if buf.len() > MAX_REPLY {
+                return Err(format!("reply longer than {MAX_REPLY} bytes"));
+            }
             return Ok(Parsed::Incomplete);
         };
+        if pos + nl + 1 > MAX_REPLY {
+            return Err(format!("reply longer than {MAX_REPLY} bytes"));
+        }
         let mut line = &buf[pos..pos + nl];
         pos += nl + 1;
         if line.last() == Some(&b'\r') {
@@ -66,9 +79,8 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, String> {
             Some(b'-') => (false, &text[4..]),
             Some(_) => return Err(format!("malformed reply line {:?}", truncate(&text))),
         };
-        lines.push(rest.to_string());
-        if lines.len() > MAX_LINES {
-            return Err(format!("reply of more than {MAX_LINES} lines"));
+        if lines.len() < MAX_LINES {
+            lines.push(printable(rest));
         }
         if last {
             return Ok(Parsed::Reply(Reply { code: this, lines }, pos));
@@ -77,7 +89,21 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, String> {
 }
 
 fn truncate(s: &str) -> String {
-    s.chars().take(80).collect()
+    printable(&s.chars().take(80).collect::<String>())
+}
+
+/// `s` with control characters (NUL, bare CR, ...) and the replacement
+/// character of invalid UTF-8 as `?`: safe in a log line and a DSN.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() || c == char::REPLACEMENT_CHARACTER {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 impl Reply {
@@ -107,15 +133,23 @@ impl Reply {
             .unwrap_or_else(|| format!("{}.0.0", self.class()))
     }
 
-    /// The reply as one line, as Postfix logs it: `550 5.1.1 text more`.
+    /// The reply as one line, as Postfix logs it: `550 5.1.1 text more`;
+    /// at most [`MAX_TEXT`] bytes of text.
     pub fn text(&self) -> String {
-        let joined = self
+        let mut joined = self
             .lines
             .iter()
             .map(|l| l.trim())
             .filter(|l| !l.is_empty())
             .collect::<Vec<_>>()
             .join(" ");
+        if joined.len() > MAX_TEXT {
+            let mut end = MAX_TEXT;
+            while !joined.is_char_boundary(end) {
+                end -= 1;
+            }
+            joined.truncate(end);
+        }
         if joined.is_empty() {
             self.code.to_string()
         } else {
@@ -208,6 +242,64 @@ mod tests {
             parse(b"250 a\r\n354 b\r\n"),
             Ok(Parsed::Reply(_, 7))
         ));
+    }
+
+    #[test]
+    fn hostile_replies_are_bounded_and_printable() {
+        // A line of megabytes without a newline: an error once past the
+        // limit, whatever follows.
+        let long = vec![b'2'; 3 << 20];
+        assert!(parse(&long).unwrap_err().contains("longer than"));
+        let mut long = b"250 ".to_vec();
+        long.extend(std::iter::repeat_n(b'x', MAX_LINE + 1));
+        long.extend_from_slice(b"\r\n");
+        assert!(parse(&long).is_err());
+        // `250-` forever: an error once the reply passes MAX_REPLY.
+        let endless = b"250-more\r\n".repeat(MAX_REPLY / 10 + 1);
+        assert!(parse(&endless).unwrap_err().contains("reply longer than"));
+        assert_eq!(parse(&endless[..MAX_REPLY / 2]), Ok(Parsed::Incomplete));
+        // Thousands of EHLO lines: read, the first MAX_LINES kept.
+        let mut many = b"250-mx.test\r\n".to_vec();
+        for i in 0..5000 {
+            many.extend_from_slice(format!("250-X-EXT{i}\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"250 PIPELINING\r\n");
+        let r = reply(std::str::from_utf8(&many).unwrap());
+        assert_eq!(r.lines.len(), MAX_LINES);
+        assert!(r.text().len() <= MAX_TEXT + 4);
+        // NUL, invalid UTF-8, bare CR: the text is printable.
+        match parse(b"550 5.1.1 a\0b\xff\xfec\rd\r\r\n") {
+            Ok(Parsed::Reply(r, _)) => {
+                assert_eq!(r.text(), "550 5.1.1 a?b??c?d?");
+                assert_eq!(r.dsn(), "5.1.1");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!parse(b"\xff\x00\x01 x\r\n").unwrap_err().contains('\0'));
+        // Codes out of range or not digits; a code that changes.
+        for bad in [
+            &b"000 x\r\n"[..],
+            b"999 x\r\n",
+            b"2x0 x\r\n",
+            b"-50 x\r\n",
+            b"250-a\r\n550 b\r\n",
+            b"25\r\n",
+        ] {
+            assert!(parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        // Random bytes never panic.
+        let mut x: u32 = 12345;
+        for _ in 0..2000 {
+            let buf: Vec<u8> = (0..64)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    b"25 0-\r\n\x00\xff\xc3"[(x % 10) as usize]
+                })
+                .collect();
+            let _ = parse(&buf);
+        }
     }
 
     #[test]

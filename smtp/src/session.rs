@@ -135,6 +135,9 @@ impl Write for Stream {
 #[derive(Debug)]
 struct Broken {
     timed_out: bool,
+    /// The server broke the protocol (a malformed or unsolicited reply);
+    /// the connection is dropped.
+    protocol: bool,
     detail: String,
 }
 
@@ -145,7 +148,24 @@ impl Broken {
                 e.kind(),
                 std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
             ),
+            protocol: false,
             detail: e.to_string(),
+        }
+    }
+
+    fn closed() -> Broken {
+        Broken {
+            timed_out: false,
+            protocol: false,
+            detail: "connection closed".into(),
+        }
+    }
+
+    fn protocol(detail: String) -> Broken {
+        Broken {
+            timed_out: false,
+            protocol: true,
+            detail,
         }
     }
 }
@@ -164,8 +184,11 @@ impl Client {
             .ok_or_else(|| std::io::Error::other("no connection"))
     }
 
-    /// Reads one reply within `limit` per read.
+    /// Reads one reply, all of it within `limit`.
     fn reply(&mut self, limit: Duration) -> Result<Reply, Broken> {
+        // The whole reply within `limit`: a server dripping it a line or a
+        // byte at a time does not stretch the limit.
+        let deadline = Instant::now() + limit;
         loop {
             match reply::parse(&self.buf) {
                 Ok(Parsed::Reply(r, used)) => {
@@ -174,25 +197,25 @@ impl Client {
                 }
                 Ok(Parsed::Incomplete) => {}
                 Err(e) => {
-                    return Err(Broken {
-                        timed_out: false,
-                        detail: format!("malformed reply: {e}"),
-                    })
+                    // Where the next reply starts is unknown: no more
+                    // commands on this connection, not even QUIT.
+                    self.stream = None;
+                    self.buf = Vec::new();
+                    return Err(Broken::protocol(format!("malformed reply: {e}")));
                 }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Broken::from_io(&std::io::ErrorKind::TimedOut.into()));
             }
             let stream = self.stream().map_err(|e| Broken::from_io(&e))?;
             stream
                 .tcp()
-                .set_read_timeout(Some(limit.max(Duration::from_millis(1))))
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
                 .map_err(|e| Broken::from_io(&e))?;
             let mut chunk = [0u8; 4096];
             match stream.read(&mut chunk) {
-                Ok(0) => {
-                    return Err(Broken {
-                        timed_out: false,
-                        detail: "connection closed".into(),
-                    })
-                }
+                Ok(0) => return Err(Broken::closed()),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(Broken::from_io(&e)),
@@ -200,7 +223,64 @@ impl Client {
         }
     }
 
+    /// An error when the server sent bytes no command of ours asked for
+    /// yet (a pipelining desync, or a liar answering ahead): they would be
+    /// taken for the reply to what we send next. The connection is dropped.
+    fn unsolicited(&mut self, before: &str) -> Result<(), Broken> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let text = String::from_utf8_lossy(&self.buf[..self.buf.len().min(80)]).into_owned();
+        self.stream = None;
+        self.buf = Vec::new();
+        Err(Broken::protocol(format!(
+            "unexpected reply before {before}: {:?}",
+            text.chars()
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect::<String>()
+        )))
+    }
+
+    /// Reads what the server sent without waiting (nothing is expected):
+    /// into the buffer, for [`Client::unsolicited`]. A closed connection or
+    /// a read error is an error.
+    fn drain_pending(&mut self) -> Result<(), Broken> {
+        let stream = self.stream().map_err(|e| Broken::from_io(&e))?;
+        stream
+            .tcp()
+            .set_nonblocking(true)
+            .map_err(|e| Broken::from_io(&e))?;
+        let mut chunk = [0u8; 512];
+        let got = stream.read(&mut chunk);
+        stream
+            .tcp()
+            .set_nonblocking(false)
+            .map_err(|e| Broken::from_io(&e))?;
+        match got {
+            Ok(0) => Err(Broken::closed()),
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Ok(())
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(Broken::from_io(&e)),
+        }
+    }
+
+    /// Sends `data` (commands: the server owes no reply before them).
     fn send(&mut self, data: &[u8], limit: Duration) -> Result<(), Broken> {
+        let verb = data
+            .split(|b| b.is_ascii_whitespace())
+            .next()
+            .unwrap_or(b"");
+        self.unsolicited(&String::from_utf8_lossy(verb))?;
         let stream = self.stream().map_err(|e| Broken::from_io(&e))?;
         stream
             .tcp()
@@ -220,6 +300,15 @@ impl Client {
 
     /// A deferral for a broken conversation, `while` what.
     fn broken(&self, b: &Broken, stage: &str) -> RecipientStatus {
+        if b.protocol {
+            return RecipientStatus::deferred(
+                "4.5.0",
+                format!(
+                    "protocol error with {} while {stage}: {}",
+                    self.who, b.detail
+                ),
+            );
+        }
         let text = if b.timed_out {
             format!("conversation with {} timed out while {stage}", self.who)
         } else {
@@ -768,6 +857,19 @@ fn transaction(
             after,
         )
     };
+    if data_reply.class() == 2 {
+        // DATA calls for 354: a 2xx would pass for delivery of a message
+        // never sent.
+        c.stream = None;
+        let st = c.broken(
+            &Broken::protocol(format!(
+                "{} in reply to DATA command, not 354",
+                data_reply.text()
+            )),
+            "sending DATA",
+        );
+        return finish(statuses, &st);
+    }
     if data_reply.class() != 3 {
         let st = c.said(&data_reply, "DATA command");
         return finish(statuses, &st);
@@ -779,13 +881,19 @@ fn transaction(
         }
         return finish(statuses, &RecipientStatus::deferred("4.3.0", "unused"));
     }
+    // Nothing may come between 354 and our final dot: a reply already
+    // here would be taken for the answer to the dot (a liar answering 250
+    // before the data arrived).
+    if let Err(b) = c.unsolicited("the message body") {
+        return finish(statuses, &c.broken(&b, "sending message body"));
+    }
     let sent = {
         let who = c.who.clone();
         match c.stream() {
             Ok(stream) => {
                 let limit = s.timeouts.data_xfer.max(Duration::from_millis(1));
                 match stream.tcp().set_write_timeout(Some(limit)) {
-                    Ok(()) => body::send(msg.fd, msg.offset, Some(msg.size), stream),
+                    Ok(()) => body::send_body(msg.fd, msg.offset, Some(msg.size), stream),
                     Err(e) => Err(body::SendError::Write(e)),
                 }
             }
@@ -795,8 +903,8 @@ fn transaction(
             }
         }
     };
-    match sent {
-        Ok(()) => {}
+    let end = match sent {
+        Ok(end) => end,
         Err(body::SendError::Read(e)) => {
             // Our fault, not the server's: the connection is dropped
             // without the final dot, so nothing is delivered.
@@ -812,6 +920,24 @@ fn transaction(
             let st = c.broken(&Broken::from_io(&e), "sending message body");
             return finish(statuses, &st);
         }
+    };
+    // The last look before the dot.
+    if let Err(b) = c
+        .drain_pending()
+        .and_then(|()| c.unsolicited("the end of data"))
+    {
+        c.stream = None;
+        return finish(statuses, &c.broken(&b, "sending message body"));
+    }
+    let wrote = c
+        .stream()
+        .and_then(|stream| stream.write_all(&end).and_then(|()| stream.flush()));
+    if let Err(e) = wrote {
+        c.stream = None;
+        return finish(
+            statuses,
+            &c.broken(&Broken::from_io(&e), "sending end of data"),
+        );
     }
     let done = match c.reply(s.timeouts.data_done) {
         Ok(r) => c.said(&r, "end of DATA command"),
@@ -829,6 +955,52 @@ fn transaction(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client connected to a local server that writes `script`, one
+    /// item every `every`, then holds the connection.
+    fn scripted(script: Vec<&'static [u8]>, every: Duration) -> Client {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            for item in script {
+                if s.write_all(item).is_err() {
+                    return;
+                }
+                std::thread::sleep(every);
+            }
+            let _ = s.read(&mut [0u8; 16]);
+        });
+        Client {
+            stream: Some(Stream::Plain(TcpStream::connect(addr).unwrap())),
+            buf: Vec::new(),
+            who: "peer[127.0.0.1]".into(),
+        }
+    }
+
+    #[test]
+    fn a_dripped_reply_times_out_within_its_limit() {
+        let mut c = scripted(vec![b"250-slowly\r\n"; 1000], Duration::from_millis(20));
+        let start = Instant::now();
+        let b = c.reply(Duration::from_millis(300)).unwrap_err();
+        assert!(b.timed_out, "{b:?}");
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_reply_ahead_of_its_command_is_a_protocol_error() {
+        let mut c = scripted(
+            vec![b"354 go\r\n250 2.0.0 Ok: queued as LIE\r\n"],
+            Duration::ZERO,
+        );
+        let limit = Duration::from_secs(10);
+        assert_eq!(c.reply(limit).unwrap().code, 354);
+        let b = c.unsolicited("the message body").unwrap_err();
+        assert!(b.protocol && b.detail.contains("queued as LIE"), "{b:?}");
+        // The connection is dropped: nothing more is sent on it.
+        assert!(c.stream.is_none());
+        assert!(c.send(b"QUIT\r\n", limit).is_err());
+    }
 
     #[test]
     fn mail_from_parameters() {
