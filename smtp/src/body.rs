@@ -95,8 +95,9 @@ pub fn send(
     to.flush().map_err(SendError::Write)
 }
 
-/// As [`send`], but without the end of the data: returns it (the last
-/// line end if missing, then `.CRLF`), for the caller to send once it
+/// As [`send`], but without the end of the data: returns it (with a
+/// known `size`, the last piece of the text too; the last line end if
+/// missing; then `.CRLF`), for the caller to send in one write once it
 /// checked the server said nothing meanwhile.
 pub fn send_body(
     fd: &OwnedFd,
@@ -131,13 +132,14 @@ pub fn send_body(
         out.clear();
         enc.feed(&buf[..n], &mut out);
         if size.is_some_and(|s| done >= s) {
-            // The final dot goes in the same write as the end of the text:
-            // a small write of its own would wait for the acknowledgement of
-            // the previous one (Nagle's algorithm against the server's
-            // delayed ACK: some 40 ms per message on Linux).
+            // The last piece of the text is returned with the final dot, for
+            // the caller to send in one write: a small write of its own
+            // would wait for the acknowledgement of the previous one
+            // (Nagle's algorithm against the server's delayed ACK: some
+            // 40 ms per message on Linux).
+            to.flush().map_err(SendError::Write)?;
             enc.finish(&mut out);
-            to.write_all(&out).map_err(SendError::Write)?;
-            return to.flush().map_err(SendError::Write);
+            return Ok(out);
         }
         to.write_all(&out).map_err(SendError::Write)?;
     }
