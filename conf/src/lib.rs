@@ -172,9 +172,28 @@ struct Layers<'a> {
     master: &'a MasterCf,
     source: &'a Source,
     service: Option<&'a (String, Vec<Override>)>,
+    /// Whether master.cf makes this a Postfix instance (Postfix's defaults
+    /// then apply): worked out once, not per parameter, as it reads every
+    /// service.
+    postfix: bool,
 }
 
-impl Layers<'_> {
+impl<'a> Layers<'a> {
+    fn new(
+        main: &'a MainCf,
+        master: &'a MasterCf,
+        source: &'a Source,
+        service: Option<&'a (String, Vec<Override>)>,
+    ) -> Layers<'a> {
+        Layers {
+            main,
+            master,
+            source,
+            service,
+            postfix: programs::postfix_instance(master.services.iter().map(|s| s.command.as_str())),
+        }
+    }
+
     fn is_service(&self, name: &str) -> bool {
         self.master.services.iter().any(|s| s.name == name)
             || self.service.is_some_and(|(s, _)| s == name)
@@ -196,16 +215,10 @@ impl Layers<'_> {
                         None,
                     )),
                 },
-                (name, _)
-                    if programs::postfix_instance(
-                        self.master.services.iter().map(|s| s.command.as_str()),
-                    ) =>
-                {
-                    programs::POSTFIX_DEFAULTS
-                        .iter()
-                        .find(|(n, _)| *n == name)
-                        .map_or_else(|| spec.default.to_string(), |(_, d)| d.to_string())
-                }
+                (name, _) if self.postfix => programs::POSTFIX_DEFAULTS
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map_or_else(|| spec.default.to_string(), |(_, d)| d.to_string()),
                 _ => spec.default.to_string(),
             };
             return Some((spec.kind, default));
@@ -309,12 +322,7 @@ impl Config {
         service: Option<(String, Vec<Override>)>,
         mut diags: Vec<Diagnostic>,
     ) -> Loaded {
-        let layers = Layers {
-            main: &main,
-            master: &master,
-            source: &source,
-            service: service.as_ref(),
-        };
+        let layers = Layers::new(&main, &master, &source, service.as_ref());
         let mut values = BTreeMap::new();
         // Every parameter set in main.cf: known ones checked, unknown ones kept.
         for entry in &main.entries {
@@ -538,12 +546,12 @@ impl Config {
     }
 
     fn layers(&self) -> Layers<'_> {
-        Layers {
-            main: &self.main,
-            master: &self.master,
-            source: &self.source,
-            service: self.service.as_ref(),
-        }
+        Layers::new(
+            &self.main,
+            &self.master,
+            &self.source,
+            self.service.as_ref(),
+        )
     }
 
     /// The effective `daemon_directory`: as set, or the directory of the
