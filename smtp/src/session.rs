@@ -632,6 +632,10 @@ impl Session {
                 false
             }
             Err(b) => {
+                // Timed out or lost: the connection is dead, and QUIT
+                // would only wait (up to smtp_quit_timeout) before the
+                // delivery is reported.
+                self.client.stream = None;
                 log::debug!("{}: RSET: {}", self.client.who, b.detail);
                 false
             }
@@ -985,6 +989,45 @@ mod tests {
         let b = c.reply(Duration::from_millis(300)).unwrap_err();
         assert!(b.timed_out, "{b:?}");
         assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_rset_left_unanswered_ends_the_session_without_quit() {
+        // The server took the message, then says nothing to RSET: the
+        // connection is dead (as after any timeout), and QUIT would only
+        // hold the delivery's report for up to smtp_quit_timeout.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heard = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut all = Vec::new();
+            let _ = s.read_to_end(&mut all);
+            all
+        });
+        let c = postern_conf::Config::from_text(
+            "main.cf",
+            b"smtp_rset_timeout = 1s\nsmtp_quit_timeout = 1s\n",
+            "master.cf",
+            b"",
+            &postern_conf::ServicesFile::parse(""),
+        )
+        .into_result()
+        .unwrap();
+        let s = Settings::load(&c, 0).unwrap();
+        let mut session = Session {
+            client: Client {
+                stream: Some(Stream::Plain(TcpStream::connect(addr).unwrap())),
+                buf: Vec::new(),
+                who: "peer[127.0.0.1]".into(),
+            },
+            ext: Extensions::default(),
+            relay: "peer[127.0.0.1]:25".into(),
+            opened: Instant::now(),
+            uses: 1,
+        };
+        assert!(!session.reset(&s));
+        session.quit(&s);
+        assert_eq!(String::from_utf8_lossy(&heard.join().unwrap()), "RSET\r\n");
     }
 
     #[test]
