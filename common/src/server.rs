@@ -514,6 +514,15 @@ fn report_fatal(generation: u32, reason: &str) {
     );
 }
 
+/// The epoll timeout that waits until `wake`: the milliseconds rounded
+/// up (truncated, the wait would end just before `wake`, and the loop
+/// would spin with a zero timeout until it passed).
+fn epoll_timeout_until(wake: Instant, now: Instant) -> EpollTimeout {
+    let left = wake.saturating_duration_since(now);
+    let ms = u64::try_from(left.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
+    EpollTimeout::try_from(Duration::from_millis(ms)).unwrap_or(EpollTimeout::NONE)
+}
+
 /// `alarm`'s argument for a watchdog of `d` (at least one second).
 fn watchdog_secs(d: Duration) -> u32 {
     u32::try_from(d.as_secs()).unwrap_or(u32::MAX).max(1)
@@ -692,8 +701,7 @@ fn serve<H: Handler>(
         let idle_end = idle_since + max_idle;
         let handler_due = handler.idle_deadline().filter(|&d| d < idle_end);
         let wake = handler_due.unwrap_or(idle_end);
-        let timeout = EpollTimeout::try_from(wake.saturating_duration_since(Instant::now()))
-            .unwrap_or(EpollTimeout::NONE);
+        let timeout = epoll_timeout_until(wake, Instant::now());
         let n = match epoll.wait(&mut events, timeout) {
             Ok(n) => n,
             Err(nix::errno::Errno::EINTR) => continue,
@@ -784,6 +792,22 @@ mod tests {
             SockFlag::SOCK_CLOEXEC,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn the_idle_wait_does_not_end_before_its_deadline() {
+        let now = Instant::now();
+        let ms = |d: Duration| epoll_timeout_until(now + d, now).as_millis();
+        assert_eq!(ms(Duration::from_micros(500)), Some(1));
+        assert_eq!(ms(Duration::from_micros(1500)), Some(2));
+        assert_eq!(ms(Duration::from_millis(2)), Some(2));
+        assert_eq!(ms(Duration::ZERO), Some(0));
+        // A deadline already past: no wait.
+        assert_eq!(
+            epoll_timeout_until(now, now + Duration::from_secs(1)).as_millis(),
+            Some(0)
+        );
+        assert_eq!(ms(Duration::from_secs(86400)), Some(86_400_000));
     }
 
     /// A full status channel is waited for, not taken for a master gone;
