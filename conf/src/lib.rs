@@ -62,6 +62,7 @@ pub mod transport;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use diag::{ConfigErrors, Diagnostic, Severity};
@@ -156,12 +157,16 @@ impl Loaded {
 pub struct Config {
     /// Where it was read from.
     pub source: Source,
-    /// main.cf as parsed.
-    pub main: MainCf,
-    /// master.cf as parsed.
-    pub master: MasterCf,
+    /// main.cf as parsed (shared by every service view).
+    pub main: Arc<MainCf>,
+    /// master.cf as parsed (shared by every service view: a copy per view
+    /// made starting N services quadratic in N).
+    pub master: Arc<MasterCf>,
     /// For a per-service view: the service name and its `-o` overrides.
     service: Option<(String, Vec<Override>)>,
+    /// Whether master.cf makes this a Postfix instance (Postfix's defaults
+    /// then apply): worked out once per parse, as it reads every service.
+    postfix: bool,
     /// Known parameters, expanded and checked.
     values: BTreeMap<String, Value>,
 }
@@ -172,28 +177,11 @@ struct Layers<'a> {
     master: &'a MasterCf,
     source: &'a Source,
     service: Option<&'a (String, Vec<Override>)>,
-    /// Whether master.cf makes this a Postfix instance (Postfix's defaults
-    /// then apply): worked out once, not per parameter, as it reads every
-    /// service.
+    /// See `Config::postfix`.
     postfix: bool,
 }
 
-impl<'a> Layers<'a> {
-    fn new(
-        main: &'a MainCf,
-        master: &'a MasterCf,
-        source: &'a Source,
-        service: Option<&'a (String, Vec<Override>)>,
-    ) -> Layers<'a> {
-        Layers {
-            main,
-            master,
-            source,
-            service,
-            postfix: programs::postfix_instance(master.services.iter().map(|s| s.command.as_str())),
-        }
-    }
-
+impl Layers<'_> {
     fn is_service(&self, name: &str) -> bool {
         self.master.services.iter().any(|s| s.name == name)
             || self.service.is_some_and(|(s, _)| s == name)
@@ -276,7 +264,13 @@ impl Config {
         };
         let main = maincf::parse_main_cf(&main_file, &main_text, &mut diags);
         let master = mastercf::parse_master_cf(&master_file, &master_text, ports, &mut diags);
-        Self::validate(source.clone(), main, master, None, diags)
+        Self::validate(
+            source.clone(),
+            Arc::new(main),
+            Arc::new(master),
+            None,
+            diags,
+        )
     }
 
     /// Reads main.cf alone (master.cf taken as empty): enough to find an
@@ -293,7 +287,13 @@ impl Config {
         };
         let main = maincf::parse_main_cf(&main_file, &main_text, &mut diags);
         let master = mastercf::parse_master_cf(&master_file, b"", ports, &mut diags);
-        Self::validate(source.clone(), main, master, None, diags)
+        Self::validate(
+            source.clone(),
+            Arc::new(main),
+            Arc::new(master),
+            None,
+            diags,
+        )
     }
 
     /// Parses and validates configuration text (for tests and `postern check`
@@ -312,17 +312,45 @@ impl Config {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_default();
-        Self::validate(Source::Dir(dir), main, master, None, diags)
+        Self::validate(
+            Source::Dir(dir),
+            Arc::new(main),
+            Arc::new(master),
+            None,
+            diags,
+        )
     }
 
     fn validate(
         source: Source,
-        main: MainCf,
-        master: MasterCf,
+        main: Arc<MainCf>,
+        master: Arc<MasterCf>,
+        service: Option<(String, Vec<Override>)>,
+        diags: Vec<Diagnostic>,
+    ) -> Loaded {
+        Self::validate_with(source, main, master, None, service, diags)
+    }
+
+    /// `validate`, with whether master.cf makes a Postfix instance already
+    /// known (a service view of a validated configuration).
+    fn validate_with(
+        source: Source,
+        main: Arc<MainCf>,
+        master: Arc<MasterCf>,
+        postfix: Option<bool>,
         service: Option<(String, Vec<Override>)>,
         mut diags: Vec<Diagnostic>,
     ) -> Loaded {
-        let layers = Layers::new(&main, &master, &source, service.as_ref());
+        let postfix = postfix.unwrap_or_else(|| {
+            programs::postfix_instance(master.services.iter().map(|s| s.command.as_str()))
+        });
+        let layers = Layers {
+            main: &main,
+            master: &master,
+            source: &source,
+            service: service.as_ref(),
+            postfix,
+        };
         let mut values = BTreeMap::new();
         // Every parameter set in main.cf: known ones checked, unknown ones kept.
         for entry in &main.entries {
@@ -349,8 +377,15 @@ impl Config {
                 )),
             }
         }
-        // Every master.cf override, checked in the context of its service.
-        for s in &master.services {
+        // Every master.cf override, checked in the context of its service
+        // (in a service view, only that service's: the others were checked
+        // with the configuration the view is taken from).
+        let view_of = service.as_ref().map(|(name, _)| name.as_str());
+        for s in master
+            .services
+            .iter()
+            .filter(|s| view_of.is_none_or(|v| v == s.name))
+        {
             let ctx = (s.name.clone(), s.overrides.clone());
             let svc = Layers {
                 service: Some(&ctx),
@@ -433,6 +468,7 @@ impl Config {
             main,
             master,
             service,
+            postfix,
             values,
         };
         let (config, partial) = match (ok, complete) {
@@ -459,10 +495,11 @@ impl Config {
         service: &str,
         overrides: &[Override],
     ) -> Result<Config, ConfigErrors> {
-        Self::validate(
+        Self::validate_with(
             self.source.clone(),
-            self.main.clone(),
-            self.master.clone(),
+            Arc::clone(&self.main),
+            Arc::clone(&self.master),
+            Some(self.postfix),
             Some((service.to_string(), overrides.to_vec())),
             Vec::new(),
         )
@@ -546,12 +583,13 @@ impl Config {
     }
 
     fn layers(&self) -> Layers<'_> {
-        Layers::new(
-            &self.main,
-            &self.master,
-            &self.source,
-            self.service.as_ref(),
-        )
+        Layers {
+            main: &self.main,
+            master: &self.master,
+            source: &self.source,
+            service: self.service.as_ref(),
+            postfix: self.postfix,
+        }
     }
 
     /// The effective `daemon_directory`: as set, or the directory of the
@@ -566,7 +604,7 @@ impl Config {
 
     /// Whether master.cf names Postfix's own daemons (see [`programs`]).
     pub fn postfix_instance(&self) -> bool {
-        programs::postfix_instance(self.master.services.iter().map(|s| s.command.as_str()))
+        self.postfix
     }
 
     /// Who runs `entry` (see [`programs::runner`]).

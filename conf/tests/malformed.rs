@@ -178,3 +178,39 @@ fn a_service_view_knows_its_own_time_limit_without_master_cf() {
         std::time::Duration::from_secs(9)
     );
 }
+
+/// A service view shares the parsed files with the configuration it is
+/// taken from (a copy per view made starting N services quadratic in N),
+/// and still checks its own overrides, naming them.
+#[test]
+fn service_views_share_the_files_and_check_their_own_overrides() {
+    let ports = ServicesFile::parse("");
+    let mut master = String::new();
+    for i in 0..50 {
+        master.push_str(&format!(
+            "svc{i} unix n n n - 2 spawn user=nobody argv=/bin/cat\n"
+        ));
+    }
+    master.push_str("odd unix n n n - 2 spawn -o max_idle=7s user=nobody argv=/bin/cat\n");
+    let config = Config::from_text("main.cf", b"", "master.cf", master.as_bytes(), &ports)
+        .config
+        .expect("valid");
+    assert!(!config.postfix_instance());
+    for entry in &config.master.services {
+        let view = config.for_service(entry).expect("view");
+        assert!(std::sync::Arc::ptr_eq(&view.master, &config.master));
+        assert!(std::sync::Arc::ptr_eq(&view.main, &config.main));
+        assert_eq!(view.postfix_instance(), config.postfix_instance());
+    }
+    let odd = config.master.services.last().expect("odd");
+    let view = config.for_service(odd).expect("view");
+    assert_eq!(view.time("max_idle"), std::time::Duration::from_secs(7));
+    let bad = [postern_conf::Override {
+        name: "max_idle".into(),
+        value: "soon".into(),
+    }];
+    let err = config
+        .with_overrides("odd", &bad)
+        .expect_err("a bad override is an error");
+    assert!(format!("{err}").contains("max_idle"), "{err}");
+}
