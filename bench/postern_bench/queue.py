@@ -27,6 +27,11 @@ and once per repetition, in the same loop driver:
   floor     the same program writing each message durably (a new file,
             fsync, rename, fsync of the directory) on the mailbox's file
             system: the floor of any submission.
+  raw       (with Maildir) the same program making BENCH_COUNT Maildir
+            deliveries in one process per writer (a file in tmp/, written,
+            fsynced, renamed into new/, new/ fsynced), with 1 writer and
+            with as many as local's concurrency limit: this disk's raw
+            create+fsync rate, which the Maildir drain is a share of.
 Every accepted message is fsynced on both sides. Each mailbox is checked to
 hold exactly BENCH_COUNT messages; for smtp, neither side may log a
 deferred or bounced delivery. Both sides run at their default concurrency
@@ -378,6 +383,33 @@ class Queue:
         self.drop_box(kind, tag)
         return sub, drain
 
+    def run_raw(self, writers: int) -> Optional[float]:
+        """The disk's raw rate of Maildir deliveries with `writers` at once
+        (queue-floor -r), or None when it failed."""
+        box = self.boxes.bd / "raw"
+        for sub in ("tmp", "new", "cur"):
+            (box / sub).mkdir(parents=True)
+        os.sync()
+        t0 = time.monotonic()
+        with open(self.message, "rb") as msg, open(self.b.logfile("raw.log"), "a") as log:
+            rc = subprocess.run([str(self.floor), "-r", str(self.count), str(writers), str(box)],
+                                stdin=msg, stdout=log, stderr=log).returncode
+        took = time.monotonic() - t0
+        made = len(os.listdir(box / "new"))
+        self.boxes.drop(box)
+        if rc != 0 or made != self.count:
+            self.b.log(f"raw create+fsync with {writers} writers failed (exit {rc}, {made} files)")
+            return None
+        return self.count / took
+
+    def raw_writers(self) -> list[int]:
+        """1, and local's concurrency limit as the drain runs it."""
+        try:
+            limit = int(self.pd.param("local_destination_concurrency_limit"))
+        except ValueError:
+            limit = 2
+        return sorted({1, max(limit, 1)})
+
     def run_floor(self, exec_only: bool) -> Optional[float]:
         argv = [str(self.floor), "-n" if exec_only else str(self.floor_dir)]
         os.sync()
@@ -502,6 +534,10 @@ class Queue:
             for which in ("exec", "floor"):
                 r = self.rates[("floor", "-", which, rep)] = self.run_floor(which == "exec")
                 self.b.log(f"rep {rep + 1} {which}: {stats.fmt_num(r)}/s")
+            if "maildir" in self.kinds:
+                for w in self.raw_writers():
+                    r = self.rates[("floor", "-", f"raw{w}", rep)] = self.run_raw(w)
+                    self.b.log(f"rep {rep + 1} raw create+fsync, {w} writers: {stats.fmt_num(r)}/s")
             for kind in self.kinds:
                 for mode in modes:
                     if mode == "submit":
@@ -570,6 +606,8 @@ class Queue:
               f"(target >= 600: {stats.verdict(e2e, 600)}), share of the floor "
               f"{stats.fmt_mmm(stats.ratios(zip(e2e, fl)))}; 2 loops {stats.fmt_mmm(e2e2, 0)} /s "
               f"(target >= 900: {stats.verdict(e2e2, 900)})")
+        if "maildir" in self.kinds:
+            self.report_raw()
         o()
         o("-- memory during the first loop run (kB; sampled every 0.1 s; per program the largest peak RSS")
         o("   (VmHWM), RSS and PSS of any of its processes, with how many processes were seen)")
@@ -580,6 +618,22 @@ class Queue:
             if side in self.sendmail_peak:
                 o(f"   {side:<8} {'sendmail':<14} peak {common.kb(self.sendmail_peak[side]):>8}  "
                   "(one submission, wait4's ru_maxrss)")
+
+
+    def report_raw(self) -> None:
+        o = self.b.out
+        R = range(self.reps)
+        o()
+        o("-- Maildir drain against this disk's raw create+fsync rate (per repetition: a C program making")
+        o("   the deliveries with nothing else: file in tmp/, write, fsync, rename into new/, fsync of new/)")
+        raws = {w: [self.rates.get(("floor", "-", f"raw{w}", r)) for r in R] for w in self.raw_writers()}
+        for w, v in raws.items():
+            o(f"   raw, {w} writer{'s' if w > 1 else ' '} at once:      {stats.fmt_mmm(v, 0)} /s")
+        best = [max((raws[w][r] for w in raws if raws[w][r] is not None), default=None) for r in R]
+        drain = [self.rates.get(("postern", "maildir", "drain", r)) for r in R]
+        share = stats.ratios(zip(drain, best))
+        o(f"   postern Maildir drain:         {stats.fmt_mmm(drain, 0)} /s, share of the higher raw rate "
+          f"{stats.fmt_mmm(share)} (target >= 0.8: {stats.verdict(share, 0.8)})")
 
 
 def main() -> int:
