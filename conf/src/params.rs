@@ -197,6 +197,8 @@ params! {
         "Time limit for the server's reply to DATA.";
     SMTP_DATA_XFER_TIMEOUT "smtp_data_xfer_timeout" Kind::Time { unit: 's' }, "180s",
         "Time limit for each write of the message body.";
+    SMTP_DEFER_IF_NO_MX_ADDRESS_FOUND "smtp_defer_if_no_mx_address_found" Kind::Bool, "no",
+        "Whether mail is deferred, not bounced, when its domain's mail exchangers all lack an address (each lookup's answer final).";
     SMTP_HELO_NAME "smtp_helo_name" Kind::Text, "$myhostname",
         "The name the smtp agent gives in EHLO/HELO.";
     SMTP_HELO_TIMEOUT "smtp_helo_timeout" Kind::Time { unit: 's' }, "300s",

@@ -48,7 +48,8 @@
 //! !TLSv1, !TLSv1.1], `smtp_sasl_auth_enable` [no],
 //! `smtp_sasl_password_maps` [], `smtp_sasl_security_options`
 //! [noplaintext, noanonymous], `smtp_sasl_tls_security_options`
-//! [noanonymous], `smtp_mx_address_limit` [5], `smtp_connect_timeout`
+//! [noanonymous], `smtp_mx_address_limit` [5],
+//! `smtp_defer_if_no_mx_address_found` [no], `smtp_connect_timeout`
 //! [30s], `smtp_helo_timeout` [300s], `smtp_mail_timeout` [300s],
 //! `smtp_rcpt_timeout` [300s], `smtp_data_init_timeout` [120s],
 //! `smtp_data_xfer_timeout` [180s], `smtp_data_done_timeout` [600s],
@@ -140,6 +141,8 @@ pub struct Settings {
     pub sasl_tls_noplaintext: bool,
     /// `smtp_mx_address_limit`.
     pub mx_address_limit: usize,
+    /// `smtp_defer_if_no_mx_address_found`.
+    pub defer_if_no_mx_address: bool,
 }
 
 fn address(c: &Config, name: &str) -> Result<Option<IpAddr>, String> {
@@ -208,6 +211,7 @@ impl Settings {
             sasl_tls_noplaintext: has(params::SMTP_SASL_TLS_SECURITY_OPTIONS, "noplaintext"),
             mx_address_limit: usize::try_from(c.int(params::SMTP_MX_ADDRESS_LIMIT))
                 .unwrap_or(usize::MAX),
+            defer_if_no_mx_address: c.bool(params::SMTP_DEFER_IF_NO_MX_ADDRESS_FOUND),
         })
     }
 }
@@ -354,7 +358,12 @@ pub fn deliver(
             );
         }
     }
-    let servers = match nexthop::servers(&hop, s.families, s.mx_address_limit) {
+    let servers = match nexthop::servers(
+        &hop,
+        s.families,
+        s.mx_address_limit,
+        s.defer_if_no_mx_address,
+    ) {
         Ok(list) => list,
         Err(st) => return all(st),
     };

@@ -194,6 +194,7 @@ pub fn servers(
     hop: &NextHop,
     families: Families,
     limit: usize,
+    defer_if_no_mx_address: bool,
 ) -> Result<Vec<Server>, RecipientStatus> {
     let mut out = Vec::new();
     if hop.mx {
@@ -202,7 +203,7 @@ pub fn servers(
             Some(hosts) => (hosts, true),
             None => (vec![(hop.host.clone(), true)], false),
         };
-        let mut failed = None;
+        let mut failed = Vec::new();
         for (name, primary) in hosts {
             match addresses(&resolver, &name, families) {
                 Ok(ips) => out.extend(ips.into_iter().map(|ip| Server {
@@ -212,22 +213,19 @@ pub fn servers(
                 })),
                 Err(why) => {
                     log::info!("{name}: no address: {}", why.detail);
-                    failed = Some(why);
+                    failed.push(why);
                 }
             }
         }
         if out.is_empty() {
-            return Err(match failed {
-                // A domain without mail exchangers and without an address
-                // takes no mail (RFC 5321 5.1).
-                Some(why) if !exchangers => why.failure.status(&why.what, &why.detail),
-                // Mail exchangers none of which has an address: perhaps
-                // for now; tried again.
-                _ => lookup_failed(
-                    &format!("name={} type=A", hop.host),
-                    "no address of any mail exchanger",
-                ),
-            });
+            if exchangers {
+                log::warn!("no MX host for {} has a valid address record", hop.host);
+            }
+            return Err(no_address(
+                failed,
+                &hop.host,
+                exchangers && defer_if_no_mx_address,
+            ));
         }
     } else {
         let addrs = (hop.host.as_str(), hop.port)
@@ -258,6 +256,24 @@ pub fn servers(
 fn resolver() -> Result<hickory_resolver::Resolver, RecipientStatus> {
     hickory_resolver::Resolver::from_system_conf()
         .map_err(|e| lookup_failed("the resolver configuration", e))
+}
+
+/// The status of every recipient when no server of the next hop `host`
+/// has an address, from the failed lookups: deferred when any of them
+/// failed for now (the name server, not the name); bounced when each
+/// answer was final (the names, or their addresses, do not exist: a
+/// domain without mail exchangers and without an address takes no mail,
+/// RFC 5321 5.1, and so does one whose mail exchangers all lack one, as
+/// Postfix decides by default) -- unless `defer` (Postfix's
+/// `smtp_defer_if_no_mx_address_found`), which defers that too.
+fn no_address(failures: Vec<Unresolved>, host: &str, defer: bool) -> RecipientStatus {
+    let why = most_telling(failures, host);
+    let status = why.failure.status(&why.what, &why.detail);
+    if defer && !status.dsn.starts_with('4') {
+        let dsn = status.dsn.replacen('5', "4", 1);
+        return RecipientStatus::deferred(&dsn, status.reason).of_site();
+    }
+    status
 }
 
 /// Why a host has no address: the lookup that failed and how.
@@ -476,6 +492,50 @@ mod tests {
     }
 
     #[test]
+    fn mail_exchangers_without_addresses_bounce_unless_a_lookup_failed_for_now() {
+        let u = |failure, name: &str| Unresolved {
+            failure,
+            what: format!("name={name} type=A"),
+            detail: "server failure".into(),
+        };
+        // Every answer final: bounced, with the first host's lookup.
+        let st = no_address(
+            vec![
+                u(Failure::NoSuchName, "mx1.test"),
+                u(Failure::NoData, "mx2.test"),
+            ],
+            "d.test",
+            false,
+        );
+        assert!(st.dsn == "5.4.4" && !st.site_failure, "{st:?}");
+        assert!(
+            st.reason.contains("name=mx1.test type=A: Host not found"),
+            "{st:?}"
+        );
+        // One lookup failed for now: deferred, naming that one.
+        let st = no_address(
+            vec![
+                u(Failure::NoSuchName, "mx1.test"),
+                u(Failure::Temporary, "mx2.test"),
+            ],
+            "d.test",
+            false,
+        );
+        assert!(st.dsn == "4.4.3" && st.site_failure, "{st:?}");
+        assert!(
+            st.reason.contains("name=mx2.test type=A: server failure"),
+            "{st:?}"
+        );
+        // smtp_defer_if_no_mx_address_found = yes: final answers defer too.
+        let st = no_address(vec![u(Failure::NoSuchName, "mx1.test")], "d.test", true);
+        assert!(st.dsn == "4.4.4" && st.site_failure, "{st:?}");
+        assert!(
+            st.reason.contains("name=mx1.test type=A: Host not found"),
+            "{st:?}"
+        );
+    }
+
+    #[test]
     fn a_temporary_address_failure_outweighs_a_final_one() {
         let u = |failure, rtype: &str| Unresolved {
             failure,
@@ -508,13 +568,13 @@ mod tests {
     fn literal_addresses_by_family() {
         let hop = parse("[127.0.0.1]:2525", "d").unwrap();
         let both = Families { v4: true, v6: true };
-        let s = servers(&hop, both, 0).unwrap();
+        let s = servers(&hop, both, 0, false).unwrap();
         assert_eq!(s[0].label(), "127.0.0.1[127.0.0.1]:2525");
         let v6 = Families {
             v4: false,
             v6: true,
         };
-        let e = servers(&hop, v6, 0).unwrap_err();
+        let e = servers(&hop, v6, 0, false).unwrap_err();
         assert!(e.reason.contains("inet_protocols"), "{e:?}");
         assert!(e.site_failure);
     }

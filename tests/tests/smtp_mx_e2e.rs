@@ -243,14 +243,22 @@ fn a_domain_without_mx_records_gets_mail_at_its_own_address() {
 fn a_domain_that_does_not_exist_or_has_no_address_bounces() {
     let dns = Dns::start(
         "127.0.0.33",
-        &["--local=/test/", "--txt-record=noaddr.test,no mail here"],
+        &[
+            "--local=/test/",
+            "--txt-record=noaddr.test,no mail here",
+            // Mail exchangers whose names do not exist.
+            "--mx-host=ghost.test,gone1.test,10",
+            "--mx-host=ghost.test,gone2.test,20",
+        ],
     );
     let inst = instance(dns.ip, "");
     send(&inst, "eve@nowhere.test");
     send(&inst, "ian@noaddr.test");
+    send(&inst, "kim@ghost.test");
     // (The notices to the sender, ann@localhost, are logged too.)
     inst.wait_log("to=<eve@nowhere.test>", 1);
     inst.wait_log("to=<ian@noaddr.test>", 1);
+    inst.wait_log("to=<kim@ghost.test>", 1);
     let log = inst.log();
     let why = format!("{log}\ndnsmasq:\n{}", dns.log());
     let nowhere = log_lines(&log, "to=<eve@nowhere.test>");
@@ -270,7 +278,25 @@ fn a_domain_that_does_not_exist_or_has_no_address_bounces() {
         ) && noaddr[0].ends_with(": Host found but no data record of requested type)"),
         "{why}"
     );
-    for rcpt in ["to=<eve@nowhere.test>", "to=<ian@noaddr.test>"] {
+    // MX records, none of whose hosts exists: bounced as Postfix does
+    // (smtp_defer_if_no_mx_address_found = no), with a warning.
+    let ghost = log_lines(&log, "to=<kim@ghost.test>");
+    assert!(
+        ghost[0].contains(
+            "dsn=5.4.4, status=bounced (Host or domain name not found. \
+             Name service error for name=gone1.test type=A: Host not found)"
+        ),
+        "{why}"
+    );
+    assert!(
+        log.contains("no MX host for ghost.test has a valid address record"),
+        "{why}"
+    );
+    for rcpt in [
+        "to=<eve@nowhere.test>",
+        "to=<ian@noaddr.test>",
+        "to=<kim@ghost.test>",
+    ] {
         let deferred = log_lines(&log, rcpt)
             .into_iter()
             .any(|l| l.contains("status=deferred"));
