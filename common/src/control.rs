@@ -122,6 +122,11 @@ pub struct ServiceSnapshot {
     pub state: String,
     /// Set while the service is throttled.
     pub throttled: Option<Throttle>,
+    /// Set while the service is under stress (a Postfix daemon's service
+    /// whose last process slot was taken: its new children run with `-o
+    /// stress=yes`): the seconds left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stress_seconds_left: Option<u64>,
     /// Its children.
     pub children: Vec<ChildSnapshot>,
 }
@@ -168,10 +173,13 @@ pub fn human(s: &Snapshot) -> String {
         let maxproc = svc
             .maxproc
             .map_or("unlimited".to_string(), |l| l.to_string());
-        let state = match &svc.throttled {
+        let mut state = match &svc.throttled {
             Some(t) => format!("throttled for {}s: {}", t.seconds_left, t.reason),
             None => svc.state.clone(),
         };
+        if let Some(left) = svc.stress_seconds_left {
+            state.push_str(&format!(", under stress for {left}s"));
+        }
         out.push_str(&format!(
             "{:<24} {:<5} {:<28} {:>7} {:>8}  {state}\n",
             svc.name,
@@ -199,6 +207,44 @@ pub fn human(s: &Snapshot) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_says_which_service_is_under_stress() {
+        let svc = |name: &str, stress| ServiceSnapshot {
+            name: name.into(),
+            kind: "inet".into(),
+            endpoints: vec!["127.0.0.1:25".into()],
+            maxproc: Some(2),
+            state: "at process limit".into(),
+            throttled: None,
+            stress_seconds_left: stress,
+            children: Vec::new(),
+        };
+        let snap = Snapshot {
+            master: MasterSnapshot {
+                pid: 1,
+                uptime_seconds: 5,
+                configuration: "/etc/postern".into(),
+                stopping: false,
+                retired_children: 0,
+            },
+            services: vec![svc("smtp", Some(998)), svc("other", None)],
+            queue: None,
+        };
+        let table = human(&snap);
+        let line = |name: &str| {
+            table
+                .lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert!(
+            line("smtp").ends_with("at process limit, under stress for 998s"),
+            "{table}"
+        );
+        assert!(line("other").ends_with("at process limit"), "{table}");
+    }
 
     #[test]
     fn requests_are_one_bounded_line() {

@@ -171,6 +171,13 @@ impl Stress {
     pub fn active(&self, now: Instant) -> bool {
         self.until.is_some_and(|t| t > now)
     }
+
+    /// Whole seconds left under stress (rounded up), none when not under
+    /// stress: what `postern status` shows.
+    pub fn seconds_left(&self, now: Instant) -> Option<u64> {
+        let left = self.until?.checked_duration_since(now)?;
+        (!left.is_zero()).then(|| left.as_secs() + u64::from(left.subsec_nanos() > 0))
+    }
 }
 
 /// Whether to log the busy warning now: the service is at its process
@@ -194,6 +201,18 @@ pub fn busy_warning(stress: Stress, load: ServiceLoad, now: Instant) -> Option<S
 mod tests {
     use super::*;
     use ChildState::{Available, Taken};
+
+    #[test]
+    fn the_seconds_left_under_stress_round_up_and_end() {
+        let t0 = Instant::now();
+        assert_eq!(Stress::default().seconds_left(t0), None);
+        let (s, _) = Stress::default().on_fork(1, Some(2), t0);
+        assert_eq!(s.seconds_left(t0), Some(STRESS_STRETCH.as_secs()));
+        let later = t0 + Duration::from_millis(1500);
+        assert_eq!(s.seconds_left(later), Some(STRESS_STRETCH.as_secs() - 1));
+        assert_eq!(s.seconds_left(t0 + STRESS_STRETCH), None);
+        assert_eq!(s.seconds_left(t0 + STRESS_STRETCH * 2), None);
+    }
 
     #[test]
     fn stress_begins_at_the_last_slot_and_lasts_its_stretch() {

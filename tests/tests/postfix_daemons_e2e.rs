@@ -579,6 +579,14 @@ fn a_public_smtpd_at_its_process_limit_forks_under_stress() {
         pf.inst.log()
     );
     assert!(smtpd_children(&pf).iter().any(|(p, _)| *p == stressed));
+    // The operator sees it: `postern status` names the stress and its end.
+    let status = pf.inst.postern(&["status"]);
+    let line = status
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("0.0.0.0:{port}")))
+        .unwrap_or_default();
+    assert!(line.contains(", under stress for "), "{status:?}");
     (&second).write_all(b"QUIT\r\n").unwrap();
     let out = pf.inst.stop(false);
     assert_eq!(out.code, Some(0), "{out:?}");

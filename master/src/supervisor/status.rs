@@ -44,6 +44,7 @@ impl Master {
                     maxproc: s.limit,
                     state: state.to_string(),
                     throttled,
+                    stress_seconds_left: s.stress.and_then(|st| st.seconds_left(now)),
                     children: s
                         .children
                         .iter()
