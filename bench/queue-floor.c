@@ -54,6 +54,25 @@ static int peak_of(char **argv) {
     return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : 1;
 }
 
+/* buf[0..len] written to the new file tmp, fsynced, renamed to dst, and
+ * the directory dfd (dst's) fsynced: 0, or 1 with the failing step said. */
+static int write_durably(const char *tmp, const char *dst, int dfd, const char *buf, ssize_t len) {
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return fail("open");
+    if (write(fd, buf, len) != len)
+        return fail("write");
+    if (fsync(fd) != 0)
+        return fail("fsync");
+    if (close(fd) != 0)
+        return fail("close");
+    if (rename(tmp, dst) != 0)
+        return fail("rename");
+    if (fsync(dfd) != 0)
+        return fail("fsync of the directory");
+    return 0;
+}
+
 /* One writer of -r: `count` Maildir deliveries of buf[0..len]. */
 static int raw_writer(const char *maildir, int writer, long count, const char *buf, ssize_t len) {
     char tmp[4096], dst[4096];
@@ -64,19 +83,8 @@ static int raw_writer(const char *maildir, int writer, long count, const char *b
     for (long i = 0; i < count; i++) {
         snprintf(tmp, sizeof tmp, "%s/tmp/%d.%ld", maildir, writer, i);
         snprintf(dst, sizeof dst, "%s/new/%d.%ld", maildir, writer, i);
-        int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        if (fd < 0)
-            return fail("open");
-        if (write(fd, buf, len) != len)
-            return fail("write");
-        if (fsync(fd) != 0)
-            return fail("fsync");
-        if (close(fd) != 0)
-            return fail("close");
-        if (rename(tmp, dst) != 0)
-            return fail("rename");
-        if (fsync(dfd) != 0)
-            return fail("fsync of new/");
+        if (write_durably(tmp, dst, dfd, buf, len) != 0)
+            return 1;
     }
     return 0;
 }
@@ -125,19 +133,8 @@ int main(int argc, char **argv) {
     char tmp[4096], dst[4096];
     snprintf(tmp, sizeof tmp, "%s/tmp.%d", argv[1], (int)getpid());
     snprintf(dst, sizeof dst, "%s/%d.%ld", argv[1], (int)getpid(), (long)len);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return fail("open");
-    if (write(fd, buf, len) != len)
-        return fail("write");
-    if (fsync(fd) != 0)
-        return fail("fsync");
-    if (close(fd) != 0)
-        return fail("close");
-    if (rename(tmp, dst) != 0)
-        return fail("rename");
     int dfd = open(argv[1], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0 || fsync(dfd) != 0)
-        return fail("fsync of the directory");
-    return 0;
+    if (dfd < 0)
+        return fail("open of the directory");
+    return write_durably(tmp, dst, dfd, buf, len);
 }

@@ -264,13 +264,7 @@ impl Config {
         };
         let main = maincf::parse_main_cf(&main_file, &main_text, &mut diags);
         let master = mastercf::parse_master_cf(&master_file, &master_text, ports, &mut diags);
-        Self::validate(
-            source.clone(),
-            Arc::new(main),
-            Arc::new(master),
-            None,
-            diags,
-        )
+        Self::validate(source.clone(), main, master, diags)
     }
 
     /// Reads main.cf alone (master.cf taken as empty): enough to find an
@@ -287,13 +281,7 @@ impl Config {
         };
         let main = maincf::parse_main_cf(&main_file, &main_text, &mut diags);
         let master = mastercf::parse_master_cf(&master_file, b"", ports, &mut diags);
-        Self::validate(
-            source.clone(),
-            Arc::new(main),
-            Arc::new(master),
-            None,
-            diags,
-        )
+        Self::validate(source.clone(), main, master, diags)
     }
 
     /// Parses and validates configuration text (for tests and `postern check`
@@ -312,23 +300,11 @@ impl Config {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_default();
-        Self::validate(
-            Source::Dir(dir),
-            Arc::new(main),
-            Arc::new(master),
-            None,
-            diags,
-        )
+        Self::validate(Source::Dir(dir), main, master, diags)
     }
 
-    fn validate(
-        source: Source,
-        main: Arc<MainCf>,
-        master: Arc<MasterCf>,
-        service: Option<(String, Vec<Override>)>,
-        diags: Vec<Diagnostic>,
-    ) -> Loaded {
-        Self::validate_with(source, main, master, None, service, diags)
+    fn validate(source: Source, main: MainCf, master: MasterCf, diags: Vec<Diagnostic>) -> Loaded {
+        Self::validate_with(source, Arc::new(main), Arc::new(master), None, None, diags)
     }
 
     /// `validate`, with whether master.cf makes a Postfix instance already
