@@ -390,6 +390,21 @@ impl Instance {
         out.stdout
     }
 
+    /// SIGKILL to `pid` if it is still a process of this instance (a
+    /// descendant of its master), through a pidfd opened before the check:
+    /// the pid was read a moment ago, and on a busy machine whose pids wrap
+    /// it may since belong to another process — another instance's qmgr
+    /// once, which left that test's mail waiting for its next wakeup.
+    pub fn sigkill_own(&self, pid: u32) -> bool {
+        let Some(master) = self.master_pid else {
+            return false;
+        };
+        let Ok(pidfd) = postern_sys::pidfd_open(pid as i32) else {
+            return false;
+        };
+        descends_from(pid, master) && postern_sys::pidfd_kill(&pidfd).is_ok()
+    }
+
     /// Pids of the spawn children of service `name` (from /proc).
     pub fn children_of(&self, name: &str) -> Vec<u32> {
         let Some(master) = self.master_pid else {
@@ -401,6 +416,29 @@ impl Instance {
             .map(|p| p.pid)
             .collect()
     }
+}
+
+/// Whether `ancestor` is `pid`'s parent, grandparent or great-grandparent.
+fn descends_from(pid: u32, ancestor: u32) -> bool {
+    let parent = |p: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        // pid (comm) state ppid ...: comm may hold spaces and parentheses.
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let mut p = pid;
+    for _ in 0..3 {
+        match parent(p) {
+            Some(pp) if pp == ancestor => return true,
+            Some(pp) if pp > 1 => p = pp,
+            _ => return false,
+        }
+    }
+    false
 }
 
 impl Drop for Instance {

@@ -164,44 +164,6 @@ fn sigkill(pid: u32) -> bool {
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).is_ok()
 }
 
-/// SIGKILL to `pid` if it is still a process of the instance whose master
-/// is `master` (a descendant of it), through a pidfd opened before the
-/// check: the pid was read a moment ago, and on a busy machine whose pids
-/// wrap it may since belong to another process — another instance's qmgr
-/// once, which left that test's mail waiting for its next wakeup.
-fn sigkill_in(pid: u32, master: Option<u32>) -> bool {
-    let Some(master) = master else {
-        return false;
-    };
-    let Ok(pidfd) = postern_sys::pidfd_open(pid as i32) else {
-        return false;
-    };
-    descends_from(pid, master) && postern_sys::pidfd_kill(&pidfd).is_ok()
-}
-
-/// Whether `ancestor` is `pid`'s parent, grandparent or great-grandparent.
-fn descends_from(pid: u32, ancestor: u32) -> bool {
-    let parent = |p: u32| -> Option<u32> {
-        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-        // pid (comm) state ppid ...: comm may hold spaces and parentheses.
-        stat.rsplit_once(')')?
-            .1
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    };
-    let mut p = pid;
-    for _ in 0..3 {
-        match parent(p) {
-            Some(pp) if pp == ancestor => return true,
-            Some(pp) if pp > 1 => p = pp,
-            _ => return false,
-        }
-    }
-    false
-}
-
 /// How one submission ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sent {
@@ -419,27 +381,27 @@ fn kill_9_anywhere_loses_duplicates_and_truncates_nothing() {
                                 std::hint::spin_loop();
                             }
                             for p in local.iter().flat_map(|&p| children(p)) {
-                                k.after_write += usize::from(sigkill_in(p, inst.master_pid));
+                                k.after_write += usize::from(inst.sigkill_own(p));
                             }
                         }
                         40..=74 => {
                             for p in delivery {
-                                k.delivery += usize::from(sigkill_in(p, inst.master_pid));
+                                k.delivery += usize::from(inst.sigkill_own(p));
                             }
                         }
                         75..=82 => {
                             for p in local {
-                                k.local += usize::from(sigkill_in(p, inst.master_pid));
+                                k.local += usize::from(inst.sigkill_own(p));
                             }
                         }
                         83..=90 => {
                             for p in inst.children_of("qmgr") {
-                                k.qmgr += usize::from(sigkill_in(p, inst.master_pid));
+                                k.qmgr += usize::from(inst.sigkill_own(p));
                             }
                         }
                         91..=99 => {
                             for p in inst.children_of("submit") {
-                                k.submit += usize::from(sigkill_in(p, inst.master_pid));
+                                k.submit += usize::from(inst.sigkill_own(p));
                             }
                         }
                         _ => {}
