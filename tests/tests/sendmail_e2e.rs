@@ -95,6 +95,42 @@ impl Mail {
     }
 }
 
+/// Debian's cron mails a job's output with `-FCronDaemon -i -B8BITMIME
+/// -oem USER` and headers of its own: all taken, the message as cron wrote
+/// it (its From: kept, no full name added to it), a line with a lone dot
+/// kept (-i).
+#[test]
+fn cron_s_command_line_and_headers_are_taken_as_cron_writes_them() {
+    let m = Mail::new("");
+    let out = m.sendmail(
+        &["-FCronDaemon", "-i", "-B8BITMIME", "-oem", BOB],
+        format!(
+            "From: root (Cron Daemon)\nTo: {BOB}\nSubject: Cron <root@host> run-parts --report /etc/cron.hourly\n\
+             MIME-Version: 1.0\nContent-Type: text/plain; charset=UTF-8\nContent-Transfer-Encoding: 8bit\n\
+             X-Cron-Env: <SHELL=/bin/sh>\nX-Cron-Env: <HOME=/root>\n\n\
+             job output: \u{e9}t\u{e9}\n.\nlast line\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    m.wait_messages(BOB, 1);
+    let mbox = m.mbox(BOB);
+    assert!(mbox.starts_with("From root@localhost "), "{mbox}");
+    for h in [
+        "\nFrom: root (Cron Daemon)\n",
+        "\nSubject: Cron <root@host> run-parts --report /etc/cron.hourly\n",
+        "\nX-Cron-Env: <SHELL=/bin/sh>\nX-Cron-Env: <HOME=/root>\n",
+        "\nContent-Transfer-Encoding: 8bit\n",
+    ] {
+        assert!(mbox.contains(h), "{h:?} missing:\n{mbox}");
+    }
+    assert_eq!(mbox.matches("\nFrom: ").count(), 1, "{mbox}");
+    assert!(
+        mbox.contains("\n\njob output: \u{e9}t\u{e9}\n.\nlast line\n"),
+        "{mbox}"
+    );
+}
+
 /// `git format-patch | sendmail -t`: the mbox `From ` line before the
 /// headers is dropped, so the headers stay headers (and -t finds To:).
 #[test]
