@@ -606,3 +606,59 @@ fn a_command_never_gets_the_foreground_masters_terminal() {
     drop(master);
     drain.join().unwrap();
 }
+
+/// A real policy server under spawn, as Postfix's smtpd would use it
+/// (`check_policy_service unix:private/policyd`): Debian's policyd-spf,
+/// run as its own account, answers each access-policy request of a
+/// connection (several per connection, as smtpd sends them) and leaves
+/// when the client closes. A local client needs no DNS: the answer is
+/// fixed.
+#[test]
+fn a_real_policy_server_answers_each_request_of_a_connection() {
+    require_root();
+    assert!(
+        std::path::Path::new("/usr/bin/policyd-spf").exists(),
+        "policyd-spf missing (apt-get install postfix-policyd-spf-python, see .ci/run)"
+    );
+    let mut inst = Instance::new(
+        "",
+        "policyd unix n n n - 4 spawn user=policyd-spf argv=/usr/bin/policyd-spf",
+    );
+    inst.start();
+    let request = |n: u32, client: &str| {
+        format!(
+            "request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n\
+             helo_name=client.example\nqueue_id=\nsender=ann{n}@example.org\n\
+             recipient=bob@localhost\nclient_address={client}\nclient_name=localhost\n\
+             instance={n}.1\n\n"
+        )
+    };
+    let s = UnixStream::connect(inst.public("policyd")).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut reader = BufReader::new(&s);
+    for (n, client) in [(1, "127.0.0.1"), (2, "::1")] {
+        (&s).write_all(request(n, client).as_bytes()).unwrap();
+        // One answer: `action=...` and an empty line.
+        let mut answer = String::new();
+        reader.read_line(&mut answer).unwrap();
+        let mut end = String::new();
+        reader.read_line(&mut end).unwrap();
+        assert!(
+            answer.starts_with("action=prepend X-Comment: SPF check N/A for local connections")
+                && answer.contains(&format!("client-ip={client};"))
+                && answer.contains(&format!("envelope-from=ann{n}@example.org;"))
+                && end == "\n",
+            "answer {n}: {answer:?} {end:?}\nlog:\n{}",
+            inst.log()
+        );
+    }
+    drop(reader);
+    drop(s);
+    // The client gone, the server leaves: nothing of it is left running.
+    let gone = eventually(WAIT, || {
+        !proc_entries()
+            .iter()
+            .any(|p| p.cmdline.iter().any(|a| a == "/usr/bin/policyd-spf"))
+    });
+    assert!(gone, "policyd-spf still running\n{}", inst.log());
+}
