@@ -305,6 +305,37 @@ fn a_domain_that_does_not_exist_or_has_no_address_bounces() {
 }
 
 #[test]
+fn mail_exchangers_one_missing_one_unresolvable_for_now_defer() {
+    // gone.test does not exist (final); the name server of broken.test
+    // does not answer (nothing on 127.0.0.39), so mx.broken.test may well
+    // have an address: deferred, never bounced.
+    let dns = Dns::start(
+        "127.0.0.37",
+        &[
+            "--local=/test/",
+            "--server=/broken.test/127.0.0.39",
+            "--mx-host=mixed.test,gone.test,10",
+            "--mx-host=mixed.test,mx.broken.test,20",
+        ],
+    );
+    let inst = instance(dns.ip, "");
+    send(&inst, "max@mixed.test");
+    inst.wait_log("status=deferred", 1);
+    let log = inst.log();
+    let why = format!("{log}\ndnsmasq:\n{}", dns.log());
+    let deferred = log_lines(&log, "status=deferred");
+    assert!(
+        deferred[0].contains("to=<max@mixed.test>")
+            && deferred[0].contains(
+                "dsn=4.4.3, status=deferred (Host or domain name not found. \
+                 Name service error for name=mx.broken.test type=A:"
+            ),
+        "{why}"
+    );
+    assert!(!log.contains("status=bounced"), "{why}");
+}
+
+#[test]
 fn a_mail_exchanger_named_by_an_address_gets_the_mail_there() {
     // `MX 10 127.0.0.26`: not a host name, but Postfix takes it for the
     // address it spells. Looked up as a name, it does not exist (as under
