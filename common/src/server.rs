@@ -115,6 +115,10 @@ pub struct ChildArgs {
     pub chroot: bool,
     /// master.cf field 4 is `y` (`--unpriv`).
     pub unpriv: bool,
+    /// master.cf makes this a Postfix instance (`--postfix-instance`):
+    /// Postfix's defaults apply (mail_owner, queue_directory, syslog_name,
+    /// ...), which a child reading main.cf alone cannot tell.
+    pub postfix_instance: bool,
     /// `-o name=value` overrides, in order.
     pub overrides: Vec<Override>,
     /// The daemon's own arguments (after `--`).
@@ -144,6 +148,9 @@ impl ChildArgs {
         if self.unpriv {
             v.push("--unpriv".into());
         }
+        if self.postfix_instance {
+            v.push("--postfix-instance".into());
+        }
         for o in &self.overrides {
             v.push("-o".into());
             v.push(format!("{}={}", o.name, o.value));
@@ -159,6 +166,7 @@ impl ChildArgs {
         let (mut service, mut kind, mut generation, mut listen_fds) = (None, None, 0u32, 0usize);
         let (mut dir, mut queue, mut data) = (None, None, None);
         let (mut stderr, mut chroot, mut unpriv) = (false, false, false);
+        let mut postfix_instance = false;
         let mut overrides = Vec::new();
         let mut args = Vec::new();
         while let Some(a) = it.next() {
@@ -194,6 +202,7 @@ impl ChildArgs {
                 "--stderr" => stderr = true,
                 "--chroot" => chroot = true,
                 "--unpriv" => unpriv = true,
+                "--postfix-instance" => postfix_instance = true,
                 "-o" => {
                     let setting = value("-o")?;
                     let (name, value) = setting
@@ -225,6 +234,7 @@ impl ChildArgs {
             stderr,
             chroot,
             unpriv,
+            postfix_instance,
             overrides,
             args,
         })
@@ -538,7 +548,7 @@ fn load_config(args: &ChildArgs) -> Result<Config, String> {
         .into_result()
         .map_err(|e| format!("configuration: {e}"))?;
     config
-        .with_overrides(&args.service, &args.overrides)
+        .for_child(&args.service, &args.overrides, args.postfix_instance)
         .map_err(|e| format!("configuration: {e}"))
 }
 
@@ -792,6 +802,34 @@ mod tests {
             SockFlag::SOCK_CLOEXEC,
         )
         .unwrap()
+    }
+
+    /// A child reads main.cf alone: that master.cf makes a Postfix
+    /// instance, whose defaults differ, comes on its command line.
+    #[test]
+    fn a_child_of_a_postfix_instance_takes_postfix_s_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("main.cf"), "").unwrap();
+        std::fs::write(dir.path().join("master.cf"), "").unwrap();
+        let args = |extra: &[&str]| {
+            let dir = dir.path().display().to_string();
+            let mut v: Vec<String> = ["-n", "policy", "-t", "unix", "-c", &dir]
+                .iter()
+                .chain(extra)
+                .map(|s| s.to_string())
+                .collect();
+            v.push("--".into());
+            ChildArgs::parse(&v).unwrap()
+        };
+        let postfix = args(&["--postfix-instance"]);
+        assert!(postfix.postfix_instance);
+        assert_eq!(ChildArgs::parse(&postfix.to_argv()).unwrap(), postfix);
+        let config = load_config(&postfix).unwrap();
+        assert_eq!(config.text(params::MAIL_OWNER), "postfix");
+        assert_eq!(config.text(params::SYSLOG_NAME), "postfix");
+        assert!(config.postfix_instance());
+        let own = load_config(&args(&[])).unwrap();
+        assert_eq!(own.text(params::MAIL_OWNER), "postern");
     }
 
     #[test]

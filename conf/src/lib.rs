@@ -471,11 +471,23 @@ impl Config {
         service: &str,
         overrides: &[Override],
     ) -> Result<Config, ConfigErrors> {
+        self.for_child(service, overrides, self.postfix)
+    }
+
+    /// [`Config::with_overrides`] in an instance that master.cf makes (or
+    /// not) a Postfix instance, as the master found: a child reads main.cf
+    /// alone ([`Config::load_main_only`]), which cannot tell.
+    pub fn for_child(
+        &self,
+        service: &str,
+        overrides: &[Override],
+        postfix_instance: bool,
+    ) -> Result<Config, ConfigErrors> {
         Self::validate_with(
             self.source.clone(),
             Arc::clone(&self.main),
             Arc::clone(&self.master),
-            Some(self.postfix),
+            Some(postfix_instance),
             Some((service.to_string(), overrides.to_vec())),
             Vec::new(),
         )

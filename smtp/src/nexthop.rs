@@ -288,12 +288,18 @@ struct Unresolved {
 /// then AAAA; each family asked for on its own, so that one family's
 /// records do not hide the other's), or why it has none: a temporary
 /// failure of either lookup before a final one, so that a name is never
-/// taken for addressless while one of its lookups merely failed.
+/// taken for addressless while one of its lookups merely failed. A name
+/// that is an address of an enabled family (a mail exchanger written as
+/// an address, which Postfix accepts) is that address, without a lookup:
+/// as a name it would not exist, and the mail would bounce.
 fn addresses(
     resolver: &hickory_resolver::Resolver,
     name: &str,
     families: Families,
 ) -> Result<Vec<IpAddr>, Unresolved> {
+    if let Some(ip) = name.parse::<IpAddr>().ok().filter(|ip| families.allows(ip)) {
+        return Ok(vec![ip]);
+    }
     let fqdn = format!("{name}.");
     let mut ips = Vec::new();
     let mut failures = Vec::new();
@@ -533,6 +539,25 @@ mod tests {
             st.reason.contains("name=mx1.test type=A: Host not found"),
             "{st:?}"
         );
+    }
+
+    #[test]
+    fn a_mail_exchanger_written_as_an_address_is_not_looked_up() {
+        use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig, ResolverOpts};
+        // No name server: any lookup fails.
+        let resolver = hickory_resolver::Resolver::new(
+            ResolverConfig::from_parts(None, Vec::new(), NameServerConfigGroup::new()),
+            ResolverOpts::default(),
+        )
+        .unwrap();
+        let v4 = Families {
+            v4: true,
+            v6: false,
+        };
+        let got = addresses(&resolver, "192.0.2.7", v4).map_err(|u| u.detail);
+        assert_eq!(got, Ok(vec![IpAddr::from([192, 0, 2, 7])]));
+        // An address of a family not enabled is a name like any other.
+        assert!(addresses(&resolver, "2001:db8::7", v4).is_err());
     }
 
     #[test]

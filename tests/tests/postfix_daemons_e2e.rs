@@ -373,10 +373,20 @@ fn a_postern_spawn_policy_service_answers_postfix_s_smtpd() {
         pf.inst.log()
     );
     pf.smtp_to_mailbox(user, "allowed");
+    // The child logs as the instance does: Postfix's syslog_name (and
+    // runs with Postfix's mail_owner), though it reads main.cf alone.
+    pf.inst.wait_log("postfix/spawn[", 1);
+    let log = pf.inst.log();
+    let line: Vec<&str> = log.lines().filter(|l| l.contains("/spawn[")).collect();
+    assert!(
+        line[0].contains("postfix/spawn[") && line[0].contains("exited with status 3"),
+        "{log}"
+    );
     pf.inst.stop(false);
 }
 
-/// The policy script: one request, one answer (REJECT for blocked@).
+/// The policy script: one request, one answer (REJECT for blocked@,
+/// after which it exits with status 3, which spawn logs).
 fn write_policy(path: &Path) {
     std::fs::write(
         path,
@@ -387,7 +397,8 @@ fn write_policy(path: &Path) {
            [ -z \"$line\" ] && break\n\
            case \"$line\" in recipient=blocked@*) verdict='REJECT blocked by the postern policy service';; esac\n\
          done\n\
-         printf 'action=%s\\n\\n' \"$verdict\"\n",
+         printf 'action=%s\\n\\n' \"$verdict\"\n\
+         [ \"$verdict\" = DUNNO ] || exit 3\n",
     )
     .unwrap();
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();

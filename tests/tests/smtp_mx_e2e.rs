@@ -305,6 +305,65 @@ fn a_domain_that_does_not_exist_or_has_no_address_bounces() {
 }
 
 #[test]
+fn mail_exchangers_one_missing_one_unresolvable_for_now_defer() {
+    // gone.test does not exist (final); the name server of broken.test
+    // does not answer (nothing on 127.0.0.39), so mx.broken.test may well
+    // have an address: deferred, never bounced.
+    let dns = Dns::start(
+        "127.0.0.37",
+        &[
+            "--local=/test/",
+            "--server=/broken.test/127.0.0.39",
+            "--mx-host=mixed.test,gone.test,10",
+            "--mx-host=mixed.test,mx.broken.test,20",
+        ],
+    );
+    let inst = instance(dns.ip, "");
+    send(&inst, "max@mixed.test");
+    inst.wait_log("status=deferred", 1);
+    let log = inst.log();
+    let why = format!("{log}\ndnsmasq:\n{}", dns.log());
+    let deferred = log_lines(&log, "status=deferred");
+    assert!(
+        deferred[0].contains("to=<max@mixed.test>")
+            && deferred[0].contains(
+                "dsn=4.4.3, status=deferred (Host or domain name not found. \
+                 Name service error for name=mx.broken.test type=A:"
+            ),
+        "{why}"
+    );
+    assert!(!log.contains("status=bounced"), "{why}");
+}
+
+#[test]
+fn a_mail_exchanger_named_by_an_address_gets_the_mail_there() {
+    // `MX 10 127.0.0.26`: not a host name, but Postfix takes it for the
+    // address it spells. Looked up as a name, it does not exist (as under
+    // the real root: there is no top-level domain `26`).
+    let dns = Dns::start(
+        "127.0.0.36",
+        &[
+            "--local=/test/",
+            "--local=/26/",
+            "--mx-host=numeric.test,127.0.0.26,10",
+        ],
+    );
+    let remote = remote("127.0.0.26", &[]);
+    let inst = instance(dns.ip, "");
+    send(&inst, "lea@numeric.test");
+    let got = envelopes(&remote, 1, &inst);
+    assert!(got[0].contains("to=lea@numeric.test\n"), "{}", got[0]);
+    inst.wait_log("status=sent", 1);
+    let log = inst.log();
+    assert!(
+        log_lines(&log, "status=sent")[0].contains("relay=127.0.0.26[127.0.0.26]:25"),
+        "{log}\ndnsmasq:\n{}",
+        dns.log()
+    );
+    assert!(!log.contains("status=bounced"), "{log}");
+}
+
+#[test]
 fn an_unreachable_name_server_defers_and_never_bounces() {
     // Nothing listens on 127.0.0.39:53.
     let inst = instance("127.0.0.39", "");

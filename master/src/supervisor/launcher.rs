@@ -40,6 +40,7 @@ impl Master {
             stderr: foreground,
             chroot: svc.entry.chroot,
             unpriv: svc.entry.unpriv,
+            postfix_instance: self.config.postfix_instance(),
             overrides: svc.entry.overrides.clone(),
             args: svc.entry.args.clone(),
         };
