@@ -644,4 +644,32 @@ fn many_messages_reach_postfixs_smtp_sink() {
     );
     inst.wait_log("status=sent (250", 20);
     assert!(!inst.log().contains("status=deferred"), "{}", inst.log());
+    // pflogsumm reads the smtp agent's lines as Postfix's: 20 delivered,
+    // all to remote.test, none deferred.
+    let out = postern_tests::run(
+        Command::new("pflogsumm")
+            .arg("--syslog-name=postern")
+            .arg(inst.dir.path().join("maillog")),
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let report = &out.stdout;
+    let delivered = report.lines().find_map(|l| {
+        l.trim()
+            .strip_suffix("delivered")?
+            .trim()
+            .parse::<u32>()
+            .ok()
+    });
+    assert_eq!(delivered, Some(20), "{report}\n{}", inst.log());
+    let section = report
+        .split("Host/Domain Summary: Message Delivery")
+        .nth(1)
+        .unwrap_or_default();
+    let row = section
+        .lines()
+        .find(|l| l.trim_end().ends_with(" remote.test"))
+        .unwrap_or_else(|| panic!("no remote.test row:\n{report}"));
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(fields.first(), Some(&"20"), "{row}\n{report}");
+    assert_eq!(fields.get(2), Some(&"0"), "deferrals: {row}\n{report}");
 }
