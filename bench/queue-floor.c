@@ -95,16 +95,19 @@ static int raw(long count, int writers, const char *maildir, const char *buf, ss
         return 64;
     }
     pid_t pids[64];
+    int started = 0, failed = 0;
     for (int w = 0; w < writers; w++) {
         long share = count / writers + (w < count % writers ? 1 : 0);
         pids[w] = fork();
-        if (pids[w] < 0)
-            return fail("fork");
+        if (pids[w] < 0) {
+            failed = fail("fork");
+            break; /* the writers started are still waited for */
+        }
         if (pids[w] == 0)
             _exit(raw_writer(maildir, w, share, buf, len));
+        started++;
     }
-    int failed = 0;
-    for (int w = 0; w < writers; w++) {
+    for (int w = 0; w < started; w++) {
         int status;
         if (waitpid(pids[w], &status, 0) < 0)
             return fail("waitpid");
