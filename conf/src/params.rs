@@ -154,11 +154,13 @@ params! {
     MINIMAL_BACKOFF_TIME "minimal_backoff_time" Kind::Time { unit: 's' }, "300s",
         "The shortest wait before retrying a deferred message.";
     MYDESTINATION "mydestination" Kind::List, "$myhostname, localhost.$mydomain, localhost",
-        "Domains delivered by the local transport (an address without a domain is local too).";
+        "Domains delivered by the local transport (an address without a domain is qualified with $myorigin first).";
     MYDOMAIN "mydomain" Kind::Text, "",
         "This machine's domain; the default is $myhostname minus its first label, or localdomain (derived when the configuration is read, as Postfix does).";
     MYHOSTNAME "myhostname" Kind::Text, "",
-        "This machine's fully qualified name in Received: headers, default sender addresses and bounces; the default is the system host name, with .$mydomain (or .localdomain) appended when it has no dot (derived when the configuration is read, as Postfix does).";
+        "This machine's fully qualified name in Received: headers, Message-IDs and bounces; the default is the system host name, with .$mydomain (or .localdomain) appended when it has no dot (derived when the configuration is read, as Postfix does).";
+    MYORIGIN "myorigin" Kind::Text, "$myhostname",
+        "The domain locally posted mail comes from: the submitting user's address, an envelope sender or a recipient without a domain get @$myorigin (a null client sets it to its domain, e.g. $mydomain).";
     PROGRAM_DIRECTORY "program_directory" Kind::Text, "$config_directory/programs",
         "The trusted program directory of program delivery, with its flag files (postern's own).";
     PROGRAM_OUTPUT_IS_FAILURE "program_output_is_failure" Kind::Bool, "no",

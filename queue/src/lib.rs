@@ -39,7 +39,7 @@
 //! [10240000], `myhostname` [the host name, fully qualified with
 //! `.$mydomain` or `.localdomain` when bare], `mydomain` [$myhostname minus
 //! its first label], `mydestination` [$myhostname, localhost.$mydomain,
-//! localhost], `authorized_mailq_users` [static:anyone], `alias_maps` [hash:/etc/aliases], `recipient_delimiter` [],
+//! localhost], `myorigin` [$myhostname], `authorized_mailq_users` [static:anyone], `alias_maps` [hash:/etc/aliases], `recipient_delimiter` [],
 //! `home_mailbox` [], `mail_spool_directory` [/var/mail], `transport_maps`
 //! [], `default_transport` [error:...], `relayhost` [],
 //! `<service>_destination_concurrency_limit`

@@ -9,6 +9,10 @@
 //!    full address, `@domain` or `domain`, `.domain` for subdomains, `*`):
 //!    `local`, `error:[d.d.d ]text` (bounce), anything else names a
 //!    transport that postern does not run here (deferred with the reason).
+//!    An address without a domain is first qualified with `myorigin`
+//!    when that is not a local domain (a null client: `myorigin =
+//!    $mydomain`, `mydestination =`), so that it goes where
+//!    user@$myorigin goes; with the default (`$myhostname`) it is local.
 //! 2. A domain not in `mydestination` goes to `default_transport` (by
 //!    default an `error:`, so remote mail bounces 5.4.4; with
 //!    `default_transport = smtp`, `relayhost` is the next hop when set,
@@ -131,7 +135,8 @@ struct AliasEntry {
 /// The routing tables, loaded from the configuration.
 #[derive(Debug, Clone)]
 pub struct Router {
-    myhostname: String,
+    /// `myorigin`, lower-cased: the domain of addresses without one.
+    myorigin: String,
     mydestination: Vec<String>,
     delimiter: String,
     aliases: HashMap<String, AliasEntry>,
@@ -169,14 +174,14 @@ impl Router {
     /// Loads the routing tables. Unreadable or broken tables are problems
     /// (logged by the caller); a missing aliases file is not.
     pub fn load(config: &Config) -> Router {
-        let myhostname = config.text(params::MYHOSTNAME).to_ascii_lowercase();
+        let myorigin = config.text(params::MYORIGIN).trim().to_ascii_lowercase();
         let mut r = Router {
             mydestination: config
                 .list(params::MYDESTINATION)
                 .into_iter()
                 .map(|d| d.to_ascii_lowercase())
                 .collect(),
-            myhostname,
+            myorigin,
             delimiter: config.text(params::RECIPIENT_DELIMITER).to_string(),
             aliases: HashMap::new(),
             transports: TransportTable::default(),
@@ -244,9 +249,11 @@ impl Router {
         self.sources.iter().any(|(p, t)| mtime(p) != *t)
     }
 
+    /// Whether `domain` is delivered here: it is in `mydestination` (as in
+    /// Postfix: a null client's empty `mydestination` sends everything
+    /// on, mail for this host's own name included).
     fn is_local_domain(&self, domain: &str) -> bool {
-        let d = domain.to_ascii_lowercase();
-        d == self.myhostname || self.mydestination.contains(&d)
+        self.mydestination.contains(&domain.to_ascii_lowercase())
     }
 
     /// Every delivery `address` leads to.
@@ -274,6 +281,12 @@ impl Router {
         }
         let (local, domain) = match address.rsplit_once('@') {
             Some((l, d)) => (l, Some(d)),
+            // Without a domain: user@$myorigin, when that is not local
+            // (with the default, $myhostname, it is: delivered here).
+            None if !self.myorigin.is_empty() && !self.is_local_domain(&self.myorigin) => {
+                let qualified = format!("{address}@{}", self.myorigin);
+                return self.resolve_into(&qualified, depth, seen, out);
+            }
             None => (address, None),
         };
         let transport = self
@@ -401,7 +414,7 @@ impl Router {
         if address.contains('@') {
             address.to_string()
         } else {
-            format!("{local}@{}", self.myhostname)
+            crate::submit::qualified(local, &self.myorigin)
         }
     }
 
@@ -723,6 +736,53 @@ bare.test smtp
         let r = router(&main);
         assert_eq!(nexthop(&r, "a@Remote.test"), "smtp:remote.test");
         assert!(matches!(&r.resolve("root")[0].route, Route::Local(_)));
+    }
+
+    /// A null client (Postfix's recipe: `myorigin = $mydomain`, an empty
+    /// `mydestination`, a relayhost): every address goes to the relay,
+    /// those without a domain as user@$myorigin, this host's own name
+    /// included; with the defaults a bare name is delivered here.
+    #[test]
+    fn a_null_client_sends_everything_to_its_relay_qualified_with_myorigin() {
+        let r = router(
+            "alias_maps =\nmyhostname = host.example.org\nmyorigin = $mydomain\nmydestination =\n\
+             default_transport = smtp\nrelayhost = [relay.example.org]\n",
+        );
+        let to = |a: &str| match &r.resolve(a)[0].route {
+            Route::Transport { service, instr } => match &instr.destination {
+                Destination::Transport { nexthop } => {
+                    format!("{service}:{nexthop} {}", instr.recipient)
+                }
+                d => panic!("{d:?}"),
+            },
+            other => panic!("{a}: {other:?}"),
+        };
+        assert_eq!(to("root"), "smtp:[relay.example.org] root@example.org");
+        assert_eq!(
+            to("ann@host.example.org"),
+            "smtp:[relay.example.org] ann@host.example.org"
+        );
+        assert_eq!(
+            to("bob@elsewhere.test"),
+            "smtp:[relay.example.org] bob@elsewhere.test"
+        );
+        // The defaults: myorigin is $myhostname, which mydestination holds.
+        let r = router("alias_maps =\nmyhostname = host.example.org\n");
+        let d = r.resolve("root");
+        assert!(
+            matches!(&d[0].route, Route::Local(i) if i.recipient == "root@host.example.org"),
+            "{d:?}"
+        );
+        // myorigin set to a domain delivered here: local, under that name.
+        let r = router(
+            "alias_maps =\nmyhostname = host.example.org\nmyorigin = example.org\n\
+             mydestination = $myhostname, example.org\n",
+        );
+        let d = r.resolve("root");
+        assert!(
+            matches!(&d[0].route, Route::Local(i) if i.recipient == "root@example.org"),
+            "{d:?}"
+        );
     }
 
     #[test]

@@ -498,13 +498,15 @@ pub struct Prepared {
 /// Prepares the header block `header_lines`: `Bcc:` removed when
 /// `extract` (whose recipients are returned), `From:`, `Date:` and
 /// `Message-ID:` added when missing (`From:` from `sender`, else the
-/// submitting user at `myhostname`, with `full_name`).
+/// submitting user, either at `myorigin` when it has no domain, with
+/// `full_name`; the `Message-ID:` at `myhostname`).
 pub fn prepare_headers(
     header_lines: &[Vec<u8>],
     extract: bool,
     sender: Option<&str>,
     full_name: Option<&str>,
     myhostname: &str,
+    myorigin: &str,
 ) -> Prepared {
     let block = String::from_utf8_lossy(&header_lines.concat()).into_owned();
     let fields = headers::fields(&block);
@@ -541,8 +543,8 @@ pub fn prepare_headers(
             .flatten()
             .map_or_else(|| format!("uid{uid}"), |a| a.name);
         let address = match sender {
-            Some(s) if !s.is_empty() => s.to_string(),
-            _ => format!("{login}@{myhostname}"),
+            Some(s) if !s.is_empty() => submit::qualified(s, myorigin),
+            _ => submit::qualified(&login, myorigin),
         };
         let line = match full_name {
             Some(n) => format!(
@@ -657,6 +659,7 @@ fn enqueue(o: &Options, config: &Config) -> i32 {
         sender.as_deref(),
         o.full_name.as_deref(),
         config.text(params::MYHOSTNAME),
+        config.text(params::MYORIGIN).trim(),
     );
     let mut recipients = o.recipients.clone();
     recipients.extend(prepared.extracted);
@@ -783,7 +786,7 @@ mod tests {
         );
         assert_eq!(lines.len(), 4);
         assert_eq!(rest, b"\nbody\n");
-        let p = prepare_headers(&lines, true, Some("s@x"), None, "h.example");
+        let p = prepare_headers(&lines, true, Some("s@x"), None, "h.example", "h.example");
         let head = String::from_utf8(p.head).unwrap();
         assert!(
             head.starts_with("To: a,\n b\nSubject: s\nFrom: s@x\nDate: "),

@@ -98,6 +98,9 @@ pub type Submitter<'a> = dyn FnMut(&SubmitRequest, Vec<u8>) -> Result<String, Su
 /// The session's state.
 struct Session<'a> {
     myhostname: String,
+    /// `myorigin`: the domain a sender without one is given in a `From:`
+    /// header added to the message.
+    myorigin: String,
     /// `message_size_limit` (0: none).
     size_limit: usize,
     /// The envelope sender once `MAIL` was accepted.
@@ -333,7 +336,14 @@ impl Session<'_> {
             return self.error(out, "552 5.3.4 Error: message file too big");
         }
         let (lines, rest) = split_message(&message);
-        let prepared = prepare_headers(&lines, false, Some(&sender), None, &self.myhostname);
+        let prepared = prepare_headers(
+            &lines,
+            false,
+            Some(&sender),
+            None,
+            &self.myhostname,
+            &self.myorigin,
+        );
         let mut full = prepared.head;
         if !rest.starts_with(b"\n") {
             full.push(b'\n');
@@ -381,6 +391,7 @@ pub fn run(config: &Config, input: &mut impl BufRead, output: &mut impl Write) -
     let size_limit = usize::try_from(config.int(params::MESSAGE_SIZE_LIMIT)).unwrap_or(0);
     serve(
         config.text(params::MYHOSTNAME),
+        config.text(params::MYORIGIN).trim(),
         size_limit,
         &mut submitter,
         input,
@@ -391,6 +402,7 @@ pub fn run(config: &Config, input: &mut impl BufRead, output: &mut impl Write) -
 /// Runs a session with `submit` handing over each message; the exit status.
 pub fn serve<'a>(
     myhostname: &str,
+    myorigin: &str,
     size_limit: usize,
     submit: &'a mut Submitter<'a>,
     input: &mut impl BufRead,
@@ -398,6 +410,7 @@ pub fn serve<'a>(
 ) -> i32 {
     let mut session = Session {
         myhostname: myhostname.to_string(),
+        myorigin: myorigin.to_string(),
         size_limit,
         sender: None,
         recipients: Vec::new(),
@@ -427,6 +440,7 @@ mod tests {
                 Ok(format!("ID{}", got.len()))
             };
             let code = serve(
+                "h.example",
                 "h.example",
                 limit,
                 &mut submitter,
@@ -537,7 +551,7 @@ mod tests {
             let script: Vec<u8> = script.concat();
             let mut out = Vec::new();
             let mut submitter = |_: &SubmitRequest, _: Vec<u8>| Ok("ID".to_string());
-            let code = serve("h", 64, &mut submitter, &mut &script[..], &mut out);
+            let code = serve("h", "h", 64, &mut submitter, &mut &script[..], &mut out);
             proptest::prop_assert_eq!(code, 0);
         }
     }

@@ -198,12 +198,25 @@ pub struct Submit {
     incoming: PathBuf,
     queue: PathBuf,
     myhostname: String,
+    /// `myorigin`: the domain of the submitting user's address, and of an
+    /// envelope sender given without one.
+    myorigin: String,
     size_limit: u64,
     input_timeout: Duration,
     duplicate_limit: usize,
     slots: UidSlots,
     /// Whether this process has already said it cannot wake qmgr.
     warned_wake: bool,
+}
+
+/// `address`, with `@origin` when it has no domain (and `origin` is set),
+/// as Postfix qualifies locally posted addresses with `myorigin`.
+pub fn qualified(address: &str, origin: &str) -> String {
+    if address.contains('@') || origin.is_empty() {
+        address.to_string()
+    } else {
+        format!("{address}@{origin}")
+    }
 }
 
 fn refuse(dsn: &str, text: impl Into<String>) -> Refusal {
@@ -256,6 +269,7 @@ impl Submit {
             incoming: queue.join(queuefile::INCOMING),
             queue: queue.to_path_buf(),
             myhostname: ctx.config.text(params::MYHOSTNAME).to_string(),
+            myorigin: ctx.config.text(params::MYORIGIN).trim().to_string(),
             size_limit: u64::try_from(ctx.config.int(params::MESSAGE_SIZE_LIMIT)).unwrap_or(0),
             input_timeout: ctx
                 .config
@@ -298,14 +312,14 @@ impl Submit {
             Some(s) => {
                 queuefile::check_address(s)
                     .map_err(|e| refuse("5.1.7", format!("bad sender: {e}")))?;
-                Ok(s.clone())
+                Ok(qualified(s, &self.myorigin))
             }
             None => {
                 let name = match account::user_by_uid(uid) {
                     Ok(Some(a)) => a.name,
                     _ => format!("uid{uid}"),
                 };
-                Ok(format!("{name}@{}", self.myhostname))
+                Ok(qualified(&name, &self.myorigin))
             }
         }
     }

@@ -230,6 +230,42 @@ fn opportunistic_tls_that_fails_falls_back_to_plaintext() {
     );
 }
 
+/// A null client, as Postfix's documentation sets one up (`myorigin =
+/// $mydomain`, `mydestination =`, a relayhost): a bare recipient and the
+/// submitting user become user@$myorigin, in the envelope and in the
+/// `From:` added, and mail for this host's own name goes to the relay too.
+#[test]
+fn a_null_client_sends_everything_to_the_relay_as_its_domain() {
+    let remote = Remote::start("127.0.0.2", &[]);
+    let inst = instance(&format!(
+        "relayhost = [127.0.0.2]:{}\nsmtp_tls_security_level = none\n\
+         myhostname = host.example.org\nmyorigin = $mydomain\nmydestination =\n",
+        remote.port
+    ));
+    inst.sendmail(&["root"], b"Subject: to root\n\nfrom cron\n");
+    inst.sendmail(&["ann@host.example.org"], b"Subject: to ann\n\nhello\n");
+    let got = remote.wait_messages(2, &inst);
+    let find = |subject: &str| {
+        got.iter()
+            .find(|(_, d)| String::from_utf8_lossy(d).contains(subject))
+            .unwrap_or_else(|| panic!("no {subject:?} in {got:?}"))
+    };
+    let (env, data) = find("Subject: to root");
+    assert!(
+        env.contains("from=root@example.org\n") && env.contains("to=root@example.org\n"),
+        "{env}"
+    );
+    let data = String::from_utf8_lossy(data);
+    assert!(data.contains("\r\nFrom: root@example.org\r\n"), "{data}");
+    assert!(
+        data.contains("Message-ID: <") && data.contains("@host.example.org>"),
+        "{data}"
+    );
+    let (env, _) = find("Subject: to ann");
+    assert!(env.contains("to=ann@host.example.org\n"), "{env}");
+    assert!(!inst.log().contains("postern/local["), "{}", inst.log());
+}
+
 #[test]
 fn a_refused_recipient_bounces_alone_and_a_deferred_one_is_retried() {
     let remote = Remote::start(
