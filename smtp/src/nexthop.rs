@@ -164,22 +164,23 @@ impl Failure {
         }
     }
 
-    /// The status of every recipient when the lookup of `what` failed so,
-    /// in the words of the C resolver's messages (as Postfix logs them).
-    fn status(self, what: &str, detail: impl std::fmt::Display) -> RecipientStatus {
-        let (dsn, detail) = match self {
-            Failure::NoSuchName => ("5.4.4", "Host not found".to_string()),
-            Failure::NoData => (
-                "5.4.4",
-                "Host found but no data record of requested type".to_string(),
-            ),
-            Failure::Temporary => ("4.4.3", detail.to_string()),
+    /// Why the lookup of `what` failed so, in the words of the C
+    /// resolver's messages (as Postfix logs them).
+    fn reason(self, what: &str, detail: impl std::fmt::Display) -> String {
+        let detail = match self {
+            Failure::NoSuchName => "Host not found".to_string(),
+            Failure::NoData => "Host found but no data record of requested type".to_string(),
+            Failure::Temporary => detail.to_string(),
         };
-        let text =
-            format!("Host or domain name not found. Name service error for {what}: {detail}");
+        format!("Host or domain name not found. Name service error for {what}: {detail}")
+    }
+
+    /// The status of every recipient when the lookup of `what` failed so.
+    fn status(self, what: &str, detail: impl std::fmt::Display) -> RecipientStatus {
+        let text = self.reason(what, detail);
         match self {
-            Failure::Temporary => RecipientStatus::deferred(dsn, text).of_site(),
-            _ => RecipientStatus::bounced(dsn, text),
+            Failure::Temporary => RecipientStatus::deferred("4.4.3", text).of_site(),
+            _ => RecipientStatus::bounced("5.4.4", text),
         }
     }
 }
@@ -268,12 +269,11 @@ fn resolver() -> Result<hickory_resolver::Resolver, RecipientStatus> {
 /// `smtp_defer_if_no_mx_address_found`), which defers that too.
 fn no_address(failures: Vec<Unresolved>, host: &str, defer: bool) -> RecipientStatus {
     let why = most_telling(failures, host);
-    let status = why.failure.status(&why.what, &why.detail);
-    if defer && !status.dsn.starts_with('4') {
-        let dsn = status.dsn.replacen('5', "4", 1);
-        return RecipientStatus::deferred(&dsn, status.reason).of_site();
+    if defer && why.failure != Failure::Temporary {
+        let text = why.failure.reason(&why.what, &why.detail);
+        return RecipientStatus::deferred("4.4.4", text).of_site();
     }
-    status
+    why.failure.status(&why.what, &why.detail)
 }
 
 /// Why a host has no address: the lookup that failed and how.
@@ -504,40 +504,45 @@ mod tests {
             what: format!("name={name} type=A"),
             detail: "server failure".into(),
         };
+        let check = |failures, defer, dsn: &str, site: bool, reason: &str| {
+            let st = no_address(failures, "d.test", defer);
+            assert!(st.dsn == dsn && st.site_failure == site, "{st:?}");
+            assert!(st.reason.contains(reason), "{st:?}");
+        };
         // Every answer final: bounced, with the first host's lookup.
-        let st = no_address(
+        let finals = || {
             vec![
                 u(Failure::NoSuchName, "mx1.test"),
                 u(Failure::NoData, "mx2.test"),
-            ],
-            "d.test",
+            ]
+        };
+        check(
+            finals(),
             false,
-        );
-        assert!(st.dsn == "5.4.4" && !st.site_failure, "{st:?}");
-        assert!(
-            st.reason.contains("name=mx1.test type=A: Host not found"),
-            "{st:?}"
+            "5.4.4",
+            false,
+            "name=mx1.test type=A: Host not found",
         );
         // One lookup failed for now: deferred, naming that one.
-        let st = no_address(
-            vec![
-                u(Failure::NoSuchName, "mx1.test"),
-                u(Failure::Temporary, "mx2.test"),
-            ],
-            "d.test",
+        let mixed = vec![
+            u(Failure::NoSuchName, "mx1.test"),
+            u(Failure::Temporary, "mx2.test"),
+        ];
+        check(
+            mixed,
             false,
-        );
-        assert!(st.dsn == "4.4.3" && st.site_failure, "{st:?}");
-        assert!(
-            st.reason.contains("name=mx2.test type=A: server failure"),
-            "{st:?}"
+            "4.4.3",
+            true,
+            "name=mx2.test type=A: server failure",
         );
         // smtp_defer_if_no_mx_address_found = yes: final answers defer too.
-        let st = no_address(vec![u(Failure::NoSuchName, "mx1.test")], "d.test", true);
-        assert!(st.dsn == "4.4.4" && st.site_failure, "{st:?}");
-        assert!(
-            st.reason.contains("name=mx1.test type=A: Host not found"),
-            "{st:?}"
+        let one = vec![u(Failure::NoSuchName, "mx1.test")];
+        check(
+            one,
+            true,
+            "4.4.4",
+            true,
+            "name=mx1.test type=A: Host not found",
         );
     }
 
