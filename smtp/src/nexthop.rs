@@ -510,14 +510,12 @@ mod tests {
             assert!(st.reason.contains(reason), "{st:?}");
         };
         // Every answer final: bounced, with the first host's lookup.
-        let finals = || {
-            vec![
-                u(Failure::NoSuchName, "mx1.test"),
-                u(Failure::NoData, "mx2.test"),
-            ]
-        };
+        let finals = vec![
+            u(Failure::NoSuchName, "mx1.test"),
+            u(Failure::NoData, "mx2.test"),
+        ];
         check(
-            finals(),
+            finals,
             false,
             "5.4.4",
             false,
