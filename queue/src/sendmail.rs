@@ -537,15 +537,18 @@ pub fn prepare_headers(
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     if !has("from") {
-        let uid = nix::unistd::Uid::current().as_raw();
-        let login = account::user_by_uid(uid)
-            .ok()
-            .flatten()
-            .map_or_else(|| format!("uid{uid}"), |a| a.name);
-        let address = match sender {
-            Some(s) if !s.is_empty() => submit::qualified(s, myorigin),
-            _ => submit::qualified(&login, myorigin),
+        // The sender given, else the submitting user (looked up only then).
+        let who = match sender.filter(|s| !s.is_empty()) {
+            Some(s) => s.to_string(),
+            None => {
+                let uid = nix::unistd::Uid::current().as_raw();
+                account::user_by_uid(uid)
+                    .ok()
+                    .flatten()
+                    .map_or_else(|| format!("uid{uid}"), |a| a.name)
+            }
         };
+        let address = submit::qualified(&who, myorigin);
         let line = match full_name {
             Some(n) => format!(
                 "From: \"{}\" <{address}>\n",
