@@ -362,6 +362,24 @@ impl Instance {
         append(&self.etc().join("main.cf"), text);
     }
 
+    /// Gives the instance a mail spool of its own, `dir/spool` (sticky
+    /// and world-writable, as /var/mail may be): `mail_spool_directory`
+    /// names it and the destination policy allows `spool/$user`, so that
+    /// tests do not share mailboxes. Returns its path.
+    pub fn own_spool(&self) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let spool = self.dir.path().join("spool");
+        std::fs::create_dir(&spool).expect("spool");
+        std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o1777))
+            .expect("spool mode");
+        self.append_main(&format!("mail_spool_directory = {}\n", spool.display()));
+        append(
+            &self.etc().join("destinations"),
+            &format!("mailbox {}/$user\n", spool.display()),
+        );
+        spool
+    }
+
     /// Sends SIGHUP to the master directly (bypassing `postern reload`'s checks).
     pub fn sighup(&self) {
         let pid = self.master_pid.expect("master running");

@@ -30,14 +30,7 @@ fn instance(maildir: bool) -> Instance {
         ),
         MASTER,
     );
-    let spool = inst.dir.path().join("spool");
-    std::fs::create_dir(&spool).unwrap();
-    std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o1777)).unwrap();
-    inst.append_main(&format!("mail_spool_directory = {}\n", spool.display()));
-    let policy = inst.etc().join("destinations");
-    let mut text = std::fs::read_to_string(&policy).unwrap();
-    text.push_str(&format!("mailbox {}/$user\n", spool.display()));
-    std::fs::write(&policy, text).unwrap();
+    inst.own_spool();
     inst.start();
     inst
 }
@@ -73,9 +66,20 @@ fn expected_body(body: &str, mbox: bool) -> String {
     out
 }
 
-/// `doveadm fetch` of every message's subject and body from `location`,
-/// run as `user` with a configuration of its own in `dir`.
-fn dovecot_fetch(user: &str, home: &Path, location: &str, dir: &Path) -> Vec<(String, String)> {
+/// `doveadm fetch` of every message's subject and body, sorted, run as
+/// `user` with a configuration of its own; `location(dir)` is the
+/// `mail_location`, Dovecot's own files (index, lock) going to `dir`, a
+/// directory of the user's.
+fn dovecot_fetch(
+    user: &str,
+    home: &Path,
+    location: impl FnOnce(&Path) -> String,
+) -> Vec<(String, String)> {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (uid, gid) = postern_tests::ids_of(user);
+    nix::unistd::chown(dir, Some(uid.into()), Some(gid.into())).unwrap();
+    let location = location(dir);
     let conf = dir.join("dovecot.conf");
     std::fs::write(&conf, "ssl = no\nlog_path = /dev/stderr\n").unwrap();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -99,7 +103,7 @@ fn dovecot_fetch(user: &str, home: &Path, location: &str, dir: &Path) -> Vec<(St
     );
     let records: Vec<serde_json::Value> =
         serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
-    records
+    let mut got: Vec<(String, String)> = records
         .iter()
         .map(|r| {
             (
@@ -107,7 +111,22 @@ fn dovecot_fetch(user: &str, home: &Path, location: &str, dir: &Path) -> Vec<(St
                 r["body"].as_str().unwrap_or_default().to_string(),
             )
         })
-        .collect()
+        .collect();
+    // Two deliveries may run at once, and a Maildir has no order of its
+    // own: compared as sets.
+    got.sort();
+    got
+}
+
+/// (subject, body) of every message of [`MESSAGES`] as a reader of an
+/// mbox (`mbox`) or a Maildir must see it, sorted.
+fn expected(mbox: bool) -> Vec<(String, String)> {
+    let mut want: Vec<(String, String)> = MESSAGES
+        .iter()
+        .map(|(s, b)| (s.to_string(), expected_body(b, mbox)))
+        .collect();
+    want.sort();
+    want
 }
 
 fn send_all(inst: &Instance, user: &str) {
@@ -135,27 +154,17 @@ fn dovecot_reads_every_message_local_wrote_to_an_mbox() {
             == MESSAGES.len()
     });
     assert!(ok, "{}", inst.log());
-    // Dovecot's own files (index, lock) go to a directory of the user's
-    // (it also adds its X-UID headers to the mbox: read after the check).
-    let dir = tempfile::tempdir().unwrap();
-    let (uid, gid) = postern_tests::ids_of(user);
-    nix::unistd::chown(dir.path(), Some(uid.into()), Some(gid.into())).unwrap();
-    let location = format!(
-        "mbox:{}:INBOX={}:INDEX=MEMORY",
-        dir.path().display(),
-        mbox.display()
-    );
-    let mut got = dovecot_fetch(user, &home, &location, dir.path());
-    // Two deliveries may run at once: the order in the mbox is theirs.
-    got.sort();
-    let mut want: Vec<(String, String)> = MESSAGES
-        .iter()
-        .map(|(s, b)| (s.to_string(), expected_body(b, true)))
-        .collect();
-    want.sort();
+    // (Dovecot adds its X-UID headers to the mbox: read after the check.)
+    let got = dovecot_fetch(user, &home, |dir| {
+        format!(
+            "mbox:{}:INBOX={}:INDEX=MEMORY",
+            dir.display(),
+            mbox.display()
+        )
+    });
     assert_eq!(
         got,
-        want,
+        expected(true),
         "mbox:\n{}",
         String::from_utf8_lossy(&std::fs::read(&mbox).unwrap())
     );
@@ -175,23 +184,10 @@ fn dovecot_reads_every_message_local_wrote_to_a_maildir() {
         std::fs::read_dir(&new).map_or(0, |d| d.count()) == MESSAGES.len()
     });
     assert!(ok, "{}", inst.log());
-    let dir = tempfile::tempdir().unwrap();
-    let (uid, gid) = postern_tests::ids_of(user);
-    nix::unistd::chown(dir.path(), Some(uid.into()), Some(gid.into())).unwrap();
-    let location = format!(
-        "maildir:{}:INDEX={}",
-        maildir.display(),
-        dir.path().display()
-    );
-    let mut got = dovecot_fetch(user, &home, &location, dir.path());
-    // A Maildir has no order of its own: Dovecot lists by file name.
-    got.sort();
-    let mut want: Vec<(String, String)> = MESSAGES
-        .iter()
-        .map(|(s, b)| (s.to_string(), expected_body(b, false)))
-        .collect();
-    want.sort();
-    assert_eq!(got, want);
+    let got = dovecot_fetch(user, &home, |dir| {
+        format!("maildir:{}:INDEX={}", maildir.display(), dir.display())
+    });
+    assert_eq!(got, expected(false));
     let _ = std::fs::remove_dir_all(&maildir);
 }
 

@@ -267,16 +267,10 @@ fn kill_9_anywhere_loses_duplicates_and_truncates_nothing() {
          service_throttle_time = 1s\ncommand_time_limit = 20s\n",
         "local unix - n n - - local\nsubmit unix n - n - - submit\nqmgr fifo n - n 1 1 qmgr\n",
     );
-    let spool = inst.dir.path().join("spool");
-    std::fs::create_dir(&spool).unwrap();
-    std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o1777)).unwrap();
-    inst.append_main(&format!("mail_spool_directory = {}\n", spool.display()));
+    let spool = inst.own_spool();
     let policy = inst.etc().join("destinations");
     let mut text = std::fs::read_to_string(&policy).unwrap();
-    text.push_str(&format!(
-        "mailbox {}/$user\nmaildir ~/Mail/**\n",
-        spool.display()
-    ));
+    text.push_str("maildir ~/Mail/**\n");
     std::fs::write(&policy, text).unwrap();
     // The program keeps each message it is given in a file of its own,
     // renamed into place once whole. It first pauses a moment, so that

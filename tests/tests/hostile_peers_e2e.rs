@@ -209,20 +209,10 @@ impl Target {
             &format!("queue_run_delay = 1s\nminimal_backoff_time = 1s\n{main_extra}"),
             &format!("{MASTER}{master_extra}"),
         );
-        let spool = inst.dir.path().join("spool");
-        std::fs::create_dir(&spool).unwrap();
-        std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        inst.own_spool();
         let aliases = inst.dir.path().join("aliases");
         std::fs::write(&aliases, "").unwrap();
-        inst.append_main(&format!(
-            "mail_spool_directory = {}\nalias_maps = {}\n",
-            spool.display(),
-            aliases.display()
-        ));
-        let policy = inst.etc().join("destinations");
-        let mut text = std::fs::read_to_string(&policy).unwrap();
-        text.push_str(&format!("mailbox {}/$user\n", spool.display()));
-        std::fs::write(&policy, text).unwrap();
+        inst.append_main(&format!("alias_maps = {}\n", aliases.display()));
         let client = inst.dir.path().join("client.py");
         std::fs::write(&client, CLIENT).unwrap();
         std::fs::set_permissions(&client, std::fs::Permissions::from_mode(0o644)).unwrap();

@@ -37,20 +37,10 @@ impl Mail {
             ),
             MASTER,
         );
-        let spool = inst.dir.path().join("spool");
-        std::fs::create_dir(&spool).unwrap();
-        std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        inst.own_spool();
         let alias_file = inst.dir.path().join("aliases");
         std::fs::write(&alias_file, "").unwrap();
-        inst.append_main(&format!(
-            "mail_spool_directory = {}\nalias_maps = {}\n",
-            spool.display(),
-            alias_file.display()
-        ));
-        let policy = inst.etc().join("destinations");
-        let mut text = std::fs::read_to_string(&policy).unwrap();
-        text.push_str(&format!("mailbox {}/$user\n", spool.display()));
-        std::fs::write(&policy, text).unwrap();
+        inst.append_main(&format!("alias_maps = {}\n", alias_file.display()));
         let mut m = Mail { inst };
         m.inst.start();
         m

@@ -70,6 +70,15 @@ fn kill_9_of_smtp_loses_nothing_and_sends_twice_only_in_the_reply_window() {
         MASTER,
     );
     inst.start();
+    // Whether every message has arrived at least once.
+    let all_arrived = || {
+        let got: std::collections::HashSet<usize> = remote
+            .messages()
+            .iter()
+            .filter_map(|(_, d)| judge(&tag, d).map(|(n, _)| n))
+            .collect();
+        got.len() == MESSAGES
+    };
     let stop = AtomicBool::new(false);
     let mut rng = Rng(seed);
     let kill_seed = rng.next_u64() | 1;
@@ -102,25 +111,13 @@ fn kill_9_of_smtp_loses_nothing_and_sends_twice_only_in_the_reply_window() {
             );
         }
         // The killing goes on while the queue works through the retries.
-        let _ = eventually(Duration::from_secs(30), || {
-            let got: std::collections::HashSet<usize> = remote
-                .messages()
-                .iter()
-                .filter_map(|(_, d)| judge(&tag, d).map(|(n, _)| n))
-                .collect();
-            got.len() == MESSAGES
-        });
+        let _ = eventually(Duration::from_secs(30), all_arrived);
         stop.store(true, Ordering::Relaxed);
         killer.join().unwrap()
     });
     // Everything arrives (retries included) and the queue empties.
     let settled = eventually(Duration::from_secs(120), || {
-        let got: std::collections::HashSet<usize> = remote
-            .messages()
-            .iter()
-            .filter_map(|(_, d)| judge(&tag, d).map(|(n, _)| n))
-            .collect();
-        got.len() == MESSAGES
+        all_arrived()
             && inst
                 .postern(&["queue", "list"])
                 .stdout
