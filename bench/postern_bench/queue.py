@@ -127,6 +127,7 @@ class Queue:
             raise Fatal("BENCH_SERVICES must be a number")
         self.services = int(services)
         self.rates: dict[tuple, Optional[float]] = {}
+        self.writers: list[int] = []  # raw create+fsync writers, set in run()
         self.sendmail_peak: dict[str, Optional[int]] = {}
         self.mem: dict[str, list[tuple[str, dict]]] = {}
         self.sink_port: Optional[int] = None
@@ -530,14 +531,14 @@ class Queue:
             raise Fatal(f"postern start failed: {common.first_error(self.b.logfile('postern-start.log'))}")
         self.pd.stop()
         modes = [f"loops={l}" for l in self.loops] + ["submit", "drain"]
+        self.writers = self.raw_writers() if "maildir" in self.kinds else []
         for rep in range(self.reps):
             for which in ("exec", "floor"):
                 r = self.rates[("floor", "-", which, rep)] = self.run_floor(which == "exec")
                 self.b.log(f"rep {rep + 1} {which}: {stats.fmt_num(r)}/s")
-            if "maildir" in self.kinds:
-                for w in self.raw_writers():
-                    r = self.rates[("floor", "-", f"raw{w}", rep)] = self.run_raw(w)
-                    self.b.log(f"rep {rep + 1} raw create+fsync, {w} writers: {stats.fmt_num(r)}/s")
+            for w in self.writers:
+                r = self.rates[("floor", "-", f"raw{w}", rep)] = self.run_raw(w)
+                self.b.log(f"rep {rep + 1} raw create+fsync, {w} writers: {stats.fmt_num(r)}/s")
             for kind in self.kinds:
                 for mode in modes:
                     if mode == "submit":
@@ -606,7 +607,7 @@ class Queue:
               f"(target >= 600: {stats.verdict(e2e, 600)}), share of the floor "
               f"{stats.fmt_mmm(stats.ratios(zip(e2e, fl)))}; 2 loops {stats.fmt_mmm(e2e2, 0)} /s "
               f"(target >= 900: {stats.verdict(e2e2, 900)})")
-        if "maildir" in self.kinds:
+        if self.writers:
             self.report_raw()
         o()
         o("-- memory during the first loop run (kB; sampled every 0.1 s; per program the largest peak RSS")
@@ -619,14 +620,13 @@ class Queue:
                 o(f"   {side:<8} {'sendmail':<14} peak {common.kb(self.sendmail_peak[side]):>8}  "
                   "(one submission, wait4's ru_maxrss)")
 
-
     def report_raw(self) -> None:
         o = self.b.out
         R = range(self.reps)
         o()
         o("-- Maildir drain against this disk's raw create+fsync rate (per repetition: a C program making")
         o("   the deliveries with nothing else: file in tmp/, write, fsync, rename into new/, fsync of new/)")
-        raws = {w: [self.rates.get(("floor", "-", f"raw{w}", r)) for r in R] for w in self.raw_writers()}
+        raws = {w: [self.rates.get(("floor", "-", f"raw{w}", r)) for r in R] for w in self.writers}
         for w, v in raws.items():
             o(f"   raw, {w} writer{'s' if w > 1 else ' '} at once:      {stats.fmt_mmm(v, 0)} /s")
         best = [max((raws[w][r] for w in raws if raws[w][r] is not None), default=None) for r in R]
